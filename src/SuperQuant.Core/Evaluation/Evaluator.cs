@@ -1,0 +1,88 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SuperQuant.Core.Evaluation;
+
+/// <summary>A model as the evaluator sees it: token ids [1, T] in, logits [1, T, vocab] out.</summary>
+public delegate Tensor LogitsFunction(Tensor tokens);
+
+public sealed record PerplexityResult(Estimate Perplexity, Estimate MeanNll, long TokensScored);
+
+public sealed record DivergenceResult(
+    Estimate KlDivergence, Estimate Top1Agreement, Estimate ReferencePerplexity, Estimate ModifiedPerplexity, long TokensScored);
+
+/// <summary>Progress of a long evaluation: windows done out of total.</summary>
+public delegate void EvalProgress(int done, int total);
+
+/// <summary>Perplexity (like llama.cpp's perplexity tool) and KL divergence / top-1 agreement between two models.</summary>
+public static class Evaluator
+{
+    public static PerplexityResult Perplexity(LogitsFunction model, IReadOnlyList<int> tokens, int context, int stride, EvalProgress? progress = null)
+    {
+        RequireTokens(tokens);
+        var nll = new RunningStat();
+        var windows = EvalWindow.Over(tokens.Count, context, stride).ToList();
+        for (int wi = 0; wi < windows.Count; wi++)
+        {
+            using var scope = torch.NewDisposeScope();
+            (Tensor input, Tensor targets) = Slice(tokens, windows[wi]);
+            Tensor logp = F.log_softmax(model(input).squeeze(0).narrow(0, windows[wi].FirstScored, targets.shape[0]).to(ScalarType.Float64), -1);
+            foreach (double v in (-logp.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>()) nll.Add(v);
+            progress?.Invoke(wi + 1, windows.Count);
+        }
+        return new PerplexityResult(PerplexityOf(nll), new Estimate(nll.Mean, nll.StandardError), nll.Count);
+    }
+
+    /// <summary>KL(P_reference || P_modified) per scored token, the fraction whose argmax agrees, and both perplexities.</summary>
+    public static DivergenceResult Divergence(LogitsFunction reference, LogitsFunction modified, IReadOnlyList<int> tokens, int context, int stride, EvalProgress? progress = null)
+    {
+        RequireTokens(tokens);
+        RunningStat kl = new(), top1 = new(), nllRef = new(), nllMod = new();
+        var windows = EvalWindow.Over(tokens.Count, context, stride).ToList();
+        for (int wi = 0; wi < windows.Count; wi++)
+        {
+            using var scope = torch.NewDisposeScope();
+            EvalWindow w = windows[wi];
+            (Tensor input, Tensor targets) = Slice(tokens, w);
+            long n = targets.shape[0];
+            Tensor lp = F.log_softmax(reference(input).squeeze(0).narrow(0, w.FirstScored, n).to(ScalarType.Float64), -1);
+            Tensor lq = F.log_softmax(modified(input).squeeze(0).narrow(0, w.FirstScored, n).to(ScalarType.Float64), -1);
+            double[] klRows = (lp.exp() * (lp - lq)).sum(-1).data<double>().ToArray();
+            long[] argP = lp.argmax(-1).data<long>().ToArray(), argQ = lq.argmax(-1).data<long>().ToArray();
+            double[] nP = (-lp.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray();
+            double[] nQ = (-lq.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray();
+            for (int i = 0; i < n; i++)
+            {
+                kl.Add(Math.Max(klRows[i], 0)); // tiny negative values are rounding
+                top1.Add(argP[i] == argQ[i] ? 1 : 0);
+                nllRef.Add(nP[i]);
+                nllMod.Add(nQ[i]);
+            }
+            progress?.Invoke(wi + 1, windows.Count);
+        }
+        return new DivergenceResult(new Estimate(kl.Mean, kl.StandardError), new Estimate(top1.Mean, top1.StandardError),
+            PerplexityOf(nllRef), PerplexityOf(nllMod), kl.Count);
+    }
+
+    /// <summary>exp(mean NLL); its standard error by the delta method (as llama.cpp reports it).</summary>
+    static Estimate PerplexityOf(RunningStat nll)
+    {
+        double ppl = Math.Exp(nll.Mean);
+        return new Estimate(ppl, ppl * nll.StandardError);
+    }
+
+    static (Tensor input, Tensor targets) Slice(IReadOnlyList<int> tokens, EvalWindow w)
+    {
+        var input = new long[w.Length];
+        for (int i = 0; i < w.Length; i++) input[i] = tokens[w.Start + i];
+        var targets = new long[w.Length - 1 - w.FirstScored];
+        for (int i = 0; i < targets.Length; i++) targets[i] = tokens[w.Start + w.FirstScored + i + 1];
+        return (torch.tensor(input).unsqueeze(0), torch.tensor(targets));
+    }
+
+    static void RequireTokens(IReadOnlyList<int> tokens)
+    {
+        if (tokens.Count < 2) throw new ArgumentException($"evaluation needs at least 2 tokens, got {tokens.Count}");
+    }
+}

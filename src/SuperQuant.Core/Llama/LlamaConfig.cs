@@ -1,0 +1,65 @@
+namespace SuperQuant.Core.Llama;
+
+/// <summary>How each block normalizes its input.</summary>
+public enum NormKind
+{
+    /// <summary>RMSNorm with a learned scale (Llama, Mistral, Qwen2, Phi-3, llama2.c).</summary>
+    RmsNorm,
+    /// <summary>LayerNorm without weight or bias (OLMo's non-parametric LayerNorm).</summary>
+    NonParametricLayerNorm,
+}
+
+/// <summary>Llama 3.1's frequency-dependent RoPE scaling ("rope_type": "llama3").</summary>
+public sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, double HighFreqFactor, int OriginalMaxPositionEmbeddings);
+
+/// <summary>Shape and numerics of a LLaMA-family decoder. Weights are always held in Hugging Face convention
+/// ([out, in] matrices, rotate-half RoPE); readers of other layouts convert on load.</summary>
+public sealed record LlamaConfig
+{
+    public required string Architecture { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int VocabSize { get; init; }
+    public int MaxPositionEmbeddings { get; init; } = 2048;
+    public int? HeadDimOverride { get; init; }
+    public double RopeTheta { get; init; } = 10000.0;
+    public Llama3RopeScaling? RopeScaling { get; init; }
+    public double NormEps { get; init; } = 1e-5;
+    public NormKind Norm { get; init; } = NormKind.RmsNorm;
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Qwen2 (and Llama with attention_bias) add biases to q, k and v.</summary>
+    public bool QkvBias { get; init; }
+    /// <summary>OLMo clamps q, k and v to [-clip, clip] when set.</summary>
+    public double? ClipQkv { get; init; }
+    /// <summary>Mistral's sliding-window attention; null = full causal attention.</summary>
+    public int? SlidingWindow { get; init; }
+
+    public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
+    public int KvDim => NumKvHeads * HeadDim;
+
+    public void Validate()
+    {
+        void Require(bool ok, string what)
+        {
+            if (!ok) throw new InvalidDataException($"invalid model config: {what}");
+        }
+        Require(HiddenSize > 0 && IntermediateSize > 0 && NumLayers > 0 && VocabSize > 0, "sizes must be positive");
+        Require(NumHeads > 0 && NumKvHeads > 0 && NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) must be a multiple of num_key_value_heads ({NumKvHeads})");
+        Require(HeadDim % 2 == 0, $"head dim ({HeadDim}) must be even for RoPE");
+        Require(HeadDimOverride != null || HiddenSize % NumHeads == 0, $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumHeads})");
+    }
+
+    /// <summary>Number of parameters, counting a tied embedding once.</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            long d = HiddenSize, h = IntermediateSize, qd = (long)NumHeads * HeadDim, kv = KvDim;
+            long perLayer = d * qd + 2 * d * kv + qd * d + 3 * d * h + (Norm == NormKind.RmsNorm ? 2 * d : 0) + (QkvBias ? qd + 2 * kv : 0);
+            return VocabSize * d * (TieWordEmbeddings ? 1 : 2) + NumLayers * perLayer + (Norm == NormKind.RmsNorm ? d : 0);
+        }
+    }
+}

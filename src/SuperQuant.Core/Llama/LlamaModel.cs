@@ -1,0 +1,191 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace SuperQuant.Core.Llama;
+
+/// <summary>
+/// A LLaMA-family decoder forward pass, written to be read top to bottom like llama2.c's run.c:
+/// embed -> for each block { norm, attention with RoPE and GQA, residual, norm, SwiGLU MLP, residual } -> norm -> head.
+/// Covers Llama 1/2/3 (incl. llama3 RoPE scaling), Mistral (sliding window), Qwen2 (qkv biases), OLMo
+/// (non-parametric LayerNorm, clip_qkv) and Phi-3 (its fused projections are split into views on load).
+/// The whole sequence is processed at once (no KV cache): this is an evaluation model, not a chat server.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    public LlamaConfig Config { get; }
+    public LlamaWeights Weights { get; }
+    public Device Device { get; }
+
+    /// <summary>Hooks called at every linear layer; null for a plain pass.</summary>
+    public IForwardHooks? Hooks { get; set; }
+
+    Tensor? _cos, _sin; // [positions, head_dim], rotate-half layout
+
+    public LlamaModel(LlamaConfig config, LlamaWeights weights)
+    {
+        config.Validate();
+        Config = config;
+        Weights = weights;
+        Device = weights.TokenEmbedding.device;
+    }
+
+    /// <summary>Logits [batch, tokens, vocab] for token ids [batch, tokens] (or [tokens], treated as batch 1).</summary>
+    public Tensor Forward(Tensor tokens)
+    {
+        using var _ = torch.inference_mode();
+        using var scope = torch.NewDisposeScope();
+        if (tokens.dim() == 1) tokens = tokens.unsqueeze(0);
+        tokens = tokens.to(Device);
+        long seq = tokens.shape[1];
+        (Tensor cos, Tensor sin) = RopeTables(seq);
+        Tensor? mask = AttentionMask(seq);
+
+        Tensor x = Weights.TokenEmbedding.index_select(0, tokens.flatten()).view(tokens.shape[0], seq, Config.HiddenSize);
+        for (int l = 0; l < Config.NumLayers; l++)
+        {
+            LlamaLayerWeights w = Weights.Layers[l];
+            x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask);
+            x = x + Mlp(l, Norm(x, w.FfnNorm), w);
+        }
+        x = Norm(x, Weights.FinalNorm);
+        Tensor logits = Linear(new LinearSite(-1, Projection.LmHead), x, Weights.OutputWeight, null);
+        return logits.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Logits for a plain list of token ids, batch 1: [tokens, vocab].</summary>
+    public Tensor Forward(ReadOnlySpan<int> tokens)
+    {
+        using var ids = torch.tensor(tokens.ToArray().Select(t => (long)t).ToArray(), dtype: ScalarType.Int64);
+        using var logits = Forward(ids);
+        return logits.squeeze(0);
+    }
+
+    Tensor Attention(int layer, Tensor h, LlamaLayerWeights w, Tensor cos, Tensor sin, Tensor? mask)
+    {
+        long batch = h.shape[0], seq = h.shape[1];
+        int heads = Config.NumHeads, kvHeads = Config.NumKvHeads, hd = Config.HeadDim;
+
+        Tensor q = Linear(new LinearSite(layer, Projection.Q), h, w.Wq, w.Bq);
+        Tensor k = Linear(new LinearSite(layer, Projection.K), h, w.Wk, w.Bk);
+        Tensor v = Linear(new LinearSite(layer, Projection.V), h, w.Wv, w.Bv);
+        if (Config.ClipQkv is double clip)
+        {
+            q = q.clamp(-clip, clip); k = k.clamp(-clip, clip); v = v.clamp(-clip, clip);
+        }
+        // [batch, seq, heads*hd] -> [batch, heads, seq, hd]
+        q = q.view(batch, seq, heads, hd).transpose(1, 2);
+        k = k.view(batch, seq, kvHeads, hd).transpose(1, 2);
+        v = v.view(batch, seq, kvHeads, hd).transpose(1, 2);
+        q = ApplyRope(q, cos, sin);
+        k = ApplyRope(k, cos, sin);
+        if (kvHeads != heads)
+        {
+            // Grouped-query attention: each kv head serves heads/kvHeads query heads.
+            k = k.repeat_interleave(heads / kvHeads, dim: 1);
+            v = v.repeat_interleave(heads / kvHeads, dim: 1);
+        }
+        Tensor attn = mask is null
+            ? F.scaled_dot_product_attention(q, k, v, null, 0.0, true) // TorchSharp spells the flag "is_casual"
+            : F.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
+        attn = attn.transpose(1, 2).reshape(batch, seq, heads * hd);
+        return Linear(new LinearSite(layer, Projection.O), attn, w.Wo, null);
+    }
+
+    Tensor Mlp(int layer, Tensor h, LlamaLayerWeights w)
+    {
+        // SwiGLU: down(silu(gate(h)) * up(h)). The down_proj input is where super activations appear.
+        Tensor gate = Linear(new LinearSite(layer, Projection.Gate), h, w.WGate, null);
+        Tensor up = Linear(new LinearSite(layer, Projection.Up), h, w.WUp, null);
+        return Linear(new LinearSite(layer, Projection.Down), F.silu(gate) * up, w.WDown, null);
+    }
+
+    Tensor Linear(LinearSite site, Tensor x, Tensor weight, Tensor? bias)
+    {
+        if (Hooks is null) return F.linear(x, weight, bias);
+        x = Hooks.OnLinearInput(site, x);
+        return Hooks.OnLinearOutput(site, F.linear(x, weight, bias));
+    }
+
+    Tensor Norm(Tensor x, Tensor? weight)
+    {
+        if (Config.Norm == NormKind.NonParametricLayerNorm)
+            return F.layer_norm(x, new long[] { Config.HiddenSize }, null, null, Config.NormEps);
+        // RMSNorm: x / sqrt(mean(x^2) + eps) * weight
+        Tensor normed = x * torch.rsqrt(x.pow(2).mean(new long[] { -1 }, keepdim: true) + Config.NormEps);
+        return weight is null ? normed : normed * weight;
+    }
+
+    static Tensor ApplyRope(Tensor x, Tensor cos, Tensor sin)
+    {
+        // Rotate-half RoPE (Hugging Face layout): pairs are (i, i + hd/2).
+        long half = x.shape[^1] / 2;
+        Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+        Tensor rotated = torch.cat(new[] { -x2, x1 }, -1);
+        return x * cos + rotated * sin;
+    }
+
+    (Tensor cos, Tensor sin) RopeTables(long seq)
+    {
+        if (_cos is null || _cos.shape[0] < seq)
+        {
+            _cos?.Dispose(); _sin?.Dispose();
+            long n = Math.Max(seq, Math.Min(Config.MaxPositionEmbeddings, 4096));
+            double[] invFreq = RopeInverseFrequencies(Config);
+            int hd = Config.HeadDim;
+            var cos = new float[n * hd];
+            var sin = new float[n * hd];
+            for (long p = 0; p < n; p++)
+                for (int i = 0; i < hd; i++)
+                {
+                    double angle = p * invFreq[i % (hd / 2)];
+                    cos[p * hd + i] = (float)Math.Cos(angle);
+                    sin[p * hd + i] = (float)Math.Sin(angle);
+                }
+            _cos = torch.tensor(cos, new long[] { n, hd }, device: Device).DetachFromDisposeScope();
+            _sin = torch.tensor(sin, new long[] { n, hd }, device: Device).DetachFromDisposeScope();
+        }
+        return (_cos.narrow(0, 0, seq), _sin!.narrow(0, 0, seq));
+    }
+
+    /// <summary>theta^(-2i/hd), with Llama 3.1's smooth low/high-frequency rescaling when configured.</summary>
+    public static double[] RopeInverseFrequencies(LlamaConfig c)
+    {
+        int hd = c.HeadDim;
+        var inv = new double[hd / 2];
+        for (int i = 0; i < hd / 2; i++)
+        {
+            double f = 1.0 / Math.Pow(c.RopeTheta, 2.0 * i / hd);
+            if (c.RopeScaling is { } s)
+            {
+                double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+                double highWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+                double wavelen = 2 * Math.PI / f;
+                if (wavelen > lowWavelen) f /= s.Factor;
+                else if (wavelen >= highWavelen)
+                {
+                    double smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                    f = (1 - smooth) * f / s.Factor + smooth * f;
+                }
+            }
+            inv[i] = f;
+        }
+        return inv;
+    }
+
+    Tensor? AttentionMask(long seq)
+    {
+        if (Config.SlidingWindow is not int window || seq <= window) return null;
+        // Causal and within the window: key position j visible from query i when i - window < j <= i.
+        using var i = torch.arange(seq, device: Device).unsqueeze(1);
+        using var j = torch.arange(seq, device: Device).unsqueeze(0);
+        return (j <= i).logical_and(j > i - window);
+    }
+
+    public void Dispose()
+    {
+        _cos?.Dispose();
+        _sin?.Dispose();
+        Weights.Dispose();
+    }
+}

@@ -1,0 +1,35 @@
+namespace SuperQuant.Core;
+
+/// <summary>Documented error codes. The CLI prints them as "error SQ2001: ..." and maps them to exit codes; the MSBuild
+/// task surfaces them as build errors. Ranges: SQ0xxx environment, SQ1xxx quality gate, SQ2xxx checkpoints and data
+/// files, SQ3xxx manifest, SQ4xxx quantization and artifacts.</summary>
+public static class ErrorCodes
+{
+    public const string NativeLoad = "SQ0001";
+    public const string GateFailed = "SQ1001";
+    public const string CheckpointFormat = "SQ2001";
+    public const string CheckpointMissingTensor = "SQ2002";
+    public const string UnsupportedArchitecture = "SQ2003";
+    public const string ConfigInvalid = "SQ2004";
+    public const string FileNotFound = "SQ2005";
+    public const string TokenizerUnsupported = "SQ2006";
+    public const string TokenFileInvalid = "SQ2007";
+    public const string NonFiniteWeights = "SQ2008";
+    public const string InvalidArgument = "SQ2009";
+}
+
+/// <summary>An expected failure with a code and, when known, the offending file and item (tensor, key).</summary>
+public class SuperQuantException : Exception
+{
+    public string Code { get; }
+    public string? FilePath { get; }
+
+    public SuperQuantException(string code, string message, string? filePath = null, Exception? inner = null)
+        : base(message, inner)
+    {
+        Code = code;
+        FilePath = filePath;
+    }
+
+    public override string ToString() => FilePath is null ? $"{Code}: {Message}" : $"{FilePath}: {Code}: {Message}";
+}

@@ -1,0 +1,176 @@
+using System.Text.Json;
+using SuperQuant.Core;
+using SuperQuant.Core.Llama;
+using SuperQuant.Models.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Models.Checkpoints;
+
+/// <summary>
+/// A Hugging Face checkpoint folder: config.json plus one model.safetensors or shards listed in
+/// model.safetensors.index.json. Tensors are read one at a time from disk into fp32 torch tensors, so at most one
+/// full copy of the weights (plus one tensor in its stored dtype) is in memory.
+/// </summary>
+public sealed class HfCheckpoint : IDisposable
+{
+    readonly Dictionary<string, SafetensorsFile> _byTensor = new(StringComparer.Ordinal);
+    readonly List<SafetensorsFile> _shards = new();
+
+    public string Folder { get; }
+    public LlamaConfig Config { get; }
+    public IReadOnlyList<string> ShardPaths => _shards.Select(s => s.Path).ToList();
+    public IEnumerable<string> TensorNames => _byTensor.Keys;
+
+    HfCheckpoint(string folder, LlamaConfig config) { Folder = folder; Config = config; }
+
+    public static bool IsCheckpointFolder(string path) => Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, "config.json"));
+
+    public static HfCheckpoint Open(string folder)
+    {
+        if (!Directory.Exists(folder)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"checkpoint folder not found: {folder}", folder);
+        var ckpt = new HfCheckpoint(folder, HfConfigReader.Read(System.IO.Path.Combine(folder, "config.json")));
+        try
+        {
+            foreach (string shard in ShardFiles(folder))
+            {
+                var file = SafetensorsFile.Open(shard);
+                ckpt._shards.Add(file);
+                foreach (string name in file.Tensors.Keys)
+                {
+                    if (!ckpt._byTensor.TryAdd(name, file))
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"tensor '{name}' appears in both {ckpt._byTensor[name].Path} and {shard}", shard);
+                }
+            }
+            return ckpt;
+        }
+        catch
+        {
+            ckpt.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The shard files in order: from model.safetensors.index.json when present, else every *.safetensors.</summary>
+    public static IReadOnlyList<string> ShardFiles(string folder)
+    {
+        string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
+        if (File.Exists(index))
+        {
+            try
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
+                if (!doc.RootElement.TryGetProperty("weight_map", out JsonElement map) || map.ValueKind != JsonValueKind.Object)
+                    throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: missing object 'weight_map'", index);
+                var files = new SortedSet<string>(StringComparer.Ordinal);
+                foreach (JsonProperty p in map.EnumerateObject())
+                {
+                    string? f = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString() : null;
+                    // A shard name is a plain file name in this folder; anything else could point outside it.
+                    if (string.IsNullOrEmpty(f) || f != System.IO.Path.GetFileName(f))
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: weight_map entry for '{p.Name}' is not a file name in the folder", index);
+                    files.Add(f);
+                }
+                return files.Select(f => System.IO.Path.Combine(folder, f)).ToList();
+            }
+            catch (JsonException e)
+            {
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: not valid JSON: {e.Message}", index);
+            }
+        }
+        var all = Directory.GetFiles(folder, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToList();
+        if (all.Count == 0) throw new SuperQuantException(ErrorCodes.FileNotFound, $"no *.safetensors files in {folder}", folder);
+        return all;
+    }
+
+    public bool Contains(string name) => _byTensor.ContainsKey(name);
+
+    public Tensor Read(string name, ScalarType? convertTo = ScalarType.Float32)
+    {
+        if (!_byTensor.TryGetValue(name, out var file))
+            throw new SuperQuantException(ErrorCodes.CheckpointMissingTensor, $"tensor '{name}' is missing from the checkpoint in {Folder}", Folder);
+        return file.Read(name, convertTo);
+    }
+
+    Tensor ReadShaped(string name, params long[] shape)
+    {
+        Tensor t = Read(name);
+        if (!t.shape.SequenceEqual(shape))
+        {
+            string got = string.Join(", ", t.shape);
+            t.Dispose();
+            throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                $"tensor '{name}' has shape [{got}] but config.json implies [{string.Join(", ", shape)}]", _byTensor[name].Path);
+        }
+        return t;
+    }
+
+    /// <summary>Loads all weights as fp32 onto <paramref name="device"/> (CPU when null).</summary>
+    public LlamaModel LoadModel(Device? device = null, Action<int, int>? progress = null)
+    {
+        LlamaConfig c = Config;
+        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        var layers = new LlamaLayerWeights[c.NumLayers];
+        var loaded = new List<IDisposable>();
+        Tensor Dev(Tensor t)
+        {
+            if (device is null || device.type == DeviceType.CPU) { loaded.Add(t); return t; }
+            Tensor moved = t.to(device); t.Dispose(); loaded.Add(moved); return moved;
+        }
+        try
+        {
+            Tensor embed = Dev(ReadShaped("model.embed_tokens.weight", c.VocabSize, d));
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                string p = $"model.layers.{l}.";
+                Tensor wq, wk, wv, wgate, wup;
+                if (c.Architecture == "phi3")
+                {
+                    // Phi-3 fuses q/k/v and gate/up; split into views (no copies).
+                    Tensor qkv = Dev(ReadShaped(p + "self_attn.qkv_proj.weight", qd + 2 * kv, d));
+                    wq = qkv.narrow(0, 0, qd); wk = qkv.narrow(0, qd, kv); wv = qkv.narrow(0, qd + kv, kv);
+                    Tensor gateUp = Dev(ReadShaped(p + "mlp.gate_up_proj.weight", 2 * h, d));
+                    wgate = gateUp.narrow(0, 0, h); wup = gateUp.narrow(0, h, h);
+                }
+                else
+                {
+                    wq = Dev(ReadShaped(p + "self_attn.q_proj.weight", qd, d));
+                    wk = Dev(ReadShaped(p + "self_attn.k_proj.weight", kv, d));
+                    wv = Dev(ReadShaped(p + "self_attn.v_proj.weight", kv, d));
+                    wgate = Dev(ReadShaped(p + "mlp.gate_proj.weight", h, d));
+                    wup = Dev(ReadShaped(p + "mlp.up_proj.weight", h, d));
+                }
+                bool rms = c.Norm == NormKind.RmsNorm;
+                layers[l] = new LlamaLayerWeights
+                {
+                    AttnNorm = rms ? Dev(ReadShaped(p + "input_layernorm.weight", d)) : null,
+                    Wq = wq, Wk = wk, Wv = wv,
+                    Bq = c.QkvBias ? Dev(ReadShaped(p + "self_attn.q_proj.bias", qd)) : null,
+                    Bk = c.QkvBias ? Dev(ReadShaped(p + "self_attn.k_proj.bias", kv)) : null,
+                    Bv = c.QkvBias ? Dev(ReadShaped(p + "self_attn.v_proj.bias", kv)) : null,
+                    Wo = Dev(ReadShaped(p + "self_attn.o_proj.weight", d, qd)),
+                    FfnNorm = rms ? Dev(ReadShaped(p + "post_attention_layernorm.weight", d)) : null,
+                    WGate = wgate, WUp = wup,
+                    WDown = Dev(ReadShaped(p + "mlp.down_proj.weight", d, h)),
+                };
+                progress?.Invoke(l + 1, c.NumLayers);
+            }
+            Tensor? finalNorm = c.Norm == NormKind.RmsNorm ? Dev(ReadShaped("model.norm.weight", d)) : null;
+            // A checkpoint without lm_head.weight ties the head to the embedding whatever the config says.
+            Tensor? head = !c.TieWordEmbeddings && Contains("lm_head.weight") ? Dev(ReadShaped("lm_head.weight", c.VocabSize, d)) : null;
+            var weights = new LlamaWeights { TokenEmbedding = embed, FinalNorm = finalNorm, LmHead = head, Layers = layers };
+            NonFiniteCheck.ThrowIfAny(weights, Folder);
+            return new LlamaModel(c with { TieWordEmbeddings = head is null }, weights);
+        }
+        catch
+        {
+            foreach (var t in loaded) t.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _shards) s.Dispose();
+    }
+}

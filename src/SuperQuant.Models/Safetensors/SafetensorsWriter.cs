@@ -1,0 +1,70 @@
+using System.Text;
+using System.Text.Json;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Models.Safetensors;
+
+/// <summary>Writes tensors to a .safetensors file. The file appears at its final path only when complete: bytes go to
+/// a temp file in the same folder, which is then renamed over the target.</summary>
+public static class SafetensorsWriter
+{
+    public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var list = tensors.ToList();
+        var header = new Dictionary<string, object>();
+        if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
+        long offset = 0;
+        foreach (var (name, t) in list)
+        {
+            long bytes = t.numel() * t.element_size();
+            header[name] = new
+            {
+                dtype = SafetensorsDType.NameOf(t.dtype),
+                shape = t.shape,
+                data_offsets = new[] { offset, offset + bytes },
+            };
+            offset += bytes;
+        }
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
+        int padding = (8 - json.Length % 8) % 8; // the format recommends 8-byte aligned data; pad with spaces
+        byte[] headerBytes = new byte[json.Length + padding];
+        json.CopyTo(headerBytes, 0);
+        headerBytes.AsSpan(json.Length).Fill((byte)' ');
+
+        string full = System.IO.Path.GetFullPath(path);
+        string temp = full + $".{Environment.ProcessId}.tmp";
+        try
+        {
+            using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
+                fs.Write(headerBytes);
+                foreach (var (_, t) in list)
+                {
+                    WriteTensorBytes(fs, t);
+                }
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        catch
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+            throw;
+        }
+    }
+
+    /// <summary>Raw little-endian bytes of a tensor, in pieces (spans are int-sized; tensors can exceed 2 GB).</summary>
+    static void WriteTensorBytes(Stream s, Tensor t)
+    {
+        using Tensor c = t.cpu().contiguous();
+        using Tensor flat = c.view(-1);
+        const long chunkElements = 1 << 26;
+        long n = flat.shape[0];
+        for (long start = 0; start < n; start += chunkElements)
+        {
+            using Tensor chunk = flat.narrow(0, start, Math.Min(chunkElements, n - start));
+            s.Write(chunk.bytes);
+        }
+    }
+}
