@@ -1,4 +1,17 @@
-using TorchSharp;
-var a = torch.randn(2048, 2048); var sw = System.Diagnostics.Stopwatch.StartNew();
-for (int i = 0; i < 5; i++) torch.matmul(a, a).Dispose();
-System.Console.WriteLine($"{5*2.0*2048*2048*2048/sw.Elapsed.TotalSeconds/1e9:F1} GFLOP/s cuda={torch.cuda.is_available()} threads={torch.get_num_threads()}");
+using System.CommandLine;
+using SuperQuant.Cli;
+using SuperQuant.Cli.Commands;
+
+NativeMemoryTuning.Apply();
+var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
+root.Subcommands.Add(EvalCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(DoctorCommand.Create());
+ParseResult parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    foreach (var e in parsed.Errors) Console.Error.WriteLine($"error: {e.Message}");
+    Console.Error.WriteLine("Run 'superquant --help' for usage.");
+    return ExitCodes.Usage;
+}
+return parsed.Invoke();

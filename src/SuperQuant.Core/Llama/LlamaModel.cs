@@ -44,9 +44,12 @@ public sealed class LlamaModel : IDisposable
         Tensor x = Weights.TokenEmbedding.index_select(0, tokens.flatten()).view(tokens.shape[0], seq, Config.HiddenSize);
         for (int l = 0; l < Config.NumLayers; l++)
         {
+            // One scope per block: its intermediates are freed before the next block runs, so activation memory
+            // is one block's worth, not the whole model's.
+            using var layerScope = torch.NewDisposeScope();
             LlamaLayerWeights w = Weights.Layers[l];
             x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask);
-            x = x + Mlp(l, Norm(x, w.FfnNorm), w);
+            x = (x + Mlp(l, Norm(x, w.FfnNorm), w)).MoveToOuterDisposeScope();
         }
         x = Norm(x, Weights.FinalNorm);
         Tensor logits = Linear(new LinearSite(-1, Projection.LmHead), x, Weights.OutputWeight, null);

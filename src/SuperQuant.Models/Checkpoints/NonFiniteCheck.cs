@@ -1,3 +1,5 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
 using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using TorchSharp;
@@ -11,10 +13,8 @@ public static class NonFiniteCheck
     {
         void Check(string name, torch.Tensor? t)
         {
-            if (t is null) return;
-            using var bad = t.isfinite().logical_not().any();
-            if (bad.item<bool>())
-                throw new SuperQuantException(ErrorCodes.NonFiniteWeights, $"tensor '{name}' in {source} contains NaN or Inf values", source);
+            if (t is null || AllFinite(t)) return;
+            throw new SuperQuantException(ErrorCodes.NonFiniteWeights, $"tensor '{name}' in {source} contains NaN or Inf values", source);
         }
         Check("model.embed_tokens.weight", w.TokenEmbedding);
         Check("model.norm.weight", w.FinalNorm);
@@ -31,5 +31,39 @@ public static class NonFiniteCheck
             if (site.Projection == Projection.LmHead && w.LmHead is null) continue;
             Check(site.WeightName, w[site]);
         }
+    }
+
+    /// <summary>True when no element is NaN or Inf. On CPU fp32 this scans the bits in place: torch's isfinite()
+    /// allocates temporaries whose memory glibc kept resident (measured: +100..160 MB on a 418 MB model).</summary>
+    public static bool AllFinite(torch.Tensor t)
+    {
+        if (t.device_type != DeviceType.CPU || t.dtype != torch.ScalarType.Float32 || !t.is_contiguous())
+        {
+            using var ok = t.isfinite().all();
+            return ok.item<bool>();
+        }
+        using var flat = t.view(-1);
+        const long chunk = 1 << 26;
+        for (long s = 0; s < flat.shape[0]; s += chunk)
+        {
+            using var piece = flat.narrow(0, s, Math.Min(chunk, flat.shape[0] - s));
+            if (!AllFinite(MemoryMarshal.Cast<byte, uint>(piece.bytes))) return false;
+        }
+        return true;
+    }
+
+    /// <summary>An fp32 value is NaN or Inf exactly when its exponent bits are all ones.</summary>
+    static bool AllFinite(ReadOnlySpan<uint> bits)
+    {
+        const uint exponent = 0x7F800000;
+        var mask = new Vector<uint>(exponent);
+        int i = 0;
+        for (; i <= bits.Length - Vector<uint>.Count; i += Vector<uint>.Count)
+        {
+            if (Vector.EqualsAny(new Vector<uint>(bits.Slice(i, Vector<uint>.Count)) & mask, mask)) return false;
+        }
+        for (; i < bits.Length; i++)
+            if ((bits[i] & exponent) == exponent) return false;
+        return true;
     }
 }

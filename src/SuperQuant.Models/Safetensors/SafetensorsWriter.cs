@@ -4,6 +4,9 @@ using static TorchSharp.torch;
 
 namespace SuperQuant.Models.Safetensors;
 
+/// <summary>Name, dtype and shape of a tensor to be written.</summary>
+public sealed record TensorLayout(string Name, ScalarType DType, long[] Shape);
+
 /// <summary>Writes tensors to a .safetensors file. The file appears at its final path only when complete: bytes go to
 /// a temp file in the same folder, which is then renamed over the target.</summary>
 public static class SafetensorsWriter
@@ -11,18 +14,24 @@ public static class SafetensorsWriter
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.ToList();
+        var byName = list.ToDictionary(t => t.Key, t => t.Value);
+        WriteStreaming(path, list.Select(t => new TensorLayout(t.Key, t.Value.dtype, t.Value.shape)).ToList(),
+            name => byName[name], disposeEach: false, metadata);
+    }
+
+    /// <summary>Writes tensors produced one at a time by <paramref name="produce"/> (called in layout order), so a
+    /// checkpoint larger than memory can be written; each produced tensor is disposed after it is written when
+    /// <paramref name="disposeEach"/> is set.</summary>
+    public static void WriteStreaming(string path, IReadOnlyList<TensorLayout> layout, Func<string, Tensor> produce, bool disposeEach, IReadOnlyDictionary<string, string>? metadata = null)
+    {
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
-        foreach (var (name, t) in list)
+        foreach (var t in layout)
         {
-            long bytes = t.numel() * t.element_size();
-            header[name] = new
-            {
-                dtype = SafetensorsDType.NameOf(t.dtype),
-                shape = t.shape,
-                data_offsets = new[] { offset, offset + bytes },
-            };
+            SafetensorsDType.TryGet(SafetensorsDType.NameOf(t.DType), out _, out int size);
+            long bytes = t.Shape.Aggregate(1L, (a, b) => a * b) * size;
+            header[t.Name] = new { dtype = SafetensorsDType.NameOf(t.DType), shape = t.Shape, data_offsets = new[] { offset, offset + bytes } };
             offset += bytes;
         }
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
@@ -39,9 +48,19 @@ public static class SafetensorsWriter
             {
                 fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
                 fs.Write(headerBytes);
-                foreach (var (_, t) in list)
+                foreach (var t in layout)
                 {
-                    WriteTensorBytes(fs, t);
+                    Tensor value = produce(t.Name);
+                    try
+                    {
+                        if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
+                            throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
+                        WriteTensorBytes(fs, value);
+                    }
+                    finally
+                    {
+                        if (disposeEach) value.Dispose();
+                    }
                 }
                 fs.Flush(flushToDisk: true);
             }
