@@ -33,6 +33,19 @@ public sealed class ForwardPassTests
         AssertClose(reference, logits, 1e-4f);
     }
 
+    [TestMethod]
+    public void Stories260KMatchesRunCReferenceOnALongWindowNotStartingAtBos()
+    {
+        // 160 positions: covers attention over long histories and RoPE far from position 0.
+        var rng = new Random(11);
+        int[] tokens = Enumerable.Range(0, 160).Select(_ => rng.Next(3, 512)).ToArray();
+        string path = SharedModels.Stories260K;
+        var reference = new RunCReference(path).Logits(tokens);
+        using LlamaModel model = Llama2cCheckpoint.Load(path);
+        using var logits = model.Forward(tokens);
+        AssertClose(reference, logits, 2e-4f);
+    }
+
     public static IEnumerable<object[]> Families => new[]
     {
         new object[] { "llama-gqa", new TinyModelSpec() },

@@ -19,7 +19,7 @@ public static class EvalCommand
         var tokenizer = new Option<string?>("--tokenizer") { Description = "folder with tokenizer.model or tokenizer.json (default: the checkpoint folder)" };
         var reference = new Option<string?>("--reference") { Description = "reference checkpoint: also report KL(reference || model) and top-1 agreement" };
         var context = new Option<int>("--context", "-c") { Description = "tokens per evaluation window", DefaultValueFactory = _ => 512 };
-        var stride = new Option<int?>("--stride") { Description = "window step; tokens already scored are not scored again (default: context/2)" };
+        var stride = new Option<int?>("--stride") { Description = "new tokens scored per window, at most context-1; each is scored once with >= context-stride tokens of history (default: context/2)" };
         var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of text" };
         var device = CliSupport.DeviceOption();
@@ -41,8 +41,8 @@ public static class EvalCommand
             if (r.GetValue(maxTokens) is int max && max < ids.Length) ids = ids[..max];
             int ctx = r.GetValue(context);
             int str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
-            if (ctx < 2 || str < 1 || str > ctx)
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context (got {ctx}, {str})");
+            if (ctx < 2 || str < 1 || str >= ctx)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context-1 (got {ctx}, {str})");
             var progress = new ConsoleProgress("eval", enabled: !asJson);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             string? refPath = r.GetValue(reference);

@@ -1,25 +1,28 @@
 namespace SuperQuant.Core.Evaluation;
 
 /// <summary>
-/// Hugging Face-style strided evaluation windows over a long token stream: each window holds up to
-/// <c>context</c> tokens and scores only the predictions not scored by an earlier window, so every token after the
-/// first is scored exactly once and (after the first window) with at least <c>context - stride</c> tokens of history.
+/// Strided evaluation windows over a long token stream (the Hugging Face perplexity recipe): each window holds at most
+/// <c>context</c> tokens and scores only predictions no earlier window scored, so every token after the first is
+/// scored exactly once, and after the first window each with at least <c>context - stride</c> tokens of history.
 /// </summary>
 public readonly record struct EvalWindow(int Start, int Length, int FirstScored)
 {
-    /// <summary>Enumerates windows. Position i in a window predicts token Start+i+1; positions &gt;= FirstScored count.</summary>
+    /// <summary>Enumerates windows. Position i of a window predicts token Start+i+1; positions &gt;= FirstScored count.
+    /// <paramref name="stride"/> (new tokens per window) must be below <paramref name="context"/>: the token just
+    /// before the first new target has to be inside the window to predict it.</summary>
     public static IEnumerable<EvalWindow> Over(int tokenCount, int context, int stride)
     {
         if (context < 2) throw new ArgumentOutOfRangeException(nameof(context), "context must be at least 2 tokens");
-        if (stride < 1 || stride > context) throw new ArgumentOutOfRangeException(nameof(stride), $"stride must be in 1..context ({context})");
-        int scoredUpTo = 0; // predictions of tokens [1, scoredUpTo] are done
-        for (int start = 0; scoredUpTo < tokenCount - 1; start += stride)
+        if (stride < 1 || stride >= context) throw new ArgumentOutOfRangeException(nameof(stride), $"stride must be in 1..{context - 1} (context - 1)");
+        int done = 0; // targets 1..done are scored
+        bool first = true;
+        while (done < tokenCount - 1)
         {
-            int length = Math.Min(context, tokenCount - start);
-            int end = start + length - 1;          // last target token index
-            int first = scoredUpTo - start;        // position predicting token scoredUpTo+1
-            yield return new EvalWindow(start, length, Math.Max(first, 0));
-            scoredUpTo = end;
+            int end = first ? Math.Min(context, tokenCount) : Math.Min(done + 1 + stride, tokenCount); // exclusive
+            int start = Math.Max(0, end - context);
+            yield return new EvalWindow(start, end - start, done - start);
+            done = end - 1;
+            first = false;
         }
     }
 }

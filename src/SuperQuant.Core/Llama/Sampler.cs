@@ -1,0 +1,50 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Core.Llama;
+
+/// <summary>Token generation for evaluation streams and demos. Recomputes the whole (windowed) sequence per step:
+/// fine for the small on-device models this targets, and it keeps the model free of KV-cache state.</summary>
+public static class Sampler
+{
+    /// <summary>Appends <paramref name="count"/> tokens to <paramref name="prompt"/>. Temperature 0 is greedy;
+    /// otherwise sampling is reproducible for a given <paramref name="seed"/>.</summary>
+    public static int[] Generate(LlamaModel model, IReadOnlyList<int> prompt, int count, double temperature, int seed, Action<int, int>? progress = null)
+    {
+        if (prompt.Count == 0) throw new ArgumentException("the prompt needs at least one token (for llama2.c models, 1 = BOS)");
+        var rng = new Random(seed);
+        var tokens = new List<int>(prompt);
+        int window = model.Config.MaxPositionEmbeddings;
+        for (int step = 0; step < count; step++)
+        {
+            int from = Math.Max(0, tokens.Count - window);
+            using var scope = torch.NewDisposeScope();
+            Tensor logits = model.Forward(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens)[from..]);
+            double[] last = logits[-1].to_type(ScalarType.Float64).data<double>().ToArray();
+            tokens.Add(temperature <= 0 ? ArgMax(last) : Sample(last, temperature, rng));
+            progress?.Invoke(step + 1, count);
+        }
+        return tokens.ToArray();
+    }
+
+    static int ArgMax(double[] v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
+    static int Sample(double[] logits, double temperature, Random rng)
+    {
+        double max = logits.Max(), sum = 0;
+        var p = new double[logits.Length];
+        for (int i = 0; i < p.Length; i++) { p[i] = Math.Exp((logits[i] - max) / temperature); sum += p[i]; }
+        double u = rng.NextDouble() * sum, acc = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            acc += p[i];
+            if (u < acc) return i;
+        }
+        return p.Length - 1;
+    }
+}

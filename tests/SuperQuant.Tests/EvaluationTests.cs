@@ -1,0 +1,97 @@
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class EvaluationTests
+{
+    [TestMethod]
+    [DataRow(10, 4, 3)]
+    [DataRow(10, 4, 2)]
+    [DataRow(10, 2, 1)]
+    [DataRow(100, 16, 5)]
+    [DataRow(100, 16, 15)]
+    [DataRow(3, 8, 7)]
+    public void WindowsScoreEveryTokenAfterTheFirstExactlyOnce(int n, int context, int stride)
+    {
+        var scored = new int[n];
+        foreach (var w in EvalWindow.Over(n, context, stride))
+        {
+            Assert.IsTrue(w.Length <= context);
+            for (int i = w.FirstScored; i < w.Length - 1; i++) scored[w.Start + i + 1]++;
+        }
+        Assert.AreEqual(0, scored[0]);
+        for (int t = 1; t < n; t++) Assert.AreEqual(1, scored[t], $"token {t}");
+    }
+
+    [TestMethod]
+    public void StrideMustLeaveAtLeastOneTokenOfHistory()
+    {
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => EvalWindow.Over(10, 4, 4).ToList());
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => EvalWindow.Over(10, 4, 0).ToList());
+    }
+
+    [TestMethod]
+    public void UniformModelHasPerplexityEqualToVocabulary()
+    {
+        const int vocab = 37;
+        LogitsFunction uniform = t => torch.zeros(1, t.shape[1], vocab);
+        var r = Evaluator.Perplexity(uniform, Enumerable.Range(0, 50).Select(i => i % vocab).ToArray(), 8, 4);
+        Assert.AreEqual(vocab, r.Perplexity.Value, 1e-9);
+        Assert.AreEqual(0, r.Perplexity.StandardError, 1e-9);
+        Assert.AreEqual(49, r.TokensScored);
+    }
+
+    [TestMethod]
+    public void PerplexityMatchesHandComputedNll()
+    {
+        // Window = whole stream, so every prediction sees its full history: compare with one plain forward pass.
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec());
+        using LlamaModel m = ModelLoader.Load(dir.Path);
+        int[] ids = { 5, 9, 1, 33, 7, 7, 20, 2, 11, 40 };
+        var r = Evaluator.Perplexity(t => m.Forward(t), ids, context: ids.Length, stride: ids.Length - 1);
+        using Tensor logp = nn.functional.log_softmax(m.Forward(ids).to_type(ScalarType.Float64), -1);
+        double nll = 0;
+        for (int i = 0; i < ids.Length - 1; i++) nll -= logp[i, ids[i + 1]].item<double>();
+        Assert.AreEqual(Math.Exp(nll / (ids.Length - 1)), r.Perplexity.Value, 1e-9);
+    }
+
+    [TestMethod]
+    public void DivergenceOfAModelWithItselfIsZeroAndOfAPerturbedModelPositive()
+    {
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec());
+        using LlamaModel a = ModelLoader.Load(dir.Path);
+        using LlamaModel b = ModelLoader.Load(dir.Path);
+        int[] ids = Enumerable.Range(0, 40).Select(i => (i * 7) % 48).ToArray();
+        var same = Evaluator.Divergence(t => a.Forward(t), t => b.Forward(t), ids, 16, 8);
+        Assert.AreEqual(0, same.KlDivergence.Value, 1e-12);
+        Assert.AreEqual(1.0, same.Top1Agreement.Value);
+        Assert.AreEqual(same.ReferencePerplexity.Value, same.ModifiedPerplexity.Value, 1e-12);
+
+        var site = new LinearSite(0, Projection.Down);
+        b.Weights[site] = b.Weights[site] * 3.0f;
+        var changed = Evaluator.Divergence(t => a.Forward(t), t => b.Forward(t), ids, 16, 8);
+        Assert.IsTrue(changed.KlDivergence.Value > 1e-4, $"KL {changed.KlDivergence.Value}");
+        Assert.IsTrue(changed.KlDivergence.StandardError > 0);
+        Assert.AreEqual(39, changed.TokensScored);
+    }
+
+    [TestMethod]
+    public void RunningStatMatchesTwoPassFormulas()
+    {
+        double[] xs = { 2, 4, 4, 4, 5, 5, 7, 9 };
+        var s = new RunningStat();
+        foreach (double x in xs) s.Add(x);
+        double mean = xs.Average();
+        double sd = Math.Sqrt(xs.Sum(x => (x - mean) * (x - mean)) / (xs.Length - 1));
+        Assert.AreEqual(mean, s.Mean, 1e-12);
+        Assert.AreEqual(sd / Math.Sqrt(xs.Length), s.StandardError, 1e-12);
+    }
+}
