@@ -41,6 +41,11 @@ public static class CliSupport
             Console.Error.WriteLine($"error {ErrorCodes.FileNotFound}: {e.Message}");
             return ExitCodes.InputError;
         }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"internal error (please report it with this output): {e}");
+            return ExitCodes.InternalError;
+        }
     }
 
     public static Option<string> DeviceOption() => new("--device")

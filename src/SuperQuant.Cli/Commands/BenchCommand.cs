@@ -16,6 +16,67 @@ public static class BenchCommand
     {
         var cmd = new Command("bench", "Benchmarks that print ratios measured side by side in one run.\n" + ExitCodes.HelpText);
         cmd.Subcommands.Add(Forward());
+        cmd.Subcommands.Add(Detect());
+        return cmd;
+    }
+
+    static LlamaConfig BenchConfig(int dim, int layers, int ffn, int vocab, int context) => new()
+    {
+        Architecture = "llama", HiddenSize = dim, IntermediateSize = ffn, NumLayers = layers,
+        NumHeads = Math.Max(1, dim / 64), NumKvHeads = Math.Max(1, dim / 64), VocabSize = vocab,
+        MaxPositionEmbeddings = Math.Max(context, 2048), TieWordEmbeddings = true,
+    };
+
+    static Command Detect()
+    {
+        var prompt = new Option<int>("--prompt-length") { Description = "prompt tokens (the paper's prompt is ~10)", DefaultValueFactory = _ => 10 };
+        var reps = new Option<int>("--reps") { Description = "timed passes of each kind (interleaved, after warm-up)", DefaultValueFactory = _ => 20 };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "benchmark this checkpoint instead of a generated ~110M-parameter one" };
+        var cmd = new Command("detect", "Time of one super-weight detection pass (down_proj hooks recording max |input|/|output|) over the time of a plain forward pass on the same prompt; target <= 1.2x.")
+        {
+            prompt, reps, checkpoint,
+        };
+        cmd.SetAction(r => CliSupport.Run(() =>
+        {
+            string? temp = null;
+            string ckpt = r.GetValue(checkpoint) ?? "";
+            try
+            {
+                if (string.IsNullOrEmpty(ckpt))
+                {
+                    temp = Directory.CreateTempSubdirectory("superquant-bench-").FullName;
+                    ckpt = temp;
+                    RandomCheckpoint.Write(temp, BenchConfig(768, 12, 2048, 32000, 512), ScalarType.Float32, seed: 1, progress: new ConsoleProgress("generating random checkpoint").Report);
+                }
+                using LlamaModel model = ModelLoader.Load(ckpt);
+                var rng = new Random(3);
+                int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+                int n = Math.Max(3, r.GetValue(reps));
+                var plain = new List<double>();
+                var recorded = new List<double>();
+                for (int i = -2; i < n; i++) // two warm-up rounds; plain and recording passes alternate so drift hits both
+                {
+                    var sw = Stopwatch.StartNew();
+                    model.Forward(ids).Dispose();
+                    double a = sw.Elapsed.TotalSeconds;
+                    sw.Restart();
+                    SuperQuant.Core.SuperWeights.SuperWeightDetector.RecordPass(model, ids);
+                    double b = sw.Elapsed.TotalSeconds;
+                    if (i >= 0) { plain.Add(a); recorded.Add(b); }
+                }
+                plain.Sort(); recorded.Sort();
+                double mp = plain[n / 2], mr = recorded[n / 2];
+                Console.WriteLine($"model                  {model.Config.ParameterCount / 1e6:F1}M parameters, prompt {ids.Length} tokens, {n} passes each");
+                Console.WriteLine($"plain forward          {mp * 1000,8:F2} ms (median)");
+                Console.WriteLine($"detection pass         {mr * 1000,8:F2} ms (median; hooks on every down_proj)");
+                Console.WriteLine($"ratio                  {mr / mp,8:F3}x  (target <= 1.2x)");
+                return ExitCodes.Success;
+            }
+            finally
+            {
+                if (temp != null) Directory.Delete(temp, recursive: true);
+            }
+        }));
         return cmd;
     }
 
@@ -45,12 +106,7 @@ public static class BenchCommand
             {
                 if (string.IsNullOrEmpty(ckpt))
                 {
-                    var config = new LlamaConfig
-                    {
-                        Architecture = "llama", HiddenSize = r.GetValue(dim), IntermediateSize = r.GetValue(hidden), NumLayers = r.GetValue(layers),
-                        NumHeads = Math.Max(1, r.GetValue(dim) / 64), NumKvHeads = Math.Max(1, r.GetValue(dim) / 64), VocabSize = r.GetValue(vocab),
-                        MaxPositionEmbeddings = Math.Max(ctx, 2048), TieWordEmbeddings = true,
-                    };
+                    var config = BenchConfig(r.GetValue(dim), r.GetValue(layers), r.GetValue(hidden), r.GetValue(vocab), ctx);
                     tempDir = Directory.CreateTempSubdirectory("superquant-bench-").FullName;
                     ckpt = tempDir;
                     var gen = new ConsoleProgress("generating random checkpoint", !asJson);

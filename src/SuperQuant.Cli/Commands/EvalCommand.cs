@@ -37,7 +37,7 @@ public static class EvalCommand
             var dev = CliSupport.ResolveDevice(r.GetValue(device), asJson);
             string modelPath = r.GetValue(model)!;
             using LlamaModel m = ModelLoader.Load(modelPath, dev);
-            int[] ids = LoadTokens(r.GetValue(text), r.GetValue(tokens), r.GetValue(tokenizer) ?? CheckpointFolder(modelPath), m.Config.VocabSize);
+            int[] ids = LoadTokens(r.GetValue(text), r.GetValue(tokens), r.GetValue(tokenizer) ?? CheckpointFolder(modelPath), m.Config.VocabSize, m.Config.BosTokenId);
             if (r.GetValue(maxTokens) is int max && max < ids.Length) ids = ids[..max];
             int ctx = r.GetValue(context);
             int str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
@@ -99,12 +99,19 @@ public static class EvalCommand
     public static string CheckpointFolder(string modelPath) =>
         Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
 
-    public static int[] LoadTokens(string? textFile, string? tokenFile, string tokenizerFolder, int vocabSize)
+    public static int[] LoadTokens(string? textFile, string? tokenFile, string tokenizerFolder, int vocabSize, int? bos = null)
     {
         if (tokenFile != null) return TokenIdFile.Read(tokenFile, vocabSize);
         if (!File.Exists(textFile)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"text file not found: {textFile}", textFile);
+        return Tokenize(File.ReadAllText(textFile!), tokenizerFolder, vocabSize, bos);
+    }
+
+    /// <summary>Tokenizes with the checkpoint's tokenizer; prepends BOS when the tokenizer did not (as llama.cpp does).</summary>
+    public static int[] Tokenize(string text, string tokenizerFolder, int vocabSize, int? bos)
+    {
         var tok = TokenizerLoader.Load(tokenizerFolder);
-        int[] ids = tok.EncodeToIds(File.ReadAllText(textFile!)).ToArray();
+        int[] ids = tok.EncodeToIds(text).ToArray();
+        if (bos is int b && (ids.Length == 0 || ids[0] != b)) ids = new[] { b }.Concat(ids).ToArray();
         int bad = Array.FindIndex(ids, i => i < 0 || i >= vocabSize);
         if (bad >= 0)
             throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"the tokenizer in {tokenizerFolder} produced id {ids[bad]}, outside the model's vocabulary of {vocabSize}", tokenizerFolder);

@@ -37,6 +37,9 @@ public sealed record LlamaConfig
     /// <summary>Mistral's sliding-window attention; null = full causal attention.</summary>
     public int? SlidingWindow { get; init; }
 
+    /// <summary>Beginning-of-sequence token, prepended to tokenized text when the tokenizer does not add it.</summary>
+    public int? BosTokenId { get; init; }
+
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
     public int KvDim => NumKvHeads * HeadDim;
 

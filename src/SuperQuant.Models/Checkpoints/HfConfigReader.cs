@@ -58,6 +58,7 @@ public static class HfConfigReader
             QkvBias = type == "qwen2" || Bool(c, "attention_bias") == true,
             ClipQkv = Dbl(c, "clip_qkv", configPath),
             SlidingWindow = slidingUsed ? Int(c, "sliding_window", configPath) : null,
+            BosTokenId = c.TryGetProperty("bos_token_id", out JsonElement bos) && bos.ValueKind == JsonValueKind.Number && bos.TryGetInt32(out int b) ? b : null,
         };
         try { config.Validate(); }
         catch (InvalidDataException e) { throw Invalid(configPath, e.Message); }

@@ -34,6 +34,7 @@ public static class Llama2cCheckpoint
             HiddenSize = Dim, IntermediateSize = HiddenDim, NumLayers = NumLayers, NumHeads = NumHeads, NumKvHeads = NumKvHeads,
             VocabSize = VocabSize, MaxPositionEmbeddings = SeqLen, RopeTheta = 10000.0, NormEps = 1e-5,
             TieWordEmbeddings = SharedClassifier,
+            BosTokenId = 1, // llama2.c's sentencepiece vocabularies: 0 unk, 1 bos, 2 eos
         };
     }
 

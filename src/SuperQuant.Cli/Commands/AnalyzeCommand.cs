@@ -1,0 +1,140 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using SuperQuant.Cli.Reports;
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Text;
+
+namespace SuperQuant.Cli.Commands;
+
+/// <summary>`superquant analyze`: detection plus the paper's ablations, written as analysis.json and analysis.html.</summary>
+public static class AnalyzeCommand
+{
+    static readonly string[] DefaultStopwords = { " the", ".", ",", " a", " and", " to", " of", " was", " in", " is" };
+
+    public static Command Create()
+    {
+        var o = new DetectionOptions();
+        var text = new Option<string?>("--text") { Description = "evaluation text file (tokenized with the model's tokenizer)" };
+        var tokens = new Option<string?>("--tokens") { Description = "evaluation token-id file" };
+        var context = new Option<int>("--context", "-c") { Description = "tokens per evaluation window", DefaultValueFactory = _ => 512 };
+        var stride = new Option<int?>("--stride") { Description = "new tokens per window (default context/2)" };
+        var scales = new Option<string>("--scales") { Description = "super-weight scale factors", DefaultValueFactory = _ => "0,0.5,1,1.5,2,2.5,3" };
+        var control = new Option<int>("--control-count") { Description = "the control zeroes this many largest non-super weights of the same matrices (the paper: 7000; capped at 1% of them)", DefaultValueFactory = _ => 7000 };
+        var stopwords = new Option<string?>("--stopwords") { Description = "comma-separated stopword strings (default: the, ., ,, a, and, to, of, was, in, is)" };
+        var stopwordIds = new Option<string?>("--stopword-ids") { Description = "stopword token ids (models without a tokenizer; default: the 10 most frequent ids of the stream, as a proxy)" };
+        var prompts = new Option<int>("--stopword-prompts") { Description = "prompts for the stopword test: prefixes of the stream of 64, 128, ... tokens (at most --context)", DefaultValueFactory = _ => 8 };
+        var output = new Option<string>("--out", "-o") { Description = "folder for analysis.json and analysis.html", DefaultValueFactory = _ => "superquant-analysis" };
+        var cmd = new Command("analyze", "Detect super weights and measure what they do: zeroed, zeroed with the super activation restored, scaled 0..3x, a control of the largest other weights, stopword probabilities. Writes analysis.json and analysis.html.\n" + ExitCodes.HelpText);
+        foreach (var opt in o.All) cmd.Options.Add(opt);
+        foreach (var opt in new Option[] { text, tokens, context, stride, scales, control, stopwords, stopwordIds, prompts, output }) cmd.Options.Add(opt);
+        cmd.Validators.Add(r =>
+        {
+            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens for the evaluation stream");
+        });
+        cmd.SetAction(r => CliSupport.Run(() =>
+        {
+            var dev = CliSupport.ResolveDevice(r.GetValue(o.Device), quiet: false);
+            string path = r.GetValue(o.Model)!;
+            using LlamaModel model = ModelLoader.Load(path, dev);
+            var (promptIds, promptText) = o.PromptFor(r, model, path);
+            string folder = EvalCommand.CheckpointFolder(path);
+            int[] stream = EvalCommand.LoadTokens(r.GetValue(text), r.GetValue(tokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
+            int ctx = r.GetValue(context), str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
+            if (ctx < 2 || str < 1 || str >= ctx)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context-1 (got {ctx}, {str})");
+            double[] scaleList;
+            try { scaleList = r.GetValue(scales)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray(); }
+            catch (FormatException) { throw new SuperQuantException(ErrorCodes.InvalidArgument, "--scales must be numbers separated by commas"); }
+            var options = new AblationOptions { Context = ctx, Stride = str, Scales = scaleList, ControlCount = r.GetValue(control) };
+
+            Console.Error.WriteLine("detecting...");
+            DetectionReport detection = o.Detector(r).Detect(model, promptIds);
+            var section = DetectionSection.From(detection, promptText, KnownSuperWeights.For(model.Config));
+            DetectCommand.Print(section);
+            var progress = new ConsoleProgress("original");
+            PerplexityResult baseline = Evaluator.Perplexity(t => model.Forward(t), stream, ctx, str, progress.Report);
+            var report = new AnalysisReport
+            {
+                Model = path, Architecture = model.Config.Architecture, Detection = section,
+                Evaluation = new EvaluationSection(r.GetValue(text) ?? r.GetValue(tokens)!, stream.Length, ctx, str, baseline.Perplexity.Value, baseline.Perplexity.StandardError),
+                AblationsSkipped = detection.Found ? null : "no super weight was detected, so there is nothing to zero, restore or scale",
+            };
+            if (detection.Found)
+            {
+                var ablation = new SuperWeightAblation(model, detection);
+                foreach (var c in ablation.Conditions(stream, options, new ConsoleProgress("zeroed / restored").Report))
+                    report.Conditions.Add(QualityRow.From(c.Name, c.Description, c.Quality));
+                var scaleProgress = new ConsoleProgress("scaling");
+                foreach (var p in ablation.Scaling(stream, options, scaleProgress.Report))
+                    report.Scaling.Add(new ScalingRow(p.Scale, p.Quality.ModifiedPerplexity.Value, p.Quality.ModifiedPerplexity.StandardError, p.Quality.KlDivergence.Value, p.Quality.Top1Agreement.Value));
+                var ctl = ablation.Control(stream, options, new ConsoleProgress("control").Report);
+                report = report with
+                {
+                    Control = new ControlRow(ctl.Count, ctl.SmallestMagnitudeZeroed, ctl.Quality.ModifiedPerplexity.Value, ctl.Quality.ModifiedPerplexity.StandardError, ctl.Quality.KlDivergence.Value, ctl.Quality.Top1Agreement.Value),
+                    Stopwords = StopwordTest(ablation, model, folder, stream, r.GetValue(stopwords), r.GetValue(stopwordIds), Math.Max(1, r.GetValue(prompts)), ctx),
+                };
+            }
+            string outDir = r.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            WriteAtomically(Path.Combine(outDir, "analysis.json"), JsonSerializer.Serialize(report, AnalysisReport.Json));
+            WriteAtomically(Path.Combine(outDir, "analysis.html"), AnalysisHtml.Render(report));
+            Console.WriteLine();
+            Console.WriteLine($"original perplexity {baseline.Perplexity.Value:F4} +/- {baseline.Perplexity.StandardError:F4} over {baseline.TokensScored} tokens");
+            foreach (var c in report.Conditions) Console.WriteLine($"{c.Name,-28} perplexity {c.Perplexity,10:F4}  KL {c.KlDivergence:F5}  top-1 {c.Top1Agreement:P1}");
+            if (report.Control is { } k) Console.WriteLine($"{"control (" + k.WeightsZeroed + " others zeroed)",-28} perplexity {k.Perplexity,10:F4}  KL {k.KlDivergence:F5}  top-1 {k.Top1Agreement:P1}");
+            Console.WriteLine($"wrote {Path.Combine(outDir, "analysis.json")} and analysis.html");
+            return ExitCodes.Success;
+        }));
+        return cmd;
+    }
+
+    static StopwordSection StopwordTest(SuperWeightAblation ablation, LlamaModel model, string folder, int[] stream, string? words, string? ids, int promptCount, int context)
+    {
+        List<(int Id, string Label)> list;
+        string source;
+        if (ids != null)
+        {
+            list = ids.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim())).Select(i => (i, $"#{i}")).ToList();
+            source = "given ids";
+        }
+        else
+        {
+            try
+            {
+                var tok = TokenizerLoader.Load(folder);
+                var strings = words?.Split(',') ?? DefaultStopwords;
+                list = new();
+                foreach (string w in strings)
+                {
+                    var enc = tok.EncodeToIds(w, considerPreTokenization: true, considerNormalization: true).Where(i => i != model.Config.BosTokenId).ToList();
+                    if (enc.Count == 1) list.Add((enc[0], w.Trim().Length == 0 ? w : w.Trim()));
+                }
+                source = "tokenizer (stopwords that are single tokens)";
+            }
+            catch (SuperQuantException)
+            {
+                list = stream.GroupBy(i => i).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).Take(10).Select(g => (g.Key, $"#{g.Key}")).ToList();
+                source = "no tokenizer: the 10 most frequent ids of the evaluation stream, as a stopword proxy";
+            }
+        }
+        // Prompts are prefixes of the stream (64, 128, ... tokens, at most the context): every position keeps its
+        // history from the stream's first token, which small models need (stories260K collapses without it).
+        var promptSet = new List<int[]>();
+        for (int len = 64; len <= Math.Min(stream.Length, context) && promptSet.Count < promptCount; len += 64) promptSet.Add(stream[..len]);
+        if (promptSet.Count == 0) promptSet.Add(stream[..Math.Min(stream.Length, context)]);
+        var rows = ablation.Stopwords(promptSet, list).Select(p => new StopwordRow(p.TokenId, p.Label, p.Original, p.Zeroed, p.Ratio)).ToList();
+        return new StopwordSection(source, promptSet.Count, rows);
+    }
+
+    static void WriteAtomically(string path, string content)
+    {
+        string temp = path + $".{Environment.ProcessId}.tmp";
+        File.WriteAllText(temp, content);
+        File.Move(temp, path, overwrite: true);
+    }
+}

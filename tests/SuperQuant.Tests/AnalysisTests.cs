@@ -1,0 +1,122 @@
+using System.Text.Json;
+using SuperQuant.Cli.Reports;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Text;
+using SuperQuant.Tests.Support;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class AnalysisTests
+{
+    static readonly int[] Prompt = { 1, 7, 22, 5, 40, 13, 2, 9 };
+
+    static string PlantedCheckpoint(TempFolder dir, int layer = 1, int row = 17, int col = 45)
+    {
+        var spec = new TinyModelSpec { Layers = 3 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, layer, row, col);
+        string folder = Path.Combine(dir.Path, "model");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        return folder;
+    }
+
+    static int[] Stream(int n, int seed = 5)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => rng.Next(48)).ToArray();
+    }
+
+    [TestMethod]
+    public void AblationsBehaveAsThePaperDescribes()
+    {
+        using var dir = new TempFolder();
+        using var model = ModelLoader.Load(PlantedCheckpoint(dir));
+        var detection = new SuperWeightDetector().Detect(model, Prompt);
+        var ablation = new SuperWeightAblation(model, detection);
+        var options = new AblationOptions { Context = 32, Stride = 16, Scales = new[] { 0.0, 1.0, 2.0 }, ControlCount = 20 };
+        int[] stream = Stream(96);
+
+        var conditions = ablation.Conditions(stream, options);
+        var zeroed = conditions.Single(c => c.Name == "zeroed").Quality;
+        var restored = conditions.Single(c => c.Name == "zeroed+activation-restored").Quality;
+        Assert.IsTrue(zeroed.KlDivergence.Value > 0.01, $"zeroing changes the model: KL {zeroed.KlDivergence.Value}");
+        Assert.IsTrue(restored.KlDivergence.Value < zeroed.KlDivergence.Value, $"restoring the super activation recovers part: {restored.KlDivergence.Value} vs {zeroed.KlDivergence.Value}");
+
+        var scaling = ablation.Scaling(stream, options);
+        Assert.AreEqual(0.0, scaling.Single(s => s.Scale == 1.0).Quality.KlDivergence.Value, 1e-12, "scale 1 is the original");
+        Assert.AreEqual(zeroed.KlDivergence.Value, scaling.Single(s => s.Scale == 0.0).Quality.KlDivergence.Value, 1e-9, "scale 0 is zeroing");
+        Assert.IsTrue(scaling.Single(s => s.Scale == 2.0).Quality.KlDivergence.Value > 0);
+
+        var control = ablation.Control(stream, options);
+        Assert.AreEqual(20, control.Count);
+        Assert.IsTrue(control.Quality.KlDivergence.Value < zeroed.KlDivergence.Value,
+            $"one super weight matters more than the 20 largest other weights: {zeroed.KlDivergence.Value} vs {control.Quality.KlDivergence.Value}");
+
+        // The model is left exactly as it was.
+        Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(model, 1, 17, 45));
+    }
+
+    [TestMethod]
+    public void AnalyzeWritesJsonAndAnHtmlPageShowingItsNumbers()
+    {
+        using var dir = new TempFolder();
+        string model = PlantedCheckpoint(dir);
+        string ids = dir.File("ids.txt");
+        TokenIdFile.Write(ids, Stream(120));
+        string outDir = dir.File("out");
+        var r = CliRunner.Run("analyze", "--model", model, "--prompt-tokens", string.Join(' ', Prompt), "--tokens", ids,
+            "--context", "40", "--stride", "20", "--control-count", "30", "--stopword-prompts", "2", "--out", outDir, "--device", "cpu");
+        Assert.AreEqual(0, r.ExitCode, r.StdErr + r.StdOut);
+
+        var json = File.ReadAllText(Path.Combine(outDir, "analysis.json"));
+        var report = JsonSerializer.Deserialize<AnalysisReport>(json, AnalysisReport.Json)!;
+        Assert.AreEqual(AnalysisReport.SchemaName, report.Schema);
+        Assert.AreEqual(1, report.SchemaVersion);
+        Assert.AreEqual((1, 17, 45), (report.Detection.SuperWeights[0].Layer, report.Detection.SuperWeights[0].Row, report.Detection.SuperWeights[0].Column));
+        Assert.AreEqual(2, report.Conditions.Count);
+        Assert.AreEqual(7, report.Scaling.Count);
+        Assert.IsNotNull(report.Control);
+        Assert.IsNotNull(report.Stopwords);
+        StringAssert.Contains(report.Stopwords!.Source, "no tokenizer");
+
+        string html = File.ReadAllText(Path.Combine(outDir, "analysis.html"));
+        StringAssert.Contains(html, "model.layers.1.mlp.down_proj.weight[17, 45]");
+        var numbers = new List<double> { report.Evaluation!.Perplexity, report.Control!.Perplexity };
+        numbers.AddRange(report.Conditions.SelectMany(c => new[] { c.Perplexity, c.KlDivergence, c.Top1Agreement }));
+        numbers.AddRange(report.Scaling.SelectMany(s => new[] { s.Scale, s.Perplexity, s.KlDivergence }));
+        numbers.AddRange(report.Detection.Spikes.SelectMany(s => new[] { s.InputMagnitude, s.OutputMagnitude }));
+        numbers.AddRange(report.Stopwords.Tokens.SelectMany(t => new[] { t.Original, t.Zeroed }));
+        foreach (double v in numbers) StringAssert.Contains(html, AnalysisHtml.Fmt(v), $"value {v} from analysis.json is not on the page");
+        Assert.AreEqual(report.Detection.Spikes.Count * 2 + report.Stopwords.Tokens.Count * 2, CountOf(html, "<rect "), "one bar per spike and per stopword value");
+        Assert.AreEqual(report.Scaling.Count, CountOf(html, "<circle "), "one point per scale");
+        Assert.IsFalse(html.Contains("<script"), "self-contained, no scripts");
+    }
+
+    [TestMethod]
+    public void AnalyzeOnAModelWithoutSuperWeightsSaysSoAndSkipsAblations()
+    {
+        using var dir = new TempFolder();
+        string ids = dir.File("ids.txt");
+        TokenIdFile.Write(ids, Stream(80));
+        string outDir = dir.File("out");
+        var r = CliRunner.Run("analyze", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 306 434 306 461 390", "--tokens", ids,
+            "--context", "80", "--out", outDir, "--device", "cpu");
+        Assert.AreEqual(0, r.ExitCode, r.StdErr + r.StdOut);
+        StringAssert.Contains(r.StdOut, "no super weight above threshold 50");
+        var report = JsonSerializer.Deserialize<AnalysisReport>(File.ReadAllText(Path.Combine(outDir, "analysis.json")), AnalysisReport.Json)!;
+        Assert.AreEqual(0, report.Detection.SuperWeights.Count);
+        Assert.IsNotNull(report.AblationsSkipped);
+        Assert.AreEqual(0, report.Conditions.Count);
+        StringAssert.Contains(File.ReadAllText(Path.Combine(outDir, "analysis.html")), "no super weight above threshold");
+    }
+
+    static int CountOf(string s, string what)
+    {
+        int n = 0;
+        for (int i = s.IndexOf(what, StringComparison.Ordinal); i >= 0; i = s.IndexOf(what, i + 1, StringComparison.Ordinal)) n++;
+        return n;
+    }
+}
