@@ -16,6 +16,9 @@ public static class ErrorCodes
     public const string TokenFileInvalid = "SQ2007";
     public const string NonFiniteWeights = "SQ2008";
     public const string InvalidArgument = "SQ2009";
+    public const string UnsupportedQuantization = "SQ4001";
+    public const string ArtifactFormat = "SQ4002";
+    public const string ArtifactWrite = "SQ4003";
 }
 
 /// <summary>An expected failure with a code and, when known, the offending file and item (tensor, key).</summary>

@@ -1,0 +1,128 @@
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.SuperWeights;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Core.Quantization;
+
+public enum WeightMethod
+{
+    /// <summary>Plain block round-to-nearest.</summary>
+    Rtn,
+    /// <summary>The Super Weight paper's method: clip at a z-score, round-to-nearest, restore super weights in fp16.</summary>
+    SuperAware,
+}
+
+public sealed record WeightQuantizationOptions
+{
+    public WeightMethod Method { get; init; } = WeightMethod.SuperAware;
+    public int Bits { get; init; } = 4;
+    /// <summary>0 = per-channel.</summary>
+    public int BlockSize { get; init; } = 128;
+    /// <summary>z-score clip threshold; null = tune on calibration data; +Infinity = no clipping.</summary>
+    public double? Z { get; init; }
+    public IReadOnlyList<double> ZCandidates { get; init; } = new[] { double.PositiveInfinity, 12, 10, 8, 6, 5, 4, 3.5, 3, 2.5 };
+}
+
+/// <summary>What quantizing a model produced: per linear layer its quantized matrix, and the settings used.</summary>
+public sealed class QuantizationResult : IDisposable
+{
+    public required WeightQuantizationOptions Options { get; init; }
+    /// <summary>The z actually used (+Infinity when not clipping).</summary>
+    public required double Z { get; init; }
+    /// <summary>Reconstruction error per candidate z when z was tuned.</summary>
+    public IReadOnlyList<(double Z, double Error)> ZSearch { get; init; } = Array.Empty<(double, double)>();
+    public required IReadOnlyList<SuperWeight> SuperWeights { get; init; }
+    public required Dictionary<LinearSite, QuantizedMatrix> Matrices { get; init; }
+
+    public double BitsPerWeight
+    {
+        get
+        {
+            double bits = Matrices.Values.Sum(m => m.BitsPerWeight * m.Rows * m.Cols);
+            return bits / Matrices.Values.Sum(m => (double)m.Rows * m.Cols);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var m in Matrices.Values) m.Dispose();
+    }
+}
+
+/// <summary>
+/// Quantizes every linear layer of the decoder blocks (q, k, v, o, gate, up, down) one at a time and puts the
+/// dequantized weights back into the model, so the model evaluates as the quantized artifact will. The token
+/// embedding and the output head stay in floating point (stored as fp16 in artifacts), as is usual for
+/// weight-only quantization.
+/// </summary>
+public static class ModelQuantizer
+{
+    public static IEnumerable<LinearSite> QuantizedSites(LlamaWeights w) => w.LinearSites.Where(s => s.Projection != Projection.LmHead);
+
+    /// <summary>Clips to mean +/- z * std of the whole matrix (the paper's z-score clipping).</summary>
+    public static Tensor ZScoreClip(Tensor w, double z)
+    {
+        if (double.IsPositiveInfinity(z)) return w.alias();
+        using var scope = torch.NewDisposeScope();
+        double mean = w.mean().item<float>(), std = w.std().item<float>();
+        return w.clamp(mean - z * std, mean + z * std).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Quantizes one matrix with the method's clipping and super-weight restoration.</summary>
+    public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights)
+    {
+        bool aware = o.Method == WeightMethod.SuperAware;
+        using Tensor clipped = ZScoreClip(w, aware ? z : double.PositiveInfinity);
+        QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+        var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
+        if (mine.Count == 0) return q;
+        var idx = torch.tensor(mine.SelectMany(s => new long[] { s.Row, s.Column }).ToArray(), new long[] { mine.Count, 2 });
+        // The super weights' original values, rounded to fp16 (they are stored in fp16).
+        var values = torch.tensor(mine.Select(s => ReadOriginal(w, s)).ToArray()).to_type(ScalarType.Float16);
+        return new QuantizedMatrix
+        {
+            Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, Codes = q.Codes, Scales = q.Scales, Zeros = q.Zeros,
+            OutlierIndices = idx, OutlierValues = values,
+        };
+    }
+
+    static float ReadOriginal(Tensor w, SuperWeight s)
+    {
+        using var v = w[s.Row, s.Column];
+        return v.item<float>();
+    }
+
+    /// <summary>Quantizes the model in place. With <c>Z = null</c> and the super-aware method, z is tuned on
+    /// <paramref name="calibrationTokens"/> first.</summary>
+    public static QuantizationResult Quantize(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
+        IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null)
+    {
+        BlockRtnQuantizer.Validate(o.Bits, o.BlockSize);
+        double z = double.PositiveInfinity;
+        IReadOnlyList<(double, double)> search = Array.Empty<(double, double)>();
+        if (o.Method == WeightMethod.SuperAware)
+        {
+            if (o.Z is double fixedZ) z = fixedZ;
+            else
+            {
+                if (calibrationTokens is null || calibrationTokens.Count < 2)
+                    throw new SuperQuantException(ErrorCodes.InvalidArgument, "z = auto needs calibration tokens (a calibration text or token-id file)");
+                (z, search) = ZTuner.Choose(model, calibrationTokens, o, superWeights);
+            }
+        }
+        var sites = QuantizedSites(model.Weights).ToList();
+        var matrices = new Dictionary<LinearSite, QuantizedMatrix>();
+        for (int i = 0; i < sites.Count; i++)
+        {
+            LinearSite site = sites[i];
+            Tensor original = model.Weights[site];
+            QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights);
+            matrices[site] = q;
+            model.Weights[site] = BlockRtnQuantizer.Dequantize(q);
+            original.Dispose();
+            progress?.Invoke(i + 1, sites.Count);
+        }
+        return new QuantizationResult { Options = o, Z = z, ZSearch = search, SuperWeights = superWeights, Matrices = matrices };
+    }
+}

@@ -1,0 +1,42 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Core.Quantization;
+
+/// <summary>
+/// Block layout of an asymmetric round-to-nearest matrix ("sqrtn"): a [rows, cols] fp32 matrix is cut, row by row,
+/// into blocks of <see cref="BlockSize"/> consecutive input columns (the last block of a row is shorter when the
+/// block size does not divide cols). Each block has an fp16 scale and an fp16 zero point (an integer in
+/// [0, 2^bits - 1]); each weight an unsigned code in [0, 2^bits - 1]. Dequantized value = (code - zero) * scale.
+/// Sparse fp16 outliers (super weights) overwrite their positions after dequantization.
+/// </summary>
+public sealed class QuantizedMatrix : IDisposable
+{
+    public required int Bits { get; init; }
+    /// <summary>Columns per block; equals <see cref="Cols"/> for per-channel quantization.</summary>
+    public required int BlockSize { get; init; }
+    public required long Rows { get; init; }
+    public required long Cols { get; init; }
+    /// <summary>[rows, cols] uint8 codes (unpacked; <see cref="BitPacking"/> packs them for artifacts).</summary>
+    public required Tensor Codes { get; init; }
+    /// <summary>[rows, blocks] float16.</summary>
+    public required Tensor Scales { get; init; }
+    /// <summary>[rows, blocks] float16.</summary>
+    public required Tensor Zeros { get; init; }
+    /// <summary>[k, 2] int64 (row, col) of weights kept in fp16, or null.</summary>
+    public Tensor? OutlierIndices { get; init; }
+    /// <summary>[k] float16 values of those weights, or null.</summary>
+    public Tensor? OutlierValues { get; init; }
+
+    public long BlocksPerRow => (Cols + BlockSize - 1) / BlockSize;
+    public int OutlierCount => OutlierValues is null ? 0 : (int)OutlierValues.shape[0];
+
+    /// <summary>Storage cost in bits per weight: codes + fp16 scale and zero per block + fp16 value and two int32
+    /// coordinates per outlier.</summary>
+    public double BitsPerWeight => Bits + 32.0 * BlocksPerRow / Cols + OutlierCount * (16.0 + 64.0) / (Rows * Cols);
+
+    public void Dispose()
+    {
+        Codes.Dispose(); Scales.Dispose(); Zeros.Dispose(); OutlierIndices?.Dispose(); OutlierValues?.Dispose();
+    }
+}

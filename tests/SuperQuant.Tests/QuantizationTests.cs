@@ -1,0 +1,159 @@
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class QuantizationTests
+{
+    static Tensor RandomMatrix(long rows, long cols, int seed)
+    {
+        var g = new Generator((ulong)seed);
+        return torch.randn(new[] { rows, cols }, generator: g) * 0.1f;
+    }
+
+    /// <summary>Plain-loop reference of the block RTN formula, to check the tensor implementation code by code.</summary>
+    static (byte[] codes, float[] dequant) ReferenceRtn(float[] w, int rows, int cols, int bits, int block)
+    {
+        var codes = new byte[w.Length];
+        var deq = new float[w.Length];
+        int maxCode = (1 << bits) - 1;
+        for (int r = 0; r < rows; r++)
+            for (int b0 = 0; b0 < cols; b0 += block)
+            {
+                int b1 = Math.Min(cols, b0 + block);
+                float min = 0, max = 0;
+                for (int c = b0; c < b1; c++) { min = Math.Min(min, w[r * cols + c]); max = Math.Max(max, w[r * cols + c]); }
+                float scale = (float)(Half)Math.Max((max - min) / maxCode, 1e-8f);
+                float zero = Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0, maxCode);
+                for (int c = b0; c < b1; c++)
+                {
+                    float q = Math.Clamp(MathF.Round(w[r * cols + c] / scale, MidpointRounding.ToEven) + zero, 0, maxCode);
+                    codes[r * cols + c] = (byte)q;
+                    deq[r * cols + c] = (q - zero) * scale;
+                }
+            }
+        return (codes, deq);
+    }
+
+    [TestMethod]
+    [DataRow(4, 32)]
+    [DataRow(3, 64)]
+    [DataRow(4, 48 * 0 + 0)]   // per-channel
+    [DataRow(8, 128)]
+    [DataRow(2, 32)]
+    public void BlockRtnMatchesThePlainLoopReference(int bits, int block)
+    {
+        const int rows = 6, cols = 100; // 100 is not a multiple of 32/64/128: ragged last blocks
+        using Tensor w = RandomMatrix(rows, cols, 5);
+        using QuantizedMatrix q = BlockRtnQuantizer.Quantize(w, bits, block);
+        var (codes, deq) = ReferenceRtn(w.data<float>().ToArray(), rows, cols, bits, block == 0 ? cols : block);
+        CollectionAssert.AreEqual(codes, q.Codes.data<byte>().ToArray());
+        using Tensor d = BlockRtnQuantizer.Dequantize(q);
+        float[] got = d.data<float>().ToArray();
+        for (int i = 0; i < got.Length; i++) Assert.AreEqual(deq[i], got[i], 1e-6f, $"element {i}");
+        Assert.AreEqual(block == 0 ? 1 : (cols + block - 1) / block, q.BlocksPerRow);
+    }
+
+    [TestMethod]
+    public void RtnErrorIsAtMostHalfAStepPerBlock()
+    {
+        using Tensor w = RandomMatrix(16, 256, 9);
+        using QuantizedMatrix q = BlockRtnQuantizer.Quantize(w, 4, 64);
+        using Tensor d = BlockRtnQuantizer.Dequantize(q);
+        using Tensor err = (w - d).abs().view(16, 4, 64).amax(new long[] { -1 });
+        using Tensor halfStep = q.Scales.to_type(ScalarType.Float32) / 2 + 1e-6f;
+        Assert.IsTrue((err <= halfStep).all().item<bool>());
+    }
+
+    [TestMethod]
+    public void PackingRoundTripsEveryWidthAndInt4IsLowNibbleFirst()
+    {
+        var rng = new Random(3);
+        for (int bits = 2; bits <= 8; bits++)
+        {
+            foreach (int n in new[] { 1, 7, 8, 9, 1001 })
+            {
+                byte[] codes = Enumerable.Range(0, n).Select(_ => (byte)rng.Next(1 << bits)).ToArray();
+                using Tensor c = torch.tensor(codes);
+                using Tensor packed = BitPacking.Pack(c, bits);
+                Assert.AreEqual(BitPacking.PackedBytes(n, bits), packed.numel(), $"{bits} bits, {n} codes");
+                using Tensor back = BitPacking.Unpack(packed, bits, n);
+                CollectionAssert.AreEqual(codes, back.data<byte>().ToArray(), $"{bits} bits, {n} codes");
+            }
+        }
+        using Tensor two = BitPacking.Pack(torch.tensor(new byte[] { 1, 2, 15, 0 }), 4);
+        CollectionAssert.AreEqual(new byte[] { 0x21, 0x0F, 0, 0 }, two.data<byte>().ToArray());
+        using Tensor three = BitPacking.Pack(torch.tensor(new byte[] { 7, 0, 0, 0, 0, 0, 0, 5 }), 3);
+        CollectionAssert.AreEqual(new byte[] { 0x07, 0x00, 0xA0 }, three.data<byte>().ToArray()); // 5 << 21
+    }
+
+    [TestMethod]
+    public void UnsupportedBitsAndBlocksAreCodedErrors()
+    {
+        using Tensor w = RandomMatrix(4, 64, 1);
+        foreach (var (bits, block) in new[] { (1, 32), (9, 32), (4, 16), (4, 8192) })
+        {
+            var e = Assert.ThrowsExactly<SuperQuantException>(() => BlockRtnQuantizer.Quantize(w, bits, block).Dispose());
+            Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
+        }
+    }
+
+    [TestMethod]
+    public void SuperAwareQuantizationKeepsTheSuperWeightExactlyAndClipsTheRest()
+    {
+        using Tensor w = RandomMatrix(8, 128, 2);
+        w[3, 77] = torch.tensor(4.0f); // a super weight far outside the distribution
+        var site = new LinearSite(0, Projection.Down);
+        var sw = new[] { new SuperWeight(0, 3, 77, 4.0f, 1) };
+        var rtn = new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 128 };
+        var aware = rtn with { Method = WeightMethod.SuperAware };
+        using var qr = ModelQuantizer.QuantizeMatrix(w, site, rtn, double.PositiveInfinity, sw);
+        using var qa = ModelQuantizer.QuantizeMatrix(w, site, aware, 3.0, sw);
+        using Tensor dr = BlockRtnQuantizer.Dequantize(qr), da = BlockRtnQuantizer.Dequantize(qa);
+        Assert.AreEqual(4.0f, da[3, 77].item<float>(), "restored in fp16");
+        Assert.AreEqual(1, qa.OutlierCount);
+        // Without the outlier stretching its block, the rest of row 3 is reconstructed far better.
+        using Tensor mask = torch.ones(8, 128, dtype: ScalarType.Bool);
+        mask[3, 77] = torch.tensor(false);
+        double errRtn = (w - dr).masked_select(mask).pow(2).sum().item<float>();
+        double errAware = (w - da).masked_select(mask).pow(2).sum().item<float>();
+        Assert.IsTrue(errAware < errRtn / 2, $"aware {errAware} vs rtn {errRtn}");
+    }
+
+    [TestMethod]
+    public void ModelQuantizationDegradesGracefullyWithBitsAndTunesZ()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3, Hidden = 64, Intermediate = 128, Heads = 4, KvHeads = 2 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        TinyCheckpointFactory.Write(dir.Path, spec, w);
+        using var original = ModelLoader.Load(dir.Path);
+        var detection = new SuperWeightDetector().Detect(original, new[] { 1, 2, 3, 4, 5 });
+        var rng = new Random(1);
+        int[] calib = Enumerable.Range(0, 64).Select(_ => rng.Next(48)).ToArray();
+        int[] eval = Enumerable.Range(0, 96).Select(_ => rng.Next(48)).ToArray();
+        var kl = new Dictionary<int, double>();
+        foreach (int bits in new[] { 8, 3 })
+        {
+            using var model = ModelLoader.Load(dir.Path);
+            using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Bits = bits, BlockSize = 64 }, detection.SuperWeights, calib);
+            Assert.AreEqual(21, result.Matrices.Count);
+            Assert.AreEqual(bits == 8 ? 10 : 10, result.ZSearch.Count, "every candidate z scored");
+            Assert.IsTrue(result.ZSearch.Any(s => s.Z == result.Z) && result.ZSearch.All(s => s.Error >= result.ZSearch.Min(x => x.Error)));
+            Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(model, 1, 17, 45), "super weight restored in the model");
+            kl[bits] = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), eval, 32, 16).KlDivergence.Value;
+        }
+        Assert.IsTrue(kl[8] < kl[3], $"8-bit KL {kl[8]} < 3-bit KL {kl[3]}");
+        Assert.IsTrue(kl[8] < 1e-3, $"8-bit KL {kl[8]}");
+    }
+}
