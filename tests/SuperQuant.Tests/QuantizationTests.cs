@@ -31,7 +31,7 @@ public sealed class QuantizationTests
                 int b1 = Math.Min(cols, b0 + block);
                 float min = 0, max = 0;
                 for (int c = b0; c < b1; c++) { min = Math.Min(min, w[r * cols + c]); max = Math.Max(max, w[r * cols + c]); }
-                float scale = (float)(Half)Math.Max((max - min) / maxCode, 1e-8f);
+                float scale = (float)(Half)Math.Max((max - min) / maxCode, BlockRtnQuantizer.MinScale);
                 float zero = Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0, maxCode);
                 for (int c = b0; c < b1; c++)
                 {
@@ -60,6 +60,22 @@ public sealed class QuantizationTests
         float[] got = d.data<float>().ToArray();
         for (int i = 0; i < got.Length; i++) Assert.AreEqual(deq[i], got[i], 1e-6f, $"element {i}");
         Assert.AreEqual(block == 0 ? 1 : (cols + block - 1) / block, q.BlocksPerRow);
+    }
+
+    [TestMethod]
+    [DataRow(8)]
+    [DataRow(4)]
+    public void ZeroAndConstantBlocksDequantizeExactly(int bits)
+    {
+        using Tensor w = torch.zeros(3, 64);
+        w[1] = torch.full(64, 0.25f);
+        w[2, 0] = torch.tensor(1.5f);
+        using QuantizedMatrix q = BlockRtnQuantizer.Quantize(w, bits, 32);
+        using Tensor d = BlockRtnQuantizer.Dequantize(q);
+        Assert.IsTrue(d.isfinite().all().item<bool>(), "no NaN from all-zero blocks");
+        Assert.AreEqual(0f, d[0].abs().max().item<float>());
+        Assert.AreEqual(0f, d[2, 1].item<float>());
+        Assert.AreEqual(0.25f, d[1, 5].item<float>(), 0.25f / ((1 << bits) - 1));
     }
 
     [TestMethod]

@@ -17,7 +17,7 @@ public static class BitPacking
 
     public static Tensor Pack(Tensor codes, int bits)
     {
-        if (bits == 8) return codes.flatten().to_type(ScalarType.Byte).contiguous();
+        if (bits == 8) return codes.to_type(ScalarType.Byte).flatten().clone(); // always a new tensor: callers own and dispose it
         using var scope = torch.NewDisposeScope();
         Tensor flat = codes.flatten().to_type(ScalarType.Int64);
         long n = flat.shape[0], groups = (n + 7) / 8;

@@ -12,6 +12,7 @@ namespace SuperQuant.Core.Quantization;
 public static class BlockRtnQuantizer
 {
     public const int MinBits = 2, MaxBits = 8, MinBlock = 32, MaxBlock = 4096;
+    public const float MinScale = 1e-7f;
 
     /// <summary>Block size 0 means per-channel (one block per row).</summary>
     public static void Validate(int bits, int blockSize)
@@ -37,7 +38,8 @@ public static class BlockRtnQuantizer
         double maxCode = (1 << bits) - 1;
         Tensor min = padded.amin(new long[] { -1 }, keepdim: true).clamp(max: 0);  // ranges include 0, as in GPTQ/AWQ
         Tensor max = padded.amax(new long[] { -1 }, keepdim: true).clamp(min: 0);
-        Tensor scale = ((max - min) / maxCode).clamp(min: 1e-8).to_type(ScalarType.Float16).to_type(ScalarType.Float32);
+        // Floor above fp16's smallest subnormal: an all-zero block would otherwise get scale 0 and a 0/0 zero point.
+        Tensor scale = ((max - min) / maxCode).clamp(min: MinScale).to_type(ScalarType.Float16).to_type(ScalarType.Float32);
         Tensor zero = (-min / scale).round().clamp(0, maxCode);
         Tensor codes = ((padded / scale).round() + zero).clamp(0, maxCode).to_type(ScalarType.Byte)
             .view(rows, blocks * block).narrow(1, 0, cols).contiguous();

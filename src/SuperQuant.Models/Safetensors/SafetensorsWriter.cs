@@ -76,7 +76,20 @@ public static class SafetensorsWriter
     /// <summary>Raw little-endian bytes of a tensor, in pieces (spans are int-sized; tensors can exceed 2 GB).</summary>
     static void WriteTensorBytes(Stream s, Tensor t)
     {
-        using Tensor c = t.cpu().contiguous();
+        // cpu() and contiguous() return the very same object when there is nothing to do: dispose only a copy.
+        Tensor c = t.cpu().contiguous();
+        try
+        {
+            WriteContiguous(s, c);
+        }
+        finally
+        {
+            if (!ReferenceEquals(c, t)) c.Dispose();
+        }
+    }
+
+    static void WriteContiguous(Stream s, Tensor c)
+    {
         using Tensor flat = c.view(-1);
         const long chunkElements = 1 << 26;
         long n = flat.shape[0];

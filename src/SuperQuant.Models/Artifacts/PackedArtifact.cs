@@ -1,0 +1,189 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SuperQuant.Core;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Models.Artifacts;
+
+/// <summary>Provenance and settings stored in a packed artifact's metadata.</summary>
+public sealed record PackedInfo
+{
+    public required string Method { get; init; }
+    public required int Bits { get; init; }
+    public required int BlockSize { get; init; }
+    /// <summary>null when no clipping was applied.</summary>
+    public double? Z { get; init; }
+    public required List<int[]> SuperWeights { get; init; }
+    public required string SourceSha256 { get; init; }
+    public string? ManifestSha256 { get; init; }
+    public required string ToolVersion { get; init; }
+    public required double BitsPerWeight { get; init; }
+}
+
+/// <summary>
+/// The packed artifact ("superquant.packed", version 1): one safetensors file. For each quantized linear layer with
+/// Hugging Face name N: <c>N.qcodes</c> (U8, bit-packed codes, <see cref="BitPacking"/>), <c>N.scales</c> and
+/// <c>N.zeros</c> (F16 [rows, blocks]), and when it has super weights <c>N.outlier_idx</c> (I32 [k, 2]) and
+/// <c>N.outlier_val</c> (F16 [k]). Embedding and output head are F16, norms and biases F32. Metadata holds the
+/// format name and version, the model config, each matrix's shape/bits/block, and <see cref="PackedInfo"/>.
+/// </summary>
+public static class PackedArtifact
+{
+    public const string FormatName = "superquant.packed";
+    public const int FormatVersion = 1;
+
+    sealed record MatrixInfo(long Rows, long Cols, int Bits, int Block);
+
+    static readonly JsonSerializerOptions Json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null)
+    {
+        LlamaWeights w = model.Weights;
+        var layout = new List<TensorLayout>();
+        var producers = new Dictionary<string, Func<Tensor>>();
+        void Add(string name, ScalarType type, long[] shape, Func<Tensor> produce) { layout.Add(new(name, type, shape)); producers[name] = produce; }
+        void AddFloat(string name, Tensor? t, ScalarType type) { if (t is not null) Add(name, type, t.shape, () => t.to_type(type).contiguous()); }
+
+        var matrices = new Dictionary<string, MatrixInfo>();
+        AddFloat("model.embed_tokens.weight", w.TokenEmbedding, ScalarType.Float16);
+        for (int l = 0; l < w.Layers.Length; l++)
+        {
+            string p = $"model.layers.{l}.";
+            AddFloat(p + "input_layernorm.weight", w.Layers[l].AttnNorm, ScalarType.Float32);
+            AddFloat(p + "post_attention_layernorm.weight", w.Layers[l].FfnNorm, ScalarType.Float32);
+            AddFloat(p + "self_attn.q_proj.bias", w.Layers[l].Bq, ScalarType.Float32);
+            AddFloat(p + "self_attn.k_proj.bias", w.Layers[l].Bk, ScalarType.Float32);
+            AddFloat(p + "self_attn.v_proj.bias", w.Layers[l].Bv, ScalarType.Float32);
+        }
+        AddFloat("model.norm.weight", w.FinalNorm, ScalarType.Float32);
+        AddFloat("lm_head.weight", w.LmHead, ScalarType.Float16);
+        foreach (var (site, q) in result.Matrices.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Projection))
+        {
+            string n = site.WeightName;
+            matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
+            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => BitPacking.Pack(q.Codes, q.Bits));
+            Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
+            Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
+            if (q.OutlierCount > 0)
+            {
+                Add(n + ".outlier_idx", ScalarType.Int32, new long[] { q.OutlierCount, 2 }, () => q.OutlierIndices!.to_type(ScalarType.Int32));
+                Add(n + ".outlier_val", ScalarType.Float16, new long[] { q.OutlierCount }, () => q.OutlierValues!.alias());
+            }
+        }
+        var info = new PackedInfo
+        {
+            Method = result.Options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
+            Bits = result.Options.Bits, BlockSize = result.Options.BlockSize,
+            Z = double.IsPositiveInfinity(result.Z) ? null : result.Z,
+            SuperWeights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
+            SourceSha256 = sourceSha256, ManifestSha256 = manifestSha256,
+            ToolVersion = typeof(PackedArtifact).Assembly.GetName().Version?.ToString() ?? "0",
+            BitsPerWeight = result.BitsPerWeight,
+        };
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = FormatName,
+            ["format_version"] = FormatVersion.ToString(),
+            ["config"] = JsonSerializer.Serialize(model.Config, Json),
+            ["matrices"] = JsonSerializer.Serialize(matrices, Json),
+            ["superquant"] = JsonSerializer.Serialize(info, Json),
+        };
+        try
+        {
+            SafetensorsWriter.WriteStreaming(path, layout, name => producers[name](), disposeEach: true, metadata);
+        }
+        catch (IOException e)
+        {
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"could not write {path}: {e.Message}", path, e);
+        }
+    }
+
+    public static PackedInfo ReadInfo(string path)
+    {
+        using var f = SafetensorsFile.Open(path);
+        return ReadHeader(f).info;
+    }
+
+    static (LlamaConfig config, Dictionary<string, MatrixInfo> matrices, PackedInfo info) ReadHeader(SafetensorsFile f)
+    {
+        SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path} is not a valid {FormatName} artifact: {what}", f.Path);
+        if (!f.Metadata.TryGetValue("format", out var format) || format != FormatName) throw Bad("missing format marker");
+        if (!f.Metadata.TryGetValue("format_version", out var v) || v != FormatVersion.ToString())
+            throw Bad($"format version {v ?? "(none)"} (this loader reads version {FormatVersion})");
+        try
+        {
+            var config = JsonSerializer.Deserialize<LlamaConfig>(f.Metadata["config"], Json) ?? throw Bad("empty config");
+            config.Validate();
+            var matrices = JsonSerializer.Deserialize<Dictionary<string, MatrixInfo>>(f.Metadata["matrices"], Json) ?? throw Bad("empty matrix table");
+            var info = JsonSerializer.Deserialize<PackedInfo>(f.Metadata["superquant"], Json) ?? throw Bad("empty settings");
+            return (config, matrices, info);
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidDataException or NotSupportedException)
+        {
+            throw Bad(e.Message);
+        }
+    }
+
+    /// <summary>Reads one quantized matrix back (codes unpacked), checking every size against the header.</summary>
+    static QuantizedMatrix ReadMatrix(SafetensorsFile f, string name, MatrixInfo m)
+    {
+        SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix '{name}': {what}", f.Path);
+        BlockRtnQuantizer.Validate(m.Bits, m.Block == m.Cols ? 0 : m.Block);
+        long blocks = (m.Cols + m.Block - 1) / m.Block;
+        if (f.Entry(name + ".qcodes").ElementCount != BitPacking.PackedBytes(m.Rows * m.Cols, m.Bits)) throw Bad("code bytes do not match its shape and bits");
+        foreach (string part in new[] { ".scales", ".zeros" })
+            if (!f.Entry(name + part).Shape.SequenceEqual(new[] { m.Rows, blocks })) throw Bad($"{part[1..]} shape is not [{m.Rows}, {blocks}]");
+        using Tensor packed = f.Read(name + ".qcodes");
+        Tensor codes = BitPacking.Unpack(packed, m.Bits, m.Rows * m.Cols).view(m.Rows, m.Cols);
+        Tensor? idx = null, val = null;
+        if (f.Contains(name + ".outlier_idx"))
+        {
+            idx = f.Read(name + ".outlier_idx").to_type(ScalarType.Int64);
+            val = f.Read(name + ".outlier_val");
+            if (idx.shape[0] != val.shape[0] || (idx.numel() > 0 && ((idx[TensorIndex.Colon, 0] >= m.Rows).any().item<bool>() || (idx[TensorIndex.Colon, 1] >= m.Cols).any().item<bool>() || (idx < 0).any().item<bool>())))
+                throw Bad("outlier coordinates out of range");
+        }
+        return new QuantizedMatrix
+        {
+            Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, Codes = codes,
+            Scales = f.Read(name + ".scales"), Zeros = f.Read(name + ".zeros"), OutlierIndices = idx, OutlierValues = val,
+        };
+    }
+
+    /// <summary>Loads the artifact into a model with dequantized fp32 weights.</summary>
+    public static (LlamaModel Model, PackedInfo Info) Load(string path, Device? device = null)
+    {
+        using var f = SafetensorsFile.Open(path);
+        var (c, matrices, info) = ReadHeader(f);
+        Tensor Float(string name) => f.Read(name, ScalarType.Float32);
+        Tensor Matrix(string name)
+        {
+            if (!matrices.TryGetValue(name, out var m)) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{path}: matrix '{name}' is missing", path);
+            using QuantizedMatrix q = ReadMatrix(f, name, m);
+            return BlockRtnQuantizer.Dequantize(q);
+        }
+        Tensor? Optional(string name) => f.Contains(name) ? Float(name) : null;
+        var layers = new LlamaLayerWeights[c.NumLayers];
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            layers[l] = new LlamaLayerWeights
+            {
+                AttnNorm = Optional(p + "input_layernorm.weight"), FfnNorm = Optional(p + "post_attention_layernorm.weight"),
+                Bq = Optional(p + "self_attn.q_proj.bias"), Bk = Optional(p + "self_attn.k_proj.bias"), Bv = Optional(p + "self_attn.v_proj.bias"),
+                Wq = Matrix(p + "self_attn.q_proj.weight"), Wk = Matrix(p + "self_attn.k_proj.weight"), Wv = Matrix(p + "self_attn.v_proj.weight"),
+                Wo = Matrix(p + "self_attn.o_proj.weight"), WGate = Matrix(p + "mlp.gate_proj.weight"), WUp = Matrix(p + "mlp.up_proj.weight"),
+                WDown = Matrix(p + "mlp.down_proj.weight"),
+            };
+        }
+        var weights = new LlamaWeights { TokenEmbedding = Float("model.embed_tokens.weight"), FinalNorm = Optional("model.norm.weight"), LmHead = Optional("lm_head.weight"), Layers = layers };
+        if (device is not null && device.type != DeviceType.CPU)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, "loading packed artifacts onto CUDA is not implemented yet; load on CPU");
+        return (new LlamaModel(c, weights), info);
+    }
+}

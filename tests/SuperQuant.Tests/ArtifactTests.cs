@@ -1,0 +1,184 @@
+using SuperQuant.Core;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Artifacts;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Gguf;
+using SuperQuant.Models.Safetensors;
+using SuperQuant.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class ArtifactTests
+{
+    static string Planted(TempFolder dir, TinyModelSpec spec)
+    {
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        string folder = Path.Combine(dir.Path, "ckpt");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        return folder;
+    }
+
+    [TestMethod]
+    [DataRow(4, 64)]
+    [DataRow(3, 0)]
+    [DataRow(8, 32)]
+    public void PackedArtifactLoadsBackBitForBit(int bits, int block)
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 96, ModelType = "qwen2" };
+        string ckpt = Planted(dir, spec);
+        using var model = ModelLoader.Load(ckpt);
+        var detection = new SuperWeightDetector().Detect(model, new[] { 1, 2, 3 });
+        Assert.AreEqual(1, detection.SuperWeights.Count);
+        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Bits = bits, BlockSize = block, Z = 4 }, detection.SuperWeights);
+        string artifact = dir.File("model.sqpk.safetensors");
+        PackedArtifact.Write(artifact, model, result, CheckpointHash.Compute(ckpt));
+
+        var (loaded, info) = PackedArtifact.Load(artifact);
+        using (loaded)
+        {
+            foreach (LinearSite site in ModelQuantizer.QuantizedSites(model.Weights))
+                Assert.IsTrue(loaded.Weights[site].equal(model.Weights[site]).all().item<bool>(), $"{site} differs after pack/load");
+            Assert.IsTrue(loaded.Weights.Layers[0].Bq!.equal(model.Weights.Layers[0].Bq!).all().item<bool>());
+            Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(loaded, 1, 17, 45));
+            Assert.AreEqual(model.Config, loaded.Config);
+            using var a = model.Forward(new[] { 4, 8, 15, 16 });
+            using var b = loaded.Forward(new[] { 4, 8, 15, 16 });
+            Assert.IsTrue(a.allclose(b, rtol: 0, atol: 0.05), "only the fp16 embedding differs");
+        }
+        Assert.AreEqual("super-aware", info.Method);
+        Assert.AreEqual(bits, info.Bits);
+        Assert.AreEqual(4.0, info.Z);
+        CollectionAssert.AreEqual(new[] { 1, 17, 45 }, info.SuperWeights.Single());
+        Assert.AreEqual(CheckpointHash.Compute(ckpt), info.SourceSha256);
+        Assert.IsTrue(info.BitsPerWeight > bits && info.BitsPerWeight < bits + 1.5, $"bpw {info.BitsPerWeight}");
+        long expectedCodes = BitPacking.PackedBytes(64L * 96, bits);
+        using var f = SafetensorsFile.Open(artifact);
+        Assert.AreEqual(expectedCodes, f.Entry("model.layers.0.mlp.gate_proj.weight.qcodes").ElementCount);
+    }
+
+    [TestMethod]
+    public void PackedLoaderRejectsForeignAndDamagedFiles()
+    {
+        using var dir = new TempFolder();
+        string plain = dir.File("plain.safetensors");
+        SafetensorsWriter.Write(plain, new Dictionary<string, Tensor> { ["x"] = torch.ones(2) });
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => PackedArtifact.Load(plain));
+        Assert.AreEqual(ErrorCodes.ArtifactFormat, e.Code);
+
+        var spec = new TinyModelSpec();
+        string ckpt = Planted(dir, spec);
+        using var model = ModelLoader.Load(ckpt);
+        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 32 }, Array.Empty<SuperWeight>());
+        string artifact = dir.File("a.safetensors");
+        PackedArtifact.Write(artifact, model, result, "x");
+        byte[] all = File.ReadAllBytes(artifact);
+        File.WriteAllBytes(artifact, all[..(all.Length - 100)]);
+        Assert.AreEqual(ErrorCodes.CheckpointFormat, Assert.ThrowsExactly<SuperQuantException>(() => PackedArtifact.Load(artifact)).Code);
+    }
+
+    [TestMethod]
+    public void AFailedWriteLeavesNoFileAtTheFinalPath()
+    {
+        using var dir = new TempFolder();
+        string target = dir.File("out.safetensors");
+        var layout = new[] { new TensorLayout("a", ScalarType.Float32, new long[] { 4 }), new TensorLayout("b", ScalarType.Float32, new long[] { 4 }) };
+        Assert.ThrowsExactly<InvalidOperationException>(() => SafetensorsWriter.WriteStreaming(target, layout,
+            n => n == "a" ? torch.ones(4) : throw new InvalidOperationException("simulated failure mid-write"), disposeEach: true));
+        Assert.IsFalse(File.Exists(target));
+        Assert.AreEqual(0, Directory.GetFiles(dir.Path).Length, "no temp file left");
+    }
+
+    [TestMethod]
+    public void GgmlBlocksMatchTheReferenceLayoutAndBounds()
+    {
+        float[] x = Enumerable.Range(0, 64).Select(i => (float)Math.Sin(i * 0.7) * (i == 5 ? 3 : 1)).ToArray();
+        byte[] q8 = GgmlQuants.Quantize(GgmlType.Q8_0, x);
+        Assert.AreEqual(2 * GgmlQuants.Q8_0BlockBytes, q8.Length);
+        Assert.AreEqual((float)(Half)(3 * Math.Abs((float)Math.Sin(3.5)) / 127f), (float)BitConverter.ToHalf(q8), 1e-6, "d = amax / 127");
+        Assert.AreEqual(-127, (sbyte)q8[2 + 5], "the largest magnitude maps to +/-127 (here negative)");
+        float[] d8 = GgmlQuants.Dequantize(GgmlType.Q8_0, q8, 64);
+        for (int i = 0; i < 64; i++) Assert.AreEqual(x[i], d8[i], 0.02 * (i < 32 ? 3 : 1));
+
+        byte[] q4 = GgmlQuants.Quantize(GgmlType.Q4_0, x);
+        Assert.AreEqual(2 * GgmlQuants.Q4_0BlockBytes, q4.Length);
+        float d = (float)BitConverter.ToHalf(q4);
+        Assert.AreEqual(x[5] / -8f, d, 1e-3, "d = max / -8 with max the signed largest-magnitude value");
+        Assert.AreEqual(0, q4[2 + 5] & 0x0F, "x[5] = -8 * d maps to code 0");
+        float[] d4 = GgmlQuants.Dequantize(GgmlType.Q4_0, q4, 64);
+        // Q4_0 maps the largest-magnitude side to -8d and clamps the other at +7d: errors reach at most one step d.
+        for (int i = 0; i < 64; i++) Assert.AreEqual(x[i], d4[i], Math.Abs(i < 32 ? d : (float)BitConverter.ToHalf(q4.AsSpan(18))) + 1e-3, $"element {i}");
+    }
+
+    [TestMethod]
+    public void GgufRoundTripsHeaderMetadataAndTensors()
+    {
+        using var dir = new TempFolder();
+        using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
+        var sw = new[] { new SuperWeight(2, 10, 20, 0f, 1) }; // a stand-in: the mixed mode keys on the layer
+        foreach (GgufMode mode in Enum.GetValues<GgufMode>())
+        {
+            string path = dir.File($"m-{mode}.gguf");
+            var written = GgufWriter.Write(path, model, mode, sw, "stories260K");
+            var g = GgufFile.Read(path);
+            Assert.AreEqual("llama", g.Metadata["general.architecture"]);
+            Assert.AreEqual(5u, g.Metadata["llama.block_count"]);
+            Assert.AreEqual(4u, g.Metadata["llama.attention.head_count_kv"]);
+            Assert.AreEqual(8u, g.Metadata["llama.rope.dimension_count"]);
+            Assert.AreEqual(1 + 5 * 9 + 1, g.Tensors.Count, "embedding, 9 per block, output norm (tied head)");
+            CollectionAssert.AreEqual(written.Select(t => t.Name).ToList(), g.Tensors.Select(t => t.Name).ToList());
+            var down2 = g.Tensors.Single(t => t.Name == "blk.2.ffn_down.weight");
+            var gate = g.Tensors.Single(t => t.Name == "blk.0.ffn_gate.weight");
+            CollectionAssert.AreEqual(new long[] { 172, 64 }, down2.Dims);
+            // ffn_down rows are 172 long: not a multiple of 32, so F16 whatever the mode.
+            Assert.AreEqual(GgmlType.F16, down2.Type);
+            Assert.AreEqual(mode switch { GgufMode.F16 => GgmlType.F16, GgufMode.Q8_0 => GgmlType.Q8_0, _ => GgmlType.Q4_0 }, gate.Type);
+            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layers[0].WGate.data<float>().ToArray()), gate.Elements);
+            CollectionAssert.AreEqual(expected, g.ReadTensor("blk.0.ffn_gate.weight"));
+        }
+    }
+
+    [TestMethod]
+    public void GgufQueryAndKeyRowsAreInLlamaCppInterleavedOrder()
+    {
+        using var dir = new TempFolder();
+        using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
+        GgufWriter.Write(dir.File("f16.gguf"), model, GgufMode.F16, Array.Empty<SuperWeight>(), "s");
+        var g = GgufFile.Read(dir.File("f16.gguf"));
+        // llama2.c files store wq in the interleaved order llama.cpp uses: the GGUF tensor must equal the file's.
+        var raw = new RunCReferenceWeights(SharedModels.Stories260K);
+        float[] q = g.ReadTensor("blk.1.attn_q.weight");
+        float[] k = g.ReadTensor("blk.1.attn_k.weight");
+        for (int i = 0; i < q.Length; i++) Assert.AreEqual((float)(Half)raw.Wq(1)[i], q[i]);
+        for (int i = 0; i < k.Length; i++) Assert.AreEqual((float)(Half)raw.Wk(1)[i], k[i]);
+    }
+
+    [TestMethod]
+    public void GgufReaderRejectsCorruptFilesWithCodes()
+    {
+        using var dir = new TempFolder();
+        string path = dir.File("bad.gguf");
+        File.WriteAllBytes(path, new byte[] { (byte)'G', (byte)'G', (byte)'U', (byte)'F', 3, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0 });
+        Assert.AreEqual(ErrorCodes.ArtifactFormat, Assert.ThrowsExactly<SuperQuantException>(() => GgufFile.Read(path)).Code);
+        File.WriteAllBytes(path, new byte[] { 1, 2, 3 });
+        Assert.AreEqual(ErrorCodes.ArtifactFormat, Assert.ThrowsExactly<SuperQuantException>(() => GgufFile.Read(path)).Code);
+    }
+
+    [TestMethod]
+    public void GgufExportOfUnsupportedArchitectureIsACodedError()
+    {
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec { ModelType = "qwen2" });
+        using var m = ModelLoader.Load(dir.Path);
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => GgufWriter.Write(dir.File("q.gguf"), m, GgufMode.F16, Array.Empty<SuperWeight>(), "q"));
+        Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
+        Assert.IsFalse(File.Exists(dir.File("q.gguf")));
+    }
+}
