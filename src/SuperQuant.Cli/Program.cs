@@ -7,6 +7,7 @@ var root = new RootCommand("superquant: super-weight-aware LLM quantization as a
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(DetectCommand.Create());
 root.Subcommands.Add(AnalyzeCommand.Create());
+root.Subcommands.Add(QuantizeCommand.Create());
 root.Subcommands.Add(GenerateCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());

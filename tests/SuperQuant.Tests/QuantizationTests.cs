@@ -79,6 +79,26 @@ public sealed class QuantizationTests
     }
 
     [TestMethod]
+    [DataRow(4, 128, 64, 1000)]
+    [DataRow(3, 64, 7, 100)]
+    [DataRow(8, 32, 5, 77)]
+    [DataRow(2, 0, 9, 300)]
+    [DataRow(5, 4096, 3, 5000)]
+    public void FastPathIsIdenticalToTheTensorReference(int bits, int block, int rows, int cols)
+    {
+        using Tensor w = RandomMatrix(rows, cols, bits * 100 + rows);
+        w[0, 3] = torch.tensor(0.9f); // an outlier
+        w[rows - 1] = torch.zeros(cols); // an all-zero row
+        using QuantizedMatrix reference = BlockRtnQuantizer.Quantize(w, bits, block);
+        using QuantizedMatrix fast = FastBlockRtn.Quantize(w, bits, block);
+        Assert.IsTrue(fast.Codes.equal(reference.Codes).all().item<bool>(), "codes");
+        Assert.IsTrue(fast.Scales.equal(reference.Scales).all().item<bool>(), "scales");
+        Assert.IsTrue(fast.Zeros.equal(reference.Zeros).all().item<bool>(), "zeros");
+        using Tensor p1 = BitPacking.Pack(reference.Codes, bits), p2 = FastBlockRtn.Pack(fast.Codes, bits);
+        Assert.IsTrue(p1.equal(p2).all().item<bool>(), "packed bytes");
+    }
+
+    [TestMethod]
     public void RtnErrorIsAtMostHalfAStepPerBlock()
     {
         using Tensor w = RandomMatrix(16, 256, 9);

@@ -17,6 +17,7 @@ public static class BenchCommand
         var cmd = new Command("bench", "Benchmarks that print ratios measured side by side in one run.\n" + ExitCodes.HelpText);
         cmd.Subcommands.Add(Forward());
         cmd.Subcommands.Add(Detect());
+        cmd.Subcommands.Add(BenchQuantCommand.Create());
         return cmd;
     }
 

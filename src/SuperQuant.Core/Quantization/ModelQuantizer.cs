@@ -74,7 +74,7 @@ public static class ModelQuantizer
     {
         bool aware = o.Method == WeightMethod.SuperAware;
         using Tensor clipped = ZScoreClip(w, aware ? z : double.PositiveInfinity);
-        QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+        QuantizedMatrix q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
         var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         if (mine.Count == 0) return q;
         var idx = torch.tensor(mine.SelectMany(s => new long[] { s.Row, s.Column }).ToArray(), new long[] { mine.Count, 2 });

@@ -66,7 +66,7 @@ public static class PackedArtifact
         {
             string n = site.WeightName;
             matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
-            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => BitPacking.Pack(q.Codes, q.Bits));
+            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => FastBlockRtn.Pack(q.Codes, q.Bits));
             Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
             Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
             if (q.OutlierCount > 0)

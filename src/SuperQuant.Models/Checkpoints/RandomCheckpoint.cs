@@ -32,7 +32,13 @@ public static class RandomCheckpoint
         return list;
     }
 
-    public static void Write(string folder, LlamaConfig c, ScalarType dtype = ScalarType.Float32, long seed = 0, Action<int, int>? progress = null)
+    /// <summary>Writes the checkpoint. With <paramref name="superWeight"/> (layer, row, column) a super weight is
+    /// planted the way real models have one: embedding channel 0 is large for every token, gate_proj and up_proj row
+    /// <c>column</c> read only that channel (an input-independent super activation at down_proj input
+    /// <c>column</c>), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
+    /// column.</summary>
+    public static void Write(string folder, LlamaConfig c, ScalarType dtype = ScalarType.Float32, long seed = 0, Action<int, int>? progress = null,
+        (int Layer, int Row, int Column)? superWeight = null)
     {
         Directory.CreateDirectory(folder);
         var layout = Layout(c, dtype);
@@ -42,10 +48,28 @@ public static class RandomCheckpoint
         {
             var shape = layout.First(t => t.Name == name).Shape;
             Tensor t = name.EndsWith("norm.weight", StringComparison.Ordinal)
-                ? torch.ones(shape, dtype)
-                : torch.randn(shape, ScalarType.Float32, generator: gen).mul_(0.02).to_type(dtype);
+                ? torch.ones(shape, ScalarType.Float32)
+                : torch.randn(shape, ScalarType.Float32, generator: gen).mul_(0.02);
+            if (superWeight is var (layer, row, col))
+            {
+                string p = $"model.layers.{layer}.mlp.";
+                if (name == "model.embed_tokens.weight") t[TensorIndex.Colon, 0] = torch.tensor(0.5f);
+                if (name == p + "gate_proj.weight" || name == p + "up_proj.weight")
+                {
+                    t[col] = torch.zeros(c.HiddenSize);
+                    t[col, 0] = torch.tensor(2.0f);
+                }
+                if (name == p + "down_proj.weight")
+                {
+                    t[TensorIndex.Colon, col] = t[TensorIndex.Colon, col] * 0.001f;
+                    t[row, col] = torch.tensor(1.0f);
+                }
+            }
             progress?.Invoke(++done, layout.Count);
-            return t;
+            if (dtype == ScalarType.Float32) return t;
+            Tensor converted = t.to_type(dtype);
+            t.Dispose();
+            return converted;
         }, disposeEach: true, new Dictionary<string, string> { ["format"] = "pt", ["generator"] = "superquant random checkpoint" });
         File.WriteAllText(Path.Combine(folder, "config.json"), ConfigJson(c, dtype));
     }
