@@ -88,6 +88,23 @@ public static class BenchQuantCommand
                     string z = double.IsPositiveInfinity(result.Z) ? "-" : result.Z.ToString("G3", CultureInfo.InvariantCulture);
                     Console.WriteLine($"   {(method == WeightMethod.Rtn ? "rtn" : "super-aware"),-12} {bits,4} {(block == 0 ? "channel" : block.ToString()),7} {z,5} {result.BitsPerWeight,6:F3} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
                 }
+        Console.WriteLine();
+        Console.WriteLine("   weights and activations (simulated; per-token activations, per-channel weights):");
+        Console.WriteLine($"   {"method",-12} {"W/A",6} {"KL",18} {"top-1",7} {"ppl",9}");
+        foreach (var (w, a) in new[] { (8, 8), (4, 4) })
+            foreach (var method in Enum.GetValues<ActivationMethod>())
+            {
+                var o = method == ActivationMethod.DuQuant
+                    ? ActivationQuantizationOptions.DuQuantDefaults(w, a)
+                    : new ActivationQuantizationOptions { Method = method, WeightBits = w, ActivationBits = a };
+                using LlamaModel model = ModelLoader.Load(bm.Path);
+                try { model.Hooks = ActivationQuantizer.Apply(model, o, bm.Calibration, detection); }
+                catch (SuperQuantException e) { Console.WriteLine($"   {method,-12} W{w}A{a}: {e.Message}"); continue; }
+                var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
+                string name = method == ActivationMethod.SuperAware && !detection.Found ? "super-aware*" : method.ToString().ToLowerInvariant();
+                Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
+            }
+        if (!detection.Found) Console.WriteLine("   * no super activation was detected, so super-aware equals rtn here");
     }
 
     /// <summary>RTN INT4 block 128 (quantize + pack) over a 4096x4096 fp32 matrix vs copying the same bytes.</summary>

@@ -33,7 +33,7 @@ public static class RandomCheckpoint
     }
 
     /// <summary>Writes the checkpoint. With <paramref name="superWeight"/> (layer, row, column) a super weight is
-    /// planted the way real models have one: embedding channel 0 is large for every token, gate_proj and up_proj row
+    /// planted the way real models have one: embeddings are N(0, 1) with channel 0 = 8 for every token, gate_proj and up_proj row
     /// <c>column</c> read only that channel (an input-independent super activation at down_proj input
     /// <c>column</c>), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
     /// column.</summary>
@@ -53,11 +53,15 @@ public static class RandomCheckpoint
             if (superWeight is var (layer, row, col))
             {
                 string p = $"model.layers.{layer}.mlp.";
-                if (name == "model.embed_tokens.weight") t[TensorIndex.Colon, 0] = torch.tensor(0.5f);
+                if (name == "model.embed_tokens.weight")
+                {
+                    t.mul_(50f);                               // N(0, 1): logits that are not flat
+                    t[TensorIndex.Colon, 0] = torch.tensor(8f);
+                }
                 if (name == p + "gate_proj.weight" || name == p + "up_proj.weight")
                 {
                     t[col] = torch.zeros(c.HiddenSize);
-                    t[col, 0] = torch.tensor(2.0f);
+                    t[col, 0] = torch.tensor(4.0f);
                 }
                 if (name == p + "down_proj.weight")
                 {

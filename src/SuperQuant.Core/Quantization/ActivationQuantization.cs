@@ -1,0 +1,284 @@
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.SuperWeights;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Core.Quantization;
+
+public enum ActivationMethod
+{
+    /// <summary>Per-token activations and per-channel weights, round-to-nearest, nothing else.</summary>
+    Rtn,
+    /// <summary>Rtn, but each known super-activation channel is replaced by the tensor's median before quantizing
+    /// and its exact value restored after (the Super Weight paper's activation handling).</summary>
+    SuperAware,
+    /// <summary>SmoothQuant: per-channel scales s = max|X|^a / max|W|^(1-a) move activation outliers into weights.</summary>
+    SmoothQuant,
+    /// <summary>QuaRot-style: an orthogonal (Hadamard where the width is a power of two) rotation of every linear input.</summary>
+    Hadamard,
+    /// <summary>DuQuant: smoothing, a greedy block-diagonal rotation, a zigzag permutation, a second rotation.</summary>
+    DuQuant,
+}
+
+public sealed record ActivationQuantizationOptions
+{
+    public ActivationMethod Method { get; init; } = ActivationMethod.Rtn;
+    public int WeightBits { get; init; } = 8;
+    public int ActivationBits { get; init; } = 8;
+    /// <summary>SmoothQuant's / DuQuant's migration strength (DuQuant's script uses 0.6, SmoothQuant's paper 0.5).</summary>
+    public double Alpha { get; init; } = 0.5;
+    /// <summary>Fraction of the per-token max used as the activation range (DuQuant: 0.9).</summary>
+    public double ActivationClip { get; init; } = 1.0;
+    /// <summary>Fraction of the per-channel max used as the weight range (DuQuant: 0.8).</summary>
+    public double WeightClip { get; init; } = 1.0;
+    /// <summary>DuQuant rotation block size (128) and greedy steps per block (256).</summary>
+    public int RotationBlock { get; init; } = 128;
+    public int RotationSteps { get; init; } = 256;
+    public int Seed { get; init; } = 0;
+
+    public static ActivationQuantizationOptions DuQuantDefaults(int wBits, int aBits) => new()
+    {
+        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6, ActivationClip = 0.9, WeightClip = 0.8,
+    };
+}
+
+/// <summary>
+/// Simulated weight-and-activation quantization (fake-quant in fp32, as the papers evaluate it). Every group of linear
+/// layers that reads the same input (q/k/v, o, gate/up, down) gets one invertible input transform T: the weights are
+/// replaced offline by W T^-T and the input is multiplied online by T, so x W^T = (x T)(W T^-T)^T exactly before
+/// quantization. Then the transformed input is quantized per token and the transformed weight per output channel.
+/// SmoothQuant's T is diagonal (the online scale stands for the fold into the previous norm); Hadamard's and
+/// DuQuant's are orthogonal after the diagonal smoothing.
+/// </summary>
+public sealed class ActivationQuantizer : IForwardHooks
+{
+    readonly Dictionary<(int Layer, InputGroup Group), Tensor> _transforms = new();
+    readonly Dictionary<(int Layer, InputGroup Group), int[]> _superChannels = new();
+    readonly ActivationQuantizationOptions _o;
+
+    public enum InputGroup { Attention, Output, Mlp, Down }
+
+    public static InputGroup GroupOf(Projection p) => p switch
+    {
+        Projection.Q or Projection.K or Projection.V => InputGroup.Attention,
+        Projection.O => InputGroup.Output,
+        Projection.Gate or Projection.Up => InputGroup.Mlp,
+        Projection.Down => InputGroup.Down,
+        _ => throw new ArgumentOutOfRangeException(nameof(p)),
+    };
+
+    static IEnumerable<Projection> Members(InputGroup g) => g switch
+    {
+        InputGroup.Attention => new[] { Projection.Q, Projection.K, Projection.V },
+        InputGroup.Output => new[] { Projection.O },
+        InputGroup.Mlp => new[] { Projection.Gate, Projection.Up },
+        _ => new[] { Projection.Down },
+    };
+
+    ActivationQuantizer(ActivationQuantizationOptions o) { _o = o; }
+
+    /// <summary>Calibrates on <paramref name="calibration"/>, rewrites the model's weights, and returns the hooks to
+    /// install as <see cref="LlamaModel.Hooks"/>.</summary>
+    public static ActivationQuantizer Apply(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration, DetectionReport? detection = null)
+    {
+        if (o.Method == ActivationMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"SmoothQuant folds its scales into the preceding norm's weight; {model.Config.Architecture} uses a non-parametric LayerNorm, which has none (use hadamard or duquant)");
+        var q = new ActivationQuantizer(o);
+        var stats = InputStatistics.Record(model, calibration);
+        using var _ = torch.no_grad();
+        for (int l = 0; l < model.Config.NumLayers; l++)
+            foreach (InputGroup g in Enum.GetValues<InputGroup>())
+            {
+                var sites = Members(g).Select(p => new LinearSite(l, p)).ToList();
+                Tensor absMax = stats.AbsMax[(l, g)];
+                Tensor? t = o.Method switch
+                {
+                    // Only inputs that come out of a norm can carry the scale in deployment (folded into its weight).
+                    ActivationMethod.SmoothQuant when g is InputGroup.Attention or InputGroup.Mlp => torch.diag(1.0f / SmoothingScales(model, sites, absMax, o.Alpha)),
+                    ActivationMethod.Hadamard => OrthogonalRotation(absMax.shape[0], o.Seed + 31 * l + (int)g),
+                    ActivationMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
+                    _ => null,
+                };
+                if (t is not null)
+                {
+                    q._transforms[(l, g)] = t;
+                    using Tensor inverseT = torch.linalg.inv(t).t(); // W' = W T^-T
+                    foreach (var site in sites) model.Weights[site] = model.Weights[site].matmul(inverseT);
+                }
+                foreach (var site in sites) model.Weights[site] = FakeQuantPerChannel(model.Weights[site], o.WeightBits, o.WeightClip);
+            }
+        if (o.Method == ActivationMethod.SuperAware && detection is { Found: true })
+            foreach (var sw in detection.SuperWeights)
+            {
+                // The spike entering down_proj (channel k) and the super activation it writes into the residual
+                // stream (channel j), which every later block's q/k/v and gate/up inputs carry after RMSNorm.
+                q.AddSuperChannel((sw.Layer, InputGroup.Down), sw.Column);
+                for (int l = sw.Layer + 1; l < model.Config.NumLayers; l++)
+                {
+                    q.AddSuperChannel((l, InputGroup.Attention), sw.Row);
+                    q.AddSuperChannel((l, InputGroup.Mlp), sw.Row);
+                }
+            }
+        foreach (var t in stats.AbsMax.Values.Concat(stats.Samples.Values)) t.Dispose();
+        return q;
+    }
+
+    void AddSuperChannel((int, InputGroup) key, int channel) =>
+        _superChannels[key] = (_superChannels.TryGetValue(key, out var a) ? a : Array.Empty<int>()).Append(channel).Distinct().ToArray();
+
+    public Tensor OnLinearInput(LinearSite site, Tensor input)
+    {
+        if (site.Projection == Projection.LmHead) return input;
+        var key = (site.Layer, GroupOf(site.Projection));
+        Tensor x = _transforms.TryGetValue(key, out var t) ? input.matmul(t) : input;
+        if (!_superChannels.TryGetValue(key, out var channels)) return FakeQuantPerToken(x, _o.ActivationBits, _o.ActivationClip);
+        // Super-activation-aware: median in, quantize, exact value back.
+        using var idx = torch.tensor(channels.Select(c => (long)c).ToArray(), device: x.device);
+        Tensor saved = x.index_select(-1, idx);
+        float median = x.flatten().median().item<float>();
+        Tensor replaced = x.index_fill(-1, idx, median);
+        Tensor q = FakeQuantPerToken(replaced, _o.ActivationBits, _o.ActivationClip);
+        return q.index_copy(-1, idx, saved);
+    }
+
+    /// <summary>Symmetric per-token quantize/dequantize of the last dimension.</summary>
+    public static Tensor FakeQuantPerToken(Tensor x, int bits, double clip)
+    {
+        if (bits >= 16) return x; // 16 = keep floating point
+        double qmax = (1 << (bits - 1)) - 1;
+        Tensor scale = (x.abs().amax(new long[] { -1 }, keepdim: true) * clip / qmax).clamp(min: 1e-8);
+        return (x / scale).round().clamp(-qmax - 1, qmax) * scale;
+    }
+
+    /// <summary>Symmetric per-output-channel quantize/dequantize of a [out, in] weight.</summary>
+    public static Tensor FakeQuantPerChannel(Tensor w, int bits, double clip)
+    {
+        if (bits >= 16) return w.alias();
+        double qmax = (1 << (bits - 1)) - 1;
+        using var scope = torch.NewDisposeScope();
+        Tensor scale = (w.abs().amax(new long[] { 1 }, keepdim: true) * clip / qmax).clamp(min: 1e-8);
+        return ((w / scale).round().clamp(-qmax - 1, qmax) * scale).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>SmoothQuant: s_c = max|X_c|^a / max|W_c|^(1-a) over the group's weights; the input is divided by s.</summary>
+    static Tensor SmoothingScales(LlamaModel model, IReadOnlyList<LinearSite> sites, Tensor actAbsMax, double alpha)
+    {
+        Tensor wMax = sites.Select(s => model.Weights[s].abs().amax(new long[] { 0 })).Aggregate((a, b) => torch.maximum(a, b));
+        return (actAbsMax.clamp(min: 1e-5).pow(alpha) / wMax.clamp(min: 1e-5).pow(1 - alpha)).clamp(min: 1e-5);
+    }
+
+    /// <summary>A normalized Sylvester Hadamard matrix when n is a power of two, else a seeded random orthogonal matrix.</summary>
+    public static Tensor OrthogonalRotation(long n, int seed)
+    {
+        if ((n & (n - 1)) == 0)
+        {
+            Tensor h = torch.ones(1, 1);
+            while (h.shape[0] < n) h = torch.cat(new[] { torch.cat(new[] { h, h }, 1), torch.cat(new[] { h, -h }, 1) }, 0);
+            return h / (float)Math.Sqrt(n);
+        }
+        var g = new Generator((ulong)seed + 1);
+        var (qm, r) = torch.linalg.qr(torch.randn(new[] { n, n }, generator: g));
+        return qm * torch.sign(torch.diagonal(r)).unsqueeze(0);
+    }
+
+    /// <summary>
+    /// DuQuant's input transform for one group: smoothing (alpha), a block-diagonal rotation built greedily from the
+    /// largest-outlier channel of each block, a zigzag permutation that deals channels (sorted by outlier size) to
+    /// blocks back and forth so every block gets a similar share, and a second greedy block rotation.
+    /// </summary>
+    static Tensor DuQuantTransform(LlamaModel model, IReadOnlyList<LinearSite> sites, Tensor absMax, Tensor samples, ActivationQuantizationOptions o)
+    {
+        long n = absMax.shape[0];
+        Tensor s = SmoothingScales(model, sites, absMax, o.Alpha);
+        Tensor t = torch.diag(1.0f / s);
+        Tensor x = samples.matmul(t);
+        int block = (int)Math.Min(o.RotationBlock, n);
+        var rng = new Random(o.Seed + (int)n);
+        Tensor r1 = GreedyBlockRotation(x, block, o.RotationSteps, rng);
+        t = t.matmul(r1);
+        x = x.matmul(r1);
+        Tensor perm = ZigzagPermutation(x.abs().amax(new long[] { 0 }), block);
+        t = t.matmul(perm);
+        x = x.matmul(perm);
+        Tensor r2 = GreedyBlockRotation(x, block, o.RotationSteps, rng);
+        return t.matmul(r2);
+    }
+
+    static Tensor GreedyBlockRotation(Tensor x, int block, int steps, Random rng)
+    {
+        long n = x.shape[1];
+        Tensor full = torch.eye(n);
+        for (long start = 0; start < n; start += block)
+        {
+            long size = Math.Min(block, n - start);
+            Tensor xb = x.narrow(1, start, size);
+            Tensor r = torch.eye(size);
+            double best = xb.abs().max().item<float>();
+            Tensor basis = OrthogonalRotation(size, rng.Next());
+            for (int step = 0; step < steps; step++)
+            {
+                // Rotate the channel holding the block's largest magnitude onto a direction that spreads it evenly.
+                long outlier = xb.matmul(r).abs().amax(new long[] { 0 }).argmax().item<long>();
+                Tensor swap = torch.eye(size);
+                swap[0, 0] = torch.tensor(0f); swap[outlier, outlier] = torch.tensor(0f);
+                swap[0, outlier] = torch.tensor(1f); swap[outlier, 0] = torch.tensor(1f);
+                Tensor candidate = r.matmul(swap).matmul(basis);
+                double m = xb.matmul(candidate).abs().max().item<float>();
+                if (m >= best) break;
+                best = m;
+                r = candidate;
+            }
+            full[TensorIndex.Slice(start, start + size), TensorIndex.Slice(start, start + size)] = r;
+        }
+        return full;
+    }
+
+    static Tensor ZigzagPermutation(Tensor channelMax, int block)
+    {
+        long n = channelMax.shape[0];
+        long blocks = (n + block - 1) / block;
+        long[] order = channelMax.argsort(descending: true).data<long>().ToArray();
+        var buckets = Enumerable.Range(0, (int)blocks).Select(_ => new List<long>()).ToList();
+        int b = 0, dir = 1;
+        foreach (long c in order)
+        {
+            while (buckets[b].Count >= Math.Min(block, n - (long)b * block)) { b += dir; if (b < 0 || b >= blocks) { dir = -dir; b += dir; } }
+            buckets[b].Add(c);
+            b += dir;
+            if (b < 0 || b >= blocks) { dir = -dir; b += dir; }
+        }
+        long[] newOrder = buckets.SelectMany(x => x).ToArray();
+        Tensor p = torch.zeros(n, n);
+        for (int i = 0; i < n; i++) p[newOrder[i], i] = torch.tensor(1f); // column i takes channel newOrder[i]
+        return p;
+    }
+
+    /// <summary>Per input group: max |x| per channel and a sample of input rows, from one calibration pass.</summary>
+    sealed class InputStatistics : IForwardHooks
+    {
+        public Dictionary<(int, InputGroup), Tensor> AbsMax { get; } = new();
+        public Dictionary<(int, InputGroup), Tensor> Samples { get; } = new();
+
+        public static InputStatistics Record(LlamaModel model, IReadOnlyList<int> tokens)
+        {
+            var s = new InputStatistics();
+            IForwardHooks? previous = model.Hooks;
+            model.Hooks = s;
+            try { model.Forward(tokens.Take(model.Config.MaxPositionEmbeddings).ToArray()).Dispose(); }
+            finally { model.Hooks = previous; }
+            return s;
+        }
+
+        public Tensor OnLinearInput(LinearSite site, Tensor input)
+        {
+            if (site.Projection == Projection.LmHead) return input;
+            var key = (site.Layer, GroupOf(site.Projection));
+            if (AbsMax.ContainsKey(key)) return input;
+            Tensor x = input[0];
+            AbsMax[key] = x.abs().amax(new long[] { 0 }).clone().DetachFromDisposeScope();
+            Samples[key] = (x.shape[0] > 256 ? x.narrow(0, 0, 256) : x).clone().DetachFromDisposeScope();
+            return input;
+        }
+    }
+}

@@ -1,0 +1,114 @@
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Tests.Support;
+using TorchSharp;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class ActivationQuantizationTests
+{
+    static readonly int[] Tokens = Enumerable.Range(0, 40).Select(i => (i * 13 + 5) % 48).ToArray();
+
+    static string Planted(TempFolder dir, string modelType = "llama")
+    {
+        var spec = new TinyModelSpec { Layers = 3, Hidden = 64, Intermediate = 128, Heads = 4, KvHeads = 2, ModelType = modelType };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        TinyCheckpointFactory.Write(dir.Path, spec, w);
+        return dir.Path;
+    }
+
+    [TestMethod]
+    [DataRow(ActivationMethod.SmoothQuant)]
+    [DataRow(ActivationMethod.Hadamard)]
+    [DataRow(ActivationMethod.DuQuant)]
+    public void TransformsLeaveOutputsUnchangedBeforeQuantization(ActivationMethod method)
+    {
+        using var dir = new TempFolder();
+        string path = Planted(dir);
+        using var original = ModelLoader.Load(path);
+        using var model = ModelLoader.Load(path);
+        var o = new ActivationQuantizationOptions { Method = method, WeightBits = 16, ActivationBits = 16, Alpha = 0.6, RotationBlock = 32 };
+        model.Hooks = ActivationQuantizer.Apply(model, o, Tokens);
+        Assert.AreNotEqual(0f, (model.Weights.Layers[0].Wq - original.Weights.Layers[0].Wq).abs().max().item<float>(), "weights were transformed");
+        using var y = original.Forward(Tokens);
+        using var yRotated = model.Forward(Tokens);
+        float worst = (yRotated - y).abs().max().item<float>();
+        Assert.IsTrue(worst < 1e-4f, $"{method}: max |y_rotated - y| = {worst}");
+    }
+
+    /// <summary>A model whose residual stream has a few massive channels (as LLMs do), without a super weight:
+    /// the activation-outlier case DuQuant's rotations are for.</summary>
+    static string OutlierChannels(TempFolder dir)
+    {
+        var spec = new TinyModelSpec { Layers = 3, Hidden = 64, Intermediate = 128, Heads = 4, KvHeads = 2 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        float[] embed = w["model.embed_tokens.weight"];
+        for (int t = 0; t < spec.Vocab; t++)
+            foreach (int c in new[] { 3, 11, 40 }) embed[t * spec.Hidden + c] = 12f * (c == 11 ? -1 : 1);
+        TinyCheckpointFactory.Write(dir.Path, spec, w);
+        return dir.Path;
+    }
+
+    [TestMethod]
+    public void DuQuantAtW4A4BeatsPlainRoundToNearest()
+    {
+        using var dir = new TempFolder();
+        string path = OutlierChannels(dir);
+        using var original = ModelLoader.Load(path);
+        double Kl(ActivationQuantizationOptions o)
+        {
+            using var m = ModelLoader.Load(path);
+            m.Hooks = ActivationQuantizer.Apply(m, o, Tokens);
+            return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
+        }
+        double rtn = Kl(new ActivationQuantizationOptions { Method = ActivationMethod.Rtn, WeightBits = 4, ActivationBits = 4 });
+        double du = Kl(ActivationQuantizationOptions.DuQuantDefaults(4, 4) with { RotationBlock = 32 });
+        Assert.IsTrue(du < rtn, $"DuQuant KL {du} vs RTN KL {rtn}");
+    }
+
+    [TestMethod]
+    public void SuperActivationAwareW8A8BeatsNaiveOnAModelWithASuperActivation()
+    {
+        using var dir = new TempFolder();
+        string path = Planted(dir);
+        using var original = ModelLoader.Load(path);
+        var detection = new SuperWeightDetector().Detect(original, Tokens[..8]);
+        Assert.IsTrue(detection.Found);
+        double Kl(ActivationMethod method)
+        {
+            using var m = ModelLoader.Load(path);
+            m.Hooks = ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = method, WeightBits = 8, ActivationBits = 8 }, Tokens, detection);
+            return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
+        }
+        double naive = Kl(ActivationMethod.Rtn), aware = Kl(ActivationMethod.SuperAware);
+        Assert.IsTrue(aware < naive, $"super-aware KL {aware} vs naive {naive}");
+    }
+
+    [TestMethod]
+    public void SmoothQuantOnOlmoIsACodedError()
+    {
+        using var dir = new TempFolder();
+        using var m = ModelLoader.Load(Planted(dir, "olmo"));
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant }, Tokens));
+        Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
+        StringAssert.Contains(e.Message, "non-parametric LayerNorm");
+    }
+
+    [TestMethod]
+    public void RotationsAreOrthogonal()
+    {
+        foreach (long n in new long[] { 64, 48 })
+        {
+            using var r = ActivationQuantizer.OrthogonalRotation(n, 3);
+            using var eye = torch.eye(n);
+            Assert.IsTrue(r.matmul(r.t()).allclose(eye, rtol: 0, atol: 1e-5), $"n = {n}");
+        }
+    }
+}
