@@ -64,3 +64,51 @@ public sealed class CliTests
         }
     }
 }
+
+[TestClass]
+public sealed class QuantizeCliTests
+{
+    [TestMethod]
+    public void QuantizeWritesBothArtifactsAndReportsQuality()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        string ckpt = Path.Combine(dir.Path, "ckpt");
+        TinyCheckpointFactory.Write(ckpt, spec, w);
+        string ids = dir.File("ids.txt");
+        SuperQuant.Models.Text.TokenIdFile.Write(ids, Enumerable.Range(0, 100).Select(i => (i * 7) % 48));
+        string packed = dir.File("out/model.sqpk.safetensors"), gguf = dir.File("out/model.gguf");
+        var r = CliRunner.Run("quantize", "--model", ckpt, "--prompt-tokens", "1 2 3 4", "--bits", "4", "--block", "64",
+            "--calibration-tokens", ids, "--out", packed, "--gguf", gguf, "--eval-tokens", ids, "--context", "50", "--json", "--device", "cpu");
+        Assert.AreEqual(0, r.ExitCode, r.StdErr);
+        var j = JsonDocument.Parse(r.StdOut).RootElement;
+        Assert.AreEqual(4, j.GetProperty("bits").GetInt32());
+        CollectionAssert.AreEqual(new[] { 1, 17, 45 }, j.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray());
+        Assert.IsTrue(j.GetProperty("kl_divergence").GetDouble() >= 0);
+        Assert.IsTrue(j.GetProperty("bits_per_weight").GetDouble() > 4);
+        var (model, info) = SuperQuant.Models.Artifacts.PackedArtifact.Load(packed);
+        using (model) Assert.AreEqual(5f, SuperQuant.Core.SuperWeights.SuperWeightDetector.ReadWeight(model, 1, 17, 45));
+        Assert.AreEqual("super-aware", info.Method);
+        var g = SuperQuant.Models.Gguf.GgufFile.Read(gguf);
+        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q8_0, g.Tensors.Single(t => t.Name == "blk.1.ffn_down.weight").Type, "super-weight matrix kept at Q8_0");
+        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q4_0, g.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
+    }
+
+    [TestMethod]
+    public void QuantizeRejectsBadSettingsWithCodes()
+    {
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec());
+        var r = CliRunner.Run("quantize", "--model", dir.Path, "--method", "rtn", "--bits", "9", "--out", dir.File("x.safetensors"));
+        Assert.AreEqual(3, r.ExitCode);
+        StringAssert.Contains(r.StdErr, "SQ4001");
+        Assert.IsFalse(File.Exists(dir.File("x.safetensors")));
+        var z = CliRunner.Run("quantize", "--model", dir.Path, "--prompt-tokens", "1", "--out", dir.File("x.safetensors"));
+        Assert.AreEqual(3, z.ExitCode);
+        StringAssert.Contains(z.StdErr, "--calibration");
+        Assert.AreEqual(2, CliRunner.Run("quantize", "--model", dir.Path).ExitCode, "needs --out or --gguf");
+    }
+}

@@ -94,6 +94,7 @@ public static class GgufWriter
         };
 
         string full = Path.GetFullPath(path), temp = full + $".{Environment.ProcessId}.tmp";
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
         try
         {
             using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))

@@ -42,6 +42,7 @@ public static class SafetensorsWriter
 
         string full = System.IO.Path.GetFullPath(path);
         string temp = full + $".{Environment.ProcessId}.tmp";
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
         try
         {
             using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
