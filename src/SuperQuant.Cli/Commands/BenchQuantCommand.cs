@@ -65,9 +65,9 @@ public static class BenchQuantCommand
         string planted = Path.Combine(temp, "planted");
         RandomCheckpoint.Write(planted, config, seed: 4, superWeight: (1, 300, 1000));
         var rng = new Random(9);
-        int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        int[] R(int n) => new[] { 1 }.Concat(Enumerable.Range(0, n - 1).Select(_ => rng.Next(2, config.VocabSize))).ToArray(); // BOS first
         yield return new BenchModel("planted-13M (synthetic)", planted, R(256), R(256), R(10),
-            "random N(0, 0.02) weights with one planted super weight at (1, 300, 1000); random token streams");
+            "random weights (N(0, 0.02) matrices, N(0, 1) embeddings) with one planted super weight at (1, 300, 1000) firing on BOS; BOS + random token streams");
     }
 
     static void Quality(BenchModel bm, int[] bitList, int[] blockList)

@@ -38,7 +38,9 @@ public sealed record ActivationQuantizationOptions
 
     public static ActivationQuantizationOptions DuQuantDefaults(int wBits, int aBits) => new()
     {
-        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6, ActivationClip = 0.9, WeightClip = 0.8,
+        // The reference script's clip ratios are tuned for 4 bits; at 8 bits clipping costs more than rounding.
+        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6,
+        ActivationClip = aBits <= 4 ? 0.9 : 1.0, WeightClip = wBits <= 4 ? 0.8 : 1.0,
     };
 }
 

@@ -33,9 +33,8 @@ public static class RandomCheckpoint
     }
 
     /// <summary>Writes the checkpoint. With <paramref name="superWeight"/> (layer, row, column) a super weight is
-    /// planted the way real models have one: embeddings are N(0, 1) with channel 0 = 8 for every token, gate_proj and up_proj row
-    /// <c>column</c> read only that channel (an input-independent super activation at down_proj input
-    /// <c>column</c>), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
+    /// planted the way real models have one: embeddings are N(0, 1) with channel 0 = 8 for BOS (id 1) and 0 otherwise, gate_proj and up_proj row
+    /// <c>column</c> read only that channel (a super activation at down_proj input <c>column</c>, on BOS), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
     /// column.</summary>
     public static void Write(string folder, LlamaConfig c, ScalarType dtype = ScalarType.Float32, long seed = 0, Action<int, int>? progress = null,
         (int Layer, int Row, int Column)? superWeight = null)
@@ -56,7 +55,10 @@ public static class RandomCheckpoint
                 if (name == "model.embed_tokens.weight")
                 {
                     t.mul_(50f);                               // N(0, 1): logits that are not flat
-                    t[TensorIndex.Colon, 0] = torch.tensor(8f);
+                    // Only BOS (id 1) carries the trigger, so, as in real models, the super activation fires at the
+                    // sequence's first token and the other positions depend on their input.
+                    t[TensorIndex.Colon, 0] = torch.tensor(0f);
+                    t[1, 0] = torch.tensor(8f);
                 }
                 if (name == p + "gate_proj.weight" || name == p + "up_proj.weight")
                 {

@@ -1,0 +1,202 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Artifacts;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Gguf;
+
+namespace SuperQuant.Cli.Commands;
+
+/// <summary>`superquant gate`: run quantize.yaml end to end (what `dotnet build` runs through SuperQuant.Build).</summary>
+public static class GateCommand
+{
+    public sealed record ModelResult(string Id, string Status, string Metric, double Baseline, double Value, double Limit, bool Passed, bool NearMiss,
+        double KlDivergence, double Top1Agreement, double Perplexity, double ReferencePerplexity, double BitsPerWeight, double? Z,
+        List<int[]> SuperWeights, string Detection, List<string> Outputs, string InputHash, double Seconds);
+
+    sealed record State(Dictionary<string, ModelResult> Models);
+
+    public static Command Create()
+    {
+        var manifest = new Option<string>("--manifest") { Description = "quantize.yaml", DefaultValueFactory = _ => "quantize.yaml" };
+        var reportDir = new Option<string?>("--report-dir") { Description = "folder for superquant-report.json/.md (default: next to the manifest)" };
+        var state = new Option<string?>("--state") { Description = "state file with per-model input hashes; unchanged models are not re-quantized" };
+        var deps = new Option<string?>("--deps-file") { Description = "write every input file (one per line) here, for incremental builds" };
+        var outputs = new Option<string?>("--outputs-file") { Description = "write every output file (one per line) here" };
+        var mode = new Option<string>("--gate") { Description = "error (a failed gate fails, exit 1) or warn", DefaultValueFactory = _ => "error" };
+        var allow = new Option<string[]>("--allow-outside") { Description = "folders checkpoints and data may also come from (default: none)", AllowMultipleArgumentsPerToken = true };
+        var device = CliSupport.DeviceOption();
+        var cmd = new Command("gate", "Quantize every model in quantize.yaml, evaluate it against its unquantized checkpoint and apply its quality gate. Writes artifacts, superquant-report.json and superquant-report.md.\n" + ExitCodes.HelpText)
+        {
+            manifest, reportDir, state, deps, outputs, mode, allow, device,
+        };
+        cmd.SetAction(r =>
+        {
+            try
+            {
+                return Run(r.GetValue(manifest)!, r.GetValue(reportDir), r.GetValue(state), r.GetValue(deps), r.GetValue(outputs),
+                    r.GetValue(mode) == "warn", r.GetValue(allow) ?? Array.Empty<string>(), r.GetValue(device));
+            }
+            catch (ManifestException e)
+            {
+                Console.Error.WriteLine(e.Message);
+                return ExitCodes.InputError;
+            }
+        });
+        return cmd;
+    }
+
+    static int Run(string manifestPath, string? reportDir, string? statePath, string? depsPath, string? outputsPath, bool warnOnly, string[] allowOutside, string? deviceOption)
+    {
+        QuantizeManifest m = ManifestReader.Read(manifestPath, allowOutside);
+        int code = CliSupport.Run(() =>
+        {
+            var dev = CliSupport.ResolveDevice(deviceOption ?? m.Device, quiet: false);
+            reportDir ??= Path.GetDirectoryName(m.Path)!;
+            var previous = statePath != null && File.Exists(statePath) ? ReadState(statePath) : new State(new());
+            var results = new List<ModelResult>();
+            bool failed = false;
+            string toolVersion = typeof(GateCommand).Assembly.GetName().Version?.ToString() ?? "0";
+            foreach (ModelEntry e in m.Models)
+            {
+                string hash = InputHash(e, toolVersion);
+                if (previous.Models.TryGetValue(e.Id, out var old) && old.InputHash == hash && old.Passed && old.Outputs.All(File.Exists))
+                {
+                    Console.WriteLine($"{e.Id}: up to date (inputs unchanged), skipped");
+                    results.Add(old with { Status = "up-to-date" });
+                    continue;
+                }
+                var result = RunModel(m, e, hash, dev);
+                string where = $"{m.Path}({e.Line},1)";
+                if (!result.Passed)
+                {
+                    string msg = $"model '{e.Id}': {e.Gate.Metric} {Fmt(result.Value)} exceeds the gate limit {Fmt(result.Limit)} (baseline {Fmt(result.Baseline)}, max_increase {Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
+                    if (warnOnly) Console.WriteLine($"{where}: warning {ErrorCodes.GateFailed}: {msg} (SuperQuantGate=warn)");
+                    else
+                    {
+                        Console.WriteLine($"{where}: error {ErrorCodes.GateFailed}: {msg}");
+                        foreach (string o in result.Outputs) File.Delete(o); // a model that failed its gate is not shipped
+                        failed = true;
+                    }
+                }
+                else if (result.NearMiss)
+                    Console.WriteLine($"{where}: warning SQ1002: model '{e.Id}': {e.Gate.Metric} {Fmt(result.Value)} is within 20% of the gate limit {Fmt(result.Limit)}");
+                else Console.WriteLine($"{e.Id}: {e.Gate.Metric} {Fmt(result.Value)} (baseline {Fmt(result.Baseline)}, limit {Fmt(result.Limit)}): passed");
+                results.Add(result);
+            }
+            Directory.CreateDirectory(reportDir);
+            string json = Path.Combine(reportDir, "superquant-report.json"), md = Path.Combine(reportDir, "superquant-report.md");
+            WriteAtomically(json, JsonSerializer.Serialize(new { schema = "superquant.report", schema_version = 1, manifest = m.Path, models = results }, Reports.AnalysisReport.Json));
+            WriteAtomically(md, Markdown(m, results));
+            Console.WriteLine($"report: {json}");
+            if (statePath != null)
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(statePath))!);
+                var keep = results.Where(x => x.Passed || warnOnly).ToDictionary(x => x.Id, x => x with { Status = "done" });
+                WriteAtomically(statePath, JsonSerializer.Serialize(new State(keep), Reports.AnalysisReport.Json));
+            }
+            if (depsPath != null)
+                WriteAtomically(depsPath, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
+                    .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
+            if (outputsPath != null)
+                WriteAtomically(outputsPath, string.Join('\n', m.Models.SelectMany(OutputsOf).Append(json).Append(md)) + "\n");
+            return failed ? ExitCodes.GateFailed : ExitCodes.Success;
+        });
+        return code;
+    }
+
+    public static IEnumerable<string> OutputsOf(ModelEntry e)
+    {
+        if (e.Export.Contains("packed")) yield return e.Output;
+        if (e.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal))) yield return Path.ChangeExtension(e.Output, ".gguf");
+    }
+
+    static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, TorchSharp.torch.Device dev)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({e.Method}, {e.WeightBits}-bit, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString())})");
+        string folder = EvalCommand.CheckpointFolder(e.Checkpoint);
+        using LlamaModel model = ModelLoader.Load(e.Checkpoint, dev);
+        int[] Tokens(string? text, string? ids) => EvalCommand.LoadTokens(text, ids, folder, model.Config.VocabSize, model.Config.BosTokenId);
+        int[] eval = Tokens(e.EvaluationText, e.EvaluationTokens);
+        int[]? calib = e.CalibrationText != null || e.CalibrationTokens != null ? Tokens(e.CalibrationText, e.CalibrationTokens) : null;
+        int[] prompt = e.PromptTokens != null
+            ? e.PromptTokens.Split(new[] { ' ', ',' }, StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray()
+            : (calib ?? eval)[..Math.Min(10, (calib ?? eval).Length)];
+        var detection = new SuperWeightDetector().Detect(model, prompt);
+        string detectionText = Reports.DetectionSection.From(detection, null, KnownSuperWeights.For(model.Config)).Summary;
+        Console.WriteLine($"{e.Id}: {detectionText}");
+
+        if (e.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal)))
+        {
+            var mode = e.Export.Contains("gguf-super-aware") ? GgufMode.SuperAware : e.Export.Contains("gguf-q8_0") ? GgufMode.Q8_0 : e.Export.Contains("gguf-f16") ? GgufMode.F16 : GgufMode.Q4_0;
+            GgufWriter.Write(Path.ChangeExtension(e.Output, ".gguf"), model, mode, detection.SuperWeights, e.Id);
+        }
+        var options = new WeightQuantizationOptions
+        {
+            Method = e.Method == "rtn" ? WeightMethod.Rtn : WeightMethod.SuperAware,
+            Bits = e.WeightBits, BlockSize = e.BlockSize, Z = QuantizeCommand.ParseZ(e.Z),
+        };
+        using QuantizationResult result = ModelQuantizer.Quantize(model, options, detection.SuperWeights, calib, new ConsoleProgress($"{e.Id}: quantize").Report);
+        if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, CheckpointHash.Compute(e.Checkpoint), ManifestHash(m));
+
+        using LlamaModel original = ModelLoader.Load(e.Checkpoint, dev);
+        int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
+        var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: evaluate").Report);
+        (double baseline, double value) = e.Gate.Metric switch
+        {
+            "perplexity" => (d.ReferencePerplexity.Value, d.ModifiedPerplexity.Value),
+            "top1" => (1.0, d.Top1Agreement.Value),
+            _ => (0.0, d.KlDivergence.Value),
+        };
+        if (e.Gate.FixedBaseline is double fixedBaseline) baseline = fixedBaseline;
+        return new ModelResult(e.Id, "quantized", e.Gate.Metric, baseline, value, e.Gate.Limit(baseline), e.Gate.Passes(value, baseline), e.Gate.NearMiss(value, baseline),
+            d.KlDivergence.Value, d.Top1Agreement.Value, d.ModifiedPerplexity.Value, d.ReferencePerplexity.Value, result.BitsPerWeight,
+            double.IsPositiveInfinity(result.Z) ? null : result.Z, detection.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
+            detectionText, OutputsOf(e).ToList(), hash, clock.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Content hash of everything a model's result depends on: its manifest entry, checkpoint, data files
+    /// and the tool version. Equal hash = nothing to recompute.</summary>
+    static string InputHash(ModelEntry e, string toolVersion)
+    {
+        var sb = new StringBuilder();
+        sb.Append(JsonSerializer.Serialize(e with { Line = 0 })).Append('\n').Append(toolVersion).Append('\n').Append(CheckpointHash.Compute(e.Checkpoint)).Append('\n');
+        foreach (string f in e.DataFiles) sb.Append(Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f)))).Append('\n');
+        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString()))).ToLowerInvariant();
+    }
+
+    static string ManifestHash(QuantizeManifest m) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(m.Path))).ToLowerInvariant();
+
+    static State ReadState(string path)
+    {
+        try { return JsonSerializer.Deserialize<State>(File.ReadAllText(path), Reports.AnalysisReport.Json) ?? new State(new()); }
+        catch (JsonException) { return new State(new()); } // a damaged state file only costs a re-run
+    }
+
+    static string Markdown(QuantizeManifest m, IReadOnlyList<ModelResult> results)
+    {
+        var sb = new StringBuilder("# SuperQuant quality gate\n\n");
+        sb.Append($"Manifest: `{m.Path}`\n\n| model | status | metric | baseline | value | limit | gate | KL | top-1 | perplexity (original) | bits/weight | super weights |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        foreach (var r in results)
+            sb.Append($"| {r.Id} | {r.Status} | {r.Metric} | {Fmt(r.Baseline)} | {Fmt(r.Value)} | {Fmt(r.Limit)} | {(r.Passed ? (r.NearMiss ? "near miss" : "passed") : "**FAILED**")} | {Fmt(r.KlDivergence)} | {r.Top1Agreement:P1} | {Fmt(r.Perplexity)} ({Fmt(r.ReferencePerplexity)}) | {r.BitsPerWeight:F3} | {(r.SuperWeights.Count == 0 ? "none found" : string.Join(", ", r.SuperWeights.Select(s => $"({s[0]}, {s[1]}, {s[2]})")))} |\n");
+        return sb.ToString();
+    }
+
+    static string Fmt(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
+
+    static void WriteAtomically(string path, string content)
+    {
+        string temp = path + $".{Environment.ProcessId}.tmp";
+        File.WriteAllText(temp, content);
+        File.Move(temp, path, overwrite: true);
+    }
+}
