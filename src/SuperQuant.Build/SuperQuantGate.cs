@@ -25,8 +25,8 @@ public sealed class SuperQuantGate : ToolTask
     public string? OutputsFile { get; set; }
     /// <summary>--gate (error | warn)</summary>
     public string Gate { get; set; } = "error";
-    /// <summary>--device (auto | cpu | cuda)</summary>
-    public string Device { get; set; } = "auto";
+    /// <summary>--device (auto | cpu | cuda); empty = the manifest's device.</summary>
+    public string? Device { get; set; }
     /// <summary>--allow-outside, one per folder</summary>
     public ITaskItem[] AllowOutside { get; set; } = Array.Empty<ITaskItem>();
 
@@ -63,7 +63,7 @@ public sealed class SuperQuantGate : ToolTask
         b.AppendSwitchIfNotNull("--deps-file ", DependencyFile);
         b.AppendSwitchIfNotNull("--outputs-file ", OutputsFile);
         b.AppendSwitchIfNotNull("--gate ", Gate);
-        b.AppendSwitchIfNotNull("--device ", Device);
+        if (!string.IsNullOrEmpty(Device)) b.AppendSwitchIfNotNull("--device ", Device);
         foreach (var folder in AllowOutside) b.AppendSwitchIfNotNull("--allow-outside ", folder.GetMetadata("FullPath"));
         return b.ToString();
     }

@@ -33,7 +33,7 @@ public static class GateCommand
         var outputs = new Option<string?>("--outputs-file") { Description = "write every output file (one per line) here" };
         var mode = new Option<string>("--gate") { Description = "error (a failed gate fails, exit 1) or warn", DefaultValueFactory = _ => "error" };
         var allow = new Option<string[]>("--allow-outside") { Description = "folders checkpoints and data may also come from (default: none)", AllowMultipleArgumentsPerToken = true };
-        var device = CliSupport.DeviceOption();
+        var device = new Option<string?>("--device") { Description = "auto | cpu | cuda (default: the manifest's device; SUPERQUANT_DEVICE overrides the manifest)" };
         var cmd = new Command("gate", "Quantize every model in quantize.yaml, evaluate it against its unquantized checkpoint and apply its quality gate. Writes artifacts, superquant-report.json and superquant-report.md.\n" + ExitCodes.HelpText)
         {
             manifest, reportDir, state, deps, outputs, mode, allow, device,
@@ -59,7 +59,8 @@ public static class GateCommand
         QuantizeManifest m = ManifestReader.Read(manifestPath, allowOutside);
         int code = CliSupport.Run(() =>
         {
-            var dev = CliSupport.ResolveDevice(deviceOption ?? m.Device, quiet: false);
+            string? env = Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable);
+            var dev = CliSupport.ResolveDevice(deviceOption ?? (string.IsNullOrEmpty(env) ? m.Device : env), quiet: false);
             reportDir ??= Path.GetDirectoryName(m.Path)!;
             var previous = statePath != null && File.Exists(statePath) ? ReadState(statePath) : new State(new());
             var results = new List<ModelResult>();

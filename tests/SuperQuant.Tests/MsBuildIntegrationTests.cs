@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using SuperQuant.Models.Text;
+using SuperQuant.Tests.Support;
+
+namespace SuperQuant.Tests;
+
+/// <summary>Builds a temporary consumer project with the real `dotnet build` and SuperQuant's props/targets.</summary>
+[TestClass]
+public sealed class MsBuildIntegrationTests
+{
+    static string RepoRoot
+    {
+        get
+        {
+            string? dir = AppContext.BaseDirectory;
+            while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
+            return dir ?? throw new InvalidOperationException("repository root not found");
+        }
+    }
+
+    static string Yaml(string id, string maxIncrease, string extra = "") => $"""
+          - id: {id}
+            checkpoint: ckpt
+            output: models/{id}.sqpk.safetensors
+            method: super-aware
+            weight_bits: 8
+            block_size: 32
+            z: auto
+            calibration_tokens: data/ids.txt
+            evaluation_tokens: data/ids.txt
+            prompt_tokens: "1 2 3 4"
+            context: 64
+            {extra}
+            gate:
+              metric: kl
+              max_increase: {maxIncrease}
+
+        """;
+
+    /// <summary>A class library with a tiny planted checkpoint, token data and a manifest.</summary>
+    static TempFolder Consumer(string models)
+    {
+        var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        TinyCheckpointFactory.Write(dir.File("ckpt"), spec, w);
+        Directory.CreateDirectory(dir.File("data"));
+        TokenIdFile.Write(dir.File("data/ids.txt"), Enumerable.Range(0, 120).Select(i => (i * 11 + 3) % 48));
+        File.WriteAllText(dir.File("quantize.yaml"), "version: 1\ndevice: cpu\nmodels:\n" + models);
+        File.WriteAllText(dir.File("Consumer.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <Import Project="{RepoRoot}/build/SuperQuant.Build.props" />
+              <PropertyGroup>
+                <TargetFramework>net10.0</TargetFramework>
+                <SuperQuantToolPath>{Path.Combine(AppContext.BaseDirectory, "superquant.dll")}</SuperQuantToolPath>
+                <SuperQuantTaskAssembly>{Path.Combine(AppContext.BaseDirectory, "SuperQuant.Build.dll")}</SuperQuantTaskAssembly>
+              </PropertyGroup>
+              <Import Project="{RepoRoot}/build/SuperQuant.Build.targets" />
+            </Project>
+            """);
+        File.WriteAllText(dir.File("Class1.cs"), "namespace Consumer; public static class Class1 { }");
+        return dir;
+    }
+
+    static (int Exit, string Log) Build(TempFolder dir, params string[] extra)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir.Path };
+        foreach (string a in new[] { "build", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false" }.Concat(extra)) psi.ArgumentList.Add(a);
+        psi.Environment["MSBUILDDISABLENODEREUSE"] = "1";
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string log = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) { p.Kill(true); Assert.Fail("dotnet build timed out"); }
+        return (p.ExitCode, log + err.Result);
+    }
+
+    static int ToolRuns(string log) => log.Split('\n').Count(l => l.Contains("superquant.dll\" gate") || l.Contains("superquant.dll gate"));
+
+    [TestMethod]
+    public void BuildQuantizesGatesCopiesAndThenSkips()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5"));
+        var (exit, log) = Build(dir);
+        Assert.AreEqual(0, exit, log);
+        StringAssert.Contains(log, "tiny: kl");
+        StringAssert.Contains(log, "passed");
+        string artifact = dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors");
+        Assert.IsTrue(File.Exists(artifact), "artifact copied to the output folder");
+        Assert.IsTrue(File.Exists(dir.File("obj/superquant/superquant-report.md")));
+        Assert.AreEqual(1, ToolRuns(log), "the tool ran once");
+        DateTime stamp = File.GetLastWriteTimeUtc(dir.File("models/tiny.sqpk.safetensors"));
+
+        var (exit2, log2) = Build(dir);
+        Assert.AreEqual(0, exit2, log2);
+        StringAssert.Contains(log2, "Skipping target \"SuperQuantQuantize\" because all output files are up-to-date");
+        Assert.AreEqual(0, ToolRuns(log2), "a no-op build does not start the tool");
+        Assert.AreEqual(stamp, File.GetLastWriteTimeUtc(dir.File("models/tiny.sqpk.safetensors")));
+    }
+
+    [TestMethod]
+    public void ChangingOneModelRequantizesOnlyThatModel()
+    {
+        using var dir = Consumer(Yaml("first", "0.5") + Yaml("second", "0.5"));
+        var (e0, l0) = Build(dir);
+        Assert.AreEqual(0, e0, l0);
+        DateTime first = File.GetLastWriteTimeUtc(dir.File("models/first.sqpk.safetensors"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("output: models/second.sqpk.safetensors\n    method: super-aware\n    weight_bits: 8", "output: models/second.sqpk.safetensors\n    method: super-aware\n    weight_bits: 6"));
+        StringAssert.Contains(File.ReadAllText(dir.File("quantize.yaml")), "weight_bits: 6");
+        var (exit, log) = Build(dir);
+        Assert.AreEqual(0, exit, log);
+        StringAssert.Contains(log, "first: up to date");
+        StringAssert.Contains(log, "second: quantizing");
+        Assert.AreEqual(first, File.GetLastWriteTimeUtc(dir.File("models/first.sqpk.safetensors")));
+    }
+
+    [TestMethod]
+    public void TightGateFailsTheBuildWithSQ1001AndShipsNothing()
+    {
+        using var dir = Consumer(Yaml("tiny", "0"));
+        var (exit, log) = Build(dir);
+        Assert.AreNotEqual(0, exit, log);
+        StringAssert.Contains(log, "error SQ1001");
+        StringAssert.Contains(log, "model 'tiny': kl");
+        StringAssert.Contains(log, "quantize.yaml(4,");
+        Assert.IsFalse(File.Exists(dir.File("models/tiny.sqpk.safetensors")), "no artifact after a failed gate");
+        Assert.IsFalse(File.Exists(dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors")));
+
+        var (warnExit, warnLog) = Build(dir, "-p:SuperQuantGate=warn");
+        Assert.AreEqual(0, warnExit, warnLog);
+        StringAssert.Contains(warnLog, "warning SQ1001");
+    }
+
+    [TestMethod]
+    public void MalformedManifestFailsWithFileLineAndColumn()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("    weight_bits: 8", "    weight_bits: 8\n    wieght_bits: 4"));
+        var (exit, log) = Build(dir);
+        Assert.AreNotEqual(0, exit, log);
+        StringAssert.Contains(log, "quantize.yaml(9,5): error SQ3001: unknown key 'wieght_bits'");
+    }
+
+    [TestMethod]
+    public void MissingCheckpointFailsClearly()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5").Replace("checkpoint: ckpt", "checkpoint: nowhere"));
+        var (exit, log) = Build(dir);
+        Assert.AreNotEqual(0, exit, log);
+        StringAssert.Contains(log, "error SQ3001: 'checkpoint':");
+        StringAssert.Contains(log, "does not exist");
+    }
+}
