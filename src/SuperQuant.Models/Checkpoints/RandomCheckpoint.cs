@@ -52,6 +52,7 @@ public static class RandomCheckpoint
             if (superWeight is var (layer, row, col))
             {
                 string p = $"model.layers.{layer}.mlp.";
+                if (name == "model.norm.weight") t.mul_(0.05f); // tied N(0, 1) head: keeps logits near unit scale
                 if (name == "model.embed_tokens.weight")
                 {
                     t.mul_(50f);                               // N(0, 1): logits that are not flat

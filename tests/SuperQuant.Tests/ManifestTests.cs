@@ -1,0 +1,107 @@
+using System.Text.Json;
+using SuperQuant.Manifest;
+using SuperQuant.Tests.Support;
+
+namespace SuperQuant.Tests;
+
+[TestClass]
+public sealed class ManifestTests
+{
+    const string Valid = """
+        version: 1
+        models:
+          - id: m
+            checkpoint: ckpt.bin
+            output: out/m.safetensors
+            weight_bits: 3
+            block_size: channel
+            z: "4.5"
+            evaluation_tokens: ids.txt
+            export: [packed, gguf-super-aware]
+            gate:
+              metric: perplexity
+              max_increase: 5%
+        """;
+
+    static TempFolder Project(string yaml)
+    {
+        var dir = new TempFolder();
+        File.WriteAllText(dir.File("ckpt.bin"), "x");
+        File.WriteAllText(dir.File("ids.txt"), "1 2 3");
+        File.WriteAllText(dir.File("quantize.yaml"), yaml);
+        return dir;
+    }
+
+    static ManifestException Invalid(string yaml)
+    {
+        using var dir = Project(yaml);
+        var e = Assert.ThrowsExactly<ManifestException>(() => ManifestReader.Read(dir.File("quantize.yaml")));
+        StringAssert.Contains(e.Message, "quantize.yaml(");
+        StringAssert.Contains(e.Message, "error SQ3001");
+        return e;
+    }
+
+    [TestMethod]
+    public void ReadsAValidManifestWithResolvedPaths()
+    {
+        using var dir = Project(Valid);
+        var m = ManifestReader.Read(dir.File("quantize.yaml"));
+        var e = m.Models.Single();
+        Assert.AreEqual(dir.File("ckpt.bin"), e.Checkpoint);
+        Assert.AreEqual(dir.File("out/m.safetensors"), e.Output);
+        Assert.AreEqual((3, 0, "4.5"), (e.WeightBits, e.BlockSize, e.Z));
+        Assert.AreEqual(new QualityGate("perplexity", 5, true, null), e.Gate);
+        Assert.AreEqual(10.5, e.Gate.Limit(10), 1e-12);
+        Assert.IsTrue(e.Gate.Passes(10.4, 10));
+        Assert.IsFalse(e.Gate.Passes(10.6, 10));
+        Assert.AreEqual(3, e.Line, "the entry's line, used in gate messages");
+    }
+
+    [TestMethod]
+    public void UnknownKeyPointsAtItsLineAndColumn()
+    {
+        var e = Invalid(Valid.Replace("    weight_bits: 3", "    weight_bits: 3\n    wieght_bits: 3"));
+        Assert.AreEqual((7, 5), (e.Line, e.Column));
+        StringAssert.Contains(e.Reason, "unknown key 'wieght_bits'");
+    }
+
+    [TestMethod]
+    [DataRow("    weight_bits: 3", "    weight_bits: four", "'weight_bits' must be an integer")]
+    [DataRow("    weight_bits: 3", "    weight_bits: 9", "'weight_bits' must be in 2..8")]
+    [DataRow("    block_size: channel", "    block_size: 16", "'block_size' must be in 32..4096")]
+    [DataRow("      metric: perplexity", "      metric: bleu", "'metric' must be one of")]
+    [DataRow("      max_increase: 5%", "      max_increase: lots", "max_increase 'lots'")]
+    [DataRow("    checkpoint: ckpt.bin", "    checkpoint: missing.bin", "does not exist")]
+    [DataRow("    checkpoint: ckpt.bin", "    checkpoint: ../../etc/passwd", "outside the project folder")]
+    [DataRow("    output: out/m.safetensors", "    output: ../escape.safetensors", "outside the project folder")]
+    [DataRow("    evaluation_tokens: ids.txt\n", "", "needs 'evaluation_text' or 'evaluation_tokens'")]
+    [DataRow("    z: \"4.5\"", "    z: -1", "z '-1'")]
+    public void InvalidValuesAreRejectedWithTheReason(string from, string to, string reason)
+    {
+        string yaml = Valid.Replace(from, to);
+        Assert.AreNotEqual(Valid, yaml, "the test edit must apply");
+        StringAssert.Contains(Invalid(yaml).Reason, reason);
+    }
+
+    [TestMethod]
+    public void DuplicateIdsAndBrokenYamlAreRejected()
+    {
+        string second = Valid[Valid.IndexOf("  - id: m", StringComparison.Ordinal)..].Replace("out/m.safetensors", "out/m2.safetensors");
+        StringAssert.Contains(Invalid(Valid + "\n" + second).Reason, "duplicate model id 'm'");
+        StringAssert.Contains(Invalid("models: [unclosed").Reason, "not valid YAML");
+        StringAssert.Contains(Invalid("version: 2\nmodels: []").Reason, "version 2");
+    }
+
+    [TestMethod]
+    public void SchemaListsEveryKeyTheReaderAccepts()
+    {
+        string? dir = AppContext.BaseDirectory;
+        while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
+        using var schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir!, "docs", "quantize.schema.json")));
+        var modelProps = schema.RootElement.GetProperty("properties").GetProperty("models").GetProperty("items").GetProperty("properties");
+        var keys = modelProps.EnumerateObject().Select(p => p.Name).ToHashSet();
+        foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
+            Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
+        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
+    }
+}
