@@ -54,9 +54,25 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    public void InitWritesAManifestTheReaderAccepts()
+    {
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.File("ckpt"), new TinyModelSpec());
+        Directory.CreateDirectory(dir.File("data"));
+        File.WriteAllText(dir.File("data/calibration.tokens.txt"), "1 2 3");
+        File.WriteAllText(dir.File("data/evaluation.tokens.txt"), "1 2 3");
+        string manifest = dir.File("quantize.yaml");
+        var r = CliRunner.Run("init", "--checkpoint", "ckpt", "--out", manifest);
+        Assert.AreEqual(0, r.ExitCode, r.StdErr);
+        var m = SuperQuant.Manifest.ManifestReader.Read(manifest);
+        Assert.AreEqual("ckpt", m.Models.Single().Id);
+        Assert.AreEqual(3, CliRunner.Run("init", "--checkpoint", "ckpt", "--out", manifest).ExitCode, "no overwrite without --force");
+    }
+
+    [TestMethod]
     public void EveryCommandHasHelp()
     {
-        foreach (string cmd in new[] { "eval", "generate", "doctor", "bench" })
+        foreach (string cmd in new[] { "init", "detect", "analyze", "quantize", "gate", "eval", "generate", "doctor", "bench" })
         {
             var r = CliRunner.Run(cmd, "--help");
             Assert.AreEqual(0, r.ExitCode, cmd);
