@@ -182,3 +182,71 @@ public sealed class ArtifactTests
         Assert.IsFalse(File.Exists(dir.File("q.gguf")));
     }
 }
+
+[TestClass]
+public sealed class GgufIndependentParserTests
+{
+    static string CheckFolder
+    {
+        get
+        {
+            string? dir = AppContext.BaseDirectory;
+            while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
+            return Path.Combine(dir!, "tests", "gguf-check");
+        }
+    }
+
+    static (int Exit, string Out, string Err) Run(string file, string workDir, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = workDir };
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, output, err.Result);
+    }
+
+    [TestMethod]
+    public void HuggingFaceGgufParserReadsWhatWeWrite()
+    {
+        try { Run("node", CheckFolder, "--version"); }
+        catch (System.ComponentModel.Win32Exception) { Assert.Inconclusive("node is not installed: the independent GGUF check needs Node.js"); }
+        if (!Directory.Exists(Path.Combine(CheckFolder, "node_modules", "@huggingface", "gguf")))
+        {
+            var install = Run("npm", CheckFolder, "install", "--no-audit", "--no-fund");
+            Assert.AreEqual(0, install.Exit, "npm install of @huggingface/gguf failed: " + install.Err);
+        }
+        using var dir = new TempFolder();
+        using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
+        string path = dir.File("stories.gguf");
+        GgufWriter.Write(path, model, GgufMode.Q4_0, Array.Empty<SuperWeight>(), "stories260K");
+        var ours = GgufFile.Read(path);
+
+        var r = Run("node", CheckFolder, "check.mjs", path);
+        Assert.AreEqual(0, r.Exit, r.Err);
+        using var doc = System.Text.Json.JsonDocument.Parse(r.Out);
+        var meta = doc.RootElement.GetProperty("metadata");
+        Assert.AreEqual(ours.Tensors.Count, meta.GetProperty("tensor_count").GetInt32());
+        foreach (var (key, value) in ours.Metadata)
+        {
+            var theirs = meta.GetProperty(key);
+            switch (value)
+            {
+                case string s: Assert.AreEqual(s, theirs.GetString(), key); break;
+                case uint u: Assert.AreEqual(u, theirs.GetUInt32(), key); break;
+                case float f: Assert.AreEqual(f, theirs.GetSingle(), key); break;
+                default: Assert.Fail($"unexpected metadata type for {key}"); break;
+            }
+        }
+        var tensors = doc.RootElement.GetProperty("tensors").EnumerateArray().ToList();
+        Assert.AreEqual(ours.Tensors.Count, tensors.Count);
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            Assert.AreEqual(ours.Tensors[i].Name, tensors[i].GetProperty("name").GetString());
+            CollectionAssert.AreEqual(ours.Tensors[i].Dims, tensors[i].GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray());
+            Assert.AreEqual((int)ours.Tensors[i].Type, tensors[i].GetProperty("dtype").GetInt32());
+            Assert.AreEqual(ours.Tensors[i].Offset, tensors[i].GetProperty("offset").GetInt64());
+        }
+    }
+}
