@@ -44,6 +44,11 @@ public static class ManifestReader
         {
             throw new ManifestException(full, (int)e.Start.Line, (int)e.Start.Column, "not valid YAML: " + e.Message);
         }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
+        {
+            // YamlDotNet reports some malformed documents (e.g. duplicate keys) with plain exceptions.
+            throw new ManifestException(full, 1, 1, "not valid YAML: " + e.Message);
+        }
         if (yaml.Documents.Count == 0) throw new ManifestException(full, 1, 1, "the manifest is empty");
         var root = Map(full, yaml.Documents[0].RootNode, "the manifest");
         CheckKeys(full, root, TopKeys, "top level");

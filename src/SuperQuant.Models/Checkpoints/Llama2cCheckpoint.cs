@@ -109,7 +109,8 @@ public static class Llama2cCheckpoint
                     WGate = w1[l].clone(), WDown = w2[l].clone(), WUp = w3[l].clone(),
                 };
             }
-            foreach (var t in new[] { rmsAtt, wq, wk, wv, wo, rmsFfn, w1, w2, w3 }) { owned.Remove(t); t.Dispose(); }
+            // By reference: TorchSharp's Tensor.Equals compares contents and touches native handles.
+            foreach (var t in new[] { rmsAtt, wq, wk, wv, wo, rmsFfn, w1, w2, w3 }) { owned.RemoveAll(x => ReferenceEquals(x, t)); t.Dispose(); }
             var weights = new LlamaWeights { TokenEmbedding = embed, FinalNorm = rmsFinal, LmHead = wcls, Layers = layers };
             NonFiniteCheck.ThrowIfAny(weights, path);
             if (device is not null && device.type != DeviceType.CPU) weights = MoveTo(weights, device);

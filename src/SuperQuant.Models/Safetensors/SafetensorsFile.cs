@@ -61,8 +61,12 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
+    static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
     static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
     {
+        try { StrictUtf8.GetCharCount(header); }
+        catch (System.Text.DecoderFallbackException) { throw Corrupt(path, "header is not valid UTF-8"); }
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
         catch (JsonException e) { throw Corrupt(path, $"header is not valid JSON: {e.Message}"); }

@@ -1,0 +1,149 @@
+using SuperQuant.Core;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Gguf;
+using SuperQuant.Models.Safetensors;
+using SuperQuant.Tests.Support;
+using TorchSharp;
+
+namespace SuperQuant.Tests;
+
+/// <summary>
+/// Bounded mutation fuzzing of every reader: byte flips, byte runs set to 0x00/0xFF/0x7F, truncation, insertion and
+/// appended garbage, from a valid seed file, with a fixed seed per format. A reader may accept a mutant or reject it
+/// with a coded error (SuperQuantException / ManifestException); any other exception fails the test with the case
+/// number so it can be replayed.
+/// </summary>
+[TestClass]
+public sealed class FuzzTests
+{
+    public const int CasesPerFormat = 2000;
+
+    static byte[] Mutate(byte[] seed, Random rng, int protectPrefix = 0)
+    {
+        var b = new List<byte>(seed);
+        int edits = 1 + rng.Next(4);
+        for (int e = 0; e < edits; e++)
+        {
+            int pos = protectPrefix + rng.Next(Math.Max(1, b.Count - protectPrefix));
+            switch (rng.Next(6))
+            {
+                case 0: if (pos < b.Count) b[pos] ^= (byte)(1 << rng.Next(8)); break;
+                case 1: for (int i = pos; i < Math.Min(b.Count, pos + 1 + rng.Next(8)); i++) b[i] = new byte[] { 0, 0xFF, 0x7F, (byte)'9' }[rng.Next(4)]; break;
+                case 2: if (b.Count > 1) b.RemoveRange(Math.Min(pos, b.Count - 1), b.Count - Math.Min(pos, b.Count - 1)); break;
+                case 3: b.InsertRange(Math.Min(pos, b.Count), Enumerable.Range(0, 1 + rng.Next(16)).Select(_ => (byte)rng.Next(256))); break;
+                case 4: b.AddRange(Enumerable.Range(0, 1 + rng.Next(64)).Select(_ => (byte)rng.Next(256))); break;
+                default: if (pos < b.Count) b[pos] = (byte)rng.Next(256); break;
+            }
+        }
+        return b.ToArray();
+    }
+
+    static void Fuzz(string name, byte[] seed, string extension, Action<string> read, int seedValue)
+    {
+        using var dir = new TempFolder();
+        var rng = new Random(seedValue);
+        int accepted = 0, rejected = 0;
+        string path = dir.File("case" + extension);
+        read(WriteSeed(path, seed)); // the seed itself must be valid
+        for (int i = 0; i < CasesPerFormat; i++)
+        {
+            File.WriteAllBytes(path, Mutate(seed, rng));
+            try { read(path); accepted++; }
+            catch (Exception e) when (e is SuperQuantException or ManifestException) { rejected++; }
+            catch (Exception e)
+            {
+                Assert.Fail($"{name} case {i} (seed {seedValue}): {e.GetType().Name}: {e.Message}\n{e.StackTrace}");
+            }
+        }
+        Assert.AreEqual(CasesPerFormat, accepted + rejected);
+        Assert.IsTrue(rejected > CasesPerFormat / 10, $"{name}: only {rejected} of {CasesPerFormat} mutants were rejected: the mutator is not reaching the parser");
+        Console.WriteLine($"{name}: {CasesPerFormat} cases, {rejected} rejected with a code, {accepted} accepted");
+    }
+
+    static string WriteSeed(string path, byte[] seed) { File.WriteAllBytes(path, seed); return path; }
+
+    [TestMethod]
+    public void SafetensorsReaderSeesOnlyCodedErrors()
+    {
+        using var dir = new TempFolder();
+        string seedPath = dir.File("seed.safetensors");
+        SafetensorsWriter.Write(seedPath, new Dictionary<string, torch.Tensor>
+        {
+            ["a"] = torch.randn(3, 4), ["b"] = torch.ones(5).to_type(torch.ScalarType.BFloat16), ["c"] = torch.tensor(new long[] { 1, 2 }),
+        }, new Dictionary<string, string> { ["format"] = "pt" });
+        Fuzz("safetensors", File.ReadAllBytes(seedPath), ".safetensors", p =>
+        {
+            using var f = SafetensorsFile.Open(p);
+            foreach (string n in f.Tensors.Keys) f.Read(n).Dispose();
+        }, 101);
+    }
+
+    [TestMethod]
+    public void GgufReaderSeesOnlyCodedErrors()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 1, Hidden = 32, Intermediate = 64, Vocab = 40 };
+        TinyCheckpointFactory.Write(dir.File("ckpt"), spec);
+        using var model = ModelLoader.Load(dir.File("ckpt"));
+        string seedPath = dir.File("seed.gguf");
+        GgufWriter.Write(seedPath, model, GgufMode.Q4_0, Array.Empty<SuperQuant.Core.SuperWeights.SuperWeight>(), "fuzz");
+        Fuzz("gguf", File.ReadAllBytes(seedPath), ".gguf", p =>
+        {
+            var g = GgufFile.Read(p);
+            foreach (var t in g.Tensors) g.ReadTensor(t.Name);
+        }, 202);
+    }
+
+    [TestMethod]
+    public void Llama2cReaderSeesOnlyCodedErrors()
+    {
+        var header = new Llama2cCheckpoint.Header(8, 16, 1, 2, 2, 10, true, 4);
+        var rng = new Random(3);
+        var bytes = new List<byte>();
+        foreach (int v in new[] { 8, 16, 1, 2, 2, 10, 4 }) bytes.AddRange(BitConverter.GetBytes(v));
+        for (long i = 0; i < header.FloatCount(true); i++) bytes.AddRange(BitConverter.GetBytes((float)(rng.NextDouble() - 0.5)));
+        Fuzz("llama2.c", bytes.ToArray(), ".bin", p => Llama2cCheckpoint.Load(p).Dispose(), 303);
+    }
+
+    [TestMethod]
+    public void ManifestReaderSeesOnlyCodedErrors()
+    {
+        using var dir = new TempFolder();
+        File.WriteAllText(dir.File("ckpt.bin"), "x");
+        File.WriteAllText(dir.File("ids.txt"), "1 2");
+        string yaml = """
+            version: 1
+            device: cpu
+            models:
+              - id: m
+                checkpoint: ckpt.bin
+                output: out/m.safetensors
+                weight_bits: 4
+                block_size: 64
+                z: auto
+                calibration_tokens: ids.txt
+                evaluation_tokens: ids.txt
+                export: [packed, gguf]
+                gate:
+                  metric: kl
+                  max_increase: 5%
+            """;
+        // The manifest must live beside its files, so fuzz in that folder.
+        var rng = new Random(404);
+        byte[] seed = System.Text.Encoding.UTF8.GetBytes(yaml);
+        string path = dir.File("quantize.yaml");
+        File.WriteAllBytes(path, seed);
+        ManifestReader.Read(path);
+        int rejected = 0;
+        for (int i = 0; i < CasesPerFormat; i++)
+        {
+            File.WriteAllBytes(path, Mutate(seed, rng));
+            try { ManifestReader.Read(path); }
+            catch (ManifestException e) { rejected++; StringAssert.Contains(e.Message, "error SQ3001"); }
+            catch (Exception e) { Assert.Fail($"yaml case {i}: {e.GetType().Name}: {e.Message}"); }
+        }
+        Assert.IsTrue(rejected > CasesPerFormat / 10, $"only {rejected} rejected");
+        Console.WriteLine($"yaml: {CasesPerFormat} cases, {rejected} rejected with SQ3001");
+    }
+}
