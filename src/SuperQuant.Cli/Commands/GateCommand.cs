@@ -33,17 +33,23 @@ public static class GateCommand
         var outputs = new Option<string?>("--outputs-file") { Description = "write every output file (one per line) here" };
         var mode = new Option<string>("--gate") { Description = "error (a failed gate fails, exit 1) or warn", DefaultValueFactory = _ => "error" };
         var allow = new Option<string[]>("--allow-outside") { Description = "folders checkpoints and data may also come from (default: none)", AllowMultipleArgumentsPerToken = true };
+        var lockTimeout = new Option<int>("--lock-timeout") { Description = "seconds to wait for another superquant run on the same project", DefaultValueFactory = _ => 600 };
         var device = new Option<string?>("--device") { Description = "auto | cpu | cuda (default: the manifest's device; SUPERQUANT_DEVICE overrides the manifest)" };
         var cmd = new Command("gate", "Quantize every model in quantize.yaml, evaluate it against its unquantized checkpoint and apply its quality gate. Writes artifacts, superquant-report.json and superquant-report.md.\n" + ExitCodes.HelpText)
         {
-            manifest, reportDir, state, deps, outputs, mode, allow, device,
+            manifest, reportDir, state, deps, outputs, mode, allow, device, lockTimeout,
         };
         cmd.SetAction(r =>
         {
             try
             {
-                return Run(r.GetValue(manifest)!, r.GetValue(reportDir), r.GetValue(state), r.GetValue(deps), r.GetValue(outputs),
-                    r.GetValue(mode) == "warn", r.GetValue(allow) ?? Array.Empty<string>(), r.GetValue(device));
+                QuantizeManifest m = ManifestReader.Read(r.GetValue(manifest)!, r.GetValue(allow) ?? Array.Empty<string>());
+                string lockDir = Path.GetDirectoryName(Path.GetFullPath(r.GetValue(state) ?? Path.Combine(r.GetValue(reportDir) ?? Path.GetDirectoryName(m.Path)!, "x")))!;
+                Directory.CreateDirectory(lockDir);
+                using var held = AcquireLock(Path.Combine(lockDir, "superquant.lock"), TimeSpan.FromSeconds(r.GetValue(lockTimeout)));
+                if (held is null) return ExitCodes.InputError;
+                return Run(m, r.GetValue(reportDir), r.GetValue(state), r.GetValue(deps), r.GetValue(outputs),
+                    r.GetValue(mode) == "warn", r.GetValue(device));
             }
             catch (ManifestException e)
             {
@@ -54,9 +60,30 @@ public static class GateCommand
         return cmd;
     }
 
-    static int Run(string manifestPath, string? reportDir, string? statePath, string? depsPath, string? outputsPath, bool warnOnly, string[] allowOutside, string? deviceOption)
+    /// <summary>Two builds of one project at once (parallel test runs, an IDE and a terminal) would race on the state
+    /// file and the artifacts: the second waits for an exclusive lock under obj/. Null (after printing SQ0005) on timeout.</summary>
+    static FileStream? AcquireLock(string path, TimeSpan timeout)
     {
-        QuantizeManifest m = ManifestReader.Read(manifestPath, allowOutside);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        bool told = false;
+        while (true)
+        {
+            try { return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose); }
+            catch (IOException)
+            {
+                if (clock.Elapsed >= timeout)
+                {
+                    Console.Error.WriteLine($"{path}: error SQ0005: another superquant run still holds this project's lock after {timeout.TotalSeconds:F0} s (is a build stuck? delete the file if no build is running)");
+                    return null;
+                }
+                if (!told) { Console.WriteLine($"waiting for another superquant run on this project (lock: {path})"); told = true; }
+                Thread.Sleep(200);
+            }
+        }
+    }
+
+    static int Run(QuantizeManifest m, string? reportDir, string? statePath, string? depsPath, string? outputsPath, bool warnOnly, string? deviceOption)
+    {
         int code = CliSupport.Run(() =>
         {
             string? env = Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable);

@@ -43,6 +43,8 @@ public static class SafetensorsWriter
         string full = System.IO.Path.GetFullPath(path);
         string temp = full + $".{Environment.ProcessId}.tmp";
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
+        RemoveStaleTemps(full);
+        int written = 0;
         try
         {
             using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
@@ -57,6 +59,11 @@ public static class SafetensorsWriter
                         if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
                             throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
                         WriteTensorBytes(fs, value);
+                        if (++written == layout.Count / 2 && Environment.GetEnvironmentVariable(FaultVariable) == "kill-mid-write")
+                        {
+                            fs.Flush();
+                            System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: no finally blocks run
+                        }
                     }
                     finally
                     {
@@ -72,6 +79,28 @@ public static class SafetensorsWriter
             if (File.Exists(temp)) File.Delete(temp);
             throw;
         }
+    }
+
+    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write kills the process halfway through a write.</summary>
+    public const string FaultVariable = "SUPERQUANT_FAULT";
+
+    /// <summary>Deletes "target.PID.tmp" files of processes that no longer run (a killed writer leaves one).</summary>
+    static void RemoveStaleTemps(string full)
+    {
+        string dir = System.IO.Path.GetDirectoryName(full)!, name = System.IO.Path.GetFileName(full);
+        foreach (string temp in Directory.GetFiles(dir, name + ".*.tmp"))
+        {
+            string pid = System.IO.Path.GetFileName(temp)[(name.Length + 1)..^4];
+            if (!int.TryParse(pid, out int p) || p == Environment.ProcessId || IsRunning(p)) continue;
+            try { File.Delete(temp); } catch (IOException) { }
+        }
+    }
+
+    static bool IsRunning(int pid)
+    {
+        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
+        catch (ArgumentException) { return false; }
+        catch (InvalidOperationException) { return false; }
     }
 
     /// <summary>Raw little-endian bytes of a tensor, in pieces (spans are int-sized; tensors can exceed 2 GB).</summary>
