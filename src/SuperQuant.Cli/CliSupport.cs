@@ -48,6 +48,14 @@ public static class CliSupport
         }
     }
 
+    /// <summary>Writes text through a temp file and a rename, so readers never see half a report.</summary>
+    public static void WriteAtomically(string path, string content)
+    {
+        string temp = path + $".{Environment.ProcessId}.tmp";
+        File.WriteAllText(temp, content);
+        File.Move(temp, path, overwrite: true);
+    }
+
     public static Option<string> DeviceOption() => new("--device")
     {
         Description = $"auto (CUDA when TorchSharp sees it, else CPU), cpu or cuda; default from {ComputeDevice.EnvironmentVariable}, else auto",

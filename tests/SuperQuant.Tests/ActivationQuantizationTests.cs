@@ -17,10 +17,7 @@ public sealed class ActivationQuantizationTests
     static string Planted(TempFolder dir, string modelType = "llama")
     {
         var spec = new TinyModelSpec { Layers = 3, Hidden = 64, Intermediate = 128, Heads = 4, KvHeads = 2, ModelType = modelType };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        TinyCheckpointFactory.Write(dir.Path, spec, w);
+        SuperWeightPlanter.WriteCheckpoint(dir.Path, spec, 1, 17, 45);
         return dir.Path;
     }
 

@@ -89,11 +89,8 @@ public sealed class QuantizeCliTests
     {
         using var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
         string ckpt = Path.Combine(dir.Path, "ckpt");
-        TinyCheckpointFactory.Write(ckpt, spec, w);
+        SuperWeightPlanter.WriteCheckpoint(ckpt, spec, 1, 17, 45);
         string ids = dir.File("ids.txt");
         SuperQuant.Models.Text.TokenIdFile.Write(ids, Enumerable.Range(0, 100).Select(i => (i * 7) % 48));
         string packed = dir.File("out/model.sqpk.safetensors"), gguf = dir.File("out/model.gguf");

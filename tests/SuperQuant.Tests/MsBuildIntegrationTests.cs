@@ -42,10 +42,7 @@ public sealed class MsBuildIntegrationTests
     {
         var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        TinyCheckpointFactory.Write(dir.File("ckpt"), spec, w);
+        SuperWeightPlanter.WriteCheckpoint(dir.File("ckpt"), spec, 1, 17, 45);
         Directory.CreateDirectory(dir.File("data"));
         TokenIdFile.Write(dir.File("data/ids.txt"), Enumerable.Range(0, 120).Select(i => (i * 11 + 3) % 48));
         File.WriteAllText(dir.File("quantize.yaml"), "version: 1\ndevice: cpu\nmodels:\n" + models);

@@ -11,10 +11,7 @@ public sealed class ReliabilityTests
     {
         var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        TinyCheckpointFactory.Write(dir.File("ckpt"), spec, w);
+        SuperWeightPlanter.WriteCheckpoint(dir.File("ckpt"), spec, 1, 17, 45);
         TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 80).Select(i => (i * 5 + 1) % 48));
         File.WriteAllText(dir.File("quantize.yaml"), """
             version: 1

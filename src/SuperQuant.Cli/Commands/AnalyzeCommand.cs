@@ -81,8 +81,8 @@ public static class AnalyzeCommand
             }
             string outDir = r.GetValue(output)!;
             Directory.CreateDirectory(outDir);
-            WriteAtomically(Path.Combine(outDir, "analysis.json"), JsonSerializer.Serialize(report, AnalysisReport.Json));
-            WriteAtomically(Path.Combine(outDir, "analysis.html"), AnalysisHtml.Render(report));
+            CliSupport.WriteAtomically(Path.Combine(outDir, "analysis.json"), JsonSerializer.Serialize(report, AnalysisReport.Json));
+            CliSupport.WriteAtomically(Path.Combine(outDir, "analysis.html"), AnalysisHtml.Render(report));
             Console.WriteLine();
             Console.WriteLine($"original perplexity {baseline.Perplexity.Value:F4} +/- {baseline.Perplexity.StandardError:F4} over {baseline.TokensScored} tokens");
             foreach (var c in report.Conditions) Console.WriteLine($"{c.Name,-28} perplexity {c.Perplexity,10:F4}  KL {c.KlDivergence:F5}  top-1 {c.Top1Agreement:P1}");
@@ -131,10 +131,4 @@ public static class AnalyzeCommand
         return new StopwordSection(source, promptSet.Count, rows);
     }
 
-    static void WriteAtomically(string path, string content)
-    {
-        string temp = path + $".{Environment.ProcessId}.tmp";
-        File.WriteAllText(temp, content);
-        File.Move(temp, path, overwrite: true);
-    }
 }

@@ -122,20 +122,20 @@ public static class GateCommand
             }
             Directory.CreateDirectory(reportDir);
             string json = Path.Combine(reportDir, "superquant-report.json"), md = Path.Combine(reportDir, "superquant-report.md");
-            WriteAtomically(json, JsonSerializer.Serialize(new { schema = "superquant.report", schema_version = 1, manifest = m.Path, models = results }, Reports.AnalysisReport.Json));
-            WriteAtomically(md, Markdown(m, results));
+            CliSupport.WriteAtomically(json, JsonSerializer.Serialize(new { schema = "superquant.report", schema_version = 1, manifest = m.Path, models = results }, Reports.AnalysisReport.Json));
+            CliSupport.WriteAtomically(md, Markdown(m, results));
             Console.WriteLine($"report: {json}");
             if (statePath != null)
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(statePath))!);
                 var keep = results.Where(x => x.Passed || warnOnly).ToDictionary(x => x.Id, x => x with { Status = "done" });
-                WriteAtomically(statePath, JsonSerializer.Serialize(new State(keep), Reports.AnalysisReport.Json));
+                CliSupport.WriteAtomically(statePath, JsonSerializer.Serialize(new State(keep), Reports.AnalysisReport.Json));
             }
             if (depsPath != null)
-                WriteAtomically(depsPath, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
+                CliSupport.WriteAtomically(depsPath, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
                     .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
             if (outputsPath != null)
-                WriteAtomically(outputsPath, string.Join('\n', m.Models.SelectMany(OutputsOf).Append(json).Append(md)) + "\n");
+                CliSupport.WriteAtomically(outputsPath, string.Join('\n', m.Models.SelectMany(OutputsOf).Append(json).Append(md)) + "\n");
             return failed ? ExitCodes.GateFailed : ExitCodes.Success;
         });
         return code;
@@ -221,10 +221,4 @@ public static class GateCommand
 
     static string Fmt(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
 
-    static void WriteAtomically(string path, string content)
-    {
-        string temp = path + $".{Environment.ProcessId}.tmp";
-        File.WriteAllText(temp, content);
-        File.Move(temp, path, overwrite: true);
-    }
 }

@@ -30,4 +30,13 @@ public static class SuperWeightPlanter
         for (int r = 0; r < d; r++) down[r * h + col] *= 0.001f;
         down[row * h + col] = weight;
     }
+
+    /// <summary>Writes a tiny checkpoint folder with one planted super weight (and the boosted embedding channel).</summary>
+    public static Dictionary<string, float[]> WriteCheckpoint(string folder, TinyModelSpec spec, int layer, int row, int col)
+    {
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        BoostEmbeddingChannel(w, spec);
+        Plant(w, spec, layer, row, col);
+        return TinyCheckpointFactory.Write(folder, spec, w);
+    }
 }
