@@ -89,6 +89,38 @@ public sealed class ActivationQuantizationTests
     }
 
     [TestMethod]
+    public void SmoothQuantFoldsItsScalesIntoTheNorms()
+    {
+        using var dir = new TempFolder();
+        string path = Planted(dir);
+        using var model = ModelLoader.Load(path);
+        using var before = model.Weights.Layers[0].AttnNorm!.clone();
+        var hooks = ActivationQuantizer.Apply(model, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant, WeightBits = 16, ActivationBits = 16 }, Tokens);
+        Assert.IsFalse(model.Weights.Layers[0].AttnNorm!.allclose(before), "the attention norm carries 1/s");
+        using var original = ModelLoader.Load(path);
+        model.Hooks = hooks;
+        using var y = original.Forward(Tokens);
+        using var y2 = model.Forward(Tokens);
+        Assert.IsTrue((y2 - y).abs().max().item<float>() < 1e-4f);
+    }
+
+    [TestMethod]
+    public void PerTensorActivationsAreCoarserThanPerToken()
+    {
+        using var dir = new TempFolder();
+        string path = OutlierChannels(dir);
+        using var original = ModelLoader.Load(path);
+        double Kl(bool perTensor)
+        {
+            using var m = ModelLoader.Load(path);
+            m.Hooks = ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { WeightBits = 16, ActivationBits = 6, PerTensor = perTensor }, Tokens);
+            return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
+        }
+        double perToken = Kl(false), perTensor = Kl(true);
+        Assert.IsTrue(perTensor > perToken && perToken > 0, $"per-tensor {perTensor} vs per-token {perToken}");
+    }
+
+    [TestMethod]
     public void SmoothQuantOnOlmoIsACodedError()
     {
         using var dir = new TempFolder();

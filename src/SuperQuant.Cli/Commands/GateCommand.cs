@@ -150,6 +150,9 @@ public static class GateCommand
     static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, TorchSharp.torch.Device dev)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        if (e.ActivationBits < 16)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"model '{e.Id}': activation_bits {e.ActivationBits}: artifacts are weight-only so far; activation quantization is measured by `superquant bench quant` only (use 16)", m.Path);
         Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({e.Method}, {e.WeightBits}-bit, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString())})");
         string folder = EvalCommand.CheckpointFolder(e.Checkpoint);
         using LlamaModel model = ModelLoader.Load(e.Checkpoint, dev);

@@ -25,6 +25,8 @@ public sealed record ActivationQuantizationOptions
     public ActivationMethod Method { get; init; } = ActivationMethod.Rtn;
     public int WeightBits { get; init; } = 8;
     public int ActivationBits { get; init; } = 8;
+    /// <summary>One activation scale per tensor instead of one per token.</summary>
+    public bool PerTensor { get; init; }
     /// <summary>SmoothQuant's / DuQuant's migration strength (DuQuant's script uses 0.6, SmoothQuant's paper 0.5).</summary>
     public double Alpha { get; init; } = 0.5;
     /// <summary>Fraction of the per-token max used as the activation range (DuQuant: 0.9).</summary>
@@ -94,10 +96,17 @@ public sealed class ActivationQuantizer : IForwardHooks
             {
                 var sites = Members(g).Select(p => new LinearSite(l, p)).ToList();
                 Tensor absMax = stats.AbsMax[(l, g)];
+                if (o.Method == ActivationMethod.SmoothQuant && g is InputGroup.Attention or InputGroup.Mlp)
+                {
+                    // Fold: the norm's weight divides by s (so its output is x / s) and the weights multiply by s.
+                    // Only inputs that come out of a parametric norm can take this; o_proj/down_proj stay plain.
+                    Tensor s = SmoothingScales(model, sites, absMax, o.Alpha);
+                    var layer = model.Weights.Layers[l];
+                    if (g == InputGroup.Attention) layer.AttnNorm = layer.AttnNorm! / s; else layer.FfnNorm = layer.FfnNorm! / s;
+                    foreach (var site in sites) model.Weights[site] = model.Weights[site] * s;
+                }
                 Tensor? t = o.Method switch
                 {
-                    // Only inputs that come out of a norm can carry the scale in deployment (folded into its weight).
-                    ActivationMethod.SmoothQuant when g is InputGroup.Attention or InputGroup.Mlp => torch.diag(1.0f / SmoothingScales(model, sites, absMax, o.Alpha)),
                     ActivationMethod.Hadamard => OrthogonalRotation(absMax.shape[0], o.Seed + 31 * l + (int)g),
                     ActivationMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
                     _ => null,
@@ -134,14 +143,25 @@ public sealed class ActivationQuantizer : IForwardHooks
         if (site.Projection == Projection.LmHead) return input;
         var key = (site.Layer, GroupOf(site.Projection));
         Tensor x = _transforms.TryGetValue(key, out var t) ? input.matmul(t) : input;
-        if (!_superChannels.TryGetValue(key, out var channels)) return FakeQuantPerToken(x, _o.ActivationBits, _o.ActivationClip);
+        if (!_superChannels.TryGetValue(key, out var channels)) return FakeQuant(x);
         // Super-activation-aware: median in, quantize, exact value back.
         using var idx = torch.tensor(channels.Select(c => (long)c).ToArray(), device: x.device);
         Tensor saved = x.index_select(-1, idx);
         float median = x.flatten().median().item<float>();
         Tensor replaced = x.index_fill(-1, idx, median);
-        Tensor q = FakeQuantPerToken(replaced, _o.ActivationBits, _o.ActivationClip);
+        Tensor q = FakeQuant(replaced);
         return q.index_copy(-1, idx, saved);
+    }
+
+    Tensor FakeQuant(Tensor x) => _o.PerTensor ? FakeQuantPerTensor(x, _o.ActivationBits, _o.ActivationClip) : FakeQuantPerToken(x, _o.ActivationBits, _o.ActivationClip);
+
+    /// <summary>Symmetric quantize/dequantize with one scale for the whole tensor.</summary>
+    public static Tensor FakeQuantPerTensor(Tensor x, int bits, double clip)
+    {
+        if (bits >= 16) return x;
+        double qmax = (1 << (bits - 1)) - 1;
+        double scale = Math.Max(x.abs().max().item<float>() * clip / qmax, 1e-8);
+        return (x / scale).round().clamp(-qmax - 1, qmax) * scale;
     }
 
     /// <summary>Symmetric per-token quantize/dequantize of the last dimension.</summary>
