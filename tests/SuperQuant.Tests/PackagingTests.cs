@@ -38,4 +38,58 @@ public sealed class PackagingTests
         Assert.AreEqual(0, doctor.Exit, doctor.Output);
         StringAssert.Contains(doctor.Output, "\"torch\": \"loaded\"");
     }
+
+    [TestMethod]
+    public void APackageReferenceAndAManifestAreAllAConsumerNeeds()
+    {
+        string? repo = AppContext.BaseDirectory;
+        while (repo != null && !File.Exists(Path.Combine(repo, "SuperQuant.Build.sln"))) repo = Path.GetDirectoryName(repo);
+        using var dir = new TempFolder();
+        string version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss");
+        var pack = Run(repo!, new Dictionary<string, string>(), "pack", "src/SuperQuant.Build", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
+        Assert.AreEqual(0, pack.Exit, pack.Output);
+
+        string app = dir.File("app");
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
+        SuperWeightPlanter.WriteCheckpoint(Path.Combine(app, "ckpt"), spec, 1, 17, 45);
+        Directory.CreateDirectory(Path.Combine(app, "data"));
+        SuperQuant.Models.Text.TokenIdFile.Write(Path.Combine(app, "data", "ids.txt"), Enumerable.Range(0, 80).Select(i => (i * 5 + 1) % 48));
+        File.WriteAllText(Path.Combine(app, "nuget.config"), $"""
+            <?xml version="1.0" encoding="utf-8"?>
+            <configuration><packageSources><clear /><add key="local" value="{dir.File("feed")}" /></packageSources></configuration>
+            """);
+        File.WriteAllText(Path.Combine(app, "App.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup><TargetFramework>net10.0</TargetFramework></PropertyGroup>
+              <ItemGroup><PackageReference Include="SuperQuant.Build" Version="{version}" /></ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(app, "C.cs"), "namespace App; public static class C { }");
+        File.WriteAllText(Path.Combine(app, "quantize.yaml"), """
+            version: 1
+            device: cpu
+            models:
+              - id: tiny
+                checkpoint: ckpt
+                output: models/tiny.sqpk.safetensors
+                weight_bits: 4
+                block_size: 32
+                z: auto
+                calibration_tokens: data/ids.txt
+                evaluation_tokens: data/ids.txt
+                prompt_tokens: "1 2 3"
+                context: 40
+                gate:
+                  metric: kl
+                  max_increase: 1
+            """);
+        var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = dir.File("nuget-packages"), ["MSBUILDDISABLENODEREUSE"] = "1" };
+        var build = Run(app, env, "build", "-nodeReuse:false");
+        Assert.AreEqual(0, build.Exit, build.Output);
+        StringAssert.Contains(build.Output, "tiny: 1 super weight(s) found: layer 1 [17, 45]");
+        Assert.IsTrue(File.Exists(Path.Combine(app, "bin", "Debug", "net10.0", "models", "tiny.sqpk.safetensors")));
+        var again = Run(app, env, "build", "-nodeReuse:false", "-v:n");
+        Assert.AreEqual(0, again.Exit, again.Output);
+        StringAssert.Contains(again.Output, "Skipping target \"SuperQuantQuantize\"");
+    }
 }
