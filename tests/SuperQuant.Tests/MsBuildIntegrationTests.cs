@@ -86,6 +86,9 @@ public sealed class MsBuildIntegrationTests
         string artifact = dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors");
         Assert.IsTrue(File.Exists(artifact), "artifact copied to the output folder");
         Assert.IsTrue(File.Exists(dir.File("obj/superquant/superquant-report.md")));
+        string html = File.ReadAllText(dir.File("obj/superquant/superquant-report.html"));
+        StringAssert.Contains(html, "model.layers.1.mlp.down_proj.weight[17, 45]", "the super-weight table");
+        StringAssert.Contains(html, "<svg", "the quality plot");
         Assert.AreEqual(1, ToolRuns(log), "the tool ran once");
         DateTime stamp = File.GetLastWriteTimeUtc(dir.File("models/tiny.sqpk.safetensors"));
 

@@ -121,9 +121,10 @@ public static class GateCommand
                 results.Add(result);
             }
             Directory.CreateDirectory(reportDir);
-            string json = Path.Combine(reportDir, "superquant-report.json"), md = Path.Combine(reportDir, "superquant-report.md");
+            string json = Path.Combine(reportDir, "superquant-report.json"), md = Path.Combine(reportDir, "superquant-report.md"), html = Path.Combine(reportDir, "superquant-report.html");
             CliSupport.WriteAtomically(json, JsonSerializer.Serialize(new { schema = "superquant.report", schema_version = 1, manifest = m.Path, models = results }, Reports.AnalysisReport.Json));
             CliSupport.WriteAtomically(md, Markdown(m, results));
+            CliSupport.WriteAtomically(html, Reports.GateHtml.Render(m.Path, results));
             Console.WriteLine($"report: {json}");
             if (statePath != null)
             {
@@ -135,7 +136,7 @@ public static class GateCommand
                 CliSupport.WriteAtomically(depsPath, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
                     .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
             if (outputsPath != null)
-                CliSupport.WriteAtomically(outputsPath, string.Join('\n', m.Models.SelectMany(OutputsOf).Append(json).Append(md)) + "\n");
+                CliSupport.WriteAtomically(outputsPath, string.Join('\n', m.Models.SelectMany(OutputsOf).Append(json).Append(md).Append(html)) + "\n");
             return failed ? ExitCodes.GateFailed : ExitCodes.Success;
         });
         return code;
