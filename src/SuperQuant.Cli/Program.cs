@@ -6,6 +6,7 @@ NativeMemoryTuning.Apply();
 var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(InitCommand.Create());
+root.Subcommands.Add(DemoCheckpointCommand.Create());
 root.Subcommands.Add(DetectCommand.Create());
 root.Subcommands.Add(AnalyzeCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
