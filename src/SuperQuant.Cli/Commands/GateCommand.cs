@@ -95,14 +95,16 @@ public static class GateCommand
             string toolVersion = typeof(GateCommand).Assembly.GetName().Version?.ToString() ?? "0";
             foreach (ModelEntry e in m.Models)
             {
-                string hash = InputHash(e, toolVersion);
+                // The checkpoint is read once: its hash feeds both the input hash and the artifact's provenance.
+                string checkpointHash = CheckpointHash.Compute(e.Checkpoint);
+                string hash = InputHash(e, toolVersion, checkpointHash);
                 if (previous.Models.TryGetValue(e.Id, out var old) && old.InputHash == hash && old.Passed && old.Outputs.All(File.Exists))
                 {
                     Console.WriteLine($"{e.Id}: up to date (inputs unchanged), skipped");
                     results.Add(old with { Status = "up-to-date" });
                     continue;
                 }
-                var result = RunModel(m, e, hash, dev);
+                var result = RunModel(m, e, hash, checkpointHash, dev);
                 string where = $"{m.Path}({e.Line},1)";
                 if (!result.Passed)
                 {
@@ -148,7 +150,7 @@ public static class GateCommand
         if (e.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal))) yield return Path.ChangeExtension(e.Output, ".gguf");
     }
 
-    static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, TorchSharp.torch.Device dev)
+    static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, string checkpointHash, TorchSharp.torch.Device dev)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         if (e.ActivationBits < 16)
@@ -178,7 +180,7 @@ public static class GateCommand
             Bits = e.WeightBits, BlockSize = e.BlockSize, Z = QuantizeCommand.ParseZ(e.Z),
         };
         using QuantizationResult result = ModelQuantizer.Quantize(model, options, detection.SuperWeights, calib, new ConsoleProgress($"{e.Id}: quantize").Report);
-        if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, CheckpointHash.Compute(e.Checkpoint), ManifestHash(m));
+        if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, checkpointHash, ManifestHash(m));
 
         using LlamaModel original = ModelLoader.Load(e.Checkpoint, dev);
         int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
@@ -198,10 +200,10 @@ public static class GateCommand
 
     /// <summary>Content hash of everything a model's result depends on: its manifest entry, checkpoint, data files
     /// and the tool version. Equal hash = nothing to recompute.</summary>
-    static string InputHash(ModelEntry e, string toolVersion)
+    static string InputHash(ModelEntry e, string toolVersion, string checkpointHash)
     {
         var sb = new StringBuilder();
-        sb.Append(JsonSerializer.Serialize(e with { Line = 0 })).Append('\n').Append(toolVersion).Append('\n').Append(CheckpointHash.Compute(e.Checkpoint)).Append('\n');
+        sb.Append(JsonSerializer.Serialize(e with { Line = 0 })).Append('\n').Append(toolVersion).Append('\n').Append(checkpointHash).Append('\n');
         foreach (string f in e.DataFiles) sb.Append(Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f)))).Append('\n');
         return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString()))).ToLowerInvariant();
     }
