@@ -183,25 +183,12 @@ public sealed class ArtifactTests
 [TestClass]
 public sealed class GgufIndependentParserTests
 {
-    static string CheckFolder
-    {
-        get
-        {
-            string? dir = AppContext.BaseDirectory;
-            while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
-            return Path.Combine(dir!, "tests", "gguf-check");
-        }
-    }
+    static string CheckFolder => Path.Combine(RepoPaths.Root, "tests", "gguf-check");
 
     static (int Exit, string Out, string Err) Run(string file, string workDir, params string[] args)
     {
-        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = workDir };
-        foreach (string a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, output, err.Result);
+        var r = ProcessRunner.Run(file, workDir, null, TimeSpan.FromMinutes(5), args);
+        return (r.ExitCode, r.StdOut, r.StdErr);
     }
 
     [TestMethod]

@@ -95,9 +95,7 @@ public sealed class ManifestTests
     [TestMethod]
     public void SchemaListsEveryKeyTheReaderAccepts()
     {
-        string? dir = AppContext.BaseDirectory;
-        while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
-        using var schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir!, "docs", "quantize.schema.json")));
+        using var schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(RepoPaths.Root, "docs", "quantize.schema.json")));
         var modelProps = schema.RootElement.GetProperty("properties").GetProperty("models").GetProperty("items").GetProperty("properties");
         var keys = modelProps.EnumerateObject().Select(p => p.Name).ToHashSet();
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using SuperQuant.Models.Text;
 using SuperQuant.Tests.Support;
 
@@ -8,15 +7,7 @@ namespace SuperQuant.Tests;
 [TestClass]
 public sealed class MsBuildIntegrationTests
 {
-    static string RepoRoot
-    {
-        get
-        {
-            string? dir = AppContext.BaseDirectory;
-            while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
-            return dir ?? throw new InvalidOperationException("repository root not found");
-        }
-    }
+    static string RepoRoot => RepoPaths.Root;
 
     static string Yaml(string id, string maxIncrease, string extra = "") => $"""
           - id: {id}
@@ -63,14 +54,9 @@ public sealed class MsBuildIntegrationTests
 
     static (int Exit, string Log) Build(TempFolder dir, params string[] extra)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir.Path };
-        foreach (string a in new[] { "build", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false" }.Concat(extra)) psi.ArgumentList.Add(a);
-        psi.Environment["MSBUILDDISABLENODEREUSE"] = "1";
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string log = p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) { p.Kill(true); Assert.Fail("dotnet build timed out"); }
-        return (p.ExitCode, log + err.Result);
+        var r = ProcessRunner.Run("dotnet", dir.Path, new Dictionary<string, string> { ["MSBUILDDISABLENODEREUSE"] = "1" }, TimeSpan.FromMinutes(5),
+            new[] { "build", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false" }.Concat(extra).ToArray());
+        return (r.ExitCode, r.Output);
     }
 
     static int ToolRuns(string log) => log.Split('\n').Count(l => l.Contains("superquant.dll\" gate") || l.Contains("superquant.dll gate"));

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using SuperQuant.Tests.Support;
 
 namespace SuperQuant.Tests;
@@ -9,26 +8,19 @@ public sealed class PackagingTests
 {
     static (int Exit, string Output) Run(string workDir, IDictionary<string, string> env, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = workDir };
-        foreach (string a in args) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string output = p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(8))) { p.Kill(true); Assert.Fail("dotnet " + string.Join(' ', args) + " timed out"); }
-        return (p.ExitCode, output + err.Result);
+        var r = ProcessRunner.Run("dotnet", workDir, env, TimeSpan.FromMinutes(8), args);
+        return (r.ExitCode, r.Output);
     }
 
     [TestMethod]
     public void ToolPacksInstallsFromALocalFeedAndRuns()
     {
-        string? repo = AppContext.BaseDirectory;
-        while (repo != null && !File.Exists(Path.Combine(repo, "SuperQuant.Build.sln"))) repo = Path.GetDirectoryName(repo);
+        string repo = RepoPaths.Root;
         using var dir = new TempFolder();
         // A private package folder: the 150 MB tool package must not pile up in the user's NuGet cache.
         var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = dir.File("nuget-packages"), ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" };
         string version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss");
-        var pack = Run(repo!, new Dictionary<string, string>(), "pack", "src/SuperQuant.Cli", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
+        var pack = Run(repo, new Dictionary<string, string>(), "pack", "src/SuperQuant.Cli", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
         Assert.AreEqual(0, pack.Exit, pack.Output);
         Directory.CreateDirectory(dir.File("app"));
         Assert.AreEqual(0, Run(dir.File("app"), env, "new", "tool-manifest").Exit);
@@ -42,18 +34,14 @@ public sealed class PackagingTests
     [TestMethod]
     public void APackageReferenceAndAManifestAreAllAConsumerNeeds()
     {
-        string? repo = AppContext.BaseDirectory;
-        while (repo != null && !File.Exists(Path.Combine(repo, "SuperQuant.Build.sln"))) repo = Path.GetDirectoryName(repo);
+        string repo = RepoPaths.Root;
         using var dir = new TempFolder();
         string version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss");
-        var pack = Run(repo!, new Dictionary<string, string>(), "pack", "src/SuperQuant.Build", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
+        var pack = Run(repo, new Dictionary<string, string>(), "pack", "src/SuperQuant.Build", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
         Assert.AreEqual(0, pack.Exit, pack.Output);
 
         string app = dir.File("app");
-        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
-        SuperWeightPlanter.WriteCheckpoint(Path.Combine(app, "ckpt"), spec, 1, 17, 45);
-        Directory.CreateDirectory(Path.Combine(app, "data"));
-        SuperQuant.Models.Text.TokenIdFile.Write(Path.Combine(app, "data", "ids.txt"), Enumerable.Range(0, 80).Select(i => (i * 5 + 1) % 48));
+        TinyProject.Write(app);
         File.WriteAllText(Path.Combine(app, "nuget.config"), $"""
             <?xml version="1.0" encoding="utf-8"?>
             <configuration><packageSources><clear /><add key="local" value="{dir.File("feed")}" /></packageSources></configuration>
@@ -65,24 +53,6 @@ public sealed class PackagingTests
             </Project>
             """);
         File.WriteAllText(Path.Combine(app, "C.cs"), "namespace App; public static class C { }");
-        File.WriteAllText(Path.Combine(app, "quantize.yaml"), """
-            version: 1
-            device: cpu
-            models:
-              - id: tiny
-                checkpoint: ckpt
-                output: models/tiny.sqpk.safetensors
-                weight_bits: 4
-                block_size: 32
-                z: auto
-                calibration_tokens: data/ids.txt
-                evaluation_tokens: data/ids.txt
-                prompt_tokens: "1 2 3"
-                context: 40
-                gate:
-                  metric: kl
-                  max_increase: 1
-            """);
         var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = dir.File("nuget-packages"), ["MSBUILDDISABLENODEREUSE"] = "1" };
         var build = Run(app, env, "build", "-nodeReuse:false");
         Assert.AreEqual(0, build.Exit, build.Output);

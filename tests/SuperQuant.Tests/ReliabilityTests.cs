@@ -1,5 +1,4 @@
 using SuperQuant.Models.Artifacts;
-using SuperQuant.Models.Text;
 using SuperQuant.Tests.Support;
 
 namespace SuperQuant.Tests;
@@ -10,27 +9,7 @@ public sealed class ReliabilityTests
     static TempFolder Project()
     {
         var dir = new TempFolder();
-        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
-        SuperWeightPlanter.WriteCheckpoint(dir.File("ckpt"), spec, 1, 17, 45);
-        TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 80).Select(i => (i * 5 + 1) % 48));
-        File.WriteAllText(dir.File("quantize.yaml"), """
-            version: 1
-            device: cpu
-            models:
-              - id: tiny
-                checkpoint: ckpt
-                output: models/tiny.sqpk.safetensors
-                weight_bits: 4
-                block_size: 32
-                z: auto
-                calibration_tokens: ids.txt
-                evaluation_tokens: ids.txt
-                prompt_tokens: "1 2 3"
-                context: 40
-                gate:
-                  metric: kl
-                  max_increase: 1
-            """);
+        TinyProject.Write(dir.Path);
         return dir;
     }
 

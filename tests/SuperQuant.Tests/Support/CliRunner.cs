@@ -2,29 +2,50 @@ using System.Diagnostics;
 
 namespace SuperQuant.Tests.Support;
 
-/// <summary>Runs the `superquant` tool (copied into the test output) in a fresh process.</summary>
-public static class CliRunner
+/// <summary>The repository root (the folder holding SuperQuant.Build.sln), found from the test output folder.</summary>
+public static class RepoPaths
 {
-    public sealed record Result(int ExitCode, string StdOut, string StdErr);
+    public static string Root { get; } = Find();
 
-    public static Result Run(params string[] args) => Run(null, args);
-
-    public static Result Run(IDictionary<string, string>? environment, params string[] args)
+    static string Find()
     {
-        var psi = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superquant.dll"));
+        string? dir = AppContext.BaseDirectory;
+        while (dir != null && !File.Exists(Path.Combine(dir, "SuperQuant.Build.sln"))) dir = Path.GetDirectoryName(dir);
+        return dir ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
+    }
+}
+
+/// <summary>Runs a process to completion, capturing stdout and stderr; kills it and throws past the timeout.</summary>
+public static class ProcessRunner
+{
+    public sealed record Result(int ExitCode, string StdOut, string StdErr)
+    {
+        public string Output => StdOut + StdErr;
+    }
+
+    public static Result Run(string file, string? workDir, IDictionary<string, string>? environment, TimeSpan timeout, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (workDir != null) psi.WorkingDirectory = workDir;
         foreach (string a in args) psi.ArgumentList.Add(a);
         if (environment != null) foreach (var (k, v) in environment) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         Task<string> stdout = p.StandardOutput.ReadToEndAsync(), stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5)))
+        if (!p.WaitForExit(timeout))
         {
             p.Kill(entireProcessTree: true);
-            throw new TimeoutException("superquant " + string.Join(' ', args) + " did not finish in 5 minutes");
+            throw new TimeoutException($"{file} {string.Join(' ', args)} did not finish in {timeout}");
         }
         return new Result(p.ExitCode, stdout.Result, stderr.Result);
     }
+}
+
+/// <summary>Runs the `superquant` tool (copied into the test output) in a fresh process.</summary>
+public static class CliRunner
+{
+    public static ProcessRunner.Result Run(params string[] args) => Run(null, args);
+
+    public static ProcessRunner.Result Run(IDictionary<string, string>? environment, params string[] args) =>
+        ProcessRunner.Run("dotnet", null, environment, TimeSpan.FromMinutes(5),
+            new[] { Path.Combine(AppContext.BaseDirectory, "superquant.dll") }.Concat(args).ToArray());
 }

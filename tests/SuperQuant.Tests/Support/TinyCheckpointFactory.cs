@@ -173,13 +173,7 @@ public static class SharedModels
         get
         {
             string? shared = Environment.GetEnvironmentVariable("SUPERQUANT_SHARED_DIR");
-            if (string.IsNullOrEmpty(shared))
-            {
-                string? dir = AppContext.BaseDirectory;
-                while (dir != null && !System.IO.File.Exists(System.IO.Path.Combine(dir, "SuperQuant.Build.sln"))) dir = System.IO.Path.GetDirectoryName(dir);
-                if (dir is null) throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
-                shared = System.IO.Path.Combine(dir, "..", "shared");
-            }
+            if (string.IsNullOrEmpty(shared)) shared = System.IO.Path.Combine(RepoPaths.Root, "..", "shared");
             string path = System.IO.Path.GetFullPath(System.IO.Path.Combine(shared, "models", "stories260K", "stories260K.bin"));
             if (!System.IO.File.Exists(path))
                 Assert.Fail($"the shared stories260K model is expected at {path} (the repository's ../shared, or set SUPERQUANT_SHARED_DIR)");
