@@ -55,7 +55,7 @@ public sealed class QuantizationTests
         using Tensor w = RandomMatrix(rows, cols, 5);
         using QuantizedMatrix q = BlockRtnQuantizer.Quantize(w, bits, block);
         var (codes, deq) = ReferenceRtn(w.data<float>().ToArray(), rows, cols, bits, block == 0 ? cols : block);
-        CollectionAssert.AreEqual(codes, q.Codes.data<byte>().ToArray());
+        using (Tensor unpacked = q.UnpackCodes()) CollectionAssert.AreEqual(codes, unpacked.data<byte>().ToArray());
         using Tensor d = BlockRtnQuantizer.Dequantize(q);
         float[] got = d.data<float>().ToArray();
         for (int i = 0; i < got.Length; i++) Assert.AreEqual(deq[i], got[i], 1e-6f, $"element {i}");
@@ -84,6 +84,8 @@ public sealed class QuantizationTests
     [DataRow(8, 32, 5, 77)]
     [DataRow(2, 0, 9, 300)]
     [DataRow(5, 4096, 3, 5000)]
+    [DataRow(4, 32, 5, 77)]     // rows share a byte: codes first, then one pack
+    [DataRow(3, 128, 4, 256)]
     public void FastPathIsIdenticalToTheTensorReference(int bits, int block, int rows, int cols)
     {
         using Tensor w = RandomMatrix(rows, cols, bits * 100 + rows);
@@ -91,11 +93,46 @@ public sealed class QuantizationTests
         w[rows - 1] = torch.zeros(cols); // an all-zero row
         using QuantizedMatrix reference = BlockRtnQuantizer.Quantize(w, bits, block);
         using QuantizedMatrix fast = FastBlockRtn.Quantize(w, bits, block);
-        Assert.IsTrue(fast.Codes.equal(reference.Codes).all().item<bool>(), "codes");
+        Assert.IsTrue(fast.PackedCodes.equal(reference.PackedCodes).all().item<bool>(), "packed codes");
         Assert.IsTrue(fast.Scales.equal(reference.Scales).all().item<bool>(), "scales");
         Assert.IsTrue(fast.Zeros.equal(reference.Zeros).all().item<bool>(), "zeros");
-        using Tensor p1 = BitPacking.Pack(reference.Codes, bits), p2 = FastBlockRtn.Pack(fast.Codes, bits);
-        Assert.IsTrue(p1.equal(p2).all().item<bool>(), "packed bytes");
+    }
+
+    [TestMethod]
+    public void QuantizeIntoReusedBuffersLeavesNothingFromThePreviousMatrix()
+    {
+        using Tensor a = RandomMatrix(32, 256, 1), b = RandomMatrix(32, 256, 2) * 3f;
+        using Tensor packed = torch.full(BitPacking.PackedBytes(32 * 256, 4), 0xAB, ScalarType.Byte);
+        using Tensor scales = torch.empty(32, 2, ScalarType.Float16), zeros = torch.empty(32, 2, ScalarType.Float16);
+        FastBlockRtn.QuantizeInto(a, 4, 128, packed, scales, zeros);
+        FastBlockRtn.QuantizeInto(b, 4, 128, packed, scales, zeros);
+        using QuantizedMatrix fresh = BlockRtnQuantizer.Quantize(b, 4, 128);
+        Assert.IsTrue(packed.equal(fresh.PackedCodes).all().item<bool>(), "codes");
+        Assert.IsTrue(scales.equal(fresh.Scales).all().item<bool>(), "scales");
+        Assert.IsTrue(zeros.equal(fresh.Zeros).all().item<bool>(), "zeros");
+        Assert.ThrowsExactly<ArgumentException>(() => FastBlockRtn.QuantizeInto(b, 3, 128, packed, scales, zeros));
+    }
+
+    [TestMethod]
+    public void SuperAwareClippingSparesTheRowsThatFeedTheSuperWeight()
+    {
+        // Layer 2's super weight W_down[7, 5] reads down_proj input 5 = silu(gate row 5 . x) * (up row 5 . x).
+        var superWeights = new[] { new SuperWeight(2, 7, 5, 1f, 1) };
+        using Tensor gate = RandomMatrix(16, 128, 3);
+        gate[5, 0] = torch.tensor(4f);   // the row that creates the super activation
+        gate[9, 0] = torch.tensor(4f);   // an ordinary outlier
+        var o = new WeightQuantizationOptions { Method = WeightMethod.SuperAware, Bits = 8, BlockSize = 0 };
+        float Dequantized(LinearSite site, int row)
+        {
+            using QuantizedMatrix q = ModelQuantizer.QuantizeMatrix(gate, site, o, 2.5, superWeights);
+            using Tensor d = BlockRtnQuantizer.Dequantize(q);
+            return d[row, 0].item<float>();
+        }
+        Assert.AreEqual(4f, Dequantized(new LinearSite(2, Projection.Gate), 5), 0.02f, "gate row 5 is not clipped");
+        Assert.IsLessThan(1f, Dequantized(new LinearSite(2, Projection.Gate), 9), "other rows are clipped");
+        Assert.AreEqual(4f, Dequantized(new LinearSite(2, Projection.Up), 5), 0.02f, "up row 5 is not clipped");
+        Assert.IsLessThan(1f, Dequantized(new LinearSite(1, Projection.Gate), 5), "another layer's row 5 is clipped");
+        Assert.IsLessThan(1f, Dequantized(new LinearSite(2, Projection.Q), 5), "q_proj is clipped");
     }
 
     [TestMethod]

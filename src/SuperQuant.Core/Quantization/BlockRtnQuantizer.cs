@@ -47,7 +47,7 @@ public static class BlockRtnQuantizer
         return new QuantizedMatrix
         {
             Bits = bits, BlockSize = block, Rows = rows, Cols = cols,
-            Codes = codes.MoveToOuterDisposeScope(),
+            PackedCodes = BitPacking.Pack(codes, bits).MoveToOuterDisposeScope(),
             Scales = scale.squeeze(-1).to_type(ScalarType.Float16).MoveToOuterDisposeScope(),
             Zeros = zero.squeeze(-1).to_type(ScalarType.Float16).MoveToOuterDisposeScope(),
         };
@@ -58,7 +58,7 @@ public static class BlockRtnQuantizer
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         long blocks = q.BlocksPerRow, block = q.BlockSize;
-        Tensor codes = Pad(q.Codes.to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks, block);
+        Tensor codes = Pad(q.UnpackCodes().to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks, block);
         Tensor w = ((codes - q.Zeros.to_type(ScalarType.Float32).unsqueeze(-1)) * q.Scales.to_type(ScalarType.Float32).unsqueeze(-1))
             .view(q.Rows, blocks * block).narrow(1, 0, q.Cols).contiguous();
         if (q.OutlierIndices is not null && q.OutlierValues is not null && q.OutlierCount > 0)

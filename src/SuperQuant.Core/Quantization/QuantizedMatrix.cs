@@ -17,8 +17,9 @@ public sealed class QuantizedMatrix : IDisposable
     public required int BlockSize { get; init; }
     public required long Rows { get; init; }
     public required long Cols { get; init; }
-    /// <summary>[rows, cols] uint8 codes (unpacked; <see cref="BitPacking"/> packs them for artifacts).</summary>
-    public required Tensor Codes { get; init; }
+    /// <summary>The codes of the whole matrix, row-major, packed by <see cref="BitPacking"/> (LSB first, 8 codes per
+    /// <c>Bits</c> bytes): the artifact's layout, so writing an artifact copies it as is.</summary>
+    public required Tensor PackedCodes { get; init; }
     /// <summary>[rows, blocks] float16.</summary>
     public required Tensor Scales { get; init; }
     /// <summary>[rows, blocks] float16.</summary>
@@ -27,6 +28,9 @@ public sealed class QuantizedMatrix : IDisposable
     public Tensor? OutlierIndices { get; init; }
     /// <summary>[k] float16 values of those weights, or null.</summary>
     public Tensor? OutlierValues { get; init; }
+
+    /// <summary>[rows, cols] uint8 codes, unpacked (a new tensor; callers dispose it).</summary>
+    public Tensor UnpackCodes() => BitPacking.Unpack(PackedCodes, Bits, Rows * Cols).view(Rows, Cols);
 
     public long BlocksPerRow => (Cols + BlockSize - 1) / BlockSize;
     public int OutlierCount => OutlierValues is null ? 0 : (int)OutlierValues.shape[0];
@@ -37,6 +41,6 @@ public sealed class QuantizedMatrix : IDisposable
 
     public void Dispose()
     {
-        Codes.Dispose(); Scales.Dispose(); Zeros.Dispose(); OutlierIndices?.Dispose(); OutlierValues?.Dispose();
+        PackedCodes.Dispose(); Scales.Dispose(); Zeros.Dispose(); OutlierIndices?.Dispose(); OutlierValues?.Dispose();
     }
 }

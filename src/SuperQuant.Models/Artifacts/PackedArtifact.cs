@@ -66,7 +66,7 @@ public static class PackedArtifact
         {
             string n = site.WeightName;
             matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
-            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => FastBlockRtn.Pack(q.Codes, q.Bits));
+            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => q.PackedCodes.alias());
             Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
             Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
             if (q.OutlierCount > 0)
@@ -129,7 +129,7 @@ public static class PackedArtifact
         }
     }
 
-    /// <summary>Reads one quantized matrix back (codes unpacked), checking every size against the header.</summary>
+    /// <summary>Reads one quantized matrix back (codes stay packed, as stored), checking every size against the header.</summary>
     static QuantizedMatrix ReadMatrix(SafetensorsFile f, string name, MatrixInfo m)
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix '{name}': {what}", f.Path);
@@ -138,8 +138,7 @@ public static class PackedArtifact
         if (f.Entry(name + ".qcodes").ElementCount != BitPacking.PackedBytes(m.Rows * m.Cols, m.Bits)) throw Bad("code bytes do not match its shape and bits");
         foreach (string part in new[] { ".scales", ".zeros" })
             if (!f.Entry(name + part).Shape.SequenceEqual(new[] { m.Rows, blocks })) throw Bad($"{part[1..]} shape is not [{m.Rows}, {blocks}]");
-        using Tensor packed = f.Read(name + ".qcodes");
-        Tensor codes = BitPacking.Unpack(packed, m.Bits, m.Rows * m.Cols).view(m.Rows, m.Cols);
+        Tensor packed = f.Read(name + ".qcodes");
         Tensor? idx = null, val = null;
         if (f.Contains(name + ".outlier_idx"))
         {
@@ -150,7 +149,7 @@ public static class PackedArtifact
         }
         return new QuantizedMatrix
         {
-            Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, Codes = codes,
+            Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, PackedCodes = packed,
             Scales = f.Read(name + ".scales"), Zeros = f.Read(name + ".zeros"), OutlierIndices = idx, OutlierValues = val,
         };
     }

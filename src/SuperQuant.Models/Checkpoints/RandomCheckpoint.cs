@@ -35,9 +35,13 @@ public static class RandomCheckpoint
     /// <summary>Writes the checkpoint. With <paramref name="superWeight"/> (layer, row, column) a super weight is
     /// planted the way real models have one: embeddings are N(0, 1) with channel 0 = 8 for BOS (id 1) and 0 otherwise, gate_proj and up_proj row
     /// <c>column</c> read only that channel (a super activation at down_proj input <c>column</c>, on BOS), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
-    /// column.</summary>
+    /// column.
+    /// <para>With <paramref name="heavyTails"/> the matrices are Student-t (3 degrees of freedom, std 0.02) rather
+    /// than Gaussian, as trained weights are heavy-tailed (that is what z-clipping is for), and the embeddings stay
+    /// N(0, 1) (not 50x) so the layers matter beside the embeddings, with the final norm at 1: a quantization
+    /// benchmark whose quality moves with the quantizer (the Gaussian recipe measured KL ~ 1e-5 at INT3).</para></summary>
     public static void Write(string folder, LlamaConfig c, ScalarType dtype = ScalarType.Float32, long seed = 0, Action<int, int>? progress = null,
-        (int Layer, int Row, int Column)? superWeight = null)
+        (int Layer, int Row, int Column)? superWeight = null, bool heavyTails = false)
     {
         Directory.CreateDirectory(folder);
         var layout = Layout(c, dtype);
@@ -46,16 +50,17 @@ public static class RandomCheckpoint
         SafetensorsWriter.WriteStreaming(Path.Combine(folder, "model.safetensors"), layout, name =>
         {
             var shape = layout.First(t => t.Name == name).Shape;
-            Tensor t = name.EndsWith("norm.weight", StringComparison.Ordinal)
-                ? torch.ones(shape, ScalarType.Float32)
+            bool embedding = name == "model.embed_tokens.weight" || name == "lm_head.weight";
+            Tensor t = name.EndsWith("norm.weight", StringComparison.Ordinal) ? torch.ones(shape, ScalarType.Float32)
+                : heavyTails && !embedding ? StudentT3(shape, gen).mul_(0.02 / Math.Sqrt(3))
                 : torch.randn(shape, ScalarType.Float32, generator: gen).mul_(0.02);
             if (superWeight is var (layer, row, col))
             {
                 string p = $"model.layers.{layer}.mlp.";
-                if (name == "model.norm.weight") t.mul_(0.05f); // tied N(0, 1) head: keeps logits near unit scale
+                if (name == "model.norm.weight" && !heavyTails) t.mul_(0.05f); // tied N(0, 1) head: keeps logits near unit scale
                 if (name == "model.embed_tokens.weight")
                 {
-                    t.mul_(50f);                               // N(0, 1): logits that are not flat
+                    if (!heavyTails) t.mul_(50f);              // N(0, 1): logits that are not flat
                     // Only BOS (id 1) carries the trigger, so, as in real models, the super activation fires at the
                     // sequence's first token and the other positions depend on their input.
                     t[TensorIndex.Colon, 0] = torch.tensor(0f);
@@ -79,6 +84,15 @@ public static class RandomCheckpoint
             return converted;
         }, disposeEach: true, new Dictionary<string, string> { ["format"] = "pt", ["generator"] = "superquant random checkpoint" });
         File.WriteAllText(Path.Combine(folder, "config.json"), ConfigJson(c, dtype));
+    }
+
+    /// <summary>Student-t with 3 degrees of freedom (variance 3): a normal over the root of a chi-square / 3.</summary>
+    static Tensor StudentT3(long[] shape, Generator gen)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor chi2 = torch.zeros(shape);
+        for (int i = 0; i < 3; i++) chi2.add_(torch.randn(shape, generator: gen).pow_(2));
+        return torch.randn(shape, generator: gen).div_(chi2.div_(3).sqrt_()).MoveToOuterDisposeScope();
     }
 
     public static string ConfigJson(LlamaConfig c, ScalarType dtype) => JsonSerializer.Serialize(new Dictionary<string, object?>
