@@ -30,6 +30,9 @@ public sealed class SuperQuantGate : ToolTask
     /// <summary>--allow-outside, one per folder</summary>
     public ITaskItem[] AllowOutside { get; set; } = Array.Empty<ITaskItem>();
 
+    /// <summary>--follow-symlinks</summary>
+    public bool FollowSymlinks { get; set; }
+
     protected override string ToolName => "dotnet";
 
     protected override MessageImportance StandardOutputLoggingImportance => MessageImportance.High;
@@ -64,6 +67,7 @@ public sealed class SuperQuantGate : ToolTask
         b.AppendSwitchIfNotNull("--outputs-file ", OutputsFile);
         b.AppendSwitchIfNotNull("--gate ", Gate);
         if (!string.IsNullOrEmpty(Device)) b.AppendSwitchIfNotNull("--device ", Device);
+        if (FollowSymlinks) b.AppendTextUnquoted(" --follow-symlinks");
         foreach (var folder in AllowOutside) b.AppendSwitchIfNotNull("--allow-outside ", folder.GetMetadata("FullPath"));
         return b.ToString();
     }

@@ -36,6 +36,11 @@ public static class CliSupport
             Console.Error.WriteLine(e.FilePath is null ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
             return e.Code.StartsWith("SQ1", StringComparison.Ordinal) ? ExitCodes.GateFailed : ExitCodes.InputError;
         }
+        catch (IOException e) when (DiskSpace.IsDiskFull(e))
+        {
+            Console.Error.WriteLine($"error {ErrorCodes.DiskFull}: no space left on the device: {e.Message}");
+            return ExitCodes.InputError;
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"error {ErrorCodes.FileNotFound}: {e.Message}");
@@ -52,8 +57,17 @@ public static class CliSupport
     public static void WriteAtomically(string path, string content)
     {
         string temp = path + $".{Environment.ProcessId}.tmp";
-        File.WriteAllText(temp, content);
-        File.Move(temp, path, overwrite: true);
+        try
+        {
+            File.WriteAllText(temp, content);
+            File.Move(temp, path, overwrite: true);
+        }
+        catch (IOException e)
+        {
+            try { File.Delete(temp); } catch (IOException) { }
+            if (DiskSpace.IsDiskFull(e)) throw DiskSpace.Full(path, System.Text.Encoding.UTF8.GetByteCount(content), e);
+            throw;
+        }
     }
 
     public static Option<string> DeviceOption() => new("--device")

@@ -19,6 +19,7 @@ public static class ErrorCodes
     public const string UnsupportedQuantization = "SQ4001";
     public const string ArtifactFormat = "SQ4002";
     public const string ArtifactWrite = "SQ4003";
+    public const string DiskFull = "SQ4004";
 }
 
 /// <summary>An expected failure with a code and, when known, the offending file and item (tensor, key).</summary>

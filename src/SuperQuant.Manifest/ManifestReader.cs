@@ -29,7 +29,9 @@ public static class ManifestReader
     static readonly string[] Exports = { "packed", "gguf", "gguf-super-aware", "gguf-q8_0", "gguf-f16" };
 
     /// <param name="allowOutside">Absolute prefixes checkpoint and data paths may also live under (e.g. a shared model folder).</param>
-    public static QuantizeManifest Read(string path, IReadOnlyList<string>? allowOutside = null)
+    /// <param name="followSymlinks">Accept symbolic links that lead out of the project (and the allowed folders);
+    /// by default a path is checked where its links really lead, not only where it is written.</param>
+    public static QuantizeManifest Read(string path, IReadOnlyList<string>? allowOutside = null, bool followSymlinks = false)
     {
         string full = System.IO.Path.GetFullPath(path);
         if (!File.Exists(full)) throw new ManifestException(full, 1, 1, "manifest not found");
@@ -60,7 +62,7 @@ public static class ManifestReader
         var entries = new List<ModelEntry>();
         foreach (var node in models.Children)
         {
-            var entry = ReadModel(full, dir, Map(full, node, "a model entry"), allowOutside ?? Array.Empty<string>());
+            var entry = ReadModel(full, dir, Map(full, node, "a model entry"), new Roots(dir, allowOutside ?? Array.Empty<string>(), followSymlinks));
             if (entries.Any(e => e.Id == entry.Id)) throw At(full, node, $"duplicate model id '{entry.Id}'");
             if (entries.Any(e => e.Output == entry.Output)) throw At(full, node, $"model '{entry.Id}' writes the same output as another model");
             entries.Add(entry);
@@ -68,7 +70,16 @@ public static class ManifestReader
         return new QuantizeManifest(full, version, device, entries);
     }
 
-    static ModelEntry ReadModel(string file, string dir, YamlMappingNode m, IReadOnlyList<string> allowOutside)
+    /// <summary>Where paths may lead: the project (manifest) folder, and for inputs the allowed folders; each also
+    /// as its real path, so a project that itself sits under a symlinked folder still works.</summary>
+    sealed record Roots(string Dir, IReadOnlyList<string> AllowOutside, bool FollowSymlinks)
+    {
+        public string[] Project { get; } = new[] { Dir, RealPath.Resolve(Dir) };
+        public string[] Inputs { get; } = new[] { Dir, RealPath.Resolve(Dir) }
+            .Concat(AllowOutside.SelectMany(a => new[] { Path.GetFullPath(a), RealPath.Resolve(a) })).ToArray();
+    }
+
+    static ModelEntry ReadModel(string file, string dir, YamlMappingNode m, Roots roots)
     {
         CheckKeys(file, m, ModelKeys, "a model entry");
         YamlNode Required(string key) => m.Children.TryGetValue(new YamlScalarNode(key), out var n) ? n
@@ -78,14 +89,18 @@ public static class ManifestReader
         {
             var n = Optional(key);
             if (n is null) return null;
-            string p = Resolve(file, dir, n, key, allowOutside);
+            string p = Resolve(file, dir, n, key, roots.Inputs, roots.FollowSymlinks);
             if (mustExist && !File.Exists(p) && !Directory.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
+            // A checkpoint folder's files (config, shards, tokenizer) are read too: none may link out either.
+            if (Directory.Exists(p) && !roots.FollowSymlinks)
+                foreach (string inner in Directory.EnumerateFileSystemEntries(p))
+                    CheckRealPath(file, n, key, inner, roots.Inputs);
             return p;
         }
         string id = Str(file, Required("id"), "id");
         if (id.Length == 0 || id.Any(c => !(char.IsLetterOrDigit(c) || c is '-' or '_' or '.'))) throw At(file, Required("id"), $"id '{id}' may use letters, digits, '-', '_' and '.' only");
         var outputNode = Required("output");
-        string output = Resolve(file, dir, outputNode, "output", Array.Empty<string>());
+        string output = Resolve(file, dir, outputNode, "output", roots.Project, roots.FollowSymlinks);
         var gateNode = Map(file, Required("gate"), "'gate'");
         CheckKeys(file, gateNode, GateKeys, "'gate'");
         string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", new[] { "perplexity", "kl", "top1" }) : "kl";
@@ -139,15 +154,25 @@ public static class ManifestReader
         return double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double z) && z > 0 ? s : throw At(file, n, $"z '{s}' must be a positive number, 'auto' or 'none'");
     }
 
-    /// <summary>Resolves against the manifest's folder; the result must stay inside it (or an allowed root).</summary>
-    static string Resolve(string file, string dir, YamlNode n, string key, IReadOnlyList<string> allowOutside)
+    /// <summary>Resolves against the manifest's folder; the result, as written and (unless following symlinks) where
+    /// its links really lead, must stay inside one of <paramref name="roots"/>.</summary>
+    static string Resolve(string file, string dir, YamlNode n, string key, string[] roots, bool followSymlinks)
     {
         string raw = Str(file, n, key);
         string p = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, raw));
-        string root = dir.EndsWith(System.IO.Path.DirectorySeparatorChar) ? dir : dir + System.IO.Path.DirectorySeparatorChar;
-        bool inside = p.StartsWith(root, StringComparison.Ordinal) || allowOutside.Any(a => p.StartsWith(System.IO.Path.GetFullPath(a), StringComparison.Ordinal));
-        if (!inside) throw At(file, n, $"'{key}': {raw} resolves to {p}, outside the project folder {dir}");
+        if (!roots.Any(r => RealPath.IsUnder(p, r))) throw At(file, n, $"'{key}': {raw} resolves to {p}, outside the project folder {dir}");
+        if (!followSymlinks) CheckRealPath(file, n, key, p, roots);
         return p;
+    }
+
+    static void CheckRealPath(string file, YamlNode n, string key, string p, string[] roots)
+    {
+        string real;
+        try { real = RealPath.Resolve(p); }
+        catch (IOException e) { throw At(file, n, $"'{key}': {p}: {e.Message}"); }
+        if (!roots.Any(r => RealPath.IsUnder(real, r)))
+            throw At(file, n, $"'{key}': {p} is a symbolic link (or lies under one) to {real}, outside the project; allow that folder " +
+                "(SuperQuantAllowOutside item / --allow-outside) or follow links anyway (SuperQuantFollowSymlinks=true / --follow-symlinks)");
     }
 
     static void CheckKeys(string file, YamlMappingNode m, string[] allowed, string where)

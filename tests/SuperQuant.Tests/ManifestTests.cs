@@ -102,4 +102,57 @@ public sealed class ManifestTests
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
         Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
     }
+
+    [TestMethod]
+    public void SymlinksOutOfTheProjectAreRejectedUnlessAllowed()
+    {
+        using var outside = new TempFolder();
+        File.WriteAllText(outside.File("ckpt.bin"), "x");
+        Directory.CreateDirectory(outside.File("hf"));
+        File.WriteAllText(outside.File("hf/model.safetensors"), "x");
+        using var dir = Project(Valid);
+        string manifest = dir.File("quantize.yaml");
+
+        // A checkpoint file that links out.
+        File.Delete(dir.File("ckpt.bin"));
+        File.CreateSymbolicLink(dir.File("ckpt.bin"), outside.File("ckpt.bin"));
+        var e = Assert.ThrowsExactly<ManifestException>(() => ManifestReader.Read(manifest));
+        StringAssert.Contains(e.Message, "symbolic link");
+        StringAssert.Contains(e.Message, outside.File("ckpt.bin"));
+        Assert.AreEqual((4, 17), (e.Line, e.Column), "points at the checkpoint value");
+        Assert.AreEqual(dir.File("ckpt.bin"), ManifestReader.Read(manifest, new[] { outside.Path }).Models[0].Checkpoint, "allowed folder");
+        Assert.AreEqual(dir.File("ckpt.bin"), ManifestReader.Read(manifest, followSymlinks: true).Models[0].Checkpoint, "explicit option");
+
+        // A link inside the project that stays inside is fine.
+        File.Delete(dir.File("ckpt.bin"));
+        File.WriteAllText(dir.File("real.bin"), "x");
+        File.CreateSymbolicLink(dir.File("ckpt.bin"), "real.bin");
+        ManifestReader.Read(manifest);
+
+        // A checkpoint folder whose shard links out (the folder itself is a real folder in the project).
+        Directory.CreateDirectory(dir.File("hf"));
+        File.CreateSymbolicLink(dir.File("hf/model.safetensors"), outside.File("hf/model.safetensors"));
+        File.WriteAllText(manifest, Valid.Replace("checkpoint: ckpt.bin", "checkpoint: hf"));
+        StringAssert.Contains(Assert.ThrowsExactly<ManifestException>(() => ManifestReader.Read(manifest)).Message, "model.safetensors");
+
+        // An output folder that is a link out: the artifact would be written outside the project.
+        File.WriteAllText(manifest, Valid);
+        Directory.CreateSymbolicLink(dir.File("out"), outside.Path);
+        e = Assert.ThrowsExactly<ManifestException>(() => ManifestReader.Read(manifest, new[] { outside.Path }));
+        StringAssert.Contains(e.Message, "'output'");
+    }
+
+    [TestMethod]
+    public void RealPathResolvesLinksInEveryComponent()
+    {
+        using var dir = new TempFolder();
+        Directory.CreateDirectory(dir.File("a/b"));
+        File.WriteAllText(dir.File("a/b/f"), "x");
+        Directory.CreateSymbolicLink(dir.File("l1"), "a");                 // relative target
+        Directory.CreateSymbolicLink(dir.File("l2"), dir.File("l1"));      // a link to a link
+        Assert.AreEqual(dir.File("a/b/f"), RealPath.Resolve(dir.File("l2/b/f")));
+        Assert.AreEqual(dir.File("a/b/missing/x"), RealPath.Resolve(dir.File("l2/b/missing/x")), "missing tail kept");
+        Directory.CreateSymbolicLink(dir.File("loop"), dir.File("loop"));
+        Assert.ThrowsExactly<IOException>(() => RealPath.Resolve(dir.File("loop/x")));
+    }
 }

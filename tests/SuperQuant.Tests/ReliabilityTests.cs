@@ -71,4 +71,32 @@ public sealed class ReliabilityTests
         Assert.AreEqual(3, r.ExitCode);
         StringAssert.Contains(r.StdErr, "error SQ0005");
     }
+
+    [TestMethod]
+    public void ADiskFullWriteFailsWithSQ4004AndLeavesNoFile()
+    {
+        // models/ becomes a 64 KiB tmpfs inside a private mount namespace (unshare), so the real kernel ENOSPC path
+        // and free-space figures are exercised without touching the machine's mounts.
+        if (!File.Exists("/usr/bin/unshare")) Assert.Inconclusive("needs util-linux unshare");
+        using var dir = Project();
+        Directory.CreateDirectory(dir.File("models"));
+        string script = "mount -t tmpfs -o size=64k tmpfs \"$1\" || exit 99; shift; dotnet \"$@\"; rc=$?; echo \"left in models: [$(ls -A models)]\"; exit $rc";
+        var args = new[] { "--mount", "--map-root-user", "sh", "-c", script, "sh", dir.File("models"), Path.Combine(AppContext.BaseDirectory, "superquant.dll") }.Concat(Gate(dir)).ToArray();
+        var r = ProcessRunner.Run("/usr/bin/unshare", dir.Path, null, TimeSpan.FromMinutes(5), args);
+        if (r.ExitCode == 99 || r.StdErr.Contains("unshare failed")) Assert.Inconclusive("mount namespaces are not available here: " + r.StdErr);
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.StdErr, "error SQ4004");
+        StringAssert.Contains(r.StdErr, "no space left on the device for " + dir.File("models/tiny.sqpk.safetensors"));
+        StringAssert.Contains(r.StdOut, "left in models: []", "no temp file and nothing at the final path");
+        Assert.IsFalse(File.Exists(dir.File("obj/state.json")), "nothing was recorded as done");
+    }
+
+    [TestMethod]
+    public void TheKernelsNoSpaceErrorIsRecognized()
+    {
+        if (!File.Exists("/dev/full")) Assert.Inconclusive("no /dev/full");
+        var e = Assert.Throws<IOException>(() => { using var f = new FileStream("/dev/full", FileMode.Open, FileAccess.Write); f.Write(new byte[4096]); f.Flush(); });
+        Assert.IsTrue(SuperQuant.Core.DiskSpace.IsDiskFull(e), $"HResult {e.HResult}: {e.Message}");
+        Assert.IsFalse(SuperQuant.Core.DiskSpace.IsDiskFull(new FileNotFoundException("x")));
+    }
 }

@@ -33,17 +33,18 @@ public static class GateCommand
         var outputs = new Option<string?>("--outputs-file") { Description = "write every output file (one per line) here" };
         var mode = new Option<string>("--gate") { Description = "error (a failed gate fails, exit 1) or warn", DefaultValueFactory = _ => "error" };
         var allow = new Option<string[]>("--allow-outside") { Description = "folders checkpoints and data may also come from (default: none)", AllowMultipleArgumentsPerToken = true };
+        var followLinks = new Option<bool>("--follow-symlinks") { Description = "accept manifest paths whose symbolic links lead outside the project and the allowed folders (default: rejected with SQ3001)" };
         var lockTimeout = new Option<int>("--lock-timeout") { Description = "seconds to wait for another superquant run on the same project", DefaultValueFactory = _ => 600 };
         var device = new Option<string?>("--device") { Description = "auto | cpu | cuda (default: the manifest's device; SUPERQUANT_DEVICE overrides the manifest)" };
         var cmd = new Command("gate", "Quantize every model in quantize.yaml, evaluate it against its unquantized checkpoint and apply its quality gate. Writes artifacts, superquant-report.json and superquant-report.md.\n" + ExitCodes.HelpText)
         {
-            manifest, reportDir, state, deps, outputs, mode, allow, device, lockTimeout,
+            manifest, reportDir, state, deps, outputs, mode, allow, followLinks, device, lockTimeout,
         };
         cmd.SetAction(r =>
         {
             try
             {
-                QuantizeManifest m = ManifestReader.Read(r.GetValue(manifest)!, r.GetValue(allow) ?? Array.Empty<string>());
+                QuantizeManifest m = ManifestReader.Read(r.GetValue(manifest)!, r.GetValue(allow) ?? Array.Empty<string>(), r.GetValue(followLinks));
                 string lockDir = Path.GetDirectoryName(Path.GetFullPath(r.GetValue(state) ?? Path.Combine(r.GetValue(reportDir) ?? Path.GetDirectoryName(m.Path)!, "x")))!;
                 Directory.CreateDirectory(lockDir);
                 using var held = AcquireLock(Path.Combine(lockDir, "superquant.lock"), TimeSpan.FromSeconds(r.GetValue(lockTimeout)));

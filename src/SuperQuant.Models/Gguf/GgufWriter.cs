@@ -95,6 +95,8 @@ public static class GgufWriter
 
         string full = Path.GetFullPath(path), temp = full + $".{Environment.ProcessId}.tmp";
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        long tensorBytes = plan.Sum(t => Align(Bytes(t)));
+        DiskSpace.EnsureRoom(full, tensorBytes); // the tensor data dominates; the header is a few KB
         try
         {
             using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
@@ -121,6 +123,11 @@ public static class GgufWriter
                 }
             }
             File.Move(temp, full, overwrite: true);
+        }
+        catch (IOException e) when (DiskSpace.IsDiskFull(e))
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+            throw DiskSpace.Full(full, tensorBytes, e);
         }
         catch
         {

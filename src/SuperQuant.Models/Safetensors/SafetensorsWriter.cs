@@ -1,3 +1,4 @@
+using SuperQuant.Core;
 using System.Text;
 using System.Text.Json;
 using static TorchSharp.torch;
@@ -44,6 +45,8 @@ public static class SafetensorsWriter
         string temp = full + $".{Environment.ProcessId}.tmp";
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
         RemoveStaleTemps(full);
+        long total = 8 + headerBytes.Length + offset;
+        DiskSpace.EnsureRoom(full, total);
         int written = 0;
         try
         {
@@ -73,6 +76,11 @@ public static class SafetensorsWriter
                 fs.Flush(flushToDisk: true);
             }
             File.Move(temp, full, overwrite: true);
+        }
+        catch (IOException e) when (DiskSpace.IsDiskFull(e))
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+            throw DiskSpace.Full(full, total, e);
         }
         catch
         {
