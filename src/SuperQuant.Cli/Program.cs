@@ -21,4 +21,8 @@ if (parsed.Errors.Count > 0)
     Console.Error.WriteLine("Run 'superquant --help' for usage.");
     return ExitCodes.Usage;
 }
-return parsed.Invoke();
+int exitCode = parsed.Invoke();
+// For `bench scale`, which measures a child run's whole-process peak: VmHWM at exit is exact, polling is not.
+if (Environment.GetEnvironmentVariable("SUPERQUANT_PEAK_RSS_FILE") is { Length: > 0 } peakFile)
+    File.WriteAllText(peakFile, ProcessMemory.Peak.ToString(System.Globalization.CultureInfo.InvariantCulture));
+return exitCode;

@@ -25,7 +25,7 @@ public static class ManifestReader
     static readonly string[] TopKeys = { "version", "device", "models" };
     static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "baseline" };
-    static readonly string[] Methods = { "rtn", "super-aware" };
+    static readonly string[] Methods = { "rtn", "super-aware", "smoothquant", "hadamard", "duquant" };
     static readonly string[] Exports = { "packed", "gguf", "gguf-super-aware", "gguf-q8_0", "gguf-f16" };
 
     /// <param name="allowOutside">Absolute prefixes checkpoint and data paths may also live under (e.g. a shared model folder).</param>
@@ -142,8 +142,13 @@ public static class ManifestReader
             Gate = new QualityGate(metric, maxIncrease, percent, fixedBaseline),
             Line = (int)m.Start.Line,
         };
-        if (entry.Method == "super-aware" && entry.Z == "auto" && entry.CalibrationText is null && entry.CalibrationTokens is null)
+        bool calibrated = entry.CalibrationText is not null || entry.CalibrationTokens is not null;
+        if (entry.Method == "super-aware" && entry.Z == "auto" && !calibrated)
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");
+        if (entry.Method is "smoothquant" or "duquant" && !calibrated)
+            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': {entry.Method} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
+        if (entry.UsesActivationTransforms && entry.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal)))
+            throw At(file, Optional("export")!, $"model '{id}': GGUF holds weights only; method {entry.Method} with activation_bits {entry.ActivationBits} needs its run-time activation transforms, which only the packed artifact carries (export: [packed])");
         return entry;
     }
 

@@ -26,6 +26,9 @@ public sealed record ModelEntry
     /// <summary>Line of the entry in the manifest, for messages.</summary>
     public int Line { get; init; }
 
+    /// <summary>The artifact needs run-time activation handling (quantized activations or online rotations).</summary>
+    public bool UsesActivationTransforms => ActivationBits < 16 || Method is "hadamard" or "duquant";
+
     /// <summary>Every file this model's result depends on besides the manifest and the tool.</summary>
     public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null)!;
 }

@@ -18,6 +18,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(Forward());
         cmd.Subcommands.Add(Detect());
         cmd.Subcommands.Add(BenchQuantCommand.Create());
+        cmd.Subcommands.Add(Scale());
         return cmd;
     }
 
@@ -181,6 +182,64 @@ public static class BenchCommand
         return cmd;
     }
 
+    static Command Scale()
+    {
+        var size = new Option<double>("--size-gb") { Description = "size of the generated fp32 checkpoint in GB (10^9 bytes)", DefaultValueFactory = _ => 6 };
+        var dir = new Option<string?>("--dir") { Description = "folder to generate the checkpoint in (default: a new temp folder; needs about 1.2x the size free)" };
+        var keep = new Option<bool>("--keep") { Description = "keep the generated checkpoint and artifact" };
+        var gguf = new Option<bool>("--gguf") { Description = "also write GGUF (super-aware mixed Q4_0/Q8_0)" };
+        var cmd = new Command("scale", "Generates a large random LLaMA checkpoint (default 6 GB fp32, written one tensor at a time), runs `superquant quantize` on it in a fresh process and reports that process's peak RSS beside the checkpoint size and beside a run on a tiny checkpoint (the runtime's own footprint). Target: peak RSS <= 1.5x the checkpoint. Not part of the tests: it takes minutes and disk space.")
+        {
+            size, dir, keep, gguf,
+        };
+        cmd.SetAction(r => CliSupport.Run(() =>
+        {
+            string root = r.GetValue(dir) is { } d ? Path.GetFullPath(d) : Directory.CreateTempSubdirectory("superquant-scale-").FullName;
+            Directory.CreateDirectory(root);
+            try
+            {
+                // Llama-2-7B-like layer shapes at a smaller depth: the layer count sets the size.
+                const int dim = 2048, ffn = 5632, vocab = 32000;
+                long perLayer = 4L * (4L * dim * dim + 3L * dim * ffn + 2 * dim);
+                long fixedBytes = 4L * (2L * vocab * dim + dim);
+                int layers = (int)Math.Max(1, Math.Round((r.GetValue(size) * 1e9 - fixedBytes) / perLayer));
+                var config = BenchConfig(dim, layers, ffn, vocab, 512) with { TieWordEmbeddings = false, NumKvHeads = 8 };
+                string big = Path.Combine(root, "checkpoint"), tiny = Path.Combine(root, "tiny");
+                var clock = Stopwatch.StartNew();
+                RandomCheckpoint.Write(big, config, ScalarType.Float32, seed: 5, progress: new ConsoleProgress($"generating {layers}-layer checkpoint").Report,
+                    superWeight: (layers / 4, 100, 300));
+                long bytes = new FileInfo(Path.Combine(big, "model.safetensors")).Length;
+                Console.WriteLine($"generated {bytes / 1e9:F2} GB ({config.ParameterCount / 1e9:F2}B parameters, {layers} layers) in {clock.Elapsed.TotalSeconds:F0} s");
+                RandomCheckpoint.Write(tiny, BenchConfig(64, 1, 128, 256, 512), superWeight: (0, 10, 20));
+
+                (long Peak, double Seconds) Quantize(string ckpt, string name)
+                {
+                    string peakFile = Path.Combine(root, name + ".peak");
+                    var args = new List<string> { "quantize", "-m", ckpt, "--z", "4", "--prompt-tokens", "1 5 9 200 31 7 64 12 90 3", "-o", Path.Combine(root, name + ".sqpk.safetensors") };
+                    if (r.GetValue(gguf)) args.AddRange(new[] { "--gguf", Path.Combine(root, name + ".gguf") });
+                    var sw = Stopwatch.StartNew();
+                    int code = RunSelf(args, new Dictionary<string, string> { ["SUPERQUANT_PEAK_RSS_FILE"] = peakFile });
+                    if (code != 0) throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.InvalidArgument, $"superquant quantize exited with {code} on {ckpt}");
+                    return (long.Parse(File.ReadAllText(peakFile), System.Globalization.CultureInfo.InvariantCulture), sw.Elapsed.TotalSeconds);
+                }
+                var (runtime, _) = Quantize(tiny, "tiny");
+                var (peak, seconds) = Quantize(big, "big");
+                Console.WriteLine();
+                Console.WriteLine($"checkpoint                 {bytes / 1048576.0,10:F0} MiB  fp32 safetensors");
+                Console.WriteLine($"quantize (INT4, block 128) {seconds,10:F0} s    load, detect, quantize tensor by tensor, write packed{(r.GetValue(gguf) ? " + GGUF" : "")}");
+                Console.WriteLine($"peak RSS, tiny checkpoint  {runtime / 1048576.0,10:F0} MiB  (the runtime and libtorch alone)");
+                Console.WriteLine($"peak RSS, this checkpoint  {peak / 1048576.0,10:F0} MiB  = {(double)peak / bytes:F2}x checkpoint (target <= 1.5x); {(double)(peak - runtime) / bytes:F2}x over the runtime");
+                return ExitCodes.Success;
+            }
+            finally
+            {
+                if (!r.GetValue(keep)) Directory.Delete(root, recursive: true);
+                else Console.WriteLine($"kept: {root}");
+            }
+        }));
+        return cmd;
+    }
+
     /// <summary>Loads and runs a tiny model through the same code paths first, so the libtorch code pages those
     /// kernels touch are resident before the baseline RSS is taken: the figure then measures the model, not the
     /// first use of a 461 MB shared library.</summary>
@@ -203,9 +262,10 @@ public static class BenchCommand
     }
 
     /// <summary>Runs this tool again with <paramref name="args"/>, sharing the console; returns its exit code.</summary>
-    static int RunSelf(IEnumerable<string> args)
+    static int RunSelf(IEnumerable<string> args, IDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         string entry = Environment.GetCommandLineArgs()[0];
         if (entry.EndsWith(".dll", StringComparison.OrdinalIgnoreCase)) psi.ArgumentList.Add(entry); // `dotnet superquant.dll`
         foreach (string a in args) psi.ArgumentList.Add(a);

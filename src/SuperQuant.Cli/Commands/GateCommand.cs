@@ -154,10 +154,7 @@ public static class GateCommand
     static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, string checkpointHash, TorchSharp.torch.Device dev)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        if (e.ActivationBits < 16)
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
-                $"model '{e.Id}': activation_bits {e.ActivationBits}: artifacts are weight-only so far; activation quantization is measured by `superquant bench quant` only (use 16)", m.Path);
-        Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({e.Method}, {e.WeightBits}-bit, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString())})");
+        Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({e.Method}, W{e.WeightBits}A{e.ActivationBits}, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString())})");
         string folder = EvalCommand.CheckpointFolder(e.Checkpoint);
         using LlamaModel model = ModelLoader.Load(e.Checkpoint, dev);
         int[] Tokens(string? text, string? ids) => EvalCommand.LoadTokens(text, ids, folder, model.Config.VocabSize, model.Config.BosTokenId);
@@ -175,13 +172,31 @@ public static class GateCommand
             var mode = e.Export.Contains("gguf-super-aware") ? GgufMode.SuperAware : e.Export.Contains("gguf-q8_0") ? GgufMode.Q8_0 : e.Export.Contains("gguf-f16") ? GgufMode.F16 : GgufMode.Q4_0;
             GgufWriter.Write(Path.ChangeExtension(e.Output, ".gguf"), model, mode, detection.SuperWeights, e.Id);
         }
+        // W/A methods: calibrate and fuse the activation transforms into the weights first, then round the weights
+        // like any other model; the hooks quantize activations during evaluation and travel in the artifact.
+        bool transformed = e.Method is "smoothquant" or "hadamard" or "duquant";
+        ActivationQuantizer? activations = null;
+        if (transformed || e.ActivationBits < 16)
+        {
+            var method = e.Method switch
+            {
+                "smoothquant" => ActivationMethod.SmoothQuant, "hadamard" => ActivationMethod.Hadamard, "duquant" => ActivationMethod.DuQuant,
+                "super-aware" => ActivationMethod.SuperAware, _ => ActivationMethod.Rtn,
+            };
+            var ao = method == ActivationMethod.DuQuant ? ActivationQuantizationOptions.DuQuantDefaults(e.WeightBits, e.ActivationBits)
+                : new ActivationQuantizationOptions { Method = method, WeightBits = e.WeightBits, ActivationBits = e.ActivationBits };
+            Console.WriteLine($"{e.Id}: calibrating {e.Method} activation handling");
+            activations = ActivationQuantizer.Prepare(model, ao, calib ?? prompt, detection);
+        }
         var options = new WeightQuantizationOptions
         {
-            Method = e.Method == "rtn" ? WeightMethod.Rtn : WeightMethod.SuperAware,
+            // After a rotation the super weights are spread over whole rows: plain RTN is what the W/A papers use.
+            Method = e.Method == "super-aware" ? WeightMethod.SuperAware : WeightMethod.Rtn,
             Bits = e.WeightBits, BlockSize = e.BlockSize, Z = QuantizeCommand.ParseZ(e.Z),
         };
-        using QuantizationResult result = ModelQuantizer.Quantize(model, options, detection.SuperWeights, calib, new ConsoleProgress($"{e.Id}: quantize").Report);
-        if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, checkpointHash, ManifestHash(m));
+        using QuantizationResult result = ModelQuantizer.Quantize(model, options, transformed ? Array.Empty<SuperWeight>() : detection.SuperWeights, calib, new ConsoleProgress($"{e.Id}: quantize").Report);
+        model.Hooks = activations;
+        if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, checkpointHash, ManifestHash(m), activations);
 
         using LlamaModel original = ModelLoader.Load(e.Checkpoint, dev);
         int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);

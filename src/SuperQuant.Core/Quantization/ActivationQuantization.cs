@@ -50,7 +50,8 @@ public sealed record ActivationQuantizationOptions
 /// Simulated weight-and-activation quantization (fake-quant in fp32, as the papers evaluate it). Every group of linear
 /// layers that reads the same input (q/k/v, o, gate/up, down) gets one invertible input transform T: the weights are
 /// replaced offline by W T^-T and the input is multiplied online by T, so x W^T = (x T)(W T^-T)^T exactly before
-/// quantization. Then the transformed input is quantized per token and the transformed weight per output channel.
+/// quantization. Then the transformed input is quantized per token (symmetric) and the transformed weight with block RTN (per
+/// output channel by default), the packed artifact's format, so an artifact evaluates exactly as measured here.
 /// SmoothQuant's T is diagonal (the online scale stands for the fold into the previous norm); Hadamard's and
 /// DuQuant's are orthogonal after the diagonal smoothing.
 /// </summary>
@@ -81,9 +82,38 @@ public sealed class ActivationQuantizer : IForwardHooks
 
     ActivationQuantizer(ActivationQuantizationOptions o) { _o = o; }
 
-    /// <summary>Calibrates on <paramref name="calibration"/>, rewrites the model's weights, and returns the hooks to
-    /// install as <see cref="LlamaModel.Hooks"/>.</summary>
+    public ActivationQuantizationOptions Options => _o;
+    /// <summary>The online input transform T of each (layer, group) that has one (Hadamard, DuQuant).</summary>
+    public IReadOnlyDictionary<(int Layer, InputGroup Group), Tensor> Transforms => _transforms;
+    /// <summary>Channels kept out of activation quantization (super-activation-aware method).</summary>
+    public IReadOnlyDictionary<(int Layer, InputGroup Group), int[]> SuperChannels => _superChannels;
+    /// <summary>The quantized weights when <see cref="Apply"/> quantized them (null for 16-bit weights).</summary>
+    public QuantizationResult? Weights { get; private set; }
+
+    /// <summary>Rebuilds the hooks from stored state (a packed artifact).</summary>
+    public static ActivationQuantizer FromState(ActivationQuantizationOptions o, IReadOnlyDictionary<(int, InputGroup), Tensor> transforms, IReadOnlyDictionary<(int, InputGroup), int[]> superChannels)
+    {
+        var q = new ActivationQuantizer(o);
+        foreach (var (k, t) in transforms) q._transforms[k] = t;
+        foreach (var (k, c) in superChannels) q._superChannels[k] = c;
+        return q;
+    }
+
+    /// <summary>Calibrates on <paramref name="calibration"/>, transforms the weights (folds and rotations, then the
+    /// method's weight clipping), quantizes them with per-channel block RTN (the packed artifact's format) unless
+    /// <c>WeightBits</c> is 16, and returns the hooks to install as <see cref="LlamaModel.Hooks"/>.</summary>
     public static ActivationQuantizer Apply(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration, DetectionReport? detection = null)
+    {
+        var q = Prepare(model, o, calibration, detection);
+        if (o.WeightBits < 16)
+            q.Weights = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = o.WeightBits, BlockSize = 0 }, Array.Empty<SuperWeight>());
+        return q;
+    }
+
+    /// <summary>Everything but the weight rounding: calibration, folds into norms, rotations fused into the weights
+    /// (x W^T = (x T)(W T^-T)^T), the weight clip, and the super-activation channels. The caller quantizes the
+    /// weights (any block size) and installs the returned hooks.</summary>
+    public static ActivationQuantizer Prepare(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration, DetectionReport? detection = null)
     {
         if (o.Method == ActivationMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
@@ -117,7 +147,14 @@ public sealed class ActivationQuantizer : IForwardHooks
                     using Tensor inverseT = torch.linalg.inv(t).t(); // W' = W T^-T
                     foreach (var site in sites) model.Weights[site] = model.Weights[site].matmul(inverseT);
                 }
-                foreach (var site in sites) model.Weights[site] = FakeQuantPerChannel(model.Weights[site], o.WeightBits, o.WeightClip);
+                if (o.WeightClip < 1 && o.WeightBits < 16)
+                    foreach (var site in sites)
+                    {
+                        // Each row clipped to clip x its max |w| (DuQuant's weight clip ratio), before rounding.
+                        Tensor w = model.Weights[site];
+                        Tensor bound = w.abs().amax(new long[] { 1 }, keepdim: true) * o.WeightClip;
+                        model.Weights[site] = torch.minimum(torch.maximum(w, -bound), bound);
+                    }
             }
         if (o.Method == ActivationMethod.SuperAware && detection is { Found: true })
             foreach (var sw in detection.SuperWeights)
@@ -171,16 +208,6 @@ public sealed class ActivationQuantizer : IForwardHooks
         double qmax = (1 << (bits - 1)) - 1;
         Tensor scale = (x.abs().amax(new long[] { -1 }, keepdim: true) * clip / qmax).clamp(min: 1e-8);
         return (x / scale).round().clamp(-qmax - 1, qmax) * scale;
-    }
-
-    /// <summary>Symmetric per-output-channel quantize/dequantize of a [out, in] weight.</summary>
-    public static Tensor FakeQuantPerChannel(Tensor w, int bits, double clip)
-    {
-        if (bits >= 16) return w.alias();
-        double qmax = (1 << (bits - 1)) - 1;
-        using var scope = torch.NewDisposeScope();
-        Tensor scale = (w.abs().amax(new long[] { 1 }, keepdim: true) * clip / qmax).clamp(min: 1e-8);
-        return ((w / scale).round().clamp(-qmax - 1, qmax) * scale).MoveToOuterDisposeScope();
     }
 
     /// <summary>SmoothQuant: s_c = max|X_c|^a / max|W_c|^(1-a) over the group's weights; the input is divided by s.</summary>

@@ -102,6 +102,14 @@ public static class ModelQuantizer
         };
     }
 
+    static Tensor RoundToHalf(Tensor t)
+    {
+        using Tensor half = t.to_type(ScalarType.Float16);
+        Tensor rounded = half.to_type(t.dtype);
+        t.Dispose();
+        return rounded;
+    }
+
     static float ReadOriginal(Tensor w, SuperWeight s)
     {
         using var v = w[s.Row, s.Column];
@@ -138,6 +146,10 @@ public static class ModelQuantizer
             original.Dispose();
             progress?.Invoke(i + 1, sites.Count);
         }
+        // Artifacts store the embedding and the head in fp16: round them here too, so what is evaluated (and gated)
+        // is exactly what ships.
+        model.Weights.TokenEmbedding = RoundToHalf(model.Weights.TokenEmbedding);
+        if (model.Weights.LmHead is { } head) model.Weights.LmHead = RoundToHalf(head);
         return new QuantizationResult { Options = o, Z = z, ZSearch = search, SuperWeights = superWeights, Matrices = matrices };
     }
 }

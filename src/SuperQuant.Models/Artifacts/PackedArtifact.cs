@@ -23,6 +23,37 @@ public sealed record PackedInfo
     public string? ManifestSha256 { get; init; }
     public required string ToolVersion { get; init; }
     public required double BitsPerWeight { get; init; }
+    /// <summary>Activation quantization the artifact must be run with (format version 2); null = weight-only.</summary>
+    public ActivationInfo? Activations { get; init; }
+}
+
+/// <summary>How a W/A artifact quantizes activations at run time; the online transforms are tensors in the file.</summary>
+public sealed record ActivationInfo
+{
+    /// <summary>rtn | super-aware | smoothquant | hadamard | duquant</summary>
+    public required string Method { get; init; }
+    public required int Bits { get; init; }
+    public bool PerTensor { get; init; }
+    public double Clip { get; init; } = 1.0;
+    /// <summary>[layer, group, channel] triples kept out of activation quantization (group: 0 attention, 1 o_proj,
+    /// 2 gate/up, 3 down_proj).</summary>
+    public List<int[]> SuperChannels { get; init; } = new();
+
+    public static string NameOf(ActivationMethod m) => m switch
+    {
+        ActivationMethod.SuperAware => "super-aware",
+        _ => m.ToString().ToLowerInvariant(),
+    };
+
+    public static ActivationMethod Parse(string name) => name switch
+    {
+        "rtn" => ActivationMethod.Rtn,
+        "super-aware" => ActivationMethod.SuperAware,
+        "smoothquant" => ActivationMethod.SmoothQuant,
+        "hadamard" => ActivationMethod.Hadamard,
+        "duquant" => ActivationMethod.DuQuant,
+        _ => throw new InvalidDataException($"unknown activation method '{name}'"),
+    };
 }
 
 /// <summary>
@@ -31,17 +62,23 @@ public sealed record PackedInfo
 /// <c>N.zeros</c> (F16 [rows, blocks]), and when it has super weights <c>N.outlier_idx</c> (I32 [k, 2]) and
 /// <c>N.outlier_val</c> (F16 [k]). Embedding and output head are F16, norms and biases F32. Metadata holds the
 /// format name and version, the model config, each matrix's shape/bits/block, and <see cref="PackedInfo"/>.
+/// Version 2 (W/A artifacts: SmoothQuant, Hadamard, DuQuant, or any activation bits below 16) adds
+/// <see cref="PackedInfo.Activations"/> and, for rotations, <c>model.layers.L.act_transform.G</c> (F32 [n, n], G one of
+/// attention, output, mlp, down): the loader installs them as forward hooks (x -> quantize(x T)), so a version-1
+/// loader must refuse such a file rather than run it without its transforms.
 /// </summary>
 public static class PackedArtifact
 {
     public const string FormatName = "superquant.packed";
-    public const int FormatVersion = 1;
+    public const int FormatVersion = 1, ActivationFormatVersion = 2;
+
+    static string GroupName(ActivationQuantizer.InputGroup g) => g.ToString().ToLowerInvariant();
 
     sealed record MatrixInfo(long Rows, long Cols, int Bits, int Block);
 
     static readonly JsonSerializerOptions Json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null)
+    public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null, ActivationQuantizer? activations = null)
     {
         LlamaWeights w = model.Weights;
         var layout = new List<TensorLayout>();
@@ -75,9 +112,23 @@ public static class PackedArtifact
                 Add(n + ".outlier_val", ScalarType.Float16, new long[] { q.OutlierCount }, () => q.OutlierValues!.alias());
             }
         }
+        ActivationInfo? act = null;
+        if (activations is not null)
+        {
+            foreach (var ((layer, group), t) in activations.Transforms.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Group))
+                AddFloat($"model.layers.{layer}.act_transform.{GroupName(group)}", t, ScalarType.Float32);
+            act = new ActivationInfo
+            {
+                Method = ActivationInfo.NameOf(activations.Options.Method), Bits = activations.Options.ActivationBits,
+                PerTensor = activations.Options.PerTensor, Clip = activations.Options.ActivationClip,
+                SuperChannels = activations.SuperChannels.SelectMany(kv => kv.Value.Select(c => new[] { kv.Key.Layer, (int)kv.Key.Group, c })).ToList(),
+            };
+        }
         var info = new PackedInfo
         {
-            Method = result.Options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
+            Method = act is not null && act.Method is "smoothquant" or "hadamard" or "duquant" ? act.Method
+                : result.Options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
+            Activations = act,
             Bits = result.Options.Bits, BlockSize = result.Options.BlockSize,
             Z = double.IsPositiveInfinity(result.Z) ? null : result.Z,
             SuperWeights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
@@ -88,7 +139,7 @@ public static class PackedArtifact
         var metadata = new Dictionary<string, string>
         {
             ["format"] = FormatName,
-            ["format_version"] = FormatVersion.ToString(),
+            ["format_version"] = (act is null ? FormatVersion : ActivationFormatVersion).ToString(),
             ["config"] = JsonSerializer.Serialize(model.Config, Json),
             ["matrices"] = JsonSerializer.Serialize(matrices, Json),
             ["superquant"] = JsonSerializer.Serialize(info, Json),
@@ -113,8 +164,8 @@ public static class PackedArtifact
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path} is not a valid {FormatName} artifact: {what}", f.Path);
         if (!f.Metadata.TryGetValue("format", out var format) || format != FormatName) throw Bad("missing format marker");
-        if (!f.Metadata.TryGetValue("format_version", out var v) || v != FormatVersion.ToString())
-            throw Bad($"format version {v ?? "(none)"} (this loader reads version {FormatVersion})");
+        if (!f.Metadata.TryGetValue("format_version", out var v) || (v != FormatVersion.ToString() && v != ActivationFormatVersion.ToString()))
+            throw Bad($"format version {v ?? "(none)"} (this loader reads versions {FormatVersion} and {ActivationFormatVersion})");
         try
         {
             var config = JsonSerializer.Deserialize<LlamaConfig>(f.Metadata["config"], Json) ?? throw Bad("empty config");
@@ -183,6 +234,43 @@ public static class PackedArtifact
         var weights = new LlamaWeights { TokenEmbedding = Float("model.embed_tokens.weight"), FinalNorm = Optional("model.norm.weight"), LmHead = Optional("lm_head.weight"), Layers = layers };
         if (device is not null && device.type != DeviceType.CPU)
             throw new SuperQuantException(ErrorCodes.InvalidArgument, "loading packed artifacts onto CUDA is not implemented yet; load on CPU");
-        return (new LlamaModel(c, weights), info);
+        var model = new LlamaModel(c, weights);
+        if (info.Activations is { } act) model.Hooks = ReadActivations(f, c, info, act);
+        return (model, info);
+    }
+
+    /// <summary>Rebuilds the activation hooks of a version-2 artifact, checking every transform's shape and every
+    /// channel against the model.</summary>
+    static ActivationQuantizer ReadActivations(SafetensorsFile f, LlamaConfig c, PackedInfo info, ActivationInfo act)
+    {
+        SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path}: activations: {what}", f.Path);
+        if (act.Bits < 2 || act.Bits > 16) throw Bad($"{act.Bits}-bit activations");
+        ActivationMethod method;
+        try { method = ActivationInfo.Parse(act.Method); } catch (InvalidDataException e) { throw Bad(e.Message); }
+        long Width(ActivationQuantizer.InputGroup g) => g switch
+        {
+            ActivationQuantizer.InputGroup.Output => (long)c.NumHeads * c.HeadDim,
+            ActivationQuantizer.InputGroup.Down => c.IntermediateSize,
+            _ => c.HiddenSize,
+        };
+        var transforms = new Dictionary<(int, ActivationQuantizer.InputGroup), Tensor>();
+        for (int l = 0; l < c.NumLayers; l++)
+            foreach (var g in Enum.GetValues<ActivationQuantizer.InputGroup>())
+            {
+                string name = $"model.layers.{l}.act_transform.{GroupName(g)}";
+                if (!f.Contains(name)) continue;
+                if (!f.Entry(name).Shape.SequenceEqual(new[] { Width(g), Width(g) })) throw Bad($"{name} is not [{Width(g)}, {Width(g)}]");
+                transforms[(l, g)] = f.Read(name, ScalarType.Float32);
+            }
+        var channels = new Dictionary<(int, ActivationQuantizer.InputGroup), int[]>();
+        foreach (int[] t in act.SuperChannels)
+        {
+            if (t.Length != 3 || t[0] < 0 || t[0] >= c.NumLayers || t[1] < 0 || t[1] > 3) throw Bad("malformed super channel entry");
+            var key = (t[0], (ActivationQuantizer.InputGroup)t[1]);
+            if (t[2] < 0 || t[2] >= Width(key.Item2)) throw Bad($"super channel {t[2]} out of range");
+            channels[key] = (channels.TryGetValue(key, out var a) ? a : Array.Empty<int>()).Append(t[2]).ToArray();
+        }
+        var o = new ActivationQuantizationOptions { Method = method, WeightBits = info.Bits, ActivationBits = act.Bits, PerTensor = act.PerTensor, ActivationClip = act.Clip };
+        return ActivationQuantizer.FromState(o, transforms, channels);
     }
 }

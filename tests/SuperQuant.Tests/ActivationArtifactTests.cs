@@ -1,0 +1,68 @@
+using System.Text.Json;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Models.Artifacts;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Text;
+using SuperQuant.Tests.Support;
+
+namespace SuperQuant.Tests;
+
+/// <summary>W/A methods through the manifest: the gate evaluates the model with its activation hooks, the packed
+/// artifact (format version 2) carries the hooks' state, and the loaded artifact evaluates to the same numbers.</summary>
+[TestClass]
+public sealed class ActivationArtifactTests
+{
+    [TestMethod]
+    [DataRow("duquant", 4, 4, true)]
+    [DataRow("hadamard", 4, 8, true)]
+    [DataRow("smoothquant", 8, 8, false)]
+    [DataRow("super-aware", 4, 8, false)]
+    public void TheGatedNumbersAreTheLoadedArtifactsNumbers(string method, int wBits, int aBits, bool rotates)
+    {
+        using var dir = new TempFolder();
+        TinyProject.Write(dir.Path);
+        string yaml = File.ReadAllText(dir.File("quantize.yaml"))
+            .Replace("    weight_bits: 4", $"    method: {method}\n    weight_bits: {wBits}\n    activation_bits: {aBits}")
+            .Replace("    block_size: 32", "    block_size: channel")
+            .Replace("max_increase: 1", "max_increase: 100");
+        File.WriteAllText(dir.File("quantize.yaml"), yaml);
+        var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj"));
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        StringAssert.Contains(r.StdOut, $"W{wBits}A{aBits}");
+
+        using var report = JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json")));
+        double gatedKl = report.RootElement.GetProperty("models")[0].GetProperty("kl_divergence").GetDouble();
+
+        var (model, info) = PackedArtifact.Load(dir.File("models/tiny.sqpk.safetensors"));
+        using (model)
+        {
+            Assert.AreEqual(method, info.Method);
+            Assert.IsNotNull(info.Activations);
+            Assert.AreEqual(aBits, info.Activations.Bits);
+            var hooks = model.Hooks as ActivationQuantizer;
+            Assert.IsNotNull(hooks, "the loader installs the activation hooks");
+            Assert.AreEqual(rotates ? 2 * 4 : 0, hooks.Transforms.Count, "one rotation per input group and layer");
+            if (method == "super-aware") Assert.IsNotEmpty(hooks.SuperChannels, "the planted super activation is kept out of quantization");
+            using var original = ModelLoader.Load(dir.File("ckpt"));
+            int[] ids = TokenIdFile.Read(dir.File("ids.txt"), 256);
+            var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), ids, 40, 20);
+            Assert.AreEqual(gatedKl, d.KlDivergence.Value, 1e-5 + 1e-4 * gatedKl, "loaded artifact = gated model");
+            Assert.IsGreaterThan(1e-6, d.KlDivergence.Value, "activation quantization changes the outputs");
+            model.Hooks = null;
+            var weightOnly = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), ids, 40, 20);
+            Assert.AreNotEqual(d.KlDivergence.Value, weightOnly.KlDivergence.Value, "without its hooks the artifact is a different model");
+        }
+    }
+
+    [TestMethod]
+    public void GgufIsRefusedForMethodsThatNeedRunTimeTransforms()
+    {
+        using var dir = new TempFolder();
+        TinyProject.Write(dir.Path);
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml"))
+            .Replace("    weight_bits: 4", "    method: duquant\n    weight_bits: 4\n    activation_bits: 4\n    export: [packed, gguf]"));
+        var e = Assert.ThrowsExactly<SuperQuant.Manifest.ManifestException>(() => SuperQuant.Manifest.ManifestReader.Read(dir.File("quantize.yaml")));
+        StringAssert.Contains(e.Message, "GGUF holds weights only");
+    }
+}
