@@ -119,6 +119,29 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    public void PublishCarriesTheArtifactsAndANearMissWarnsWithSQ1002()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5"));
+        var (e0, l0) = Build(dir);
+        Assert.AreEqual(0, e0, l0);
+        StringAssert.DoesNotMatch(l0, new System.Text.RegularExpressions.Regex("SQ1002"), "far from the limit: no warning");
+        using var report = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant/superquant-report.json")));
+        double kl = report.RootElement.GetProperty("models")[0].GetProperty("value").GetDouble();
+        Assert.IsGreaterThan(0.0, kl);
+        // A limit 10% above the measured value: passes, but within the last 20% of the allowed change.
+        string limit = (kl * 1.1).ToString("G17", System.Globalization.CultureInfo.InvariantCulture);
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("max_increase: 0.5", "max_increase: " + limit));
+
+        var r = ProcessRunner.Run("dotnet", dir.Path, new Dictionary<string, string> { ["MSBUILDDISABLENODEREUSE"] = "1" }, TimeSpan.FromMinutes(5),
+            "publish", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false", "-o", dir.File("pub"));
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "warning SQ1002");
+        StringAssert.Contains(r.Output, "model 'tiny': kl");
+        Assert.IsTrue(File.Exists(dir.File("pub/models/tiny.sqpk.safetensors")), "the artifact is published next to the app");
+        Assert.IsTrue(File.Exists(dir.File("pub/Consumer.dll")));
+    }
+
+    [TestMethod]
     public void MalformedManifestFailsWithFileLineAndColumn()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));

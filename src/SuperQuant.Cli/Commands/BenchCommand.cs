@@ -198,12 +198,13 @@ public static class BenchCommand
             Directory.CreateDirectory(root);
             try
             {
-                // Llama-2-7B-like layer shapes at a smaller depth: the layer count sets the size.
+                // TinyLlama-1.1B-like layer shapes (GQA, 8 KV heads); the layer count sets the size.
                 const int dim = 2048, ffn = 5632, vocab = 32000;
-                long perLayer = 4L * (4L * dim * dim + 3L * dim * ffn + 2 * dim);
-                long fixedBytes = 4L * (2L * vocab * dim + dim);
-                int layers = (int)Math.Max(1, Math.Round((r.GetValue(size) * 1e9 - fixedBytes) / perLayer));
-                var config = BenchConfig(dim, layers, ffn, vocab, 512) with { TieWordEmbeddings = false, NumKvHeads = 8 };
+                LlamaConfig Config(int n) => BenchConfig(dim, n, ffn, vocab, 512) with { TieWordEmbeddings = false, NumKvHeads = 8 };
+                long Bytes(int n) => RandomCheckpoint.Layout(Config(n), ScalarType.Float32).Sum(t => 4 * t.Shape.Aggregate(1L, (a, b) => a * b));
+                int layers = 1;
+                while (Bytes(layers + 1) <= r.GetValue(size) * 1e9) layers++;
+                var config = Config(layers);
                 string big = Path.Combine(root, "checkpoint"), tiny = Path.Combine(root, "tiny");
                 var clock = Stopwatch.StartNew();
                 RandomCheckpoint.Write(big, config, ScalarType.Float32, seed: 5, progress: new ConsoleProgress($"generating {layers}-layer checkpoint").Report,
