@@ -136,6 +136,26 @@ public sealed class QuantizationTests
     }
 
     [TestMethod]
+    [DataRow(3)]
+    [DataRow(4)]
+    public void SmallerBlocksReconstructHeavyTailedWeightsBetter(int bits)
+    {
+        // Student-t(3) rows, like the synthetic benchmark model: nested blocks can only narrow each range.
+        var g = new Generator(11);
+        using Tensor chi2 = torch.randn(new long[] { 256, 512 }, generator: g).pow(2) + torch.randn(new long[] { 256, 512 }, generator: g).pow(2) + torch.randn(new long[] { 256, 512 }, generator: g).pow(2);
+        using Tensor w = (torch.randn(new long[] { 256, 512 }, generator: g) / (chi2 / 3).sqrt() * 0.02f).contiguous();
+        double previous = 0;
+        foreach (int block in new[] { 32, 64, 128, 256, 512 })
+        {
+            using QuantizedMatrix q = FastBlockRtn.Quantize(w, bits, block);
+            using Tensor d = BlockRtnQuantizer.Dequantize(q);
+            double mse = (w - d).pow(2).mean().item<float>();
+            Assert.IsGreaterThan(previous, mse, $"block {block}");
+            previous = mse;
+        }
+    }
+
+    [TestMethod]
     public void RtnErrorIsAtMostHalfAStepPerBlock()
     {
         using Tensor w = RandomMatrix(16, 256, 9);
