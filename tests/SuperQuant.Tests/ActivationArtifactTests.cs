@@ -56,6 +56,27 @@ public sealed class ActivationArtifactTests
     }
 
     [TestMethod]
+    public void TheQuantizeCommandWritesTheSameKindOfArtifact()
+    {
+        using var dir = new TempFolder();
+        TinyProject.Write(dir.Path);
+        var r = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "hadamard", "--bits", "4", "--activation-bits", "8", "--block", "channel",
+            "--prompt-tokens", "1 2 3", "-o", dir.File("h.safetensors"), "--json");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        using (var summary = JsonDocument.Parse(r.StdOut)) Assert.AreEqual(8, summary.RootElement.GetProperty("activation_bits").GetInt32());
+        var (model, info) = PackedArtifact.Load(dir.File("h.safetensors"));
+        using (model)
+        {
+            Assert.AreEqual("hadamard", info.Method);
+            Assert.AreEqual(8, info.Activations!.Bits);
+            Assert.AreEqual(8, ((ActivationQuantizer)model.Hooks!).Transforms.Count);
+        }
+        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "duquant", "--activation-bits", "4", "--prompt-tokens", "1 2 3", "-o", dir.File("d.safetensors"));
+        Assert.AreEqual(3, refused.ExitCode, refused.Output);
+        StringAssert.Contains(refused.StdErr, "--method duquant needs --calibration-text or --calibration-tokens");
+    }
+
+    [TestMethod]
     public void GgufIsRefusedForMethodsThatNeedRunTimeTransforms()
     {
         using var dir = new TempFolder();

@@ -126,6 +126,7 @@ public sealed class ArtifactTests
             var written = GgufWriter.Write(path, model, mode, sw, "stories260K");
             var g = GgufFile.Read(path);
             Assert.AreEqual("llama", g.Metadata["general.architecture"]);
+            Assert.AreEqual("no_vocab", g.Metadata["tokenizer.ggml.model"], "llama.cpp requires the key; no_vocab loads without a vocabulary");
             Assert.AreEqual(5u, g.Metadata["llama.block_count"]);
             Assert.AreEqual(4u, g.Metadata["llama.attention.head_count_kv"]);
             Assert.AreEqual(8u, g.Metadata["llama.rope.dimension_count"]);

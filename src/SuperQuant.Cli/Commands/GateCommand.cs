@@ -174,24 +174,12 @@ public static class GateCommand
         }
         // W/A methods: calibrate and fuse the activation transforms into the weights first, then round the weights
         // like any other model; the hooks quantize activations during evaluation and travel in the artifact.
-        bool transformed = e.Method is "smoothquant" or "hadamard" or "duquant";
-        ActivationQuantizer? activations = null;
-        if (transformed || e.ActivationBits < 16)
-        {
-            var method = e.Method switch
-            {
-                "smoothquant" => ActivationMethod.SmoothQuant, "hadamard" => ActivationMethod.Hadamard, "duquant" => ActivationMethod.DuQuant,
-                "super-aware" => ActivationMethod.SuperAware, _ => ActivationMethod.Rtn,
-            };
-            var ao = method == ActivationMethod.DuQuant ? ActivationQuantizationOptions.DuQuantDefaults(e.WeightBits, e.ActivationBits)
-                : new ActivationQuantizationOptions { Method = method, WeightBits = e.WeightBits, ActivationBits = e.ActivationBits };
-            Console.WriteLine($"{e.Id}: calibrating {e.Method} activation handling");
-            activations = ActivationQuantizer.Prepare(model, ao, calib ?? prompt, detection);
-        }
+        bool transformed = ActivationPlan.Transforms(e.Method);
+        if (transformed || e.ActivationBits < 16) Console.WriteLine($"{e.Id}: calibrating {e.Method} activation handling");
+        ActivationQuantizer? activations = ActivationPlan.Prepare(model, e.Method, e.WeightBits, e.ActivationBits, calib ?? prompt, detection);
         var options = new WeightQuantizationOptions
         {
-            // After a rotation the super weights are spread over whole rows: plain RTN is what the W/A papers use.
-            Method = e.Method == "super-aware" ? WeightMethod.SuperAware : WeightMethod.Rtn,
+            Method = ActivationPlan.WeightMethodFor(e.Method),
             Bits = e.WeightBits, BlockSize = e.BlockSize, Z = QuantizeCommand.ParseZ(e.Z),
         };
         using QuantizationResult result = ModelQuantizer.Quantize(model, options, transformed ? Array.Empty<SuperWeight>() : detection.SuperWeights, calib, new ConsoleProgress($"{e.Id}: quantize").Report);

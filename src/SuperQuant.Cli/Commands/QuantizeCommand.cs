@@ -18,12 +18,14 @@ public static class QuantizeCommand
     public static Command Create()
     {
         var o = new DetectionOptions();
-        var method = new Option<string>("--method") { Description = "rtn | super-aware (detect super weights, clip at z, round-to-nearest, restore super weights in fp16)", DefaultValueFactory = _ => "super-aware" };
+        var method = new Option<string>("--method") { Description = "rtn | super-aware (detect super weights, clip at z, round-to-nearest, restore super weights in fp16) | smoothquant | hadamard | duquant (calibrated activation transforms fused into the weights, for W/A quantization)", DefaultValueFactory = _ => "super-aware" };
+        method.AcceptOnlyFromAmong(ActivationPlan.Methods);
+        var activationBits = new Option<int>("--activation-bits") { Description = "activation bits, 4..16 (16 = weight-only); below 16 the packed artifact (format v2) carries the activation quantization", DefaultValueFactory = _ => 16 };
         var bits = new Option<int>("--bits", "-b") { Description = "weight bits, 2..8", DefaultValueFactory = _ => 4 };
         var block = new Option<string>("--block") { Description = "block size along the input dimension, 32..4096, or 'channel' (one block per row)", DefaultValueFactory = _ => "128" };
         var z = new Option<string>("--z") { Description = "z-score clip threshold: a number, 'auto' (tuned on --calibration by reconstruction error) or 'none'", DefaultValueFactory = _ => "auto" };
-        var calibText = new Option<string?>("--calibration-text") { Description = "calibration text file (for --z auto)" };
-        var calibTokens = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (for --z auto)" };
+        var calibText = new Option<string?>("--calibration-text") { Description = "calibration text file (for --z auto, smoothquant and duquant)" };
+        var calibTokens = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (for --z auto, smoothquant and duquant)" };
         var output = new Option<string?>("--out", "-o") { Description = "write the packed artifact (.safetensors) here" };
         var gguf = new Option<string?>("--gguf") { Description = "also write GGUF for llama.cpp/LLamaSharp here" };
         var ggufMode = new Option<string>("--gguf-mode") { Description = "f16 | q8_0 | q4_0 | super-aware (Q4_0, with the matrices holding super weights in Q8_0)", DefaultValueFactory = _ => "super-aware" };
@@ -31,12 +33,13 @@ public static class QuantizeCommand
         var evalText = new Option<string?>("--eval-text") { Description = "same, on a text file" };
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 512 };
         var json = new Option<bool>("--json") { Description = "print a JSON summary" };
-        var cmd = new Command("quantize", "Quantize a checkpoint's weights (RTN or super-outlier-aware) and write the packed artifact and/or GGUF.\n" + ExitCodes.HelpText);
+        var cmd = new Command("quantize", "Quantize a checkpoint (weights: RTN or super-outlier-aware; weights and activations: SmoothQuant, Hadamard, DuQuant or --activation-bits) and write the packed artifact and/or GGUF.\n" + ExitCodes.HelpText);
         foreach (var opt in o.All) cmd.Options.Add(opt);
-        foreach (var opt in new Option[] { method, bits, block, z, calibText, calibTokens, output, gguf, ggufMode, evalTokens, evalText, context, json }) cmd.Options.Add(opt);
+        foreach (var opt in new Option[] { method, bits, activationBits, block, z, calibText, calibTokens, output, gguf, ggufMode, evalTokens, evalText, context, json }) cmd.Options.Add(opt);
         cmd.Validators.Add(r =>
         {
             if (r.GetValue(output) is null && r.GetValue(gguf) is null) r.AddError("give --out (packed artifact) and/or --gguf");
+
         });
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -44,14 +47,14 @@ public static class QuantizeCommand
             var dev = CliSupport.ResolveDevice(r.GetValue(o.Device), asJson);
             string path = r.GetValue(o.Model)!;
             string folder = EvalCommand.CheckpointFolder(path);
+            string methodName = r.GetValue(method)!;
+            int aBits = r.GetValue(activationBits);
+            if (aBits < 4 || aBits > 16) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--activation-bits {aBits} (expected 4..16)");
+            if (r.GetValue(gguf) is not null && (aBits < 16 || methodName is "hadamard" or "duquant"))
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, "GGUF holds weights only: hadamard, duquant and --activation-bits below 16 need the packed artifact (--out)");
             var options = new WeightQuantizationOptions
             {
-                Method = r.GetValue(method) switch
-                {
-                    "rtn" => WeightMethod.Rtn,
-                    "super-aware" => WeightMethod.SuperAware,
-                    var m => throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--method '{m}' is not a weight method (rtn, super-aware)"),
-                },
+                Method = ActivationPlan.WeightMethodFor(methodName),
                 Bits = r.GetValue(bits),
                 BlockSize = ParseBlock(r.GetValue(block)!),
                 Z = ParseZ(r.GetValue(z)!),
@@ -67,11 +70,13 @@ public static class QuantizeCommand
             using LlamaModel model = ModelLoader.Load(path, dev);
             IReadOnlyList<SuperWeight> superWeights = Array.Empty<SuperWeight>();
             string detectionSummary = "not run (rtn)";
-            bool needsDetection = options.Method == WeightMethod.SuperAware || (r.GetValue(gguf) != null && mode == GgufMode.SuperAware);
+            DetectionReport? detection = null;
+            int[]? prompt = null;
+            bool needsDetection = options.Method == WeightMethod.SuperAware || methodName == "super-aware" || (r.GetValue(gguf) != null && mode == GgufMode.SuperAware);
             if (needsDetection)
             {
-                var (ids, _) = o.PromptFor(r, model, path);
-                var detection = o.Detector(r).Detect(model, ids);
+                (prompt, _) = o.PromptFor(r, model, path);
+                detection = o.Detector(r).Detect(model, prompt);
                 superWeights = detection.SuperWeights;
                 detectionSummary = Reports.DetectionSection.From(detection, null, KnownSuperWeights.For(model.Config)).Summary;
                 Say("detection: " + detectionSummary);
@@ -82,20 +87,31 @@ public static class QuantizeCommand
                 Say($"wrote {ggufPath}: " + string.Join(", ", types.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}")));
             }
             int[]? calibration = null;
-            if (options.Method == WeightMethod.SuperAware && options.Z is null)
+            bool calibrate = (options.Method == WeightMethod.SuperAware && options.Z is null) || ActivationPlan.NeedsCalibration(methodName);
+            if (calibrate)
             {
                 if (r.GetValue(calibText) is null && r.GetValue(calibTokens) is null)
-                    throw new SuperQuantException(ErrorCodes.InvalidArgument, "--z auto needs --calibration-text or --calibration-tokens (or give --z NUMBER / none)");
+                    throw new SuperQuantException(ErrorCodes.InvalidArgument, ActivationPlan.NeedsCalibration(methodName)
+                        ? $"--method {methodName} needs --calibration-text or --calibration-tokens"
+                        : "--z auto needs --calibration-text or --calibration-tokens (or give --z NUMBER / none)");
                 calibration = EvalCommand.LoadTokens(r.GetValue(calibText), r.GetValue(calibTokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
             }
+            if (r.GetValue(calibText) != null || r.GetValue(calibTokens) != null)
+                calibration ??= EvalCommand.LoadTokens(r.GetValue(calibText), r.GetValue(calibTokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
+            // Hadamard and the per-token methods need no statistics; they calibrate on the prompt when nothing else is given.
+            bool weightsAndActivations = ActivationPlan.Transforms(methodName) || aBits < 16;
+            if (weightsAndActivations && calibration is null) prompt ??= o.PromptFor(r, model, path).Ids;
+            ActivationQuantizer? activations = weightsAndActivations ? ActivationPlan.Prepare(model, methodName, options.Bits, aBits, calibration ?? prompt!, detection) : null;
+            if (activations is not null) Say($"calibrated {methodName} activation handling (W{options.Bits}A{aBits})");
             var progress = new ConsoleProgress("quantize", !asJson);
-            using QuantizationResult result = ModelQuantizer.Quantize(model, options, superWeights, calibration, progress.Report);
+            using QuantizationResult result = ModelQuantizer.Quantize(model, options, ActivationPlan.Transforms(methodName) ? Array.Empty<SuperWeight>() : superWeights, calibration, progress.Report);
+            model.Hooks = activations;
             if (result.ZSearch.Count > 0)
                 Say("z search (mean relative reconstruction error): " + string.Join(", ", result.ZSearch.Select(s => $"{Fmt(s.Z)}: {s.Error:G3}")) + $" -> z = {Fmt(result.Z)}");
             if (r.GetValue(output) is string outPath)
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(outPath))!);
-                PackedArtifact.Write(outPath, model, result, CheckpointHash.Compute(path));
+                PackedArtifact.Write(outPath, model, result, CheckpointHash.Compute(path), activations: activations);
                 Say($"wrote {outPath} ({new FileInfo(outPath).Length / 1048576.0:F2} MiB, {result.BitsPerWeight:F3} bits per quantized weight)");
             }
             DivergenceResult? quality = null;
@@ -108,7 +124,7 @@ public static class QuantizeCommand
             }
             var summary = new
             {
-                model = path, method = r.GetValue(method), bits = options.Bits, block_size = options.BlockSize, z = double.IsPositiveInfinity(result.Z) ? (double?)null : result.Z,
+                model = path, method = methodName, bits = options.Bits, activation_bits = aBits, block_size = options.BlockSize, z = double.IsPositiveInfinity(result.Z) ? (double?)null : result.Z,
                 super_weights = superWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(), detection = detectionSummary,
                 bits_per_weight = result.BitsPerWeight, packed = r.GetValue(output), gguf = r.GetValue(gguf),
                 kl_divergence = quality?.KlDivergence.Value, top1_agreement = quality?.Top1Agreement.Value,

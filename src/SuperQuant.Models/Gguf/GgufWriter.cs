@@ -21,7 +21,8 @@ public enum GgufMode
 /// metadata, and q/k rows permuted back from Hugging Face's rotate-half order to the interleaved order llama.cpp's
 /// RoPE expects (what its convert_hf_to_gguf.py does). Matrix rows not divisible by 32 cannot use Q4_0/Q8_0 and are
 /// written as F16. Norms stay F32; the token embedding and output head are F16 except in Q8_0 mode.
-/// Tokenizer metadata is not written yet: llama.cpp needs it to tokenize text.
+/// The tokenizer is written as "no_vocab": llama.cpp loads the file and runs token ids, but cannot tokenize text with it
+/// (exporting the vocabulary, merges and scores is not done yet).
 /// </summary>
 public static class GgufWriter
 {
@@ -90,6 +91,9 @@ public static class GgufWriter
             ("llama.attention.layer_norm_rms_epsilon", GgufValueType.Float32, (float)c.NormEps),
             ("llama.rope.freq_base", GgufValueType.Float32, (float)c.RopeTheta),
             ("llama.vocab_size", GgufValueType.UInt32, (uint)c.VocabSize),
+            // llama.cpp refuses a file without a tokenizer model; "no_vocab" (LLAMA_VOCAB_TYPE_NONE) loads it for use
+            // with token ids, its vocabulary size taken from llama.vocab_size. A real vocabulary is not exported yet.
+            ("tokenizer.ggml.model", GgufValueType.String, "no_vocab"),
             ("superquant.super_weights", GgufValueType.String, string.Join(";", superWeights.Select(s => $"{s.Layer},{s.Row},{s.Column}"))),
         };
 
