@@ -81,6 +81,14 @@ public sealed class EvaluationTests
         Assert.IsTrue(changed.KlDivergence.Value > 1e-4, $"KL {changed.KlDivergence.Value}");
         Assert.IsTrue(changed.KlDivergence.StandardError > 0);
         Assert.AreEqual(39, changed.TokensScored);
+
+        // Recorded reference logits give exactly the same numbers, with the reference model changed afterwards.
+        using ReferenceLogits recorded = Evaluator.RecordReference(t => a.Forward(t), ids, 16, 8);
+        Assert.IsGreaterThan(0L, recorded.Bytes);
+        a.Weights[site] = a.Weights[site] * 0f;
+        var replayed = Evaluator.Divergence(recorded, t => b.Forward(t), ids);
+        Assert.AreEqual(changed, replayed);
+        Assert.ThrowsExactly<ArgumentException>(() => Evaluator.Divergence(recorded, t => b.Forward(t), ids[..30]));
     }
 
     [TestMethod]

@@ -163,6 +163,10 @@ public static class GateCommand
         int[] prompt = e.PromptTokens != null
             ? e.PromptTokens.Split(new[] { ' ', ',' }, StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray()
             : (calib ?? eval)[..Math.Min(10, (calib ?? eval).Length)];
+        // The unquantized model's logits, recorded before anything changes it: the gate then compares against them
+        // without loading the checkpoint a second time (one model in memory instead of two).
+        int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
+        using ReferenceLogits reference = Evaluator.RecordReference(t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: reference").Report);
         var detection = new SuperWeightDetector().Detect(model, prompt);
         string detectionText = Reports.DetectionSection.From(detection, null, KnownSuperWeights.For(model.Config)).Summary;
         Console.WriteLine($"{e.Id}: {detectionText}");
@@ -186,9 +190,7 @@ public static class GateCommand
         model.Hooks = activations;
         if (e.Export.Contains("packed")) PackedArtifact.Write(e.Output, model, result, checkpointHash, ManifestHash(m), activations);
 
-        using LlamaModel original = ModelLoader.Load(e.Checkpoint, dev);
-        int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
-        var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: evaluate").Report);
+        var d = Evaluator.Divergence(reference, t => model.Forward(t), eval, new ConsoleProgress($"{e.Id}: evaluate").Report);
         (double baseline, double value) = e.Gate.Metric switch
         {
             "perplexity" => (d.ReferencePerplexity.Value, d.ModifiedPerplexity.Value),

@@ -68,6 +68,12 @@ public static class QuantizeCommand
             void Say(string s) { if (!asJson) Console.Error.WriteLine(s); }
 
             using LlamaModel model = ModelLoader.Load(path, dev);
+            // With an evaluation file, the unquantized logits are recorded first (one model in memory, not two).
+            int[]? eval = r.GetValue(evalTokens) != null || r.GetValue(evalText) != null
+                ? EvalCommand.LoadTokens(r.GetValue(evalText), r.GetValue(evalTokens), folder, model.Config.VocabSize, model.Config.BosTokenId) : null;
+            int ctx = Math.Min(r.GetValue(context), model.Config.MaxPositionEmbeddings);
+            using ReferenceLogits? reference = eval is null ? null
+                : Evaluator.RecordReference(t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress("reference", !asJson).Report);
             IReadOnlyList<SuperWeight> superWeights = Array.Empty<SuperWeight>();
             string detectionSummary = "not run (rtn)";
             DetectionReport? detection = null;
@@ -115,13 +121,8 @@ public static class QuantizeCommand
                 Say($"wrote {outPath} ({new FileInfo(outPath).Length / 1048576.0:F2} MiB, {result.BitsPerWeight:F3} bits per quantized weight)");
             }
             DivergenceResult? quality = null;
-            if (r.GetValue(evalTokens) != null || r.GetValue(evalText) != null)
-            {
-                int[] eval = EvalCommand.LoadTokens(r.GetValue(evalText), r.GetValue(evalTokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
-                using LlamaModel original = ModelLoader.Load(path, dev);
-                int ctx = r.GetValue(context);
-                quality = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress("eval", !asJson).Report);
-            }
+            if (reference is not null)
+                quality = Evaluator.Divergence(reference, t => model.Forward(t), eval!, new ConsoleProgress("eval", !asJson).Report);
             var summary = new
             {
                 model = path, method = methodName, bits = options.Bits, activation_bits = aBits, block_size = options.BlockSize, z = double.IsPositiveInfinity(result.Z) ? (double?)null : result.Z,

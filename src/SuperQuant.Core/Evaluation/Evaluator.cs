@@ -38,26 +38,72 @@ public static class Evaluator
     public static DivergenceResult Divergence(LogitsFunction reference, LogitsFunction modified, IReadOnlyList<int> tokens, int context, int stride, EvalProgress? progress = null)
     {
         RequireTokens(tokens);
-        RunningStat kl = new(), top1 = new(), nllRef = new(), nllMod = new();
         var windows = EvalWindow.Over(tokens.Count, context, stride).ToList();
+        return Divergence((wi, input) => reference(input).squeeze(0).narrow(0, windows[wi].FirstScored, windows[wi].Length - 1 - windows[wi].FirstScored),
+            modified, tokens, windows, progress);
+    }
+
+    /// <summary>The same, against reference logits recorded earlier (<see cref="RecordReference"/>), so the reference
+    /// model need not be in memory beside the modified one.</summary>
+    public static DivergenceResult Divergence(ReferenceLogits reference, LogitsFunction modified, IReadOnlyList<int> tokens, EvalProgress? progress = null)
+    {
+        RequireTokens(tokens);
+        if (reference.TokenCount != tokens.Count) throw new ArgumentException("the reference was recorded on other tokens");
+        return Divergence((wi, _) => reference.Scored[wi].alias(), modified, tokens, reference.Windows, progress);
+    }
+
+    /// <summary>Runs <paramref name="reference"/> over the evaluation windows once and keeps the logits of the scored
+    /// positions (fp32, scored tokens x vocabulary): the same numbers <see cref="Divergence(LogitsFunction, LogitsFunction, IReadOnlyList{int}, int, int, EvalProgress?)"/>
+    /// would compute, at a fraction of a second model's memory for short evaluation files.</summary>
+    public static ReferenceLogits RecordReference(LogitsFunction reference, IReadOnlyList<int> tokens, int context, int stride, EvalProgress? progress = null)
+    {
+        RequireTokens(tokens);
+        var windows = EvalWindow.Over(tokens.Count, context, stride).ToList();
+        var scored = new List<Tensor>();
+        for (int wi = 0; wi < windows.Count; wi++)
+        {
+            using var scope = torch.NewDisposeScope();
+            EvalWindow w = windows[wi];
+            (Tensor input, _) = Slice(tokens, w);
+            scored.Add(reference(input).squeeze(0).narrow(0, w.FirstScored, w.Length - 1 - w.FirstScored).contiguous().DetachFromDisposeScope());
+            progress?.Invoke(wi + 1, windows.Count);
+        }
+        return new ReferenceLogits(tokens.Count, windows, scored);
+    }
+
+    /// <summary>Positions compared at a time: the float64 log-softmax of a 32000-word vocabulary over a 512-token
+    /// window is 130 MB per temporary, and the comparison makes several.</summary>
+    const int RowsPerChunk = 64;
+
+    static DivergenceResult Divergence(Func<int, Tensor, Tensor> referenceScored, LogitsFunction modified, IReadOnlyList<int> tokens, IReadOnlyList<EvalWindow> windows, EvalProgress? progress)
+    {
+        RunningStat kl = new(), top1 = new(), nllRef = new(), nllMod = new();
         for (int wi = 0; wi < windows.Count; wi++)
         {
             using var scope = torch.NewDisposeScope();
             EvalWindow w = windows[wi];
             (Tensor input, Tensor targets) = Slice(tokens, w);
             long n = targets.shape[0];
-            Tensor lp = F.log_softmax(reference(input).squeeze(0).narrow(0, w.FirstScored, n).to(ScalarType.Float64), -1);
-            Tensor lq = F.log_softmax(modified(input).squeeze(0).narrow(0, w.FirstScored, n).to(ScalarType.Float64), -1);
-            double[] klRows = (lp.exp() * (lp - lq)).sum(-1).data<double>().ToArray();
-            long[] argP = lp.argmax(-1).data<long>().ToArray(), argQ = lq.argmax(-1).data<long>().ToArray();
-            double[] nP = (-lp.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray();
-            double[] nQ = (-lq.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray();
-            for (int i = 0; i < n; i++)
+            Tensor p = referenceScored(wi, input);
+            Tensor q = modified(input).squeeze(0).narrow(0, w.FirstScored, n);
+            for (long start = 0; start < n; start += RowsPerChunk)
             {
-                kl.Add(Math.Max(klRows[i], 0)); // tiny negative values are rounding
-                top1.Add(argP[i] == argQ[i] ? 1 : 0);
-                nllRef.Add(nP[i]);
-                nllMod.Add(nQ[i]);
+                using var chunkScope = torch.NewDisposeScope();
+                long m = Math.Min(RowsPerChunk, n - start);
+                Tensor lp = F.log_softmax(p.narrow(0, start, m).to(ScalarType.Float64), -1);
+                Tensor lq = F.log_softmax(q.narrow(0, start, m).to(ScalarType.Float64), -1);
+                Tensor t = targets.narrow(0, start, m).unsqueeze(1);
+                double[] klRows = (lp.exp() * (lp - lq)).sum(-1).data<double>().ToArray();
+                long[] argP = lp.argmax(-1).data<long>().ToArray(), argQ = lq.argmax(-1).data<long>().ToArray();
+                double[] nP = (-lp.gather(1, t)).squeeze(1).data<double>().ToArray();
+                double[] nQ = (-lq.gather(1, t)).squeeze(1).data<double>().ToArray();
+                for (int i = 0; i < m; i++)
+                {
+                    kl.Add(Math.Max(klRows[i], 0)); // tiny negative values are rounding
+                    top1.Add(argP[i] == argQ[i] ? 1 : 0);
+                    nllRef.Add(nP[i]);
+                    nllMod.Add(nQ[i]);
+                }
             }
             progress?.Invoke(wi + 1, windows.Count);
         }
@@ -84,5 +130,24 @@ public static class Evaluator
     static void RequireTokens(IReadOnlyList<int> tokens)
     {
         if (tokens.Count < 2) throw new ArgumentException($"evaluation needs at least 2 tokens, got {tokens.Count}");
+    }
+}
+
+/// <summary>A reference model's logits at the scored positions of every evaluation window.</summary>
+public sealed class ReferenceLogits : IDisposable
+{
+    internal ReferenceLogits(int tokenCount, IReadOnlyList<EvalWindow> windows, List<Tensor> scored)
+    {
+        TokenCount = tokenCount; Windows = windows; Scored = scored;
+    }
+
+    public int TokenCount { get; }
+    internal IReadOnlyList<EvalWindow> Windows { get; }
+    internal List<Tensor> Scored { get; }
+    public long Bytes => Scored.Sum(t => t.NumberOfElements * t.ElementSize);
+
+    public void Dispose()
+    {
+        foreach (var t in Scored) t.Dispose();
     }
 }
