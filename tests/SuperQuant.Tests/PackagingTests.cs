@@ -61,5 +61,8 @@ public sealed class PackagingTests
         var again = Run(app, env, "build", "-nodeReuse:false", "-v:n");
         Assert.AreEqual(0, again.Exit, again.Output);
         StringAssert.Contains(again.Output, "Skipping target \"SuperQuantQuantize\"");
+        var cuda = Run(app, env, "build", "-nodeReuse:false", "-p:SuperQuantBackend=cuda");
+        Assert.AreNotEqual(0, cuda.Exit, "the packaged tool is CPU-only: asking for CUDA fails instead of silently running on the CPU");
+        StringAssert.Contains(cuda.Output, "error SQ0006");
     }
 }
