@@ -192,38 +192,31 @@ public sealed class GgufIndependentParserTests
         return (r.ExitCode, r.StdOut, r.StdErr);
     }
 
-    [TestMethod]
-    public void HuggingFaceGgufParserReadsWhatWeWrite()
+    static readonly object InstallLock = new();
+
+    /// <summary>Node.js and @huggingface/gguf (npm install on first use; tests run in parallel, so once).</summary>
+    static void EnsureInstalled()
     {
         try { Run("node", CheckFolder, "--version"); }
         catch (System.ComponentModel.Win32Exception) { Assert.Inconclusive("node is not installed: the independent GGUF check needs Node.js"); }
-        if (!Directory.Exists(Path.Combine(CheckFolder, "node_modules", "@huggingface", "gguf")))
+        lock (InstallLock)
         {
+            if (Directory.Exists(Path.Combine(CheckFolder, "node_modules", "@huggingface", "gguf"))) return;
             var install = Run("npm", CheckFolder, "install", "--no-audit", "--no-fund");
             Assert.AreEqual(0, install.Exit, "npm install of @huggingface/gguf failed: " + install.Err);
         }
+    }
+
+    [TestMethod]
+    public void HuggingFaceGgufParserReadsWhatWeWrite()
+    {
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
         string path = dir.File("stories.gguf");
         GgufWriter.Write(path, model, GgufMode.Q4_0, Array.Empty<SuperWeight>(), "stories260K");
         var ours = GgufFile.Read(path);
 
-        var r = Run("node", CheckFolder, "check.mjs", path);
-        Assert.AreEqual(0, r.Exit, r.Err);
-        using var doc = System.Text.Json.JsonDocument.Parse(r.Out);
-        var meta = doc.RootElement.GetProperty("metadata");
-        Assert.AreEqual(ours.Tensors.Count, meta.GetProperty("tensor_count").GetInt32());
-        foreach (var (key, value) in ours.Metadata)
-        {
-            var theirs = meta.GetProperty(key);
-            switch (value)
-            {
-                case string s: Assert.AreEqual(s, theirs.GetString(), key); break;
-                case uint u: Assert.AreEqual(u, theirs.GetUInt32(), key); break;
-                case float f: Assert.AreEqual(f, theirs.GetSingle(), key); break;
-                default: Assert.Fail($"unexpected metadata type for {key}"); break;
-            }
-        }
+        using var doc = AssertSameMetadata(path);
         var tensors = doc.RootElement.GetProperty("tensors").EnumerateArray().ToList();
         Assert.AreEqual(ours.Tensors.Count, tensors.Count);
         for (int i = 0; i < tensors.Count; i++)
@@ -233,5 +226,36 @@ public sealed class GgufIndependentParserTests
             Assert.AreEqual((int)ours.Tensors[i].Type, tensors[i].GetProperty("dtype").GetInt32());
             Assert.AreEqual(ours.Tensors[i].Offset, tensors[i].GetProperty("offset").GetInt64());
         }
+    }
+
+    /// <summary>Reads <paramref name="path"/> with @huggingface/gguf and checks every metadata value (arrays
+    /// included) equals what our reader sees; returns the parsed output.</summary>
+    public static System.Text.Json.JsonDocument AssertSameMetadata(string path)
+    {
+        EnsureInstalled();
+        var ours = GgufFile.Read(path);
+        var r = Run("node", CheckFolder, "check.mjs", path);
+        Assert.AreEqual(0, r.Exit, r.Err);
+        var doc = System.Text.Json.JsonDocument.Parse(r.Out);
+        var meta = doc.RootElement.GetProperty("metadata");
+        Assert.AreEqual(ours.Tensors.Count, meta.GetProperty("tensor_count").GetInt32());
+        static void Same(string key, object value, System.Text.Json.JsonElement theirs)
+        {
+            switch (value)
+            {
+                case string s: Assert.AreEqual(s, theirs.GetString(), key); break;
+                case uint u: Assert.AreEqual(u, theirs.GetUInt32(), key); break;
+                case int i: Assert.AreEqual(i, theirs.GetInt32(), key); break;
+                case float f: Assert.AreEqual(f, theirs.GetSingle(), key); break;
+                case bool b: Assert.AreEqual(b, theirs.GetBoolean(), key); break;
+                case object[] a:
+                    Assert.AreEqual(a.Length, theirs.GetArrayLength(), key);
+                    for (int k = 0; k < a.Length; k++) Same($"{key}[{k}]", a[k], theirs[k]);
+                    break;
+                default: Assert.Fail($"unexpected metadata type for {key}"); break;
+            }
+        }
+        foreach (var (key, value) in ours.Metadata) Same(key, value, meta.GetProperty(key));
+        return doc;
     }
 }

@@ -174,7 +174,9 @@ public static class GateCommand
         if (e.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal)))
         {
             var mode = e.Export.Contains("gguf-super-aware") ? GgufMode.SuperAware : e.Export.Contains("gguf-q8_0") ? GgufMode.Q8_0 : e.Export.Contains("gguf-f16") ? GgufMode.F16 : GgufMode.Q4_0;
-            GgufWriter.Write(Path.ChangeExtension(e.Output, ".gguf"), model, mode, detection.SuperWeights, e.Id);
+            var vocabulary = GgufVocabulary.FromCheckpoint(e.Checkpoint, model.Config);
+            Console.WriteLine($"{e.Id}: GGUF tokenizer: {vocabulary?.ToString() ?? "none found (no_vocab: llama.cpp runs token ids only)"}");
+            GgufWriter.Write(Path.ChangeExtension(e.Output, ".gguf"), model, mode, detection.SuperWeights, e.Id, vocabulary);
         }
         // W/A methods: calibrate and fuse the activation transforms into the weights first, then round the weights
         // like any other model; the hooks quantize activations during evaluation and travel in the artifact.

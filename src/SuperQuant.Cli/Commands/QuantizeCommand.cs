@@ -89,7 +89,9 @@ public static class QuantizeCommand
             }
             if (r.GetValue(gguf) is string ggufPath)
             {
-                var types = GgufWriter.Write(ggufPath, model, mode, superWeights, Path.GetFileNameWithoutExtension(path));
+                var vocabulary = GgufVocabulary.FromCheckpoint(path, model.Config);
+                Say("GGUF tokenizer: " + (vocabulary?.ToString() ?? "none found (no_vocab: llama.cpp runs token ids only)"));
+                var types = GgufWriter.Write(ggufPath, model, mode, superWeights, Path.GetFileNameWithoutExtension(path), vocabulary);
                 Say($"wrote {ggufPath}: " + string.Join(", ", types.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}")));
             }
             int[]? calibration = null;

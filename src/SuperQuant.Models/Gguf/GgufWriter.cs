@@ -21,8 +21,8 @@ public enum GgufMode
 /// metadata, and q/k rows permuted back from Hugging Face's rotate-half order to the interleaved order llama.cpp's
 /// RoPE expects (what its convert_hf_to_gguf.py does). Matrix rows not divisible by 32 cannot use Q4_0/Q8_0 and are
 /// written as F16. Norms stay F32; the token embedding and output head are F16 except in Q8_0 mode.
-/// The tokenizer is written as "no_vocab": llama.cpp loads the file and runs token ids, but cannot tokenize text with it
-/// (exporting the vocabulary, merges and scores is not done yet).
+/// The tokenizer comes from the checkpoint folder (<see cref="GgufVocabulary"/>); without one the file says "no_vocab",
+/// which llama.cpp loads to run token ids.
 /// </summary>
 public static class GgufWriter
 {
@@ -30,7 +30,9 @@ public static class GgufWriter
 
     sealed record Planned(string Name, long[] Dims, GgmlType Type, Func<float[]> Values);
 
-    public static IReadOnlyList<(string Name, GgmlType Type)> Write(string path, LlamaModel model, GgufMode mode, IReadOnlyList<SuperWeight> superWeights, string name)
+    /// <param name="vocabulary">The tokenizer (<see cref="GgufVocabulary.FromCheckpoint"/>); null writes "no_vocab".</param>
+    public static IReadOnlyList<(string Name, GgmlType Type)> Write(string path, LlamaModel model, GgufMode mode, IReadOnlyList<SuperWeight> superWeights, string name,
+        GgufVocabulary? vocabulary = null)
     {
         LlamaConfig c = model.Config;
         if (!SupportedArchitectures.Contains(c.Architecture))
@@ -91,11 +93,14 @@ public static class GgufWriter
             ("llama.attention.layer_norm_rms_epsilon", GgufValueType.Float32, (float)c.NormEps),
             ("llama.rope.freq_base", GgufValueType.Float32, (float)c.RopeTheta),
             ("llama.vocab_size", GgufValueType.UInt32, (uint)c.VocabSize),
-            // llama.cpp refuses a file without a tokenizer model; "no_vocab" (LLAMA_VOCAB_TYPE_NONE) loads it for use
-            // with token ids, its vocabulary size taken from llama.vocab_size. A real vocabulary is not exported yet.
-            ("tokenizer.ggml.model", GgufValueType.String, "no_vocab"),
             ("superquant.super_weights", GgufValueType.String, string.Join(";", superWeights.Select(s => $"{s.Layer},{s.Row},{s.Column}"))),
         };
+
+        if (vocabulary is not null && vocabulary.Tokens.Count != c.VocabSize)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"the vocabulary has {vocabulary.Tokens.Count} tokens, the model {c.VocabSize}");
+        // llama.cpp refuses a file without a tokenizer model; "no_vocab" (LLAMA_VOCAB_TYPE_NONE) loads it for use with
+        // token ids, its vocabulary size taken from llama.vocab_size.
+        meta.AddRange(vocabulary?.Metadata() ?? new[] { ("tokenizer.ggml.model", GgufValueType.String, (object)"no_vocab") });
 
         string full = Path.GetFullPath(path), temp = full + $".{Environment.ProcessId}.tmp";
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
@@ -157,8 +162,16 @@ public static class GgufWriter
         switch (type)
         {
             case GgufValueType.UInt32: bw.Write((uint)v); break;
+            case GgufValueType.Int32: bw.Write((int)v); break;
             case GgufValueType.Float32: bw.Write((float)v); break;
+            case GgufValueType.Bool: bw.Write((byte)((bool)v ? 1 : 0)); break;
             case GgufValueType.String: WriteString(bw, (string)v); break;
+            case GgufValueType.Array:
+                var a = (GgufArray)v;
+                bw.Write((uint)a.ElementType);
+                bw.Write((ulong)a.Items.Length);
+                foreach (object item in a.Items) WriteValue(bw, a.ElementType, item);
+                break;
             default: throw new NotSupportedException(type.ToString());
         }
     }

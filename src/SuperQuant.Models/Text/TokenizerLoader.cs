@@ -25,7 +25,10 @@ public static class TokenizerLoader
         {
             using var s = File.OpenRead(model);
             try { return LlamaTokenizer.Create(s, addBeginOfSentence: true, addEndOfSentence: false); }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or InvalidDataException)
+            // Microsoft.ML.Tokenizers dereferences missing optional parts of a malformed model (e.g. no normalizer spec):
+            // that is bad input, not a bug of ours, so it becomes the coded error too.
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or InvalidDataException or NullReferenceException
+                or Google.Protobuf.InvalidProtocolBufferException)
             {
                 throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"cannot read SentencePiece model {model}: {e.Message}", model, e);
             }

@@ -1,0 +1,206 @@
+using System.Text.Json;
+using Google.Protobuf;
+using SuperQuant.Core.Llama;
+
+namespace SuperQuant.Models.Gguf;
+
+/// <summary>llama.cpp's token types; the same numbers as SentencePiece's piece types.</summary>
+public enum GgufTokenType { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 }
+
+/// <summary>
+/// The tokenizer part of a GGUF file ("tokenizer.ggml.*"), so llama.cpp / LLamaSharp can tokenize text. Two sources,
+/// as in llama.cpp's convert_hf_to_gguf.py: a SentencePiece <c>tokenizer.model</c> (Llama 1/2, Mistral: model "llama",
+/// with each piece's score and type), or a byte-level BPE <c>tokenizer.json</c> (Llama 3: model "gpt2" with its merges
+/// and pre-tokenizer "llama-bpe"). A vocabulary shorter than the embedding is padded with unused "[PAD{id}]" tokens,
+/// as the converter does. Anything else (no tokenizer, llama2.c, SentencePiece-style BPE json without its .model) gives
+/// null and the writer declares "no_vocab".
+/// </summary>
+public sealed record GgufVocabulary
+{
+    /// <summary>One line for logs: what was found.</summary>
+    public override string ToString() => $"{Model}{(Pre is null ? "" : "/" + Pre)} vocabulary, {Tokens.Count} tokens{(Merges is null ? "" : $", {Merges.Count} merges")}";
+
+    /// <summary>"llama" (SentencePiece) or "gpt2" (byte-level BPE).</summary>
+    public required string Model { get; init; }
+    public string? Pre { get; init; }
+    public required IReadOnlyList<string> Tokens { get; init; }
+    public float[]? Scores { get; init; }
+    public required int[] TokenTypes { get; init; }
+    public IReadOnlyList<string>? Merges { get; init; }
+    public int? BosId { get; init; }
+    public int? EosId { get; init; }
+    public int? UnknownId { get; init; }
+    public int? PaddingId { get; init; }
+    public bool AddBos { get; init; }
+    public bool AddEos { get; init; }
+
+    /// <summary>The vocabulary of a checkpoint folder (or of the folder holding a checkpoint file), or null.</summary>
+    public static GgufVocabulary? FromCheckpoint(string checkpoint, LlamaConfig config)
+    {
+        string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+        string spm = Path.Combine(folder, "tokenizer.model"), json = Path.Combine(folder, "tokenizer.json");
+        try
+        {
+            GgufVocabulary? v = File.Exists(spm) ? FromSentencePiece(spm) : File.Exists(json) ? FromByteLevelBpe(json, config) : null;
+            if (v is null) return null;
+            v = Settings(folder, v);
+            if (v.Tokens.Count > config.VocabSize)
+                throw new InvalidDataException($"the tokenizer has {v.Tokens.Count} tokens but the model's vocabulary is {config.VocabSize}");
+            return Pad(v, config.VocabSize);
+        }
+        catch (Exception e) when (e is InvalidDataException or JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.TokenizerUnsupported, $"cannot export the tokenizer in {folder} to GGUF: {e.Message}", folder, e);
+        }
+    }
+
+    /// <summary>
+    /// Reads a SentencePiece ModelProto with Google.Protobuf's wire-format reader (no generated classes: three fields
+    /// of one message are all we need): pieces (field 1: piece = 1, score = 2, type = 3) and the trainer spec's
+    /// special ids (field 2: unk_id = 40, bos_id = 41, eos_id = 42, pad_id = 43).
+    /// </summary>
+    public static GgufVocabulary FromSentencePiece(string path)
+    {
+        var tokens = new List<string>();
+        var scores = new List<float>();
+        var types = new List<int>();
+        int unk = 0, bos = 1, eos = 2, pad = -1;
+        try
+        {
+            using var input = new CodedInputStream(File.OpenRead(path));
+            uint tag;
+            while ((tag = input.ReadTag()) != 0)
+            {
+                int field = WireFormat.GetTagFieldNumber(tag);
+                if (field == 1 && WireFormat.GetTagWireType(tag) == WireFormat.WireType.LengthDelimited)
+                {
+                    var piece = new CodedInputStream(input.ReadBytes().ToByteArray());
+                    string text = ""; float score = 0; int type = (int)GgufTokenType.Normal;
+                    uint t;
+                    while ((t = piece.ReadTag()) != 0)
+                        switch (WireFormat.GetTagFieldNumber(t))
+                        {
+                            case 1: text = piece.ReadString(); break;
+                            case 2: score = piece.ReadFloat(); break;
+                            case 3: type = piece.ReadEnum(); break;
+                            default: piece.SkipLastField(); break;
+                        }
+                    tokens.Add(text); scores.Add(score); types.Add(type);
+                }
+                else if (field == 2 && WireFormat.GetTagWireType(tag) == WireFormat.WireType.LengthDelimited)
+                {
+                    var spec = new CodedInputStream(input.ReadBytes().ToByteArray());
+                    uint t;
+                    while ((t = spec.ReadTag()) != 0)
+                        switch (WireFormat.GetTagFieldNumber(t))
+                        {
+                            case 40: unk = spec.ReadInt32(); break;
+                            case 41: bos = spec.ReadInt32(); break;
+                            case 42: eos = spec.ReadInt32(); break;
+                            case 43: pad = spec.ReadInt32(); break;
+                            default: spec.SkipLastField(); break;
+                        }
+                }
+                else input.SkipLastField();
+            }
+        }
+        catch (InvalidProtocolBufferException e)
+        {
+            throw new InvalidDataException($"{path} is not a SentencePiece model: {e.Message}", e);
+        }
+        if (tokens.Count == 0) throw new InvalidDataException($"{path} has no pieces");
+        int? Id(int id) => id >= 0 && id < tokens.Count ? id : null;
+        return new GgufVocabulary
+        {
+            Model = "llama", Tokens = tokens, Scores = scores.ToArray(), TokenTypes = types.ToArray(),
+            UnknownId = Id(unk), BosId = Id(bos), EosId = Id(eos), PaddingId = Id(pad), AddBos = true,
+        };
+    }
+
+    /// <summary>A byte-level BPE tokenizer.json (ByteLevel pre-tokenizer or decoder); null for other kinds.</summary>
+    public static GgufVocabulary? FromByteLevelBpe(string path, LlamaConfig config)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        JsonElement root = doc.RootElement;
+        if (!root.TryGetProperty("model", out var model) || model.GetProperty("type").GetString() != "BPE") return null;
+        bool byteLevel = root.ToString().Contains("\"ByteLevel\"", StringComparison.Ordinal);
+        if (!byteLevel) return null;
+        var byId = new SortedDictionary<int, (string Text, GgufTokenType Type)>();
+        foreach (var p in model.GetProperty("vocab").EnumerateObject()) byId[p.Value.GetInt32()] = (p.Name, GgufTokenType.Normal);
+        if (root.TryGetProperty("added_tokens", out var added))
+            foreach (var a in added.EnumerateArray())
+                byId[a.GetProperty("id").GetInt32()] = (a.GetProperty("content").GetString()!,
+                    a.TryGetProperty("special", out var sp) && sp.GetBoolean() ? GgufTokenType.Control : GgufTokenType.UserDefined);
+        int count = byId.Count == 0 ? 0 : byId.Keys.Max() + 1;
+        var tokens = new string[count];
+        var types = new int[count];
+        for (int i = 0; i < count; i++)
+        {
+            var (text, type) = byId.TryGetValue(i, out var e) ? e : ($"[PAD{i}]", GgufTokenType.Unused);
+            tokens[i] = text; types[i] = (int)type;
+        }
+        var merges = model.TryGetProperty("merges", out var m)
+            ? m.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.Array ? string.Join(' ', x.EnumerateArray().Select(y => y.GetString())) : x.GetString()!).ToList()
+            : new List<string>();
+        return new GgufVocabulary
+        {
+            Model = "gpt2",
+            // llama.cpp picks its pre-tokenizer regex by name; Llama 3's 128k vocabulary is "llama-bpe".
+            Pre = config.Architecture == "llama" && config.VocabSize >= 128000 ? "llama-bpe" : "default",
+            Tokens = tokens, TokenTypes = types, Merges = merges,
+        };
+    }
+
+    /// <summary>Special ids and add_bos/add_eos from config.json / tokenizer_config.json where they say so.</summary>
+    static GgufVocabulary Settings(string folder, GgufVocabulary v)
+    {
+        int? Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : e.ValueKind == JsonValueKind.Array && e.GetArrayLength() > 0 ? Int(e[0]) : null;
+        string config = Path.Combine(folder, "config.json"), tokenizerConfig = Path.Combine(folder, "tokenizer_config.json");
+        if (File.Exists(config))
+        {
+            using var d = JsonDocument.Parse(File.ReadAllBytes(config));
+            if (d.RootElement.TryGetProperty("bos_token_id", out var b) && Int(b) is int bos) v = v with { BosId = bos };
+            if (d.RootElement.TryGetProperty("eos_token_id", out var e) && Int(e) is int eos) v = v with { EosId = eos };
+        }
+        if (File.Exists(tokenizerConfig))
+        {
+            using var d = JsonDocument.Parse(File.ReadAllBytes(tokenizerConfig));
+            if (d.RootElement.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddBos = ab.GetBoolean() };
+            if (d.RootElement.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
+        }
+        else if (v.Model == "gpt2" && v.Pre == "llama-bpe") v = v with { AddBos = true };
+        return v;
+    }
+
+    static GgufVocabulary Pad(GgufVocabulary v, int size)
+    {
+        if (v.Tokens.Count == size) return v;
+        int n = v.Tokens.Count;
+        return v with
+        {
+            Tokens = v.Tokens.Concat(Enumerable.Range(n, size - n).Select(i => $"[PAD{i}]")).ToList(),
+            Scores = v.Scores?.Concat(Enumerable.Repeat(-1000f, size - n)).ToArray(),
+            TokenTypes = v.TokenTypes.Concat(Enumerable.Repeat((int)GgufTokenType.Unused, size - n)).ToArray(),
+        };
+    }
+
+    /// <summary>The GGUF key/value pairs (llama.cpp's names).</summary>
+    public IEnumerable<(string Key, GgufValueType Type, object Value)> Metadata()
+    {
+        yield return ("tokenizer.ggml.model", GgufValueType.String, Model);
+        if (Pre is not null) yield return ("tokenizer.ggml.pre", GgufValueType.String, Pre);
+        yield return ("tokenizer.ggml.tokens", GgufValueType.Array, new GgufArray(GgufValueType.String, Tokens.Cast<object>().ToArray()));
+        if (Scores is not null) yield return ("tokenizer.ggml.scores", GgufValueType.Array, new GgufArray(GgufValueType.Float32, Scores.Cast<object>().ToArray()));
+        yield return ("tokenizer.ggml.token_type", GgufValueType.Array, new GgufArray(GgufValueType.Int32, TokenTypes.Cast<object>().ToArray()));
+        if (Merges is not null) yield return ("tokenizer.ggml.merges", GgufValueType.Array, new GgufArray(GgufValueType.String, Merges.Cast<object>().ToArray()));
+        if (BosId is int b) yield return ("tokenizer.ggml.bos_token_id", GgufValueType.UInt32, (uint)b);
+        if (EosId is int e) yield return ("tokenizer.ggml.eos_token_id", GgufValueType.UInt32, (uint)e);
+        if (UnknownId is int u) yield return ("tokenizer.ggml.unknown_token_id", GgufValueType.UInt32, (uint)u);
+        if (PaddingId is int p) yield return ("tokenizer.ggml.padding_token_id", GgufValueType.UInt32, (uint)p);
+        yield return ("tokenizer.ggml.add_bos_token", GgufValueType.Bool, AddBos);
+        yield return ("tokenizer.ggml.add_eos_token", GgufValueType.Bool, AddEos);
+    }
+}
+
+/// <summary>A typed GGUF array value.</summary>
+public sealed record GgufArray(GgufValueType ElementType, object[] Items);
