@@ -18,6 +18,9 @@ namespace SuperQuant.Tests;
 public sealed class FuzzTests
 {
     public const int CasesPerFormat = 2000;
+    /// <summary>Bound on managed allocation per case: a fixed allowance (exception objects, stack traces, JSON and
+    /// YAML parser state) plus a multiple of the input's size.</summary>
+    const long AllocationAllowance = 256 << 10, AllocationPerInputByte = 16;
 
     static byte[] Mutate(byte[] seed, Random rng, int protectPrefix = 0)
     {
@@ -44,21 +47,32 @@ public sealed class FuzzTests
         using var dir = new TempFolder();
         var rng = new Random(seedValue);
         int accepted = 0, rejected = 0;
+        long worstAllocation = 0, worstLength = 0;
         string path = dir.File("case" + extension);
         read(WriteSeed(path, seed)); // the seed itself must be valid
         for (int i = 0; i < CasesPerFormat; i++)
         {
-            File.WriteAllBytes(path, Mutate(seed, rng));
+            byte[] mutant = Mutate(seed, rng);
+            File.WriteAllBytes(path, mutant);
+            long before = GC.GetAllocatedBytesForCurrentThread();
             try { read(path); accepted++; }
             catch (Exception e) when (e is SuperQuantException or ManifestException) { rejected++; }
             catch (Exception e)
             {
                 Assert.Fail($"{name} case {i} (seed {seedValue}): {e.GetType().Name}: {e.Message}\n{e.StackTrace}");
             }
+            // Managed bytes this case allocated beyond a fixed allowance, per byte of input: a reader that sized a
+            // buffer from an unchecked header claim would show up here (native tensor memory is bounded by the same
+            // header checks: every tensor must lie inside the file before it is read).
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            if (allocated > worstAllocation) { worstAllocation = allocated; worstLength = mutant.Length; }
+            Assert.IsLessThanOrEqualTo(AllocationAllowance + AllocationPerInputByte * mutant.Length, allocated,
+                $"{name} case {i} (seed {seedValue}) allocated {allocated} managed bytes for a {mutant.Length}-byte file");
         }
         Assert.AreEqual(CasesPerFormat, accepted + rejected);
         Assert.IsTrue(rejected > CasesPerFormat / 10, $"{name}: only {rejected} of {CasesPerFormat} mutants were rejected: the mutator is not reaching the parser");
-        Console.WriteLine($"{name}: {CasesPerFormat} cases, {rejected} rejected with a code, {accepted} accepted");
+        Console.WriteLine($"{name}: {CasesPerFormat} cases, {rejected} rejected with a code, {accepted} accepted; " +
+            $"largest managed allocation in one case {worstAllocation / 1024} KiB for a {worstLength}-byte file (bound: {AllocationAllowance / 1024} KiB + {AllocationPerInputByte}x the file)");
     }
 
     static string WriteSeed(string path, byte[] seed) { File.WriteAllBytes(path, seed); return path; }

@@ -63,7 +63,8 @@ public static class Llama2cCheckpoint
     {
         Header h = ReadHeader(path);
         LlamaConfig c = h.ToConfig();
-        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        // A read buffer no larger than the file (1 MiB at most): tiny files do not pay for a megabyte.
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, (int)Math.Clamp(new FileInfo(path).Length, 4096, 1 << 20));
         fs.Position = HeaderBytes;
         var owned = new List<Tensor>();
         Tensor Next(params long[] shape)
