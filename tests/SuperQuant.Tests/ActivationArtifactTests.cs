@@ -30,6 +30,7 @@ public sealed class ActivationArtifactTests
         var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj"));
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.StdOut, $"W{wBits}A{aBits}");
+        StringAssert.Contains(File.ReadAllText(dir.File("obj/superquant-report.md")), $"| {method} W{wBits}A{aBits}, block channel |", "the report says how it was quantized");
 
         using var report = JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json")));
         double gatedKl = report.RootElement.GetProperty("models")[0].GetProperty("kl_divergence").GetDouble();

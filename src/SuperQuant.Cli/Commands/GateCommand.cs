@@ -18,7 +18,7 @@ namespace SuperQuant.Cli.Commands;
 /// <summary>`superquant gate`: run quantize.yaml end to end (what `dotnet build` runs through SuperQuant.Build).</summary>
 public static class GateCommand
 {
-    public sealed record ModelResult(string Id, string Status, string Metric, double Baseline, double Value, double Limit, bool Passed, bool NearMiss,
+    public sealed record ModelResult(string Id, string Status, string Settings, string Metric, double Baseline, double Value, double Limit, bool Passed, bool NearMiss,
         double KlDivergence, double Top1Agreement, double Perplexity, double ReferencePerplexity, double BitsPerWeight, double? Z,
         List<int[]> SuperWeights, string Detection, List<string> Outputs, string InputHash, double Seconds);
 
@@ -151,10 +151,14 @@ public static class GateCommand
         if (e.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal))) yield return Path.ChangeExtension(e.Output, ".gguf");
     }
 
+    /// <summary>"duquant W4A4, block channel": what a report row was quantized with.</summary>
+    static string SettingsOf(ModelEntry e) =>
+        $"{e.Method} W{e.WeightBits}A{e.ActivationBits}, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString(CultureInfo.InvariantCulture))}";
+
     static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, string checkpointHash, TorchSharp.torch.Device dev)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({e.Method}, W{e.WeightBits}A{e.ActivationBits}, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString())})");
+        Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({SettingsOf(e)})");
         string folder = EvalCommand.CheckpointFolder(e.Checkpoint);
         using LlamaModel model = ModelLoader.Load(e.Checkpoint, dev);
         int[] Tokens(string? text, string? ids) => EvalCommand.LoadTokens(text, ids, folder, model.Config.VocabSize, model.Config.BosTokenId);
@@ -200,7 +204,7 @@ public static class GateCommand
             _ => (0.0, d.KlDivergence.Value),
         };
         if (e.Gate.FixedBaseline is double fixedBaseline) baseline = fixedBaseline;
-        return new ModelResult(e.Id, "quantized", e.Gate.Metric, baseline, value, e.Gate.Limit(baseline), e.Gate.Passes(value, baseline), e.Gate.NearMiss(value, baseline),
+        return new ModelResult(e.Id, "quantized", SettingsOf(e), e.Gate.Metric, baseline, value, e.Gate.Limit(baseline), e.Gate.Passes(value, baseline), e.Gate.NearMiss(value, baseline),
             d.KlDivergence.Value, d.Top1Agreement.Value, d.ModifiedPerplexity.Value, d.ReferencePerplexity.Value, result.BitsPerWeight,
             double.IsPositiveInfinity(result.Z) ? null : result.Z, detection.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
             detectionText, OutputsOf(e).ToList(), hash, clock.Elapsed.TotalSeconds);
@@ -227,9 +231,9 @@ public static class GateCommand
     static string Markdown(QuantizeManifest m, IReadOnlyList<ModelResult> results)
     {
         var sb = new StringBuilder("# SuperQuant quality gate\n\n");
-        sb.Append($"Manifest: `{m.Path}`\n\n| model | status | metric | baseline | value | limit | gate | KL | top-1 | perplexity (original) | bits/weight | super weights |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        sb.Append($"Manifest: `{m.Path}`\n\n| model | status | settings | metric | baseline | value | limit | gate | KL | top-1 | perplexity (original) | bits/weight | super weights |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         foreach (var r in results)
-            sb.Append($"| {r.Id} | {r.Status} | {r.Metric} | {Fmt(r.Baseline)} | {Fmt(r.Value)} | {Fmt(r.Limit)} | {(r.Passed ? (r.NearMiss ? "near miss" : "passed") : "**FAILED**")} | {Fmt(r.KlDivergence)} | {r.Top1Agreement:P1} | {Fmt(r.Perplexity)} ({Fmt(r.ReferencePerplexity)}) | {r.BitsPerWeight:F3} | {(r.SuperWeights.Count == 0 ? "none found" : string.Join(", ", r.SuperWeights.Select(s => $"({s[0]}, {s[1]}, {s[2]})")))} |\n");
+            sb.Append($"| {r.Id} | {r.Status} | {r.Settings} | {r.Metric} | {Fmt(r.Baseline)} | {Fmt(r.Value)} | {Fmt(r.Limit)} | {(r.Passed ? (r.NearMiss ? "near miss" : "passed") : "**FAILED**")} | {Fmt(r.KlDivergence)} | {r.Top1Agreement:P1} | {Fmt(r.Perplexity)} ({Fmt(r.ReferencePerplexity)}) | {r.BitsPerWeight:F3} | {(r.SuperWeights.Count == 0 ? "none found" : string.Join(", ", r.SuperWeights.Select(s => $"({s[0]}, {s[1]}, {s[2]})")))} |\n");
         return sb.ToString();
     }
 

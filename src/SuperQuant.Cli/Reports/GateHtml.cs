@@ -23,6 +23,7 @@ public static class GateHtml
         {
             string verdict = !r.Passed ? "<span class=\"fail\">FAILED</span>" : r.NearMiss ? "<span class=\"near\">near miss</span>" : "<span class=\"pass\">passed</span>";
             h.Append("<h2>").Append(E(r.Id)).Append(" &mdash; ").Append(verdict).Append("</h2>");
+            if (r.Settings is { Length: > 0 }) h.Append("<p>").Append(E(r.Settings)).Append("</p>");
             // value vs limit on one axis (baseline at the left edge for kl/perplexity, limit marked)
             double lo = Math.Min(r.Baseline, Math.Min(r.Value, r.Limit)), hi = Math.Max(r.Baseline, Math.Max(r.Value, r.Limit));
             if (hi <= lo) hi = lo + 1;
