@@ -160,4 +160,21 @@ public sealed class MsBuildIntegrationTests
         StringAssert.Contains(log, "error SQ3001: 'checkpoint':");
         StringAssert.Contains(log, "does not exist");
     }
+
+    [TestMethod]
+    public void ACheckpointSymlinkedFromOutsideNeedsAnExplicitOptIn()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5"));
+        using var outside = new TempFolder();
+        Directory.Move(dir.File("ckpt"), outside.File("ckpt"));
+        Directory.CreateSymbolicLink(dir.File("ckpt"), outside.File("ckpt"));
+        var (exit, log) = Build(dir);
+        Assert.AreNotEqual(0, exit, log);
+        StringAssert.Contains(log, "error SQ3001: 'checkpoint':");
+        StringAssert.Contains(log, "symbolic link");
+
+        var (allowed, allowedLog) = Build(dir, "-p:SuperQuantFollowSymlinks=true");
+        Assert.AreEqual(0, allowed, allowedLog);
+        StringAssert.Contains(allowedLog, "tiny: kl");
+    }
 }
