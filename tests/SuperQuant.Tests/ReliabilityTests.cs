@@ -87,4 +87,38 @@ public sealed class ReliabilityTests
         Assert.IsTrue(SuperQuant.Core.DiskSpace.IsDiskFull(e), $"HResult {e.HResult}: {e.Message}");
         Assert.IsFalse(SuperQuant.Core.DiskSpace.IsDiskFull(new FileNotFoundException("x")));
     }
+
+    [TestMethod]
+    public void TheBaselineIsComputedOnceAndReusedAcrossSettings()
+    {
+        using var dir = Project();
+        double Kl() { using var d = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json"))); return d.RootElement.GetProperty("models")[0].GetProperty("kl_divergence").GetDouble(); }
+        var first = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        Assert.DoesNotContain("baseline logits from cache", first.StdOut);
+        string cache = Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors").Single();
+
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("weight_bits: 4", "weight_bits: 3"));
+        var second = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, second.ExitCode, second.Output);
+        StringAssert.Contains(second.StdOut, "tiny: quantizing", "new settings: re-quantized");
+        StringAssert.Contains(second.StdOut, "baseline logits from cache", "same checkpoint and data: baseline reused");
+        double cachedKl = Kl();
+
+        // Without the cache (deleted), and with a damaged one, the same numbers come out of a fresh baseline.
+        File.Delete(dir.File("obj/state.json"));
+        File.WriteAllBytes(cache, new byte[] { 1, 2, 3 });
+        var third = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, third.ExitCode, third.Output);
+        Assert.DoesNotContain("baseline logits from cache", third.StdOut, "a damaged cache is recomputed");
+        Assert.AreEqual(cachedKl, Kl());
+        Assert.IsGreaterThan(100L, new FileInfo(Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors").Single()).Length);
+
+        // Other evaluation data: another key, and the old file is replaced.
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("context: 40", "context: 30"));
+        var fourth = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, fourth.ExitCode, fourth.Output);
+        Assert.DoesNotContain("baseline logits from cache", fourth.StdOut);
+        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors"));
+    }
 }

@@ -105,7 +105,8 @@ public static class GateCommand
                     results.Add(old with { Status = "up-to-date" });
                     continue;
                 }
-                var result = RunModel(m, e, hash, checkpointHash, dev);
+                string cacheDir = Path.GetDirectoryName(Path.GetFullPath(statePath ?? Path.Combine(reportDir, "x")))!;
+                var result = RunModel(m, e, hash, checkpointHash, dev, cacheDir);
                 string where = $"{m.Path}({e.Line},1)";
                 if (!result.Passed)
                 {
@@ -155,7 +156,7 @@ public static class GateCommand
     static string SettingsOf(ModelEntry e) =>
         $"{e.Method} W{e.WeightBits}A{e.ActivationBits}, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString(CultureInfo.InvariantCulture))}";
 
-    static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, string checkpointHash, TorchSharp.torch.Device dev)
+    static ModelResult RunModel(QuantizeManifest m, ModelEntry e, string hash, string checkpointHash, TorchSharp.torch.Device dev, string cacheDir)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         Console.WriteLine($"{e.Id}: quantizing {e.Checkpoint} ({SettingsOf(e)})");
@@ -170,7 +171,8 @@ public static class GateCommand
         // The unquantized model's logits, recorded before anything changes it: the gate then compares against them
         // without loading the checkpoint a second time (one model in memory instead of two).
         int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
-        using ReferenceLogits reference = Evaluator.RecordReference(t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: reference").Report);
+        using ReferenceLogits reference = BaselineCache.GetOrRecord(cacheDir, e.Id, checkpointHash, eval, ctx, Math.Max(1, ctx / 2),
+            () => Evaluator.RecordReference(t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: reference").Report));
         var detection = new SuperWeightDetector().Detect(model, prompt);
         string detectionText = Reports.DetectionSection.From(detection, null, KnownSuperWeights.For(model.Config)).Summary;
         Console.WriteLine($"{e.Id}: {detectionText}");

@@ -27,7 +27,8 @@ public static class Evaluator
         {
             using var scope = torch.NewDisposeScope();
             (Tensor input, Tensor targets) = Slice(tokens, windows[wi]);
-            Tensor logp = F.log_softmax(model(input).squeeze(0).narrow(0, windows[wi].FirstScored, targets.shape[0]).to(ScalarType.Float64), -1);
+            // Scored on the CPU whatever the model's device (float64, and the .data reads below need host memory).
+            Tensor logp = F.log_softmax(model(input).squeeze(0).narrow(0, windows[wi].FirstScored, targets.shape[0]).cpu().to(ScalarType.Float64), -1);
             foreach (double v in (-logp.gather(1, targets.unsqueeze(1))).squeeze(1).data<double>()) nll.Add(v);
             progress?.Invoke(wi + 1, windows.Count);
         }
@@ -65,7 +66,8 @@ public static class Evaluator
             using var scope = torch.NewDisposeScope();
             EvalWindow w = windows[wi];
             (Tensor input, _) = Slice(tokens, w);
-            scored.Add(reference(input).squeeze(0).narrow(0, w.FirstScored, w.Length - 1 - w.FirstScored).contiguous().DetachFromDisposeScope());
+            // Kept in CPU memory whatever the model's device: the accelerator's memory is for the model.
+            scored.Add(reference(input).squeeze(0).narrow(0, w.FirstScored, w.Length - 1 - w.FirstScored).cpu().contiguous().DetachFromDisposeScope());
             progress?.Invoke(wi + 1, windows.Count);
         }
         return new ReferenceLogits(tokens.Count, windows, scored);
@@ -84,8 +86,9 @@ public static class Evaluator
             EvalWindow w = windows[wi];
             (Tensor input, Tensor targets) = Slice(tokens, w);
             long n = targets.shape[0];
-            Tensor p = referenceScored(wi, input);
-            Tensor q = modified(input).squeeze(0).narrow(0, w.FirstScored, n);
+            // Both sides on the CPU whatever the models' devices (float64 arithmetic, .data reads).
+            Tensor p = referenceScored(wi, input).cpu();
+            Tensor q = modified(input).squeeze(0).narrow(0, w.FirstScored, n).cpu();
             for (long start = 0; start < n; start += RowsPerChunk)
             {
                 using var chunkScope = torch.NewDisposeScope();
@@ -141,8 +144,22 @@ public sealed class ReferenceLogits : IDisposable
         TokenCount = tokenCount; Windows = windows; Scored = scored;
     }
 
+    /// <summary>Rebuilds recorded logits (e.g. read back from a cache file): one [scored, vocab] tensor per window of
+    /// <c>EvalWindow.Over(tokenCount, context, stride)</c>, checked against that window plan.</summary>
+    public static ReferenceLogits FromWindows(int tokenCount, int context, int stride, List<Tensor> scored)
+    {
+        var windows = EvalWindow.Over(tokenCount, context, stride).ToList();
+        if (scored.Count != windows.Count) throw new ArgumentException($"{scored.Count} windows of logits, the plan has {windows.Count}");
+        for (int i = 0; i < windows.Count; i++)
+            if (scored[i].dim() != 2 || scored[i].shape[0] != windows[i].Length - 1 - windows[i].FirstScored)
+                throw new ArgumentException($"window {i} has the wrong number of scored positions");
+        return new ReferenceLogits(tokenCount, windows, scored);
+    }
+
     public int TokenCount { get; }
     internal IReadOnlyList<EvalWindow> Windows { get; }
+    /// <summary>Per window, the [scored positions, vocab] logits.</summary>
+    public IReadOnlyList<Tensor> WindowLogits => Scored;
     internal List<Tensor> Scored { get; }
     public long Bytes => Scored.Sum(t => t.NumberOfElements * t.ElementSize);
 
