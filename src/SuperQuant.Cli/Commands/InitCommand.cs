@@ -37,8 +37,9 @@ public static class InitCommand
                   - id: {id}
                     checkpoint: {ckpt}        # {(format == CheckpointFormat.HuggingFace ? "Hugging Face folder" : "llama2.c checkpoint")}
                     output: models/{id}.sqpk.safetensors
-                    method: super-aware       # rtn | super-aware (super weights kept in fp16, z-score clipping)
+                    method: super-aware       # rtn | super-aware (super weights kept in fp16, z-score clipping) | smoothquant | hadamard | duquant
                     weight_bits: 4            # 2..8
+                    activation_bits: 16       # 16 = weight-only; 4..8 quantizes activations at run time (packed export only)
                     block_size: 128           # 32..4096, or channel
                     z: auto                   # tuned on the calibration data; or a number, or none
                 {data.TrimEnd('\n')}
