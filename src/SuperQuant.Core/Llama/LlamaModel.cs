@@ -9,7 +9,8 @@ namespace SuperQuant.Core.Llama;
 /// embed -> for each block { norm, attention with RoPE and GQA, residual, norm, SwiGLU MLP, residual } -> norm -> head.
 /// Covers Llama 1/2/3 (incl. llama3 RoPE scaling), Mistral (sliding window), Qwen2 (qkv biases), OLMo
 /// (non-parametric LayerNorm, clip_qkv) and Phi-3 (its fused projections are split into views on load).
-/// The whole sequence is processed at once (no KV cache): this is an evaluation model, not a chat server.
+/// Evaluation processes the whole sequence at once; generation can keep each layer's keys and values in a
+/// <see cref="KvCache"/> and feed one new token per step.
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
@@ -31,15 +32,26 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>Logits [batch, tokens, vocab] for token ids [batch, tokens] (or [tokens], treated as batch 1).</summary>
-    public Tensor Forward(Tensor tokens)
+    public Tensor Forward(Tensor tokens) => Forward(tokens, null);
+
+    /// <summary>
+    /// Logits for <paramref name="tokens"/> placed after the <c>cache.Length</c> positions already in
+    /// <paramref name="cache"/>, whose keys and values are extended with theirs. With an empty cache this is the
+    /// plain forward pass (and fills the cache); then one token per step costs one position, not the whole prefix.
+    /// </summary>
+    public Tensor Forward(Tensor tokens, KvCache? cache)
     {
         using var _ = torch.inference_mode();
         using var scope = torch.NewDisposeScope();
         if (tokens.dim() == 1) tokens = tokens.unsqueeze(0);
         tokens = tokens.to(Device);
         long seq = tokens.shape[1];
-        (Tensor cos, Tensor sin) = RopeTables(seq);
-        Tensor? mask = AttentionMask(seq);
+        long past = cache?.Length ?? 0;
+        if (past + seq > Config.MaxPositionEmbeddings && cache is not null)
+            throw new ArgumentException($"{past + seq} positions exceed the model's {Config.MaxPositionEmbeddings}; start a new cache");
+        (Tensor cos, Tensor sin) = RopeTables(past + seq);
+        cos = cos.narrow(0, past, seq); sin = sin.narrow(0, past, seq);
+        Tensor? mask = past == 0 ? AttentionMask(seq) : CachedAttentionMask(past, seq);
 
         Tensor x = Weights.TokenEmbedding.index_select(0, tokens.flatten()).view(tokens.shape[0], seq, Config.HiddenSize);
         for (int l = 0; l < Config.NumLayers; l++)
@@ -48,11 +60,12 @@ public sealed class LlamaModel : IDisposable
             // is one block's worth, not the whole model's.
             using var layerScope = torch.NewDisposeScope();
             LlamaLayerWeights w = Weights.Layers[l];
-            x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask);
+            x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask, cache);
             x = (x + Mlp(l, Norm(x, w.FfnNorm), w)).MoveToOuterDisposeScope();
         }
         x = Norm(x, Weights.FinalNorm);
         Tensor logits = Linear(new LinearSite(-1, Projection.LmHead), x, Weights.OutputWeight, null);
+        if (cache is not null) cache.Length = past + seq;
         return logits.MoveToOuterDisposeScope();
     }
 
@@ -64,7 +77,7 @@ public sealed class LlamaModel : IDisposable
         return logits.squeeze(0);
     }
 
-    Tensor Attention(int layer, Tensor h, LlamaLayerWeights w, Tensor cos, Tensor sin, Tensor? mask)
+    Tensor Attention(int layer, Tensor h, LlamaLayerWeights w, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache)
     {
         long batch = h.shape[0], seq = h.shape[1];
         int heads = Config.NumHeads, kvHeads = Config.NumKvHeads, hd = Config.HeadDim;
@@ -82,14 +95,17 @@ public sealed class LlamaModel : IDisposable
         v = v.view(batch, seq, kvHeads, hd).transpose(1, 2);
         q = ApplyRope(q, cos, sin);
         k = ApplyRope(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Append(layer, k, v); // all positions so far, before the GQA repeat
         if (kvHeads != heads)
         {
             // Grouped-query attention: each kv head serves heads/kvHeads query heads.
             k = k.repeat_interleave(heads / kvHeads, dim: 1);
             v = v.repeat_interleave(heads / kvHeads, dim: 1);
         }
+        // No mask: causal over the whole sequence, or one new token that sees every cached position.
+        bool causal = mask is null && (cache is null || cache.Length == 0);
         Tensor attn = mask is null
-            ? F.scaled_dot_product_attention(q, k, v, null, 0.0, true) // TorchSharp spells the flag "is_casual"
+            ? F.scaled_dot_product_attention(q, k, v, null, 0.0, causal) // TorchSharp spells the flag "is_casual"
             : F.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
         attn = attn.transpose(1, 2).reshape(batch, seq, heads * hd);
         return Linear(new LinearSite(layer, Projection.O), attn, w.Wo, null);
@@ -183,6 +199,19 @@ public sealed class LlamaModel : IDisposable
         using var i = torch.arange(seq, device: Device).unsqueeze(1);
         using var j = torch.arange(seq, device: Device).unsqueeze(0);
         return (j <= i).logical_and(j > i - window);
+    }
+
+    /// <summary>The mask for <paramref name="seq"/> new positions after <paramref name="past"/> cached ones, or null
+    /// when every new position may see every key (a single new token inside the sliding window, if any).</summary>
+    Tensor? CachedAttentionMask(long past, long seq)
+    {
+        long total = past + seq;
+        bool windowed = Config.SlidingWindow is int window && total > window;
+        if (seq == 1 && !windowed) return null;
+        using var i = torch.arange(past, total, device: Device).unsqueeze(1);
+        using var j = torch.arange(total, device: Device).unsqueeze(0);
+        Tensor allowed = j <= i;
+        return Config.SlidingWindow is int w ? allowed.logical_and(j > i - w) : allowed;
     }
 
     public void Dispose()

@@ -3,23 +3,38 @@ using static TorchSharp.torch;
 
 namespace SuperQuant.Core.Llama;
 
-/// <summary>Token generation for evaluation streams and demos. Recomputes the whole (windowed) sequence per step:
-/// fine for the small on-device models this targets, and it keeps the model free of KV-cache state.</summary>
+/// <summary>Token generation for evaluation streams and demos. With plain weights it keeps a <see cref="KvCache"/> and
+/// feeds one token per step; with forward hooks installed (activation quantization, whose per-tensor scales and medians
+/// depend on the whole input) and past the model's context length it recomputes the (windowed) sequence per step, so
+/// the tokens are those a full forward pass predicts.</summary>
 public static class Sampler
 {
     /// <summary>Appends <paramref name="count"/> tokens to <paramref name="prompt"/>. Temperature 0 is greedy;
     /// otherwise sampling is reproducible for a given <paramref name="seed"/>.</summary>
-    public static int[] Generate(LlamaModel model, IReadOnlyList<int> prompt, int count, double temperature, int seed, Action<int, int>? progress = null)
+    public static int[] Generate(LlamaModel model, IReadOnlyList<int> prompt, int count, double temperature, int seed, Action<int, int>? progress = null,
+        bool useCache = true)
     {
         if (prompt.Count == 0) throw new ArgumentException("the prompt needs at least one token (for llama2.c models, 1 = BOS)");
         var rng = new Random(seed);
         var tokens = new List<int>(prompt);
         int window = model.Config.MaxPositionEmbeddings;
+        using var cache = useCache && model.Hooks is null ? new KvCache(model.Config.NumLayers) : null;
         for (int step = 0; step < count; step++)
         {
-            int from = Math.Max(0, tokens.Count - window);
             using var scope = torch.NewDisposeScope();
-            Tensor logits = model.Forward(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens)[from..]);
+            Tensor logits;
+            if (cache is not null && tokens.Count <= window)
+            {
+                // First step: the whole prompt; then only the token added last.
+                int from = (int)cache.Length;
+                using var ids = torch.tensor(tokens.Skip(from).Select(t => (long)t).ToArray());
+                logits = model.Forward(ids, cache).squeeze(0);
+            }
+            else
+            {
+                int from = Math.Max(0, tokens.Count - window);
+                logits = model.Forward(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens)[from..]);
+            }
             double[] last = logits[-1].to_type(ScalarType.Float64).data<double>().ToArray();
             tokens.Add(temperature <= 0 ? ArgMax(last) : Sample(last, temperature, rng));
             progress?.Invoke(step + 1, count);
