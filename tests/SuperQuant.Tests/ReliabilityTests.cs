@@ -20,7 +20,7 @@ public sealed class ReliabilityTests
     public void AToolKilledMidWriteLeavesNoArtifactAndTheNextRunRecovers()
     {
         using var dir = Project();
-        var killed = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_FAULT"] = "kill-mid-write" }, Gate(dir));
+        var killed = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_FAULT"] = "kill-mid-write:.sqpk." }, Gate(dir));
         Assert.AreNotEqual(0, killed.ExitCode, "the fault-injected run dies");
         Assert.IsFalse(File.Exists(dir.File("models/tiny.sqpk.safetensors")), "no half-written file at the final path");
         Assert.AreEqual(1, Directory.GetFiles(dir.File("models"), "*.tmp").Length, "the killed writer's temp file is all that is left");
@@ -32,6 +32,22 @@ public sealed class ReliabilityTests
         var (model, _) = PackedArtifact.Load(dir.File("models/tiny.sqpk.safetensors"));
         model.Dispose();
         Assert.AreEqual(0, Directory.GetFiles(dir.File("models"), "*.tmp").Length, "stale temp file cleaned up");
+    }
+
+    [TestMethod]
+    public void AToolKilledWhileCachingTheBaselineRecomputesIt()
+    {
+        using var dir = Project();
+        var killed = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_FAULT"] = "kill-mid-write:reference-" }, Gate(dir));
+        Assert.AreNotEqual(0, killed.ExitCode, "the fault-injected run dies");
+        Assert.IsEmpty(Directory.GetFiles(dir.File("obj"), "reference-*.safetensors"), "no half-written cache at its final path");
+        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-*.tmp"));
+
+        var again = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, again.ExitCode, again.StdErr + again.StdOut);
+        Assert.DoesNotContain("baseline logits from cache", again.StdOut);
+        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-*.safetensors"));
+        Assert.IsEmpty(Directory.GetFiles(dir.File("obj"), "reference-*.tmp"), "the killed writer's temp file is cleaned up");
     }
 
     [TestMethod]

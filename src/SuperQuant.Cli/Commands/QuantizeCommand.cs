@@ -94,18 +94,12 @@ public static class QuantizeCommand
                 var types = GgufWriter.Write(ggufPath, model, mode, superWeights, Path.GetFileNameWithoutExtension(path), vocabulary);
                 Say($"wrote {ggufPath}: " + string.Join(", ", types.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}")));
             }
-            int[]? calibration = null;
-            bool calibrate = (options.Method == WeightMethod.SuperAware && options.Z is null) || ActivationPlan.NeedsCalibration(methodName);
-            if (calibrate)
-            {
-                if (r.GetValue(calibText) is null && r.GetValue(calibTokens) is null)
-                    throw new SuperQuantException(ErrorCodes.InvalidArgument, ActivationPlan.NeedsCalibration(methodName)
-                        ? $"--method {methodName} needs --calibration-text or --calibration-tokens"
-                        : "--z auto needs --calibration-text or --calibration-tokens (or give --z NUMBER / none)");
-                calibration = EvalCommand.LoadTokens(r.GetValue(calibText), r.GetValue(calibTokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
-            }
-            if (r.GetValue(calibText) != null || r.GetValue(calibTokens) != null)
-                calibration ??= EvalCommand.LoadTokens(r.GetValue(calibText), r.GetValue(calibTokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
+            int[]? calibration = r.GetValue(calibText) != null || r.GetValue(calibTokens) != null
+                ? EvalCommand.LoadTokens(r.GetValue(calibText), r.GetValue(calibTokens), folder, model.Config.VocabSize, model.Config.BosTokenId) : null;
+            if (calibration is null && ActivationPlan.NeedsCalibration(methodName))
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--method {methodName} needs --calibration-text or --calibration-tokens");
+            if (calibration is null && options.Method == WeightMethod.SuperAware && options.Z is null)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, "--z auto needs --calibration-text or --calibration-tokens (or give --z NUMBER / none)");
             // Hadamard and the per-token methods need no statistics; they calibrate on the prompt when nothing else is given.
             bool weightsAndActivations = ActivationPlan.Transforms(methodName) || aBits < 16;
             if (weightsAndActivations && calibration is null) prompt ??= o.PromptFor(r, model, path).Ids;

@@ -62,7 +62,7 @@ public static class SafetensorsWriter
                         if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
                             throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
                         WriteTensorBytes(fs, value);
-                        if (++written == layout.Count / 2 && Environment.GetEnvironmentVariable(FaultVariable) == "kill-mid-write")
+                        if (++written == layout.Count / 2 && FaultTargets(full))
                         {
                             fs.Flush();
                             System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: no finally blocks run
@@ -89,8 +89,17 @@ public static class SafetensorsWriter
         }
     }
 
-    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write kills the process halfway through a write.</summary>
+    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write kills the process halfway through a write;
+    /// kill-mid-write:TEXT only through a write of a file whose name contains TEXT (e.g. ".sqpk." for artifacts).</summary>
     public const string FaultVariable = "SUPERQUANT_FAULT";
+
+    static bool FaultTargets(string path)
+    {
+        const string kill = "kill-mid-write";
+        string? fault = Environment.GetEnvironmentVariable(FaultVariable);
+        return fault == kill || (fault is not null && fault.StartsWith(kill + ":", StringComparison.Ordinal)
+            && System.IO.Path.GetFileName(path).Contains(fault[(kill.Length + 1)..], StringComparison.Ordinal));
+    }
 
     /// <summary>Deletes "target.PID.tmp" files of processes that no longer run (a killed writer leaves one).</summary>
     static void RemoveStaleTemps(string full)
