@@ -92,6 +92,7 @@ public static class GateCommand
             reportDir ??= Path.GetDirectoryName(m.Path)!;
             var previous = statePath != null && File.Exists(statePath) ? ReadState(statePath) : new State(new());
             var results = new List<ModelResult>();
+            string cacheDir = Path.GetDirectoryName(Path.GetFullPath(statePath ?? Path.Combine(reportDir, "x")))!; // beside the state file (obj/)
             bool failed = false;
             string toolVersion = typeof(GateCommand).Assembly.GetName().Version?.ToString() ?? "0";
             foreach (ModelEntry e in m.Models)
@@ -105,7 +106,6 @@ public static class GateCommand
                     results.Add(old with { Status = "up-to-date" });
                     continue;
                 }
-                string cacheDir = Path.GetDirectoryName(Path.GetFullPath(statePath ?? Path.Combine(reportDir, "x")))!;
                 var result = RunModel(m, e, hash, checkpointHash, dev, cacheDir);
                 string where = $"{m.Path}({e.Line},1)";
                 if (!result.Passed)
@@ -170,9 +170,9 @@ public static class GateCommand
             : (calib ?? eval)[..Math.Min(10, (calib ?? eval).Length)];
         // The unquantized model's logits, recorded before anything changes it: the gate then compares against them
         // without loading the checkpoint a second time (one model in memory instead of two).
-        int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings);
-        using ReferenceLogits reference = BaselineCache.GetOrRecord(cacheDir, e.Id, checkpointHash, eval, ctx, Math.Max(1, ctx / 2),
-            () => Evaluator.RecordReference(t => model.Forward(t), eval, ctx, Math.Max(1, ctx / 2), new ConsoleProgress($"{e.Id}: reference").Report));
+        int ctx = Math.Min(e.Context, model.Config.MaxPositionEmbeddings), stride = Math.Max(1, ctx / 2);
+        using ReferenceLogits reference = BaselineCache.GetOrRecord(cacheDir, e.Id, checkpointHash, eval, ctx, stride,
+            () => Evaluator.RecordReference(t => model.Forward(t), eval, ctx, stride, new ConsoleProgress($"{e.Id}: reference").Report));
         var detection = new SuperWeightDetector().Detect(model, prompt);
         string detectionText = Reports.DetectionSection.From(detection, null, KnownSuperWeights.For(model.Config)).Summary;
         Console.WriteLine($"{e.Id}: {detectionText}");
@@ -187,8 +187,8 @@ public static class GateCommand
         // W/A methods: calibrate and fuse the activation transforms into the weights first, then round the weights
         // like any other model; the hooks quantize activations during evaluation and travel in the artifact.
         bool transformed = ActivationPlan.Transforms(e.Method);
-        if (transformed || e.ActivationBits < 16) Console.WriteLine($"{e.Id}: calibrating {e.Method} activation handling");
         ActivationQuantizer? activations = ActivationPlan.Prepare(model, e.Method, e.WeightBits, e.ActivationBits, calib ?? prompt, detection);
+        if (activations is not null) Console.WriteLine($"{e.Id}: calibrated {e.Method} activation handling ({activations.Transforms.Count} rotations)");
         var options = new WeightQuantizationOptions
         {
             Method = ActivationPlan.WeightMethodFor(e.Method),

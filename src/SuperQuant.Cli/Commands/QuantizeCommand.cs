@@ -101,9 +101,8 @@ public static class QuantizeCommand
             if (calibration is null && options.Method == WeightMethod.SuperAware && options.Z is null)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, "--z auto needs --calibration-text or --calibration-tokens (or give --z NUMBER / none)");
             // Hadamard and the per-token methods need no statistics; they calibrate on the prompt when nothing else is given.
-            bool weightsAndActivations = ActivationPlan.Transforms(methodName) || aBits < 16;
-            if (weightsAndActivations && calibration is null) prompt ??= o.PromptFor(r, model, path).Ids;
-            ActivationQuantizer? activations = weightsAndActivations ? ActivationPlan.Prepare(model, methodName, options.Bits, aBits, calibration ?? prompt!, detection) : null;
+            if ((ActivationPlan.Transforms(methodName) || aBits < 16) && calibration is null) prompt ??= o.PromptFor(r, model, path).Ids;
+            ActivationQuantizer? activations = ActivationPlan.Prepare(model, methodName, options.Bits, aBits, calibration ?? prompt ?? Array.Empty<int>(), detection);
             if (activations is not null) Say($"calibrated {methodName} activation handling (W{options.Bits}A{aBits})");
             var progress = new ConsoleProgress("quantize", !asJson);
             using QuantizationResult result = ModelQuantizer.Quantize(model, options, ActivationPlan.Transforms(methodName) ? Array.Empty<SuperWeight>() : superWeights, calibration, progress.Report);
