@@ -3,12 +3,11 @@ using SuperQuant.Tests.Support;
 
 namespace SuperQuant.Tests;
 
-/// <summary>Builds a temporary consumer project with the real `dotnet build` and SuperQuant's props/targets.</summary>
+/// <summary>Builds a temporary consumer project with the real `dotnet build`, referencing the SuperQuant.Build package
+/// packed from this repository into a local folder feed (<see cref="LocalPackageFeed"/>).</summary>
 [TestClass]
 public sealed class MsBuildIntegrationTests
 {
-    static string RepoRoot => RepoPaths.Root;
-
     static string Yaml(string id, string maxIncrease, string extra = "") => $"""
           - id: {id}
             checkpoint: ckpt
@@ -37,15 +36,11 @@ public sealed class MsBuildIntegrationTests
         Directory.CreateDirectory(dir.File("data"));
         TokenIdFile.Write(dir.File("data/ids.txt"), Enumerable.Range(0, 120).Select(i => (i * 11 + 3) % 48));
         File.WriteAllText(dir.File("quantize.yaml"), "version: 1\ndevice: cpu\nmodels:\n" + models);
+        LocalPackageFeed.WriteNuGetConfig(dir.Path);
         File.WriteAllText(dir.File("Consumer.csproj"), $"""
             <Project Sdk="Microsoft.NET.Sdk">
-              <Import Project="{RepoRoot}/build/SuperQuant.Build.props" />
-              <PropertyGroup>
-                <TargetFramework>net10.0</TargetFramework>
-                <SuperQuantToolPath>{Path.Combine(AppContext.BaseDirectory, "superquant.dll")}</SuperQuantToolPath>
-                <SuperQuantTaskAssembly>{Path.Combine(AppContext.BaseDirectory, "SuperQuant.Build.dll")}</SuperQuantTaskAssembly>
-              </PropertyGroup>
-              <Import Project="{RepoRoot}/build/SuperQuant.Build.targets" />
+              <PropertyGroup><TargetFramework>net10.0</TargetFramework></PropertyGroup>
+              <ItemGroup><PackageReference Include="SuperQuant.Build" Version="{LocalPackageFeed.Version}" /></ItemGroup>
             </Project>
             """);
         File.WriteAllText(dir.File("Class1.cs"), "namespace Consumer; public static class Class1 { }");
@@ -54,7 +49,7 @@ public sealed class MsBuildIntegrationTests
 
     static (int Exit, string Log) Build(TempFolder dir, params string[] extra)
     {
-        var r = ProcessRunner.Run("dotnet", dir.Path, new Dictionary<string, string> { ["MSBUILDDISABLENODEREUSE"] = "1" }, TimeSpan.FromMinutes(5),
+        var r = ProcessRunner.Run("dotnet", dir.Path, LocalPackageFeed.Environment, TimeSpan.FromMinutes(5),
             new[] { "build", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false" }.Concat(extra).ToArray());
         return (r.ExitCode, r.Output);
     }
@@ -132,7 +127,7 @@ public sealed class MsBuildIntegrationTests
         string limit = (kl * 1.1).ToString("G17", System.Globalization.CultureInfo.InvariantCulture);
         File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("max_increase: 0.5", "max_increase: " + limit));
 
-        var r = ProcessRunner.Run("dotnet", dir.Path, new Dictionary<string, string> { ["MSBUILDDISABLENODEREUSE"] = "1" }, TimeSpan.FromMinutes(5),
+        var r = ProcessRunner.Run("dotnet", dir.Path, LocalPackageFeed.Environment, TimeSpan.FromMinutes(5),
             "publish", "-nodeReuse:false", "-v:n", "-p:UseSharedCompilation=false", "-o", dir.File("pub"));
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.Output, "warning SQ1002");

@@ -20,7 +20,9 @@ public sealed class PackagingTests
         // A private package folder: the 150 MB tool package must not pile up in the user's NuGet cache.
         var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = dir.File("nuget-packages"), ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" };
         string version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss");
-        var pack = Run(repo, new Dictionary<string, string>(), "pack", "src/SuperQuant.Cli", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
+        (int Exit, string Output) pack;
+        lock (LocalPackageFeed.RepositoryBuildLock)
+            pack = Run(repo, new Dictionary<string, string>(), "pack", "src/SuperQuant.Cli", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
         Assert.AreEqual(0, pack.Exit, pack.Output);
         Directory.CreateDirectory(dir.File("app"));
         Assert.AreEqual(0, Run(dir.File("app"), env, "new", "tool-manifest").Exit);
@@ -34,26 +36,18 @@ public sealed class PackagingTests
     [TestMethod]
     public void APackageReferenceAndAManifestAreAllAConsumerNeeds()
     {
-        string repo = RepoPaths.Root;
         using var dir = new TempFolder();
-        string version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss");
-        var pack = Run(repo, new Dictionary<string, string>(), "pack", "src/SuperQuant.Build", "-c", "Release", "-o", dir.File("feed"), $"-p:Version={version}");
-        Assert.AreEqual(0, pack.Exit, pack.Output);
-
         string app = dir.File("app");
         TinyProject.Write(app);
-        File.WriteAllText(Path.Combine(app, "nuget.config"), $"""
-            <?xml version="1.0" encoding="utf-8"?>
-            <configuration><packageSources><clear /><add key="local" value="{dir.File("feed")}" /></packageSources></configuration>
-            """);
+        LocalPackageFeed.WriteNuGetConfig(app);
         File.WriteAllText(Path.Combine(app, "App.csproj"), $"""
             <Project Sdk="Microsoft.NET.Sdk">
               <PropertyGroup><TargetFramework>net10.0</TargetFramework></PropertyGroup>
-              <ItemGroup><PackageReference Include="SuperQuant.Build" Version="{version}" /></ItemGroup>
+              <ItemGroup><PackageReference Include="SuperQuant.Build" Version="{LocalPackageFeed.Version}" /></ItemGroup>
             </Project>
             """);
         File.WriteAllText(Path.Combine(app, "C.cs"), "namespace App; public static class C { }");
-        var env = new Dictionary<string, string> { ["NUGET_PACKAGES"] = dir.File("nuget-packages"), ["MSBUILDDISABLENODEREUSE"] = "1" };
+        var env = LocalPackageFeed.Environment;
         var build = Run(app, env, "build", "-nodeReuse:false");
         Assert.AreEqual(0, build.Exit, build.Output);
         StringAssert.Contains(build.Output, "tiny: 1 super weight(s) found: layer 1 [17, 45]");
