@@ -99,6 +99,32 @@ public sealed class QuantizationTests
     }
 
     [TestMethod]
+    [DataRow(4, 172)]   // stories260K's down_proj width: 172 = 21 whole groups of 8 + 4 codes
+    [DataRow(2, 300)]
+    [DataRow(6, 100)]
+    [DataRow(3, 100)]   // rows do not end on a byte: packed as one stream
+    public void PackingWritesOnlyTheBytesARowOwns(int bits, int cols)
+    {
+        const int rows = 64;
+        using Tensor w = RandomMatrix(rows, cols, 21);
+        long bytes = BitPacking.PackedBytes((long)rows * cols, bits);
+        using Tensor buffer = torch.full(bytes + 16, 0xAB, ScalarType.Byte);
+        using Tensor packed = buffer.narrow(0, 0, bytes);
+        long blocks = (cols + 31) / 32;
+        using Tensor scales = torch.empty(rows, blocks, ScalarType.Float16), zeros = torch.empty(rows, blocks, ScalarType.Float16);
+        FastBlockRtn.QuantizeInto(w, bits, 32, packed, scales, zeros);
+        using Tensor tail = buffer.narrow(0, bytes, 16);
+        Assert.IsTrue((tail == 0xAB).all().item<bool>(), "nothing written past the end");
+        using QuantizedMatrix reference = BlockRtnQuantizer.Quantize(w, bits, 32);
+        Assert.IsTrue(packed.equal(reference.PackedCodes).all().item<bool>(), "every row intact (no neighbour overwrote it)");
+        for (int run = 0; run < 5; run++)
+        {
+            using QuantizedMatrix again = FastBlockRtn.Quantize(w, bits, 32);
+            Assert.IsTrue(again.PackedCodes.equal(reference.PackedCodes).all().item<bool>(), $"run {run}: same bytes every time");
+        }
+    }
+
+    [TestMethod]
     public void QuantizeIntoReusedBuffersLeavesNothingFromThePreviousMatrix()
     {
         using Tensor a = RandomMatrix(32, 256, 1), b = RandomMatrix(32, 256, 2) * 3f;

@@ -57,7 +57,7 @@ public static unsafe class FastBlockRtn
                 fixed (byte* codeRow = scratch)
                 {
                     QuantizeRow(w + r * cols, codeRow, cols, block, bits, s + r * blocks, z + r * blocks);
-                    PackRow(codeRow, dst + r * rowBytes, cols, bits);
+                    PackRow(codeRow, dst + r * rowBytes, cols, bits, rowBytes);
                 }
                 return scratch;
             }, _ => { });
@@ -66,7 +66,7 @@ public static unsafe class FastBlockRtn
         using Tensor codes = torch.empty(rows, cols, ScalarType.Byte);
         byte* c = (byte*)Pointer(codes);
         Parallel.For(0, rows, r => QuantizeRow(w + r * cols, c + r * cols, cols, block, bits, s + r * blocks, z + r * blocks));
-        PackRow(c, dst, rows * cols, bits);
+        PackRow(c, dst, rows * cols, bits, BitPacking.PackedBytes(rows * cols, bits));
     }
 
     static void QuantizeRow(float* row, byte* codeRow, long cols, int block, int bits, Half* s, Half* z)
@@ -86,9 +86,11 @@ public static unsafe class FastBlockRtn
         }
     }
 
-    /// <summary>Packs <paramref name="n"/> codes LSB-first (the <see cref="BitPacking"/> layout); the output must be
-    /// zeroed or fully overwritten: a partial last group is zero-padded here.</summary>
-    static void PackRow(byte* src, byte* dst, long n, int bits)
+    /// <summary>Packs <paramref name="n"/> codes LSB-first (the <see cref="BitPacking"/> layout) into the
+    /// <paramref name="dstBytes"/> bytes at <paramref name="dst"/>. A partial last group writes only the bytes it owns:
+    /// a row of 172 int4 codes owns 86 bytes, not the 88 of eleven whole groups; the rest belongs to the next row
+    /// (found by a determinism check: writing whole groups raced with the thread packing the next row).</summary>
+    static void PackRow(byte* src, byte* dst, long n, int bits, long dstBytes)
     {
         if (bits == 8) { Buffer.MemoryCopy(src, dst, n, n); return; }
         long i = 0, o = 0;
@@ -110,8 +112,10 @@ public static unsafe class FastBlockRtn
             ulong acc = 0;
             int count = (int)Math.Min(8, n - i);
             for (int k = 0; k < count; k++) acc |= (ulong)src[i + k] << (bits * k);
-            byte* d = dst + i / 8 * bits;
-            for (int j = 0; j < bits; j++) d[j] = (byte)(acc >> (8 * j));
+            long offset = i / 8 * bits;
+            long owned = Math.Min(bits, dstBytes - offset);
+            byte* d = dst + offset;
+            for (int j = 0; j < owned; j++) d[j] = (byte)(acc >> (8 * j));
         }
     }
 
