@@ -53,21 +53,11 @@ public static class CliSupport
         }
     }
 
-    /// <summary>Writes text through a temp file and a rename, so readers never see half a report.</summary>
+    /// <summary>Writes text through a temp file and a rename (<see cref="AtomicFile"/>), so readers never see half a report.</summary>
     public static void WriteAtomically(string path, string content)
     {
-        string temp = path + $".{Environment.ProcessId}.tmp";
-        try
-        {
-            File.WriteAllText(temp, content);
-            File.Move(temp, path, overwrite: true);
-        }
-        catch (IOException e)
-        {
-            try { File.Delete(temp); } catch (IOException) { }
-            if (DiskSpace.IsDiskFull(e)) throw DiskSpace.Full(path, System.Text.Encoding.UTF8.GetByteCount(content), e);
-            throw;
-        }
+        byte[] bytes = System.Text.Encoding.UTF8.GetBytes(content);
+        AtomicFile.Write(path, bytes.Length, fs => fs.Write(bytes));
     }
 
     public static Option<string> DeviceOption() => new("--device")

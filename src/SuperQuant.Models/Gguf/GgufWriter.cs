@@ -102,47 +102,31 @@ public static class GgufWriter
         // token ids, its vocabulary size taken from llama.vocab_size.
         meta.AddRange(vocabulary?.Metadata() ?? new[] { ("tokenizer.ggml.model", GgufValueType.String, (object)"no_vocab") });
 
-        string full = Path.GetFullPath(path), temp = full + $".{Environment.ProcessId}.tmp";
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        long tensorBytes = plan.Sum(t => Align(Bytes(t)));
-        DiskSpace.EnsureRoom(full, tensorBytes); // the tensor data dominates; the header is a few KB
-        try
+        // The tensor data dominates the size; the header is a few KB.
+        AtomicFile.Write(path, plan.Sum(t => Align(Bytes(t))), fs =>
         {
-            using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
-            using (var bw = new BinaryWriter(fs, Encoding.UTF8))
+            using var bw = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true);
+            bw.Write(GgufFile.Magic); bw.Write(GgufFile.Version);
+            bw.Write((ulong)plan.Count); bw.Write((ulong)meta.Count);
+            foreach (var (key, type, value) in meta) { WriteString(bw, key); bw.Write((uint)type); WriteValue(bw, type, value); }
+            long offset = 0;
+            foreach (var t in plan)
             {
-                bw.Write(GgufFile.Magic); bw.Write(GgufFile.Version);
-                bw.Write((ulong)plan.Count); bw.Write((ulong)meta.Count);
-                foreach (var (key, type, value) in meta) { WriteString(bw, key); bw.Write((uint)type); WriteValue(bw, type, value); }
-                long offset = 0;
-                foreach (var t in plan)
-                {
-                    WriteString(bw, t.Name);
-                    bw.Write((uint)t.Dims.Length);
-                    foreach (long d in t.Dims) bw.Write((ulong)d);
-                    bw.Write((uint)t.Type);
-                    bw.Write((ulong)offset);
-                    offset = Align(offset + Bytes(t));
-                }
-                Pad(bw);
-                foreach (var t in plan)
-                {
-                    bw.Write(GgmlQuants.Quantize(t.Type, t.Values()));
-                    Pad(bw);
-                }
+                WriteString(bw, t.Name);
+                bw.Write((uint)t.Dims.Length);
+                foreach (long d in t.Dims) bw.Write((ulong)d);
+                bw.Write((uint)t.Type);
+                bw.Write((ulong)offset);
+                offset = Align(offset + Bytes(t));
             }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch (IOException e) when (DiskSpace.IsDiskFull(e))
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw DiskSpace.Full(full, tensorBytes, e);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
-        }
+            Pad(bw);
+            foreach (var t in plan)
+            {
+                bw.Write(GgmlQuants.Quantize(t.Type, t.Values()));
+                Pad(bw);
+            }
+            bw.Flush();
+        });
         return plan.Select(p => (p.Name, p.Type)).ToList();
     }
 

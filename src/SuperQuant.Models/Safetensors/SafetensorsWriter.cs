@@ -42,51 +42,31 @@ public static class SafetensorsWriter
         headerBytes.AsSpan(json.Length).Fill((byte)' ');
 
         string full = System.IO.Path.GetFullPath(path);
-        string temp = full + $".{Environment.ProcessId}.tmp";
-        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(full)!);
-        RemoveStaleTemps(full);
-        long total = 8 + headerBytes.Length + offset;
-        DiskSpace.EnsureRoom(full, total);
         int written = 0;
-        try
+        AtomicFile.Write(full, 8 + headerBytes.Length + offset, fs =>
         {
-            using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
+            fs.Write(headerBytes);
+            foreach (var t in layout)
             {
-                fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
-                fs.Write(headerBytes);
-                foreach (var t in layout)
+                Tensor value = produce(t.Name);
+                try
                 {
-                    Tensor value = produce(t.Name);
-                    try
+                    if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
+                        throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
+                    WriteTensorBytes(fs, value);
+                    if (++written == layout.Count / 2 && FaultTargets(full))
                     {
-                        if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
-                            throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
-                        WriteTensorBytes(fs, value);
-                        if (++written == layout.Count / 2 && FaultTargets(full))
-                        {
-                            fs.Flush();
-                            System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: no finally blocks run
-                        }
-                    }
-                    finally
-                    {
-                        if (disposeEach) value.Dispose();
+                        fs.Flush();
+                        System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: no finally blocks run
                     }
                 }
-                fs.Flush(flushToDisk: true);
+                finally
+                {
+                    if (disposeEach) value.Dispose();
+                }
             }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch (IOException e) when (DiskSpace.IsDiskFull(e))
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw DiskSpace.Full(full, total, e);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
-        }
+        });
     }
 
     /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write kills the process halfway through a write;
@@ -99,25 +79,6 @@ public static class SafetensorsWriter
         string? fault = Environment.GetEnvironmentVariable(FaultVariable);
         return fault == kill || (fault is not null && fault.StartsWith(kill + ":", StringComparison.Ordinal)
             && System.IO.Path.GetFileName(path).Contains(fault[(kill.Length + 1)..], StringComparison.Ordinal));
-    }
-
-    /// <summary>Deletes "target.PID.tmp" files of processes that no longer run (a killed writer leaves one).</summary>
-    static void RemoveStaleTemps(string full)
-    {
-        string dir = System.IO.Path.GetDirectoryName(full)!, name = System.IO.Path.GetFileName(full);
-        foreach (string temp in Directory.GetFiles(dir, name + ".*.tmp"))
-        {
-            string pid = System.IO.Path.GetFileName(temp)[(name.Length + 1)..^4];
-            if (!int.TryParse(pid, out int p) || p == Environment.ProcessId || IsRunning(p)) continue;
-            try { File.Delete(temp); } catch (IOException) { }
-        }
-    }
-
-    static bool IsRunning(int pid)
-    {
-        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
-        catch (ArgumentException) { return false; }
-        catch (InvalidOperationException) { return false; }
     }
 
     /// <summary>Raw little-endian bytes of a tensor, in pieces (spans are int-sized; tensors can exceed 2 GB).</summary>
