@@ -33,12 +33,29 @@ public sealed class SuperQuantGate : ToolTask
     /// <summary>--follow-symlinks</summary>
     public bool FollowSymlinks { get; set; }
 
+    /// <summary>The program that runs <see cref="ToolDll"/>; empty = the dotnet host of this build.</summary>
+    public string? ToolHost { get; set; }
+
+    /// <summary>Every file the tool wrote (artifacts that passed their gates and the reports), from --outputs-file.</summary>
+    [Output] public ITaskItem[] WrittenFiles { get; private set; } = Array.Empty<ITaskItem>();
+
     protected override string ToolName => "dotnet";
 
     protected override MessageImportance StandardOutputLoggingImportance => MessageImportance.High;
 
     protected override string GenerateFullPathToTool() =>
-        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
+        !string.IsNullOrEmpty(ToolHost) ? ToolHost! : Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
+
+    public override bool Execute()
+    {
+        bool ok = base.Execute();
+        if (!string.IsNullOrEmpty(OutputsFile) && File.Exists(OutputsFile))
+            WrittenFiles = File.ReadAllLines(OutputsFile!).Where(l => l.Length > 0).Select(l => (ITaskItem)new TaskItem(l)).ToArray();
+        return ok && !Log.HasLoggedErrors;
+    }
+
+    /// <summary>The command line, for tests (one switch per argument, paths quoted when they hold spaces).</summary>
+    public string CommandLine => GenerateCommandLineCommands();
 
     protected override bool ValidateParameters()
     {

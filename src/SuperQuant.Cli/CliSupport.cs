@@ -1,30 +1,51 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text.Json;
 using SuperQuant.Core;
+using SuperQuant.LlamaCpp;
+using SuperQuant.Manifest;
 
 namespace SuperQuant.Cli;
 
-/// <summary>Process exit codes of `superquant`. Stable: CI scripts depend on them.</summary>
+/// <summary>Process exit codes of `superquant`. Stable: CI scripts and the MSBuild task depend on them.</summary>
 public static class ExitCodes
 {
     public const int Success = 0;
-    /// <summary>A quality gate failed (SQ1xxx).</summary>
+    /// <summary>A quality gate measured a regression past its limit (SQ1001). Nothing else exits 1.</summary>
     public const int GateFailed = 1;
-    /// <summary>Bad command line.</summary>
+    /// <summary>Bad command line: unknown option, missing argument, or a value outside its domain (SQ2009).</summary>
     public const int Usage = 2;
-    /// <summary>Bad input: a checkpoint, data file, manifest or argument (SQ0xxx, SQ2xxx-SQ4xxx).</summary>
+    /// <summary>Bad input or environment: a checkpoint, data file, manifest, output path, disk (coded SQ####, naming the file and field).</summary>
     public const int InputError = 3;
     /// <summary>An unexpected failure (a bug: please report it with the output).</summary>
     public const int InternalError = 4;
 
-    public const string HelpText = "Exit codes: 0 success, 1 quality gate failed, 2 usage error, 3 input error (coded SQ####), 4 internal error.";
+    public const string HelpText = "Exit codes: 0 success, 1 a quality gate failed, 2 usage error, 3 input error (coded SQ####), 4 internal error.";
 }
 
 public static class CliSupport
 {
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
-    /// <summary>Runs a command body and turns coded failures into "error SQ####: ..." on stderr and an exit code.</summary>
+    /// <summary>Cancelled by Ctrl+C (and by MSBuild, which interrupts the tool it started).</summary>
+    public static CancellationToken Cancellation => Cts.Token;
+    static readonly CancellationTokenSource Cts = CreateCancellation();
+
+    static CancellationTokenSource CreateCancellation()
+    {
+        var cts = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            if (cts.IsCancellationRequested) return; // a second Ctrl+C ends the process at once
+            e.Cancel = true;
+            Console.Error.WriteLine("cancelling (the current step stops at its next matrix or window; Ctrl+C again to kill)...");
+            cts.Cancel();
+        };
+        return cts;
+    }
+
+    /// <summary>Runs a command body and turns every failure into one stderr line and an exit code: SQ1xxx gate failures
+    /// exit 1, other coded failures exit 3, anything else is a bug (exit 4).</summary>
     public static int Run(Func<int> body)
     {
         try
@@ -33,17 +54,42 @@ public static class CliSupport
         }
         catch (SuperQuantException e)
         {
-            Console.Error.WriteLine(e.FilePath is null ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
-            return e.Code.StartsWith("SQ1", StringComparison.Ordinal) ? ExitCodes.GateFailed : ExitCodes.InputError;
+            Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
+            return e.Code == ErrorCodes.GateFailed ? ExitCodes.GateFailed : ExitCodes.InputError;
+        }
+        catch (ManifestException e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return ExitCodes.InputError;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine($"error {ErrorCodes.Cancelled}: cancelled; nothing was shipped from this run (staged files removed)");
+            return ExitCodes.InputError;
+        }
+        catch (LlamaCppException e)
+        {
+            Console.Error.WriteLine($"error {ErrorCodes.ArtifactFormat}: {e.Message}");
+            return ExitCodes.InputError;
         }
         catch (IOException e) when (DiskSpace.IsDiskFull(e))
         {
             Console.Error.WriteLine($"error {ErrorCodes.DiskFull}: no space left on the device: {e.Message}");
             return ExitCodes.InputError;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (UnauthorizedAccessException e)
         {
-            Console.Error.WriteLine($"error {ErrorCodes.FileNotFound}: {e.Message}");
+            Console.Error.WriteLine($"error {ErrorCodes.ArtifactWrite}: permission denied: {e.Message}");
+            return ExitCodes.InputError;
+        }
+        catch (IOException e)
+        {
+            Console.Error.WriteLine($"error {ErrorCodes.ArtifactWrite}: {e.Message}");
+            return ExitCodes.InputError;
+        }
+        catch (OutOfMemoryException e)
+        {
+            Console.Error.WriteLine($"error {ErrorCodes.OutOfMemory}: out of memory: {e.Message}");
             return ExitCodes.InputError;
         }
         catch (Exception e)
@@ -60,11 +106,11 @@ public static class CliSupport
         AtomicFile.Write(path, bytes.Length, fs => fs.Write(bytes));
     }
 
-    public static Option<string> DeviceOption() => new("--device")
+    public static Option<string> DeviceOption() => new Option<string>("--device")
     {
         Description = $"auto (CUDA when TorchSharp sees it, else CPU), cpu or cuda; default from {ComputeDevice.EnvironmentVariable}, else auto",
         DefaultValueFactory = _ => "auto",
-    };
+    }.OneOf("auto", "cpu", "cuda");
 
     public static TorchSharp.torch.Device ResolveDevice(string? option, bool quiet)
     {
@@ -73,9 +119,98 @@ public static class CliSupport
         if (!quiet) Console.Error.WriteLine($"device: {reason}");
         return new TorchSharp.torch.Device(type);
     }
+
+    /// <summary>Accepts only these values; the error names the option (exit 2, SQ2009).</summary>
+    public static Option<string> OneOf(this Option<string> o, params string[] values)
+    {
+        o.Validators.Add(r =>
+        {
+            string? v = r.Tokens.Count > 0 ? r.Tokens[^1].Value : null;
+            if (v is not null && !values.Contains(v)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} '{Manifest.ManifestReader.Excerpt(v)}' (expected one of {string.Join(", ", values)})");
+        });
+        return o;
+    }
+
+    /// <summary>An integer option's domain, checked at parse time.</summary>
+    public static Option<int> InRange(this Option<int> o, int min, int max)
+    {
+        o.Validators.Add(r =>
+        {
+            int v = r.GetValueOrDefault<int>();
+            if (v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {v} (expected {min}..{max})");
+        });
+        return o;
+    }
+
+    public static Option<int?> InRange(this Option<int?> o, int min, int max)
+    {
+        o.Validators.Add(r =>
+        {
+            int? v = r.GetValueOrDefault<int?>();
+            if (v is int x && (x < min || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x} (expected {min}..{max})");
+        });
+        return o;
+    }
+
+    /// <summary>A finite number within [min, max].</summary>
+    public static Option<double> InRange(this Option<double> o, double min, double max)
+    {
+        o.Validators.Add(r =>
+        {
+            double v = r.GetValueOrDefault<double>();
+            if (!double.IsFinite(v) || v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {v.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
+        });
+        return o;
+    }
+
+    public static Option<double?> InRange(this Option<double?> o, double min, double max)
+    {
+        o.Validators.Add(r =>
+        {
+            double? v = r.GetValueOrDefault<double?>();
+            if (v is double x && (!double.IsFinite(x) || x < min || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
+        });
+        return o;
+    }
+
+    /// <summary>Token ids separated by spaces or commas, each non-negative; the vocabulary bound is checked once the
+    /// model is loaded.</summary>
+    public static int[]? ParseIds(string? text, string option)
+    {
+        if (text is null) return null;
+        var ids = new List<int>();
+        foreach (string item in text.Split(new[] { ' ', ',', '\t', '\n' }, StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(item, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{option}: '{Manifest.ManifestReader.Excerpt(item)}' is not a token id (non-negative integers separated by spaces or commas)");
+            ids.Add(id);
+        }
+        if (ids.Count == 0) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{option} holds no token ids");
+        return ids.ToArray();
+    }
+
+    /// <summary>Refuses outputs that are inputs (or inside an input checkpoint folder) or each other, compared as files.</summary>
+    public static void CheckOutputs(IEnumerable<(string Path, string What)> inputs, IEnumerable<(string Path, string What)> outputs)
+    {
+        var check = new FileIdentityCheck();
+        foreach (var (p, w) in inputs) check.AddInput(p, w);
+        foreach (var (p, w) in outputs)
+            if (check.AddOutput(p, w) is string error) throw new SuperQuantException(ErrorCodes.InvalidArgument, error, p);
+    }
 }
 
-/// <summary>A progress bar on a terminal; occasional plain lines when output is redirected (CI logs stay readable).</summary>
+/// <summary>Progress bars with an ETA on a terminal; a line every 10% (with elapsed time and ETA) when output is
+/// redirected, so CI logs and MSBuild messages stay readable.</summary>
+public sealed class ConsoleLog(bool quiet = false) : StepLog
+{
+    public override void Info(string message)
+    {
+        if (!quiet) Console.WriteLine(message);
+    }
+
+    public override Action<int, int> Progress(string label) => new ConsoleProgress(label, !quiet).Report;
+}
+
 public sealed class ConsoleProgress
 {
     readonly string _label;
@@ -90,21 +225,21 @@ public sealed class ConsoleProgress
     {
         if (!_enabled || total <= 0) return;
         double f = (double)done / total;
+        string eta = done > 0 && done < total ? $", eta {TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds / done * (total - done)):mm\\:ss}" : "";
         if (_interactive)
         {
             const int width = 30;
             int filled = (int)(f * width);
-            string eta = done > 0 && done < total ? $" eta {TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds / done * (total - done)):mm\\:ss}" : "";
             Console.Error.Write($"\r{_label} [{new string('#', filled)}{new string('.', width - filled)}] {done}/{total}{eta}   ");
             if (done == total) Console.Error.WriteLine();
         }
         else
         {
             int decile = (int)(f * 10);
-            if (decile != _lastDecile && (decile > _lastDecile))
+            if (decile > _lastDecile)
             {
                 _lastDecile = decile;
-                Console.Error.WriteLine($"{_label}: {done}/{total} ({f:P0}, {_clock.Elapsed.TotalSeconds:F1} s)");
+                Console.Error.WriteLine($"{_label}: {done}/{total} ({f:P0}, {_clock.Elapsed.TotalSeconds:F1} s{eta})");
             }
         }
     }

@@ -1,24 +1,23 @@
 using System.CommandLine;
 using SuperQuant.Cli;
 using SuperQuant.Cli.Commands;
+using SuperQuant.Core;
 
 NativeMemoryTuning.Apply();
 var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
-root.Subcommands.Add(EvalCommand.Create());
-root.Subcommands.Add(InitCommand.Create());
-root.Subcommands.Add(DemoCheckpointCommand.Create());
-root.Subcommands.Add(DetectCommand.Create());
-root.Subcommands.Add(AnalyzeCommand.Create());
-root.Subcommands.Add(QuantizeCommand.Create());
-root.Subcommands.Add(GateCommand.Create());
-root.Subcommands.Add(GenerateCommand.Create());
-root.Subcommands.Add(BenchCommand.Create());
-root.Subcommands.Add(DoctorCommand.Create());
+foreach (var c in new[]
+{
+    InitCommand.Create(), DemoCheckpointCommand.Create(), DetectCommand.Create(), AnalyzeCommand.Create(), QuantizeCommand.Create(),
+    GateCommand.Create(), EvalCommand.Create(), GenerateCommand.Create(), SuperQuant.Cli.Commands.Bench.BenchCommand.Create(), DoctorCommand.Create(),
+})
+    root.Subcommands.Add(c);
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {
-    foreach (var e in parsed.Errors) Console.Error.WriteLine($"error: {e.Message}");
-    Console.Error.WriteLine("Run 'superquant --help' for usage.");
+    // Every command-line mistake, including a value outside an option's domain, is exit 2 with SQ2009.
+    foreach (var e in parsed.Errors)
+        Console.Error.WriteLine(e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal) ? $"error {e.Message}" : $"error {ErrorCodes.InvalidArgument}: {e.Message}");
+    Console.Error.WriteLine("Run 'superquant --help' (or 'superquant COMMAND --help') for usage.");
     return ExitCodes.Usage;
 }
 int exitCode = parsed.Invoke();

@@ -14,11 +14,13 @@ public static class AtomicFile
         string full = Path.GetFullPath(path);
         string temp = full + $".{Environment.ProcessId}.tmp";
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        RemoveStaleTemps(full);
+        RemoveStale(full, ".tmp");
         if (expectedBytes is long bytes) DiskSpace.EnsureRoom(full, bytes);
         try
         {
-            using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var fs = FaultTargets(full) && expectedBytes is long size
+                       ? new KillingFileStream(temp, size / 2)
+                       : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 write(fs);
                 fs.Flush(flushToDisk: true);
@@ -42,22 +44,55 @@ public static class AtomicFile
         try { File.Delete(file); } catch (IOException) { }
     }
 
-    /// <summary>Deletes "target.PID.tmp" files of processes that no longer run (a killed writer leaves one).</summary>
-    static void RemoveStaleTemps(string full)
+    /// <summary>Deletes "target.PID{suffix}" files of processes that no longer run (a killed writer leaves one). Only
+    /// names this tool makes are touched.</summary>
+    public static void RemoveStale(string full, string suffix)
     {
         string dir = Path.GetDirectoryName(full)!, name = Path.GetFileName(full);
-        foreach (string temp in Directory.GetFiles(dir, name + ".*.tmp"))
+        if (!Directory.Exists(dir)) return;
+        foreach (string temp in Directory.GetFiles(dir, name + ".*" + suffix))
         {
-            string pid = Path.GetFileName(temp)[(name.Length + 1)..^4];
+            string pid = Path.GetFileName(temp)[(name.Length + 1)..^suffix.Length];
             if (!int.TryParse(pid, out int p) || p == Environment.ProcessId || IsRunning(p)) continue;
             TryDelete(temp);
         }
     }
 
-    static bool IsRunning(int pid)
+    public static bool IsRunning(int pid)
     {
         try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
         catch (ArgumentException) { return false; }
         catch (InvalidOperationException) { return false; }
+    }
+
+    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write SIGKILLs the process halfway through a
+    /// write; kill-mid-write:TEXT only through a write of a file whose name contains TEXT (e.g. ".sqpk." for artifacts,
+    /// "reference-" for the cached baseline).</summary>
+    public const string FaultVariable = "SUPERQUANT_FAULT";
+
+    static bool FaultTargets(string path)
+    {
+        const string kill = "kill-mid-write";
+        string? fault = Environment.GetEnvironmentVariable(FaultVariable);
+        return fault == kill || (fault is not null && fault.StartsWith(kill + ":", StringComparison.Ordinal)
+            && Path.GetFileName(path).Contains(fault[(kill.Length + 1)..], StringComparison.Ordinal));
+    }
+
+    /// <summary>Counts bytes and, past the given count, flushes and kills the process (no finally block runs).</summary>
+    sealed class KillingFileStream(string path, long killAfter) : FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20)
+    {
+        long _written;
+
+        public override void Write(ReadOnlySpan<byte> buffer) { base.Write(buffer); Count(buffer.Length); }
+        public override void Write(byte[] buffer, int offset, int count) { base.Write(buffer, offset, count); Count(count); }
+        public override void WriteByte(byte value) { base.WriteByte(value); Count(1); }
+
+        void Count(int n)
+        {
+            _written += n;
+            if (_written < killAfter) return;
+            Flush();
+            System.Diagnostics.Process.GetCurrentProcess().Kill();
+        }
     }
 }

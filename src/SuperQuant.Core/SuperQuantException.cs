@@ -6,6 +6,10 @@ namespace SuperQuant.Core;
 public static class ErrorCodes
 {
     public const string NativeLoad = "SQ0001";
+    /// <summary>The run was cancelled (Ctrl+C); nothing from it was shipped.</summary>
+    public const string Cancelled = "SQ0008";
+    /// <summary>The machine ran out of memory for this model.</summary>
+    public const string OutOfMemory = "SQ0009";
     public const string GateFailed = "SQ1001";
     public const string CheckpointFormat = "SQ2001";
     public const string CheckpointMissingTensor = "SQ2002";

@@ -17,16 +17,19 @@ public sealed class ManifestException(string path, int line, int column, string 
 
 /// <summary>
 /// Reads quantize.yaml with YamlDotNet's representation model (not its object deserializer) so every error can point
-/// at the node's line and column: unknown keys, wrong types, missing required keys, duplicate ids, files that do not
-/// exist, and paths that leave the project folder.
+/// at the node's line and column: unknown keys, wrong types, numbers that are not finite, missing required keys,
+/// duplicate ids, files that do not exist, paths that leave the project folder, and outputs that are inputs or each
+/// other (compared as files, <see cref="FileIdentity"/>). Linear in the number of models.
 /// </summary>
 public static class ManifestReader
 {
+    /// <summary>Largest manifest read: a few KB is normal; anything near this is not a manifest.</summary>
+    public const long MaxBytes = 16L << 20;
+
     static readonly string[] TopKeys = { "version", "device", "models" };
     static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "baseline" };
-    static readonly string[] Methods = { "rtn", "super-aware", "smoothquant", "hadamard", "duquant" };
-    static readonly string[] Exports = { "packed", "gguf", "gguf-super-aware", "gguf-q8_0", "gguf-f16" };
+    static readonly string[] ExportKeys = { "gguf", "path" };
 
     /// <param name="allowOutside">Absolute prefixes checkpoint and data paths may also live under (e.g. a shared model folder).</param>
     /// <param name="followSymlinks">Accept symbolic links that lead out of the project (and the allowed folders);
@@ -35,6 +38,7 @@ public static class ManifestReader
     {
         string full = System.IO.Path.GetFullPath(path);
         if (!File.Exists(full)) throw new ManifestException(full, 1, 1, "manifest not found");
+        if (new FileInfo(full).Length > MaxBytes) throw new ManifestException(full, 1, 1, $"the manifest is larger than {MaxBytes >> 20} MiB");
         string dir = System.IO.Path.GetDirectoryName(full)!;
         var yaml = new YamlStream();
         try
@@ -59,15 +63,34 @@ public static class ManifestReader
         string device = root.Children.TryGetValue(new YamlScalarNode("device"), out var d) ? OneOf(full, d, "device", new[] { "auto", "cpu", "cuda" }) : "auto";
         if (!root.Children.TryGetValue(new YamlScalarNode("models"), out var modelsNode) || modelsNode is not YamlSequenceNode models || models.Children.Count == 0)
             throw new ManifestException(full, (int)root.Start.Line, (int)root.Start.Column, "'models' must be a non-empty list");
+        var roots = new Roots(dir, allowOutside ?? Array.Empty<string>(), followSymlinks);
         var entries = new List<ModelEntry>();
+        var ids = new HashSet<string>(StringComparer.Ordinal);
         foreach (var node in models.Children)
         {
-            var entry = ReadModel(full, dir, Map(full, node, "a model entry"), new Roots(dir, allowOutside ?? Array.Empty<string>(), followSymlinks));
-            if (entries.Any(e => e.Id == entry.Id)) throw At(full, node, $"duplicate model id '{entry.Id}'");
-            if (entries.Any(e => e.Output == entry.Output)) throw At(full, node, $"model '{entry.Id}' writes the same output as another model");
+            var entry = ReadModel(full, dir, Map(full, node, "a model entry"), roots);
+            if (!ids.Add(entry.Id)) throw At(full, node, $"duplicate model id '{entry.Id}'");
             entries.Add(entry);
         }
+        CheckFileIdentities(full, entries);
         return new QuantizeManifest(full, version, device, entries);
+    }
+
+    /// <summary>No output of any model may be an input of any model (or the manifest), lie inside a checkpoint folder,
+    /// or be another output: compared as files, after links, so two spellings of one file collide.</summary>
+    static void CheckFileIdentities(string file, IReadOnlyList<ModelEntry> entries)
+    {
+        var check = new FileIdentityCheck();
+        check.AddInput(file, "the manifest");
+        foreach (var e in entries)
+        {
+            check.AddInput(e.Checkpoint, $"model '{e.Id}''s checkpoint");
+            foreach (string data in e.DataFiles) check.AddInput(data, $"model '{e.Id}''s data file");
+        }
+        foreach (var e in entries)
+            foreach (var x in e.Exports)
+                if (check.AddOutput(x.Path, $"model '{e.Id}''s {x.Kind} output") is string error)
+                    throw new ManifestException(file, x.At.Line, x.At.Column, error);
     }
 
     /// <summary>Where paths may lead: the project (manifest) folder, and for inputs the allowed folders; each also
@@ -82,15 +105,17 @@ public static class ManifestReader
     static ModelEntry ReadModel(string file, string dir, YamlMappingNode m, Roots roots)
     {
         CheckKeys(file, m, ModelKeys, "a model entry");
+        var positions = new Dictionary<string, Position>();
+        foreach (var (k, val) in m.Children) positions[((YamlScalarNode)k).Value ?? ""] = new Position((int)val.Start.Line, (int)val.Start.Column);
         YamlNode Required(string key) => m.Children.TryGetValue(new YamlScalarNode(key), out var n) ? n
             : throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model entry is missing required key '{key}'");
         YamlNode? Optional(string key) => m.Children.TryGetValue(new YamlScalarNode(key), out var n) ? n : null;
-        string? InputFile(string key, bool mustExist = true)
+        string? InputFile(string key)
         {
             var n = Optional(key);
             if (n is null) return null;
             string p = Resolve(file, dir, n, key, roots.Inputs, roots.FollowSymlinks);
-            if (mustExist && !File.Exists(p) && !Directory.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
+            if (!File.Exists(p) && !Directory.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
             // A checkpoint folder's files (config, shards, tokenizer) are read too: none may link out either.
             if (Directory.Exists(p) && !roots.FollowSymlinks)
                 foreach (string inner in Directory.EnumerateFileSystemEntries(p))
@@ -98,65 +123,131 @@ public static class ManifestReader
             return p;
         }
         string id = Str(file, Required("id"), "id");
-        if (id.Length == 0 || id.Any(c => !(char.IsLetterOrDigit(c) || c is '-' or '_' or '.'))) throw At(file, Required("id"), $"id '{id}' may use letters, digits, '-', '_' and '.' only");
+        if (id.Length == 0 || id.Length > 128 || id.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')))
+            throw At(file, Required("id"), $"id '{Excerpt(id)}' may use ASCII letters, digits, '-', '_' and '.' only (at most 128)");
         var outputNode = Required("output");
         string output = Resolve(file, dir, outputNode, "output", roots.Project, roots.FollowSymlinks);
         var gateNode = Map(file, Required("gate"), "'gate'");
         CheckKeys(file, gateNode, GateKeys, "'gate'");
-        string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", new[] { "perplexity", "kl", "top1" }) : "kl";
+        string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", QualityGate.Metrics.ToArray()) : "kl";
         if (!gateNode.Children.TryGetValue(new YamlScalarNode("max_increase"), out var inc))
             throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column, "'gate' is missing required key 'max_increase'");
         string incText = Str(file, inc, "max_increase").Trim();
         bool percent = incText.EndsWith('%');
-        if (!double.TryParse(percent ? incText[..^1] : incText, NumberStyles.Float, CultureInfo.InvariantCulture, out double maxIncrease) || maxIncrease < 0)
-            throw At(file, inc, $"max_increase '{incText}' must be a non-negative number or a percentage like '5%'");
+        if (!double.TryParse(percent ? incText[..^1] : incText, NumberStyles.Float, CultureInfo.InvariantCulture, out double maxIncrease)
+            || !double.IsFinite(maxIncrease) || maxIncrease < 0)
+            throw At(file, inc, $"max_increase '{Excerpt(incText)}' must be a finite non-negative number or a percentage like '5%'");
         double? fixedBaseline = null;
         if (gateNode.Children.TryGetValue(new YamlScalarNode("baseline"), out var bn) && Str(file, bn, "baseline") != "original")
             fixedBaseline = Dbl(file, bn, "baseline (a number or 'original')");
-        var export = Optional("export") switch
-        {
-            null => new List<string> { "packed" },
-            YamlSequenceNode seq => seq.Children.Select(x => OneOf(file, x, "export", Exports)).ToList(),
-            var other => throw At(file, other, "'export' must be a list, e.g. [packed, gguf-super-aware]"),
-        };
         string? evalText = InputFile("evaluation_text"), evalTokens = InputFile("evaluation_tokens");
         if (evalText is null && evalTokens is null)
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}' needs 'evaluation_text' or 'evaluation_tokens' for its quality gate");
+        var method = Optional("method") is { } me
+            ? (Names.TryParseMethod(Str(file, me, "method"), out var parsed) ? parsed
+                : throw At(file, me, $"'method' must be one of {string.Join(", ", Names.MethodNames)}, got '{Excerpt(Str(file, me, "method"))}'"))
+            : QuantMethod.SuperAware;
         var entry = new ModelEntry
         {
             Id = id,
             Checkpoint = InputFile("checkpoint") ?? throw At(file, m, "model entry is missing required key 'checkpoint'"),
             Output = output,
-            Method = Optional("method") is { } me ? OneOf(file, me, "method", Methods) : "super-aware",
+            Method = method,
             WeightBits = Optional("weight_bits") is { } wb ? Range(file, wb, "weight_bits", 2, 8) : 4,
             ActivationBits = Optional("activation_bits") is { } ab ? Range(file, ab, "activation_bits", 4, 16) : 16,
             BlockSize = Optional("block_size") is { } bs ? (Str(file, bs, "block_size") is "channel" ? 0 : Range(file, bs, "block_size", 32, 4096)) : 128,
-            Z = Optional("z") is { } zn ? ZValue(file, zn) : "auto",
+            Z = Optional("z") is { } zn ? ZValue(file, zn) : null,
             CalibrationText = InputFile("calibration_text"),
             CalibrationTokens = InputFile("calibration_tokens"),
             EvaluationText = evalText,
             EvaluationTokens = evalTokens,
-            PromptTokens = Optional("prompt_tokens") is { } pt ? Str(file, pt, "prompt_tokens") : null,
+            PromptTokens = Optional("prompt_tokens") is { } pt ? PromptIds(file, pt) : null,
             Context = Optional("context") is { } cn ? Range(file, cn, "context", 2, 1 << 20) : 512,
-            Export = export,
+            Exports = Exports(file, dir, Optional("export"), output, new Position((int)outputNode.Start.Line, (int)outputNode.Start.Column), roots),
             Gate = new QualityGate(metric, maxIncrease, percent, fixedBaseline),
             Line = (int)m.Start.Line,
+            Positions = positions,
         };
         bool calibrated = entry.CalibrationText is not null || entry.CalibrationTokens is not null;
-        if (entry.Method == "super-aware" && entry.Z == "auto" && !calibrated)
+        if (entry.Method == QuantMethod.SuperAware && entry.Z is null && !calibrated)
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");
-        if (entry.Method is "smoothquant" or "duquant" && !calibrated)
-            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': {entry.Method} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
-        if (entry.UsesActivationTransforms && entry.Export.Any(x => x.StartsWith("gguf", StringComparison.Ordinal)))
-            throw At(file, Optional("export")!, $"model '{id}': GGUF holds weights only; method {entry.Method} with activation_bits {entry.ActivationBits} needs its run-time activation transforms, which only the packed artifact carries (export: [packed])");
+        if (entry.Method.NeedsCalibration() && !calibrated)
+            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': {entry.Method.Name()} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
+        foreach (var x in entry.Exports.Where(x => !x.IsPacked))
+        {
+            var t = x.GgufType!.Value;
+            if (entry.Method.NeedsRuntimeTransforms(entry.ActivationBits) || entry.Method.Transforms())
+                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': GGUF holds weights only; method {entry.Method.Name()} with activation_bits {entry.ActivationBits} needs run-time activation handling, which only the packed artifact carries (export: [packed]); for GGUF use method rtn or super-aware");
+            if (!t.IsFloat() && t.NominalBits() != entry.WeightBits)
+                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': GGUF type {t.Name()} stores {t.NominalBits()}-bit weights but weight_bits is {entry.WeightBits}; make them agree (or export f16/bf16)");
+        }
         return entry;
     }
 
-    static string ZValue(string file, YamlNode n)
+    /// <summary>export: a list of `packed` and `{gguf: TYPE}` (optionally `{gguf: TYPE, path: FILE}`); default [packed].</summary>
+    static IReadOnlyList<ExportEntry> Exports(string file, string dir, YamlNode? node, string output, Position outputAt, Roots roots)
+    {
+        if (node is null) return new[] { new ExportEntry(null, output, outputAt) };
+        if (node is not YamlSequenceNode seq || seq.Children.Count == 0)
+            throw At(file, node, "'export' must be a non-empty list, e.g. [packed, {gguf: q4_k_m}]");
+        var list = new List<ExportEntry>();
+        foreach (var item in seq.Children)
+        {
+            var at = new Position((int)item.Start.Line, (int)item.Start.Column);
+            if (item is YamlScalarNode s)
+            {
+                string v = s.Value ?? "";
+                if (v == "packed") { list.Add(new ExportEntry(null, output, outputAt)); continue; }
+                string hint = v.StartsWith("gguf", StringComparison.Ordinal)
+                    ? $"; a GGUF export names its type: {{gguf: TYPE}} with TYPE one of {string.Join(", ", Names.GgufTypeNames)} (method super-aware makes the super-aware GGUF)"
+                    : "";
+                throw At(file, item, $"'export' items are 'packed' or {{gguf: TYPE}}, got '{Excerpt(v)}'{hint}");
+            }
+            var map = Map(file, item, "an export item");
+            CheckKeys(file, map, ExportKeys, "an export item");
+            if (!map.Children.TryGetValue(new YamlScalarNode("gguf"), out var typeNode)) throw At(file, item, "an export mapping needs 'gguf: TYPE'");
+            string typeName = Str(file, typeNode, "gguf");
+            if (!Names.TryParseGgufType(typeName, out var type))
+                throw At(file, typeNode, $"'gguf' must be one of {string.Join(", ", Names.GgufTypeNames)}, got '{Excerpt(typeName)}'");
+            string path = map.Children.TryGetValue(new YamlScalarNode("path"), out var pn)
+                ? Resolve(file, dir, pn, "path", roots.Project, roots.FollowSymlinks)
+                : DefaultGgufPath(output, type);
+            list.Add(new ExportEntry(type, path, at));
+        }
+        if (list.Count(x => x.IsPacked) > 1) throw At(file, node, "'packed' is listed twice");
+        return list;
+    }
+
+    /// <summary>models/stories.sqpk.safetensors -> models/stories.q4_k_m.gguf</summary>
+    public static string DefaultGgufPath(string output, GgufFileType type)
+    {
+        string name = Path.GetFileName(output);
+        foreach (string ext in new[] { ".safetensors", ".sqpk" })
+            if (name.EndsWith(ext, StringComparison.OrdinalIgnoreCase)) name = name[..^ext.Length];
+        return Path.Combine(Path.GetDirectoryName(output)!, $"{name}.{type.Name()}.gguf");
+    }
+
+    static int[] PromptIds(string file, YamlNode n)
+    {
+        string s = Str(file, n, "prompt_tokens");
+        var ids = new List<int>();
+        foreach (string item in s.Split(new[] { ' ', ',', '\t', '\n', '\r' }, StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(item, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
+                throw At(file, n, $"'prompt_tokens' must be non-negative integer token ids separated by spaces or commas; '{Excerpt(item)}' is not one");
+            ids.Add(id);
+        }
+        if (ids.Count == 0) throw At(file, n, "'prompt_tokens' holds no token ids");
+        return ids.ToArray();
+    }
+
+    static double? ZValue(string file, YamlNode n)
     {
         string s = Str(file, n, "z");
-        if (s is "auto" or "none") return s;
-        return double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double z) && z > 0 ? s : throw At(file, n, $"z '{s}' must be a positive number, 'auto' or 'none'");
+        if (s == "auto") return null;
+        if (s == "none") return double.PositiveInfinity;
+        return double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double z) && double.IsFinite(z) && z > 0 ? z
+            : throw At(file, n, $"z '{Excerpt(s)}' must be a positive finite number, 'auto' or 'none'");
     }
 
     /// <summary>Resolves against the manifest's folder; the result, as written and (unless following symlinks) where
@@ -164,8 +255,11 @@ public static class ManifestReader
     static string Resolve(string file, string dir, YamlNode n, string key, string[] roots, bool followSymlinks)
     {
         string raw = Str(file, n, key);
-        string p = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, raw));
-        if (!roots.Any(r => RealPath.IsUnder(p, r))) throw At(file, n, $"'{key}': {raw} resolves to {p}, outside the project folder {dir}");
+        if (raw.Length == 0 || raw.Contains('\0')) throw At(file, n, $"'{key}' must be a path");
+        string p;
+        try { p = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, raw)); }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException) { throw At(file, n, $"'{key}': '{Excerpt(raw)}' is not a valid path"); }
+        if (!roots.Any(r => RealPath.IsUnder(p, r))) throw At(file, n, $"'{key}': {Excerpt(raw)} resolves to {p}, outside the project folder {dir}");
         if (!followSymlinks) CheckRealPath(file, n, key, p, roots);
         return p;
     }
@@ -185,7 +279,7 @@ public static class ManifestReader
         foreach (var k in m.Children.Keys)
         {
             string key = (k as YamlScalarNode)?.Value ?? "";
-            if (!allowed.Contains(key)) throw At(file, k, $"unknown key '{key}' in {where} (expected one of: {string.Join(", ", allowed)})");
+            if (!allowed.Contains(key)) throw At(file, k, $"unknown key '{Excerpt(key)}' in {where} (expected one of: {string.Join(", ", allowed)})");
         }
     }
 
@@ -194,10 +288,11 @@ public static class ManifestReader
     static string Str(string file, YamlNode n, string key) => n is YamlScalarNode s && s.Value != null ? s.Value : throw At(file, n, $"'{key}' must be a scalar value");
 
     static int Int(string file, YamlNode n, string key) =>
-        int.TryParse(Str(file, n, key), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw At(file, n, $"'{key}' must be an integer, got '{Str(file, n, key)}'");
+        int.TryParse(Str(file, n, key), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw At(file, n, $"'{key}' must be an integer, got '{Excerpt(Str(file, n, key))}'");
 
     static double Dbl(string file, YamlNode n, string key) =>
-        double.TryParse(Str(file, n, key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : throw At(file, n, $"'{key}' must be a number, got '{Str(file, n, key)}'");
+        double.TryParse(Str(file, n, key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v
+            : throw At(file, n, $"'{key}' must be a finite number, got '{Excerpt(Str(file, n, key))}'");
 
     static int Range(string file, YamlNode n, string key, int lo, int hi)
     {
@@ -208,8 +303,11 @@ public static class ManifestReader
     static string OneOf(string file, YamlNode n, string key, string[] allowed)
     {
         string v = Str(file, n, key);
-        return allowed.Contains(v) ? v : throw At(file, n, $"'{key}' must be one of {string.Join(", ", allowed)}, got '{v}'");
+        return allowed.Contains(v) ? v : throw At(file, n, $"'{key}' must be one of {string.Join(", ", allowed)}, got '{Excerpt(v)}'");
     }
+
+    /// <summary>At most 80 characters of a value in a message: a 30 MB value must not make a 30 MB error.</summary>
+    public static string Excerpt(string s) => s.Length <= 80 ? s : s[..77] + "...";
 
     static ManifestException At(string file, YamlNode n, string message) => new(file, (int)n.Start.Line, (int)n.Start.Column, message);
 }

@@ -3,45 +3,65 @@ namespace SuperQuant.Manifest;
 /// <summary>A parsed, validated quantize.yaml. Paths are absolute (resolved against the manifest's folder).</summary>
 public sealed record QuantizeManifest(string Path, int Version, string Device, IReadOnlyList<ModelEntry> Models);
 
+/// <summary>A position in the manifest, for messages.</summary>
+public readonly record struct Position(int Line, int Column);
+
+/// <summary>One file a model writes: the packed artifact, or a GGUF of a named type.</summary>
+public sealed record ExportEntry(GgufFileType? GgufType, string Path, Position At)
+{
+    public bool IsPacked => GgufType is null;
+    public string Kind => GgufType is GgufFileType t ? "gguf " + t.Name() : "packed";
+}
+
 public sealed record ModelEntry
 {
     public required string Id { get; init; }
     public required string Checkpoint { get; init; }
+    /// <summary>The packed artifact's path; GGUF exports default to its name with ".TYPE.gguf".</summary>
     public required string Output { get; init; }
-    public string Method { get; init; } = "super-aware";
+    public QuantMethod Method { get; init; } = QuantMethod.SuperAware;
     public int WeightBits { get; init; } = 4;
     public int ActivationBits { get; init; } = 16;
     /// <summary>0 = per-channel.</summary>
     public int BlockSize { get; init; } = 128;
-    /// <summary>"auto", "none" or a number.</summary>
-    public string Z { get; init; } = "auto";
+    /// <summary>null = auto (tuned on calibration data); +Infinity = none.</summary>
+    public double? Z { get; init; }
     public string? CalibrationText { get; init; }
     public string? CalibrationTokens { get; init; }
     public string? EvaluationText { get; init; }
     public string? EvaluationTokens { get; init; }
-    public string? PromptTokens { get; init; }
+    public int[]? PromptTokens { get; init; }
     public int Context { get; init; } = 512;
-    public IReadOnlyList<string> Export { get; init; } = new[] { "packed" };
+    public IReadOnlyList<ExportEntry> Exports { get; init; } = Array.Empty<ExportEntry>();
     public required QualityGate Gate { get; init; }
     /// <summary>Line of the entry in the manifest, for messages.</summary>
     public int Line { get; init; }
+    /// <summary>Where each key of the entry was written (for errors found later, e.g. a prompt id outside the vocabulary).</summary>
+    public IReadOnlyDictionary<string, Position> Positions { get; init; } = new Dictionary<string, Position>();
 
-    /// <summary>The artifact needs run-time activation handling (quantized activations or online rotations).</summary>
-    public bool UsesActivationTransforms => ActivationBits < 16 || Method is "hadamard" or "duquant";
+    public Position PositionOf(string key) => Positions.TryGetValue(key, out var p) ? p : new Position(Line, 1);
 
-    /// <summary>Every file this model's result depends on besides the manifest and the tool.</summary>
+    /// <summary>Every file this model's result depends on besides the manifest, the checkpoint and the tool.</summary>
     public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null)!;
+
+    /// <summary>The settings that decide this model's artifacts (positions excluded: moving a line changes nothing).</summary>
+    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize,
+        Z?.ToString("R", System.Globalization.CultureInfo.InvariantCulture) ?? "auto", CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens,
+        PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)), Gate);
 }
 
 /// <summary>metric: perplexity | kl | top1; max_increase: absolute ("0.5") or relative ("5%") change allowed against
 /// the baseline (the unquantized checkpoint, or a fixed number). For top1 the allowed change is a decrease.</summary>
 public sealed record QualityGate(string Metric, double MaxIncrease, bool Percent, double? FixedBaseline)
 {
+    public static readonly IReadOnlyList<string> Metrics = new[] { "kl", "perplexity", "top1" };
+
     public double Limit(double baseline) => Metric == "top1"
         ? baseline - (Percent ? baseline * MaxIncrease / 100 : MaxIncrease)
         : baseline + (Percent ? Math.Abs(baseline) * MaxIncrease / 100 : MaxIncrease);
 
-    public bool Passes(double value, double baseline) => Metric == "top1" ? value >= Limit(baseline) : value <= Limit(baseline);
+    /// <summary>A measured value that is not a number never passes.</summary>
+    public bool Passes(double value, double baseline) => double.IsFinite(value) && (Metric == "top1" ? value >= Limit(baseline) : value <= Limit(baseline));
 
     /// <summary>Within 80% of the allowed change: a warning, not a failure.</summary>
     public bool NearMiss(double value, double baseline) => Passes(value, baseline) && Math.Abs(value - baseline) > 0.8 * Math.Abs(Limit(baseline) - baseline);

@@ -1,9 +1,11 @@
 namespace SuperQuant.Manifest;
 
 /// <summary>
-/// Resolves every symbolic link along a path (not only the last component), like POSIX realpath(3): .NET has no such
-/// API (<see cref="FileSystemInfo.ResolveLinkTarget"/> resolves one component), and a manifest path is only safe to
-/// accept once the folder it really lands in is known. Components that do not exist yet are kept as written.
+/// Resolves every symbolic link along a path as the kernel does, like POSIX realpath(3): components are walked left to
+/// right, a link's target is spliced in and walked in turn, and ".." steps back from where the walk really is, after
+/// the links before it were followed (so "link/.." is the parent of the link's target, not the link's own folder).
+/// .NET has no such API (<see cref="FileSystemInfo.ResolveLinkTarget"/> resolves one component and Path.GetFullPath
+/// collapses ".." as text). Components that do not exist yet are kept as written.
 /// </summary>
 public static class RealPath
 {
@@ -11,25 +13,34 @@ public static class RealPath
 
     public static string Resolve(string path)
     {
-        string full = Path.GetFullPath(path);
-        string root = Path.GetPathRoot(full)!;
-        var pending = new Stack<string>(full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries).Reverse());
-        string current = root;
+        // Absolute without normalizing: GetFullPath would apply ".." before the links to its left are followed.
+        string abs = Path.IsPathRooted(path) ? path : Path.Combine(Directory.GetCurrentDirectory(), path);
+        string root = Path.GetPathRoot(abs)!;
+        var pending = new Stack<string>(Split(abs[root.Length..]).Reverse());
+        var resolved = new List<string>(); // components of the real path so far, under root
         int links = 0;
         while (pending.Count > 0)
         {
-            string next = Path.Combine(current, pending.Pop());
-            FileSystemInfo info = Directory.Exists(next) ? new DirectoryInfo(next) : new FileInfo(next);
-            if (info.LinkTarget is not string target) { current = next; continue; }
+            string part = pending.Pop();
+            if (part == ".") continue;
+            if (part == "..") { if (resolved.Count > 0) resolved.RemoveAt(resolved.Count - 1); continue; }
+            string candidate = root + string.Join(Path.DirectorySeparatorChar, resolved.Append(part));
+            string? target = LinkTarget(candidate);
+            if (target is null) { resolved.Add(part); continue; }
             if (++links > MaxLinks) throw new IOException($"too many levels of symbolic links in {path}");
-            // A relative target is relative to the link's folder; its own components may be links again.
-            string resolved = Path.GetFullPath(Path.IsPathRooted(target) ? target : Path.Combine(current, target));
-            string resolvedRoot = Path.GetPathRoot(resolved)!;
-            foreach (string part in resolved[resolvedRoot.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries).Reverse())
-                pending.Push(part);
-            current = resolvedRoot;
+            // A relative target continues from the link's folder; an absolute one from the root.
+            if (Path.IsPathRooted(target)) { resolved.Clear(); target = target[Path.GetPathRoot(target)!.Length..]; }
+            foreach (string t in Split(target).Reverse()) pending.Push(t);
         }
-        return current;
+        return root + string.Join(Path.DirectorySeparatorChar, resolved);
+    }
+
+    static string[] Split(string p) => p.Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries);
+
+    static string? LinkTarget(string path)
+    {
+        try { return new FileInfo(path).LinkTarget; } // null: not a link (or not there yet); dangling links still resolve
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
     }
 
     /// <summary>True when <paramref name="path"/> is <paramref name="folder"/> or lies under it (both full paths).</summary>

@@ -1,3 +1,4 @@
+using SuperQuant.Manifest;
 using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
@@ -94,36 +95,15 @@ public sealed class ArtifactTests
     }
 
     [TestMethod]
-    public void GgmlBlocksMatchTheReferenceLayoutAndBounds()
-    {
-        float[] x = Enumerable.Range(0, 64).Select(i => (float)Math.Sin(i * 0.7) * (i == 5 ? 3 : 1)).ToArray();
-        byte[] q8 = GgmlQuants.Quantize(GgmlType.Q8_0, x);
-        Assert.AreEqual(2 * GgmlQuants.Q8_0BlockBytes, q8.Length);
-        Assert.AreEqual((float)(Half)(3 * Math.Abs((float)Math.Sin(3.5)) / 127f), (float)BitConverter.ToHalf(q8), 1e-6, "d = amax / 127");
-        Assert.AreEqual(-127, (sbyte)q8[2 + 5], "the largest magnitude maps to +/-127 (here negative)");
-        float[] d8 = GgmlQuants.Dequantize(GgmlType.Q8_0, q8, 64);
-        for (int i = 0; i < 64; i++) Assert.AreEqual(x[i], d8[i], 0.02 * (i < 32 ? 3 : 1));
-
-        byte[] q4 = GgmlQuants.Quantize(GgmlType.Q4_0, x);
-        Assert.AreEqual(2 * GgmlQuants.Q4_0BlockBytes, q4.Length);
-        float d = (float)BitConverter.ToHalf(q4);
-        Assert.AreEqual(x[5] / -8f, d, 1e-3, "d = max / -8 with max the signed largest-magnitude value");
-        Assert.AreEqual(0, q4[2 + 5] & 0x0F, "x[5] = -8 * d maps to code 0");
-        float[] d4 = GgmlQuants.Dequantize(GgmlType.Q4_0, q4, 64);
-        // Q4_0 maps the largest-magnitude side to -8d and clamps the other at +7d: errors reach at most one step d.
-        for (int i = 0; i < 64; i++) Assert.AreEqual(x[i], d4[i], Math.Abs(i < 32 ? d : (float)BitConverter.ToHalf(q4.AsSpan(18))) + 1e-3, $"element {i}");
-    }
-
-    [TestMethod]
     public void GgufRoundTripsHeaderMetadataAndTensors()
     {
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
-        var sw = new[] { new SuperWeight(2, 10, 20, 0f, 1) }; // a stand-in: the mixed mode keys on the layer
-        foreach (GgufMode mode in Enum.GetValues<GgufMode>())
+        var sw = new[] { new SuperWeight(2, 10, 20, 0f, 1) };
+        foreach (GgufFileType type in new[] { GgufFileType.F16, GgufFileType.Q8_0, GgufFileType.Q4_0, GgufFileType.Q4_K_M })
         {
-            string path = dir.File($"m-{mode}.gguf");
-            var written = GgufWriter.Write(path, model, mode, sw, "stories260K");
+            string path = dir.File($"m-{type}.gguf");
+            var written = GgufWriter.Write(path, model, new GgufExport { FileType = type, Name = "stories260K", SuperWeights = sw }).Tensors;
             var g = GgufFile.Read(path);
             Assert.AreEqual("llama", g.Metadata["general.architecture"]);
             Assert.AreEqual("no_vocab", g.Metadata["tokenizer.ggml.model"], "llama.cpp requires the key; no_vocab loads without a vocabulary");
@@ -135,10 +115,12 @@ public sealed class ArtifactTests
             var down2 = g.Tensors.Single(t => t.Name == "blk.2.ffn_down.weight");
             var gate = g.Tensors.Single(t => t.Name == "blk.0.ffn_gate.weight");
             CollectionAssert.AreEqual(new long[] { 172, 64 }, down2.Dims);
-            // ffn_down rows are 172 long: not a multiple of 32, so F16 whatever the mode.
+            // ffn_down rows are 172 long: not a multiple of 32, so F16 whatever the type; 64-long rows cannot hold
+            // 256-blocks, so Q4_K falls back to Q5_0 as in llama.cpp.
             Assert.AreEqual(GgmlType.F16, down2.Type);
-            Assert.AreEqual(mode switch { GgufMode.F16 => GgmlType.F16, GgufMode.Q8_0 => GgmlType.Q8_0, _ => GgmlType.Q4_0 }, gate.Type);
-            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layers[0].WGate.data<float>().ToArray()), gate.Elements);
+            Assert.AreEqual(type switch { GgufFileType.F16 => GgmlType.F16, GgufFileType.Q8_0 => GgmlType.Q8_0, GgufFileType.Q4_0 => GgmlType.Q4_0, _ => GgmlType.Q5_0 }, gate.Type);
+            Assert.AreEqual("2,10,20", g.Metadata["superquant.super_weights"]);
+            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layers[0].WGate.data<float>().ToArray(), 64), gate.Elements);
             CollectionAssert.AreEqual(expected, g.ReadTensor("blk.0.ffn_gate.weight"));
         }
     }
@@ -148,7 +130,7 @@ public sealed class ArtifactTests
     {
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
-        GgufWriter.Write(dir.File("f16.gguf"), model, GgufMode.F16, Array.Empty<SuperWeight>(), "s");
+        GgufWriter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
         var g = GgufFile.Read(dir.File("f16.gguf"));
         // llama2.c files store wq in the interleaved order llama.cpp uses: the GGUF tensor must equal the file's.
         var raw = new RunCReferenceWeights(SharedModels.Stories260K);
@@ -175,7 +157,7 @@ public sealed class ArtifactTests
         using var dir = new TempFolder();
         TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec { ModelType = "qwen2" });
         using var m = ModelLoader.Load(dir.Path);
-        var e = Assert.ThrowsExactly<SuperQuantException>(() => GgufWriter.Write(dir.File("q.gguf"), m, GgufMode.F16, Array.Empty<SuperWeight>(), "q"));
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => GgufWriter.Write(dir.File("q.gguf"), m, new GgufExport { FileType = GgufFileType.F16, Name = "q" }));
         Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
         Assert.IsFalse(File.Exists(dir.File("q.gguf")));
     }
@@ -213,7 +195,7 @@ public sealed class GgufIndependentParserTests
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
         string path = dir.File("stories.gguf");
-        GgufWriter.Write(path, model, GgufMode.Q4_0, Array.Empty<SuperWeight>(), "stories260K");
+        GgufWriter.Write(path, model, new GgufExport { FileType = GgufFileType.Q4_K_M, Name = "stories260K" });
         var ours = GgufFile.Read(path);
 
         using var doc = AssertSameMetadata(path);

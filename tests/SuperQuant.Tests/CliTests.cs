@@ -94,20 +94,29 @@ public sealed class QuantizeCliTests
         string ids = dir.File("ids.txt");
         SuperQuant.Models.Text.TokenIdFile.Write(ids, Enumerable.Range(0, 100).Select(i => (i * 7) % 48));
         string packed = dir.File("out/model.sqpk.safetensors"), gguf = dir.File("out/model.gguf");
-        var r = CliRunner.Run("quantize", "--model", ckpt, "--prompt-tokens", "1 2 3 4", "--bits", "4", "--block", "64",
+        var r = CliRunner.Run("quantize", "--model", ckpt, "--prompt-tokens", "1 2 3 4", "--bits", "4", "--block", "64", "--gguf-raise-super",
             "--calibration-tokens", ids, "--out", packed, "--gguf", gguf, "--eval-tokens", ids, "--context", "50", "--json", "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.StdErr);
         var j = JsonDocument.Parse(r.StdOut).RootElement;
         Assert.AreEqual(4, j.GetProperty("bits").GetInt32());
         CollectionAssert.AreEqual(new[] { 1, 17, 45 }, j.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray());
-        Assert.IsTrue(j.GetProperty("kl_divergence").GetDouble() >= 0);
-        Assert.IsTrue(j.GetProperty("bits_per_weight").GetDouble() > 4);
+        var artifacts = j.GetProperty("artifacts").EnumerateArray().ToDictionary(a => a.GetProperty("kind").GetString()!);
+        Assert.AreEqual("llama.cpp", artifacts["gguf q4_k_m"].GetProperty("engine").GetString(), "the GGUF is measured by llama.cpp (default type for 4 bits: q4_k_m)");
+        Assert.AreEqual("superquant", artifacts["packed"].GetProperty("engine").GetString());
+        foreach (var a in artifacts.Values)
+        {
+            Assert.IsGreaterThanOrEqualTo(0.0, a.GetProperty("kl_mean").GetDouble());
+            Assert.AreEqual(99, a.GetProperty("tokens_scored").GetInt32());
+        }
+        Assert.IsGreaterThan(4.0, artifacts["packed"].GetProperty("bits_per_weight").GetDouble());
         var (model, info) = SuperQuant.Models.Artifacts.PackedArtifact.Load(packed);
         using (model) Assert.AreEqual(5f, SuperQuant.Core.SuperWeights.SuperWeightDetector.ReadWeight(model, 1, 17, 45));
         Assert.AreEqual("super-aware", info.Method);
         var g = SuperQuant.Models.Gguf.GgufFile.Read(gguf);
-        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q8_0, g.Tensors.Single(t => t.Name == "blk.1.ffn_down.weight").Type, "super-weight matrix kept at Q8_0");
-        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q4_0, g.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
+        // 128-wide rows cannot hold Q4_K's 256-blocks: llama.cpp's fallback Q5_0; the super weight's matrix raised to
+        // Q6_K falls back to Q8_0.
+        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q8_0, g.Tensors.Single(t => t.Name == "blk.1.ffn_down.weight").Type, "--gguf-raise-super");
+        Assert.AreEqual(SuperQuant.Models.Gguf.GgmlType.Q5_0, g.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
     }
 
     [TestMethod]
@@ -116,8 +125,8 @@ public sealed class QuantizeCliTests
         using var dir = new TempFolder();
         TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec());
         var r = CliRunner.Run("quantize", "--model", dir.Path, "--method", "rtn", "--bits", "9", "--out", dir.File("x.safetensors"));
-        Assert.AreEqual(3, r.ExitCode);
-        StringAssert.Contains(r.StdErr, "SQ4001");
+        Assert.AreEqual(2, r.ExitCode, "a value outside an option's domain is a usage error");
+        StringAssert.Contains(r.StdErr, "error SQ2009: --bits 9 (expected 2..8)");
         Assert.IsFalse(File.Exists(dir.File("x.safetensors")));
         var z = CliRunner.Run("quantize", "--model", dir.Path, "--prompt-tokens", "1", "--out", dir.File("x.safetensors"));
         Assert.AreEqual(3, z.ExitCode);

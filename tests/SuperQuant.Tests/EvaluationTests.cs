@@ -82,13 +82,24 @@ public sealed class EvaluationTests
         Assert.IsTrue(changed.KlDivergence.StandardError > 0);
         Assert.AreEqual(39, changed.TokensScored);
 
-        // Recorded reference logits give exactly the same numbers, with the reference model changed afterwards.
-        using ReferenceLogits recorded = Evaluator.RecordReference(t => a.Forward(t), ids, 16, 8);
-        Assert.IsGreaterThan(0L, recorded.Bytes);
+        // A recorded reference (16-bit logits, exact argmax and NLL) gives the same numbers after the reference model
+        // changed: perplexities and top-1 exactly (to float32 NLLs), KL to the 16-bit quantization of the logits.
+        string file = dir.File("ref.sqref");
+        ReferenceFile.Record(file, "k", t => a.Forward(t), ids, 16, 8, 48);
         a.Weights[site] = a.Weights[site] * 0f;
-        var replayed = Evaluator.Divergence(recorded, t => b.Forward(t), ids);
-        Assert.AreEqual(changed, replayed);
-        Assert.ThrowsExactly<ArgumentException>(() => Evaluator.Divergence(recorded, t => b.Forward(t), ids[..30]));
+        using (var recorded = ReferenceFile.TryOpen(file, "k", 48, ids.Length, 16, 8)!)
+        {
+            var replayed = Evaluator.Divergence(recorded, t => b.Forward(t), ids);
+            Assert.AreEqual(changed.Top1Agreement, replayed.Top1Agreement);
+            Assert.AreEqual(changed.ReferencePerplexity.Value, replayed.ReferencePerplexity.Value, 1e-5 * changed.ReferencePerplexity.Value);
+            Assert.AreEqual(changed.ModifiedPerplexity.Value, replayed.ModifiedPerplexity.Value, 1e-12);
+            Assert.AreEqual(changed.KlDivergence.Value, replayed.KlDivergence.Value, 1e-3 * changed.KlDivergence.Value + 1e-6);
+            Assert.ThrowsExactly<ArgumentException>(() => Evaluator.Divergence(recorded, t => b.Forward(t), ids[..30]));
+        }
+        Assert.IsNull(ReferenceFile.TryOpen(file, "other key", 48, ids.Length, 16, 8), "recorded for other inputs");
+        Assert.IsNull(ReferenceFile.TryOpen(file, "k", 48, ids.Length, 16, 9), "another window plan");
+        File.WriteAllBytes(file, File.ReadAllBytes(file)[..^10]);
+        Assert.IsNull(ReferenceFile.TryOpen(file, "k", 48, ids.Length, 16, 8), "truncated");
     }
 
     [TestMethod]

@@ -101,7 +101,7 @@ public sealed class FuzzTests
         TinyCheckpointFactory.Write(dir.File("ckpt"), spec);
         using var model = ModelLoader.Load(dir.File("ckpt"));
         string seedPath = dir.File("seed.gguf");
-        GgufWriter.Write(seedPath, model, GgufMode.Q4_0, Array.Empty<SuperQuant.Core.SuperWeights.SuperWeight>(), "fuzz");
+        GgufWriter.Write(seedPath, model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.Q4_0, Name = "fuzz" });
         Fuzz("gguf", File.ReadAllBytes(seedPath), ".gguf", p =>
         {
             var g = GgufFile.Read(p);
@@ -138,7 +138,7 @@ public sealed class FuzzTests
                 z: auto
                 calibration_tokens: ids.txt
                 evaluation_tokens: ids.txt
-                export: [packed, gguf]
+                export: [packed, {gguf: q4_k_m}]
                 gate:
                   metric: kl
                   max_increase: 5%

@@ -17,7 +17,7 @@ public sealed class ManifestTests
             block_size: channel
             z: "4.5"
             evaluation_tokens: ids.txt
-            export: [packed, gguf-super-aware]
+            export: [packed, {gguf: q3_k_m}]
             gate:
               metric: perplexity
               max_increase: 5%
@@ -49,7 +49,7 @@ public sealed class ManifestTests
         var e = m.Models.Single();
         Assert.AreEqual(dir.File("ckpt.bin"), e.Checkpoint);
         Assert.AreEqual(dir.File("out/m.safetensors"), e.Output);
-        Assert.AreEqual((3, 0, "4.5"), (e.WeightBits, e.BlockSize, e.Z));
+        Assert.AreEqual((3, 0, (double?)4.5), (e.WeightBits, e.BlockSize, e.Z));
         Assert.AreEqual(new QualityGate("perplexity", 5, true, null), e.Gate);
         Assert.AreEqual(10.5, e.Gate.Limit(10), 1e-12);
         Assert.IsTrue(e.Gate.Passes(10.4, 10));
@@ -101,6 +101,14 @@ public sealed class ManifestTests
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
         Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
+        // The schema's value lists are the names table's, exactly and in order.
+        CollectionAssert.AreEqual(Names.MethodNames.ToArray(), modelProps.GetProperty("method").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        var ggufEnum = modelProps.GetProperty("export").GetProperty("items").GetProperty("oneOf")[1].GetProperty("properties").GetProperty("gguf").GetProperty("enum");
+        CollectionAssert.AreEqual(Names.GgufTypeNames.ToArray(), ggufEnum.EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(QualityGate.Metrics.ToArray(), modelProps.GetProperty("gate").GetProperty("properties").GetProperty("metric").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        // And every name parses back to its value.
+        foreach (var m in Enum.GetValues<QuantMethod>()) Assert.AreEqual(m, Names.ParseMethod(m.Name()));
+        foreach (var t in Enum.GetValues<GgufFileType>()) Assert.AreEqual(t, Names.ParseGgufType(t.Name()));
     }
 
     [TestMethod]

@@ -50,7 +50,7 @@ public sealed class PackagingTests
         var env = LocalPackageFeed.Environment;
         var build = Run(app, env, "build", "-nodeReuse:false");
         Assert.AreEqual(0, build.Exit, build.Output);
-        StringAssert.Contains(build.Output, "tiny: 1 super weight(s) found: layer 1 [17, 45]");
+        StringAssert.Contains(build.Output, "tiny: super weights: 1 super weight: layer 1 [17, 45]");
         Assert.IsTrue(File.Exists(Path.Combine(app, "bin", "Debug", "net10.0", "models", "tiny.sqpk.safetensors")));
         var again = Run(app, env, "build", "-nodeReuse:false", "-v:n");
         Assert.AreEqual(0, again.Exit, again.Output);

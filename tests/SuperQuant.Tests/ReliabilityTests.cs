@@ -40,13 +40,13 @@ public sealed class ReliabilityTests
         using var dir = Project();
         var killed = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_FAULT"] = "kill-mid-write:reference-" }, Gate(dir));
         Assert.AreNotEqual(0, killed.ExitCode, "the fault-injected run dies");
-        Assert.IsEmpty(Directory.GetFiles(dir.File("obj"), "reference-*.safetensors"), "no half-written cache at its final path");
+        Assert.IsEmpty(Directory.GetFiles(dir.File("obj"), "reference-*.sqref"), "no half-written cache at its final path");
         Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-*.tmp"));
 
         var again = CliRunner.Run(Gate(dir));
         Assert.AreEqual(0, again.ExitCode, again.StdErr + again.StdOut);
-        Assert.DoesNotContain("baseline logits from cache", again.StdOut);
-        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-*.safetensors"));
+        Assert.DoesNotContain("baseline from cache", again.StdOut);
+        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-*.sqref"));
         Assert.IsEmpty(Directory.GetFiles(dir.File("obj"), "reference-*.tmp"), "the killed writer's temp file is cleaned up");
     }
 
@@ -62,15 +62,15 @@ public sealed class ReliabilityTests
         StringAssert.Contains(all, "tiny: up to date");
         var (model, _) = PackedArtifact.Load(dir.File("models/tiny.sqpk.safetensors"));
         model.Dispose();
-        Assert.IsFalse(File.Exists(dir.File("obj/superquant.lock")), "the lock file goes away with its holder");
     }
 
     [TestMethod]
     public void AHeldLockTimesOutWithSQ0005()
     {
         using var dir = Project();
-        Directory.CreateDirectory(dir.File("obj"));
-        using var held = new FileStream(dir.File("obj/superquant.lock"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        string lockFile = SuperQuant.Cli.ProjectLock.LockFiles(SuperQuant.Manifest.ManifestReader.Read(dir.File("quantize.yaml")))[0];
+        Directory.CreateDirectory(Path.GetDirectoryName(lockFile)!);
+        using var held = new FileStream(lockFile, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         var r = CliRunner.Run(Gate(dir, "--lock-timeout", "1"));
         Assert.AreEqual(3, r.ExitCode);
         StringAssert.Contains(r.StdErr, "error SQ0005");
@@ -108,17 +108,17 @@ public sealed class ReliabilityTests
     public void TheBaselineIsComputedOnceAndReusedAcrossSettings()
     {
         using var dir = Project();
-        double Kl() { using var d = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json"))); return d.RootElement.GetProperty("models")[0].GetProperty("kl_divergence").GetDouble(); }
+        double Kl() { using var d = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json"))); return d.RootElement.GetProperty("models")[0].GetProperty("artifacts")[0].GetProperty("kl_mean").GetDouble(); }
         var first = CliRunner.Run(Gate(dir));
         Assert.AreEqual(0, first.ExitCode, first.Output);
-        Assert.DoesNotContain("baseline logits from cache", first.StdOut);
-        string cache = Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors").Single();
+        Assert.DoesNotContain("baseline from cache", first.StdOut);
+        string cache = Directory.GetFiles(dir.File("obj"), "reference-tiny-*.sqref").Single();
 
         File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("weight_bits: 4", "weight_bits: 3"));
         var second = CliRunner.Run(Gate(dir));
         Assert.AreEqual(0, second.ExitCode, second.Output);
         StringAssert.Contains(second.StdOut, "tiny: quantizing", "new settings: re-quantized");
-        StringAssert.Contains(second.StdOut, "baseline logits from cache", "same checkpoint and data: baseline reused");
+        StringAssert.Contains(second.StdOut, "baseline from cache", "same checkpoint and data: baseline reused");
         double cachedKl = Kl();
 
         // Without the cache (deleted), and with a damaged one, the same numbers come out of a fresh baseline.
@@ -126,15 +126,15 @@ public sealed class ReliabilityTests
         File.WriteAllBytes(cache, new byte[] { 1, 2, 3 });
         var third = CliRunner.Run(Gate(dir));
         Assert.AreEqual(0, third.ExitCode, third.Output);
-        Assert.DoesNotContain("baseline logits from cache", third.StdOut, "a damaged cache is recomputed");
+        Assert.DoesNotContain("baseline from cache", third.StdOut, "a damaged cache is recomputed");
         Assert.AreEqual(cachedKl, Kl());
-        Assert.IsGreaterThan(100L, new FileInfo(Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors").Single()).Length);
+        Assert.IsGreaterThan(100L, new FileInfo(Directory.GetFiles(dir.File("obj"), "reference-tiny-*.sqref").Single()).Length);
 
         // Other evaluation data: another key, and the old file is replaced.
         File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("context: 40", "context: 30"));
         var fourth = CliRunner.Run(Gate(dir));
         Assert.AreEqual(0, fourth.ExitCode, fourth.Output);
-        Assert.DoesNotContain("baseline logits from cache", fourth.StdOut);
-        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-tiny-*.safetensors"));
+        Assert.DoesNotContain("baseline from cache", fourth.StdOut);
+        Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-tiny-*.sqref"));
     }
 }

@@ -42,8 +42,10 @@ public static class AnalyzeCommand
             string path = r.GetValue(o.Model)!;
             using LlamaModel model = ModelLoader.Load(path, dev);
             var (promptIds, promptText) = o.PromptFor(r, model, path);
-            string folder = EvalCommand.CheckpointFolder(path);
-            int[] stream = EvalCommand.LoadTokens(r.GetValue(text), r.GetValue(tokens), folder, model.Config.VocabSize, model.Config.BosTokenId);
+            string folder = SuperQuant.Pipeline.Tokens.CheckpointFolder(path);
+            var source = r.GetValue(text) is string t ? new SuperQuant.Pipeline.TokenSource(t, true, SuperQuant.Pipeline.Origin.Option("--text"))
+                : new SuperQuant.Pipeline.TokenSource(r.GetValue(tokens)!, false, SuperQuant.Pipeline.Origin.Option("--tokens"));
+            int[] stream = SuperQuant.Pipeline.Tokens.Load(source, folder, model.Config.VocabSize, model.Config.BosTokenId, minimum: 2);
             int ctx = r.GetValue(context), str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
             if (ctx < 2 || str < 1 || str >= ctx)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context-1 (got {ctx}, {str})");

@@ -11,9 +11,9 @@ public sealed class DetectionOptions
     public readonly Option<string> Model = new("--model", "-m") { Description = "checkpoint (folder, .safetensors or llama2.c .bin)", Required = true };
     public readonly Option<string?> Prompt = new("--prompt") { Description = $"detection prompt text (default: \"{SuperWeightDetector.PaperPrompt}\", the paper's)" };
     public readonly Option<string?> PromptTokens = new("--prompt-tokens") { Description = "detection prompt as token ids (for models without a tokenizer, e.g. llama2.c)" };
-    public readonly Option<double?> Threshold = new("--threshold") { Description = "absolute spike threshold on |down_proj output| (the paper's rule: 50)" };
-    public readonly Option<double?> Relative = new("--relative") { Description = "relative rule: spike > N x median of per-layer maxima (for small models); with --threshold both must hold" };
-    public readonly Option<int> MaxIterations = new("--max-iterations") { Description = "zero-and-repeat passes at most", DefaultValueFactory = _ => 10 };
+    public readonly Option<double?> Threshold = new Option<double?>("--threshold") { Description = "absolute spike threshold on |down_proj output| (the paper's rule: 50)" }.InRange(0, 1e30);
+    public readonly Option<double?> Relative = new Option<double?>("--relative") { Description = "relative rule: spike > N x median of per-layer maxima (for small models); with --threshold both must hold" }.InRange(0, 1e30);
+    public readonly Option<int> MaxIterations = new Option<int>("--max-iterations") { Description = "zero-and-repeat passes at most", DefaultValueFactory = _ => 10 }.InRange(1, 100);
     public readonly Option<string> Device = CliSupport.DeviceOption();
 
     public IEnumerable<Option> All => new Option[] { Model, Prompt, PromptTokens, Threshold, Relative, MaxIterations, Device };
@@ -30,17 +30,17 @@ public sealed class DetectionOptions
     {
         if (r.GetValue(PromptTokens) is string ids)
         {
-            int[] parsed;
-            try { parsed = ids.Split(new[] { ' ', ',' }, StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(); }
-            catch (FormatException) { throw new SuperQuantException(ErrorCodes.InvalidArgument, "--prompt-tokens must be integers separated by spaces or commas"); }
-            if (parsed.Length == 0 || parsed.Any(i => i < 0 || i >= model.Config.VocabSize))
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens must hold 1+ ids in [0, {model.Config.VocabSize})");
-            return (parsed, null);
+            int[] parsed = CliSupport.ParseIds(ids, "--prompt-tokens")!;
+            if (parsed.Any(i => i >= model.Config.VocabSize))
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {parsed.First(i => i >= model.Config.VocabSize)} is outside the model's vocabulary [0, {model.Config.VocabSize})");
+            // Detection looks at one prompt; longer than the context adds nothing and only costs memory.
+            return (parsed.Length > model.Config.MaxPositionEmbeddings ? parsed[..model.Config.MaxPositionEmbeddings] : parsed, null);
         }
         string text = r.GetValue(Prompt) ?? SuperWeightDetector.PaperPrompt;
         try
         {
-            return (EvalCommand.Tokenize(text, EvalCommand.CheckpointFolder(modelPath), model.Config.VocabSize, model.Config.BosTokenId), text);
+            int[] tokens = SuperQuant.Pipeline.Tokens.Tokenize(text, SuperQuant.Pipeline.Tokens.CheckpointFolder(modelPath), model.Config.VocabSize, model.Config.BosTokenId);
+            return (tokens.Length > model.Config.MaxPositionEmbeddings ? tokens[..model.Config.MaxPositionEmbeddings] : tokens, text);
         }
         catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
         {

@@ -3,118 +3,170 @@ using System.Text.Json;
 using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
+using SuperQuant.LlamaCpp;
 using SuperQuant.Models.Checkpoints;
-using SuperQuant.Models.Text;
+using SuperQuant.Pipeline;
 
 namespace SuperQuant.Cli.Commands;
 
-/// <summary>`superquant eval`: perplexity of one model, or KL divergence and top-1 agreement against a reference.</summary>
+/// <summary>`superquant eval`: perplexity of one model, or the KL statistics of llama-perplexity --kl-divergence
+/// against a reference. Models are checkpoints, packed artifacts or GGUF files (run by llama.cpp by default).</summary>
 public static class EvalCommand
 {
+    /// <summary>A model being evaluated, whichever runtime executes it.</summary>
+    sealed class Runner : IDisposable
+    {
+        public required string Path { get; init; }
+        public required string Engine { get; init; }
+        public required int VocabSize { get; init; }
+        public int? Bos { get; init; }
+        public int MaxContext { get; init; }
+        public required LogitsFunction Logits { get; init; }
+        public Func<string, int[]>? Tokenize { get; init; }
+        public required IDisposable Owner { get; init; }
+        public void Dispose() => Owner.Dispose();
+    }
+
     public static Command Create()
     {
-        var model = new Option<string>("--model", "-m") { Description = "checkpoint: Hugging Face folder, .safetensors inside one, or llama2.c .bin", Required = true };
-        var text = new Option<string?>("--text") { Description = "UTF-8 text file, tokenized with the model's tokenizer (or --tokenizer)" };
+        var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
+        var text = new Option<string?>("--text") { Description = "UTF-8 text file, tokenized with the model's tokenizer (a GGUF's own vocabulary, or the checkpoint's / --tokenizer)" };
         var tokens = new Option<string?>("--tokens") { Description = "token-id file (integers separated by spaces, commas or newlines; # comments)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "folder with tokenizer.model or tokenizer.json (default: the checkpoint folder)" };
-        var reference = new Option<string?>("--reference") { Description = "reference checkpoint: also report KL(reference || model) and top-1 agreement" };
-        var context = new Option<int>("--context", "-c") { Description = "tokens per evaluation window", DefaultValueFactory = _ => 512 };
-        var stride = new Option<int?>("--stride") { Description = "new tokens scored per window, at most context-1; each is scored once with >= context-stride tokens of history (default: context/2)" };
-        var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens" };
+        var reference = new Option<string?>("--reference") { Description = "reference model (any of the kinds -m takes): report KL divergence, top-1 agreement and the rest against it" };
+        var engine = new Option<string>("--engine") { Description = "auto (GGUF in llama.cpp, everything else in our forward pass), llama.cpp (GGUF only) or torch (GGUF dequantized into our forward pass)", DefaultValueFactory = _ => "auto" }
+            .OneOf("auto", "llama.cpp", "torch");
+        var context = new Option<int>("--context", "-c") { Description = "tokens per evaluation window", DefaultValueFactory = _ => 512 }.InRange(2, 1 << 20);
+        var stride = new Option<int?>("--stride") { Description = "new tokens scored per window, at most context-1; each is scored once with >= context-stride tokens of history (default: context/2)" }.InRange(1, 1 << 20);
+        var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens (N >= 2)" }.InRange(2, int.MaxValue);
+        var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of text" };
         var device = CliSupport.DeviceOption();
-        var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, KL divergence and top-1 agreement.\n" + ExitCodes.HelpText)
+        var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
         {
-            model, text, tokens, tokenizer, reference, context, stride, maxTokens, json, device,
+            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, device,
         };
         cmd.Validators.Add(r =>
         {
-            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens");
+            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError($"{ErrorCodes.InvalidArgument}: give exactly one of --text or --tokens");
+            if (r.GetValue(stride) is int s && s >= r.GetValue(context)) r.AddError($"{ErrorCodes.InvalidArgument}: --stride {s} must be below --context {r.GetValue(context)}");
         });
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             bool asJson = r.GetValue(json);
             var dev = CliSupport.ResolveDevice(r.GetValue(device), asJson);
-            string modelPath = r.GetValue(model)!;
-            using LlamaModel m = ModelLoader.Load(modelPath, dev);
-            int[] ids = LoadTokens(r.GetValue(text), r.GetValue(tokens), r.GetValue(tokenizer) ?? CheckpointFolder(modelPath), m.Config.VocabSize, m.Config.BosTokenId);
-            if (r.GetValue(maxTokens) is int max && max < ids.Length) ids = ids[..max];
             int ctx = r.GetValue(context);
-            int str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
-            if (ctx < 2 || str < 1 || str >= ctx)
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context-1 (got {ctx}, {str})");
+            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev);
+            ctx = Math.Min(ctx, m.MaxContext);
+            int str = Math.Min(r.GetValue(stride) ?? Math.Max(1, ctx / 2), ctx - 1);
+            int[] ids = r.GetValue(tokens) is string tokenFile
+                ? SuperQuant.Models.Text.TokenIdFile.Read(tokenFile, m.VocabSize, minimum: 2)
+                : LoadText(r.GetValue(text)!, m, r.GetValue(tokenizer) ?? Tokens.CheckpointFolder(m.Path));
+            if (r.GetValue(maxTokens) is int max && max < ids.Length) ids = ids[..max];
             var progress = new ConsoleProgress("eval", enabled: !asJson);
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            string? refPath = r.GetValue(reference);
-            if (refPath is null)
+            if (r.GetValue(reference) is not string refPath)
             {
-                PerplexityResult p = Evaluator.Perplexity(t => m.Forward(t), ids, ctx, str, progress.Report);
+                PerplexityResult p = Evaluator.Perplexity(m.Logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
+                Require(p.Perplexity.Value, m.Path);
                 if (asJson)
                     Console.WriteLine(JsonSerializer.Serialize(new
                     {
-                        model = modelPath, tokens = ids.Length, tokens_scored = p.TokensScored, context = ctx, stride = str,
+                        model = m.Path, engine = m.Engine, tokens = ids.Length, tokens_scored = p.TokensScored, context = ctx, stride = str,
                         perplexity = p.Perplexity.Value, perplexity_se = p.Perplexity.StandardError,
                         mean_nll = p.MeanNll.Value, mean_nll_se = p.MeanNll.StandardError, seconds = clock.Elapsed.TotalSeconds,
                     }, CliSupport.Json));
                 else
                 {
-                    Console.WriteLine($"model       {modelPath}");
+                    Console.WriteLine($"model       {m.Path} ({m.Engine})");
                     Console.WriteLine($"tokens      {ids.Length} ({p.TokensScored} scored, context {ctx}, stride {str})");
                     Console.WriteLine($"perplexity  {p.Perplexity.Value:F4} +/- {p.Perplexity.StandardError:F4}");
                     Console.WriteLine($"mean NLL    {p.MeanNll.Value:F5} +/- {p.MeanNll.StandardError:F5}");
                     Console.WriteLine($"time        {clock.Elapsed.TotalSeconds:F1} s");
                 }
+                return ExitCodes.Success;
             }
+            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev);
+            if (refModel.VocabSize != m.VocabSize)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--reference has vocabulary {refModel.VocabSize}, the model {m.VocabSize}", refPath);
+            DivergenceResult d = Evaluator.Divergence(refModel.Logits, m.Logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
+            Require(d.ModifiedPerplexity.Value, m.Path);
+            if (asJson)
+                Console.WriteLine(JsonSerializer.Serialize(new
+                {
+                    model = m.Path, engine = m.Engine, reference = refPath, reference_engine = refModel.Engine, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
+                    kl_divergence = d.KlDivergence.Value, kl_divergence_se = d.KlDivergence.StandardError, kl_median = d.KlMedian, kl_p90 = d.KlP90, kl_p99 = d.KlP99, kl_p999 = d.KlP999, kl_max = d.KlMax,
+                    top1_agreement = d.Top1Agreement.Value, top1_agreement_se = d.Top1Agreement.StandardError,
+                    reference_perplexity = d.ReferencePerplexity.Value, reference_perplexity_se = d.ReferencePerplexity.StandardError,
+                    perplexity = d.ModifiedPerplexity.Value, perplexity_se = d.ModifiedPerplexity.StandardError,
+                    perplexity_delta = d.PerplexityDelta.Value, perplexity_delta_se = d.PerplexityDelta.StandardError,
+                    ln_perplexity_ratio = d.LnPerplexityRatio.Value, ln_perplexity_ratio_se = d.LnPerplexityRatio.StandardError,
+                    rms_delta_p = d.RmsDeltaP.Value, rms_delta_p_se = d.RmsDeltaP.StandardError, seconds = clock.Elapsed.TotalSeconds,
+                }, CliSupport.Json));
             else
             {
-                using LlamaModel refModel = ModelLoader.Load(refPath, dev);
-                if (refModel.Config.VocabSize != m.Config.VocabSize)
-                    throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--reference has vocabulary {refModel.Config.VocabSize}, the model {m.Config.VocabSize}");
-                DivergenceResult d = Evaluator.Divergence(t => refModel.Forward(t), t => m.Forward(t), ids, ctx, str, progress.Report);
-                if (asJson)
-                    Console.WriteLine(JsonSerializer.Serialize(new
-                    {
-                        model = modelPath, reference = refPath, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
-                        kl_divergence = d.KlDivergence.Value, kl_divergence_se = d.KlDivergence.StandardError,
-                        top1_agreement = d.Top1Agreement.Value, top1_agreement_se = d.Top1Agreement.StandardError,
-                        reference_perplexity = d.ReferencePerplexity.Value, reference_perplexity_se = d.ReferencePerplexity.StandardError,
-                        perplexity = d.ModifiedPerplexity.Value, perplexity_se = d.ModifiedPerplexity.StandardError,
-                        seconds = clock.Elapsed.TotalSeconds,
-                    }, CliSupport.Json));
-                else
-                {
-                    Console.WriteLine($"model           {modelPath}");
-                    Console.WriteLine($"reference       {refPath}");
-                    Console.WriteLine($"tokens          {ids.Length} ({d.TokensScored} scored, context {ctx}, stride {str})");
-                    Console.WriteLine($"KL divergence   {d.KlDivergence.Value:F6} +/- {d.KlDivergence.StandardError:F6}");
-                    Console.WriteLine($"top-1 agreement {d.Top1Agreement.Value:P2} +/- {d.Top1Agreement.StandardError:P2}");
-                    Console.WriteLine($"perplexity      {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (reference {d.ReferencePerplexity.Value:F4} +/- {d.ReferencePerplexity.StandardError:F4})");
-                }
+                Console.WriteLine($"model              {m.Path} ({m.Engine})");
+                Console.WriteLine($"reference          {refPath} ({refModel.Engine})");
+                Console.WriteLine($"tokens             {ids.Length} ({d.TokensScored} scored, context {ctx}, stride {str})");
+                Console.WriteLine($"PPL(Q)             {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4}");
+                Console.WriteLine($"PPL(base)          {d.ReferencePerplexity.Value:F4} +/- {d.ReferencePerplexity.StandardError:F4}");
+                Console.WriteLine($"ln(PPL(Q)/PPL(base)) {d.LnPerplexityRatio.Value:F6} +/- {d.LnPerplexityRatio.StandardError:F6}");
+                Console.WriteLine($"PPL(Q)-PPL(base)   {d.PerplexityDelta.Value:F4} +/- {d.PerplexityDelta.StandardError:F4}");
+                Console.WriteLine($"KLD mean           {d.KlDivergence.Value:F6} +/- {d.KlDivergence.StandardError:F6}");
+                Console.WriteLine($"KLD median / p90 / p99 / p99.9 / max   {d.KlMedian:F6} / {d.KlP90:F6} / {d.KlP99:F6} / {d.KlP999:F6} / {d.KlMax:F6}");
+                Console.WriteLine($"same top p         {d.Top1Agreement.Value:P3} +/- {d.Top1Agreement.StandardError:P3}");
+                Console.WriteLine($"RMS dp             {d.RmsDeltaP.Value:P3} +/- {d.RmsDeltaP.StandardError:P3}");
             }
             return ExitCodes.Success;
         }));
         return cmd;
     }
 
-    public static string CheckpointFolder(string modelPath) =>
-        Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
-
-    public static int[] LoadTokens(string? textFile, string? tokenFile, string tokenizerFolder, int vocabSize, int? bos = null)
+    /// <summary>A metric that is not a number is never reported as a success (a broken config or model).</summary>
+    static void Require(double v, string path)
     {
-        if (tokenFile != null) return TokenIdFile.Read(tokenFile, vocabSize);
-        if (!File.Exists(textFile)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"text file not found: {textFile}", textFile);
-        return Tokenize(File.ReadAllText(textFile!), tokenizerFolder, vocabSize, bos);
+        if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid, $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
     }
 
-    /// <summary>Tokenizes with the checkpoint's tokenizer; prepends BOS when the tokenizer did not (as llama.cpp does).</summary>
-    public static int[] Tokenize(string text, string tokenizerFolder, int vocabSize, int? bos)
+    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev)
     {
-        var tok = TokenizerLoader.Load(tokenizerFolder);
-        int[] ids = tok.EncodeToIds(text).ToArray();
-        if (bos is int b && (ids.Length == 0 || ids[0] != b)) ids = new[] { b }.Concat(ids).ToArray();
-        int bad = Array.FindIndex(ids, i => i < 0 || i >= vocabSize);
-        if (bad >= 0)
-            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"the tokenizer in {tokenizerFolder} produced id {ids[bad]}, outside the model's vocabulary of {vocabSize}", tokenizerFolder);
-        return ids;
+        var format = ModelLoader.Detect(path);
+        if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
+        if (format == CheckpointFormat.Gguf && engine != "torch")
+        {
+            var llama = LlamaCppEngine.Open(path, context, threads);
+            LlamaCppModel? tok = null;
+            return new Runner
+            {
+                Path = path, Engine = "llama.cpp", VocabSize = llama.VocabSize, MaxContext = context, Logits = llama.Logits,
+                Tokenize = text => (tok ??= LlamaCppModel.Load(path, 8, 1)).Tokenize(text, addBos: true), Owner = new Both(llama, () => tok?.Dispose()),
+            };
+        }
+        LlamaModel m = ModelLoader.Load(path, dev);
+        Func<string, int[]>? tokenize = null;
+        if (format == CheckpointFormat.Gguf)
+            tokenize = text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); };
+        return new Runner
+        {
+            Path = path, Engine = "superquant", VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
+            Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m,
+        };
+    }
+
+    sealed class Both(IDisposable a, Action b) : IDisposable
+    {
+        public void Dispose() { a.Dispose(); b(); }
+    }
+
+    static int[] LoadText(string file, Runner m, string tokenizerFolder)
+    {
+        if (m.Tokenize is { } own)
+        {
+            if (!File.Exists(file)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"text file not found: {file}", file);
+            int[] ids = own(File.ReadAllText(file));
+            return ids.Length >= 2 ? ids : throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{file}: fewer than 2 tokens", file);
+        }
+        return Tokens.Load(new TokenSource(file, true, Origin.Option("--text")), tokenizerFolder, m.VocabSize, m.Bos, minimum: 2);
     }
 }

@@ -12,10 +12,10 @@ public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model", "-m") { Description = "checkpoint (folder, .safetensors or llama2.c .bin)", Required = true };
+        var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
         var prompt = new Option<string>("--prompt-tokens") { Description = "prompt as token ids, e.g. \"1\" (llama2.c BOS)", DefaultValueFactory = _ => "1" };
-        var count = new Option<int>("--count", "-n") { Description = "tokens to generate", DefaultValueFactory = _ => 256 };
-        var temperature = new Option<double>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 1.0 };
+        var count = new Option<int>("--count", "-n") { Description = "tokens to generate (1..1000000)", DefaultValueFactory = _ => 256 }.InRange(1, 1_000_000);
+        var temperature = new Option<double>("--temperature") { Description = "0 = greedy; up to 100", DefaultValueFactory = _ => 1.0 }.InRange(0, 100);
         var seed = new Option<int>("--seed") { Description = "sampling seed (same seed, same tokens)", DefaultValueFactory = _ => 42 };
         var output = new Option<string?>("--out", "-o") { Description = "write the token ids (prompt included) to this file" };
         var device = CliSupport.DeviceOption();
@@ -25,16 +25,19 @@ public static class GenerateCommand
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
+            string path = Path.GetFullPath(r.GetValue(model)!);
+            if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (Path.GetFullPath(o), "--out") });
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
-            string path = r.GetValue(model)!;
             using LlamaModel m = ModelLoader.Load(path, dev);
-            int[] promptIds;
-            try { promptIds = r.GetValue(prompt)!.Split(new[] { ' ', ',' }, StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(); }
-            catch (FormatException) { throw new SuperQuantException(ErrorCodes.InvalidArgument, "--prompt-tokens must be integers separated by spaces or commas"); }
-            if (promptIds.Length == 0 || promptIds.Any(i => i < 0 || i >= m.Config.VocabSize))
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens must hold 1+ ids in [0, {m.Config.VocabSize})");
+            int[] promptIds = CliSupport.ParseIds(r.GetValue(prompt), "--prompt-tokens")!;
+            if (promptIds.FirstOrDefault(i => i >= m.Config.VocabSize, -1) is int bad and >= 0)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {m.Config.VocabSize})");
+            if (promptIds.Length >= m.Config.MaxPositionEmbeddings)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: {promptIds.Length} ids fill the model's context of {m.Config.MaxPositionEmbeddings}");
+            int n = Math.Min(r.GetValue(count), m.Config.MaxPositionEmbeddings - promptIds.Length);
+            if (n < r.GetValue(count)) Console.Error.WriteLine($"generating {n} tokens: the model's context is {m.Config.MaxPositionEmbeddings}");
             var progress = new ConsoleProgress("generate");
-            int[] ids = Sampler.Generate(m, promptIds, r.GetValue(count), r.GetValue(temperature), r.GetValue(seed), progress.Report);
+            int[] ids = Sampler.Generate(m, promptIds, n, r.GetValue(temperature), r.GetValue(seed), progress.Report);
             if (r.GetValue(output) is string outPath)
             {
                 TokenIdFile.Write(outPath, ids, $"superquant generate --model {Path.GetFileName(path)} --seed {r.GetValue(seed)} --temperature {r.GetValue(temperature)}");
@@ -42,7 +45,7 @@ public static class GenerateCommand
             }
             try
             {
-                var tok = TokenizerLoader.Load(EvalCommand.CheckpointFolder(path));
+                var tok = TokenizerLoader.Load(SuperQuant.Pipeline.Tokens.CheckpointFolder(path));
                 Console.WriteLine(tok.Decode(ids));
             }
             catch (SuperQuantException)

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using SuperQuant.Core;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 
 namespace SuperQuant.Cli.Commands;
@@ -22,29 +23,31 @@ public static class InitCommand
             string ckpt = r.GetValue(checkpoint)!;
             string full = Path.GetFullPath(Path.Combine(dir, ckpt));
             CheckpointFormat format = ModelLoader.Detect(full); // fails clearly if it is not a checkpoint
-            string id = new string(Path.GetFileNameWithoutExtension(full.TrimEnd('/')).Select(c => char.IsLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').ToArray());
+            string id = new string(Path.GetFileNameWithoutExtension(full.TrimEnd('/')).Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').Take(64).ToArray()).Trim('-', '.');
+            if (id.Length == 0) id = "model";
             bool hasTokenizer = format == CheckpointFormat.HuggingFace && (File.Exists(Path.Combine(full, "tokenizer.model")) || File.Exists(Path.Combine(full, "tokenizer.json")));
             string data = hasTokenizer
                 ? "    calibration_text: data/calibration.txt   # any representative text (the paper used 500 WikiText-2 samples)\n    evaluation_text: data/evaluation.txt\n"
                 : "    # No tokenizer in this checkpoint: use token-id files (superquant generate --model ... --out data/evaluation.tokens.txt)\n    calibration_tokens: data/calibration.tokens.txt\n    evaluation_tokens: data/evaluation.tokens.txt\n    prompt_tokens: \"1\"                    # detection prompt as ids (1 = BOS for llama2.c vocabularies)\n";
-            File.WriteAllText(path, $"""
+            string ggufHint = "and/or GGUF for llama.cpp: [packed, {gguf: q4_k_m}]; types " + string.Join(", ", Names.GgufTypeNames) + " (bits must match weight_bits)";
+            CliSupport.WriteAtomically(path, $"""
                 # SuperQuant manifest: which checkpoints this project ships, how they are quantized, and the quality they
                 # must keep. `dotnet build` (with the SuperQuant.Build package) or `superquant gate` runs it.
                 # Paths are relative to this file. Editor schema: docs/quantize.schema.json in the SuperQuant repository.
                 version: 1
                 device: auto                  # auto | cpu | cuda; override with SUPERQUANT_DEVICE or -p:SuperQuantDevice
                 models:
-                  - id: {id}
-                    checkpoint: {ckpt}        # {(format == CheckpointFormat.HuggingFace ? "Hugging Face folder" : "llama2.c checkpoint")}
-                    output: models/{id}.sqpk.safetensors
-                    method: super-aware       # rtn | super-aware (super weights kept in fp16, z-score clipping) | smoothquant | hadamard | duquant
+                  - id: {YamlText.Quote(id)}
+                    checkpoint: {YamlText.Quote(ckpt)}        # {(format == CheckpointFormat.HuggingFace ? "Hugging Face folder" : "llama2.c checkpoint")}
+                    output: {YamlText.Quote($"models/{id}.sqpk.safetensors")}
+                    method: super-aware       # {string.Join(" | ", Names.MethodNames)}
                     weight_bits: 4            # 2..8
                     activation_bits: 16       # 16 = weight-only; 4..8 quantizes activations at run time (packed export only)
                     block_size: 128           # 32..4096, or channel
                     z: auto                   # tuned on the calibration data; or a number, or none
                 {data.TrimEnd('\n')}
                     context: 512
-                    export: [packed]          # also: gguf, gguf-super-aware, gguf-q8_0, gguf-f16
+                    export: [packed]          # {ggufHint}
                     gate:
                       metric: kl              # kl | perplexity | top1
                       max_increase: 0.05      # absolute, or a percentage such as "5%"

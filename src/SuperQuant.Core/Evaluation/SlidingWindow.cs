@@ -25,4 +25,14 @@ public readonly record struct EvalWindow(int Start, int Length, int FirstScored)
             first = false;
         }
     }
+
+    /// <summary>The window's input ids [1, Length] and the actual next tokens of its scored positions.</summary>
+    public static (TorchSharp.torch.Tensor Input, TorchSharp.torch.Tensor Targets) Slice(IReadOnlyList<int> tokens, EvalWindow w)
+    {
+        var input = new long[w.Length];
+        for (int i = 0; i < w.Length; i++) input[i] = tokens[w.Start + i];
+        var targets = new long[w.Length - 1 - w.FirstScored];
+        for (int i = 0; i < targets.Length; i++) targets[i] = tokens[w.Start + w.FirstScored + i + 1];
+        return (TorchSharp.torch.tensor(input).unsqueeze(0), TorchSharp.torch.tensor(targets));
+    }
 }

@@ -53,6 +53,17 @@ public sealed record LlamaConfig
         Require(NumHeads > 0 && NumKvHeads > 0 && NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) must be a multiple of num_key_value_heads ({NumKvHeads})");
         Require(HeadDim % 2 == 0, $"head dim ({HeadDim}) must be even for RoPE");
         Require(HeadDimOverride != null || HiddenSize % NumHeads == 0, $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumHeads})");
+        Require(HeadDimOverride is null or > 0, $"head_dim ({HeadDimOverride}) must be positive");
+        Require(double.IsFinite(RopeTheta) && RopeTheta > 1, $"rope_theta ({RopeTheta}) must be a finite number above 1");
+        Require(double.IsFinite(NormEps) && NormEps > 0 && NormEps < 1, $"rms_norm_eps ({NormEps}) must be a finite number in (0, 1)");
+        Require(MaxPositionEmbeddings > 0, $"max_position_embeddings ({MaxPositionEmbeddings}) must be positive");
+        Require(SlidingWindow is null or > 0, $"sliding_window ({SlidingWindow}) must be positive");
+        Require(ClipQkv is null || (double.IsFinite(ClipQkv.Value) && ClipQkv > 0), $"clip_qkv ({ClipQkv}) must be a positive finite number");
+        Require(RopeScaling is null || (RopeScaling.Factor > 0 && RopeScaling.LowFreqFactor > 0 && RopeScaling.HighFreqFactor > RopeScaling.LowFreqFactor
+            && RopeScaling.OriginalMaxPositionEmbeddings > 0 && double.IsFinite(RopeScaling.Factor)), "rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+        // Bounds far above any real model: a corrupt header must fail here, not in a terabyte allocation.
+        Require(HiddenSize <= 1 << 18 && IntermediateSize <= 1 << 20 && NumLayers <= 4096 && VocabSize <= 1 << 24 && NumHeads <= 4096,
+            $"sizes beyond any real model (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, vocabulary {VocabSize}, heads {NumHeads})");
     }
 
     /// <summary>Number of parameters, counting a tied embedding once.</summary>

@@ -125,7 +125,7 @@ public static class ModelQuantizer
     /// <summary>Quantizes the model in place. With <c>Z = null</c> and the super-aware method, z is tuned on
     /// <paramref name="calibrationTokens"/> first.</summary>
     public static QuantizationResult Quantize(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
-        IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null)
+        IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         BlockRtnQuantizer.Validate(o.Bits, o.BlockSize);
         double z = double.PositiveInfinity;
@@ -144,6 +144,7 @@ public static class ModelQuantizer
         var matrices = new Dictionary<LinearSite, QuantizedMatrix>();
         for (int i = 0; i < sites.Count; i++)
         {
+            cancel.ThrowIfCancellationRequested(); // between matrices: Ctrl+C / MSBuild cancel stop within one matrix
             LinearSite site = sites[i];
             Tensor original = model.Weights[site];
             QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights);

@@ -23,9 +23,14 @@ public static class Llama2cCheckpoint
         /// <summary>Float count of the tensors that follow the header, in file order.</summary>
         public long FloatCount(bool includeClassifier)
         {
-            long d = Dim, h = HiddenDim, L = NumLayers, kv = KvDim, v = VocabSize;
-            long n = v * d + L * d + L * d * d + 2 * L * d * kv + L * d * d + L * d + 3 * L * h * d + d + 2L * SeqLen * (HeadSize / 2);
-            return includeClassifier && !SharedClassifier ? n + v * d : n;
+            // checked: a corrupt header's sizes can multiply past 2^63, and a wrapped (negative) total would pass the
+            // file-size check and reach the allocator.
+            checked
+            {
+                long d = Dim, h = HiddenDim, L = NumLayers, kv = KvDim, v = VocabSize;
+                long n = v * d + L * d + L * d * d + 2 * L * d * kv + L * d * d + L * d + 3 * L * h * d + d + 2L * SeqLen * (HeadSize / 2);
+                return includeClassifier && !SharedClassifier ? n + v * d : n;
+            }
         }
 
         public LlamaConfig ToConfig() => new()
@@ -54,7 +59,11 @@ public static class Llama2cCheckpoint
         if (dim % heads != 0 || heads % kvHeads != 0 || (dim / heads) % 2 != 0)
             throw Corrupt(path, $"dim {dim}, n_heads {heads}, n_kv_heads {kvHeads} do not form whole, even-sized heads");
         var header = new Header(dim, hidden, layers, heads, kvHeads, Math.Abs(vocab), vocab > 0, seq);
-        long expected = HeaderBytes + 4 * header.FloatCount(includeClassifier: true);
+        try { header.ToConfig().Validate(); }
+        catch (InvalidDataException e) { throw Corrupt(path, e.Message); }
+        long expected;
+        try { expected = checked(HeaderBytes + 4 * header.FloatCount(includeClassifier: true)); }
+        catch (OverflowException) { throw Corrupt(path, "its sizes multiply past any possible file size"); }
         if (fs.Length < expected) throw Corrupt(path, $"file is {fs.Length} bytes but its header implies {expected} (truncated?)");
         return header;
     }

@@ -1,24 +1,39 @@
 using SuperQuant.Core;
 using SuperQuant.Core.Llama;
+using SuperQuant.Models.Artifacts;
+using SuperQuant.Models.Gguf;
+using SuperQuant.Models.Safetensors;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Models.Checkpoints;
 
-public enum CheckpointFormat { HuggingFace, Llama2c }
+public enum CheckpointFormat { HuggingFace, Llama2c, Packed, Gguf }
 
-/// <summary>Opens any supported checkpoint by path: a Hugging Face folder (config.json + safetensors), a
-/// .safetensors file inside such a folder, or a llama2.c .bin file.</summary>
+/// <summary>Opens any model file by what it contains, not by its name: a Hugging Face folder (config.json +
+/// safetensors) or a .safetensors file inside one, a llama2.c .bin, our packed artifact (.sqpk.safetensors), or a
+/// GGUF file (dequantized into our forward pass).</summary>
 public static class ModelLoader
 {
+    public const string Accepted = "a Hugging Face checkpoint folder (config.json + *.safetensors), a llama2.c .bin, a packed artifact (.sqpk.safetensors) or a GGUF file";
+
     public static CheckpointFormat Detect(string path)
     {
         if (Directory.Exists(path))
         {
             if (HfCheckpoint.IsCheckpointFolder(path)) return CheckpointFormat.HuggingFace;
-            throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{path} is a folder without config.json; expected a Hugging Face checkpoint folder", path);
+            throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{path} is a folder without config.json; expected {Accepted}", path);
         }
-        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"checkpoint not found: {path}", path);
-        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return CheckpointFormat.HuggingFace;
+        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"model not found: {path} (expected {Accepted})", path);
+        Span<byte> head = stackalloc byte[8];
+        int n;
+        using (var fs = File.OpenRead(path)) n = fs.ReadAtLeast(head, 8, throwOnEndOfStream: false);
+        if (n >= 4 && BitConverter.ToUInt32(head) == GgufFile.Magic) return CheckpointFormat.Gguf;
+        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".staged", StringComparison.Ordinal))
+        {
+            using var f = SafetensorsFile.Open(path);
+            if (f.Metadata.TryGetValue("format", out var format) && format == PackedArtifact.FormatName) return CheckpointFormat.Packed;
+            if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return CheckpointFormat.HuggingFace;
+        }
         return CheckpointFormat.Llama2c;
     }
 
@@ -29,6 +44,10 @@ public static class ModelLoader
             case CheckpointFormat.HuggingFace:
                 string folder = Directory.Exists(path) ? path : Path.GetDirectoryName(Path.GetFullPath(path))!;
                 using (var ckpt = HfCheckpoint.Open(folder)) return ckpt.LoadModel(device);
+            case CheckpointFormat.Packed:
+                return PackedArtifact.Load(path, device).Model;
+            case CheckpointFormat.Gguf:
+                return GgufModelLoader.Load(path, device);
             default:
                 return Llama2cCheckpoint.Load(path, device);
         }

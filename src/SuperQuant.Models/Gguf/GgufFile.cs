@@ -91,8 +91,8 @@ public sealed class GgufFile
                     dims[d] = (long)v;
                 }
                 uint type = r.ReadUInt32();
-                if (!Enum.IsDefined(typeof(GgmlType), type)) throw Bad($"tensor '{name}': ggml type {type} is not supported (F32, F16, Q4_0, Q8_0)");
-                if (!GgmlQuants.Supports((GgmlType)type, dims[0])) throw Bad($"tensor '{name}': row length {dims[0]} is not a multiple of 32");
+                if (!GgmlFormat.IsKnown(type)) throw Bad($"tensor '{name}': ggml type {type} is not supported (supported: {string.Join(", ", Enum.GetNames<GgmlType>())})");
+                if (!GgmlQuants.Supports((GgmlType)type, dims[0])) throw Bad($"tensor '{name}': row length {dims[0]} is not a multiple of {GgmlFormat.Of((GgmlType)type).BlockSize} ({(GgmlType)type} blocks)");
                 tensors.Add(new GgufTensorInfo(name, dims, (GgmlType)type, (long)r.ReadUInt64()));
             }
             long alignment = metadata.TryGetValue("general.alignment", out var a) && a is uint u && u > 0 ? u : DefaultAlignment;
@@ -103,6 +103,18 @@ public sealed class GgufFile
             return new GgufFile { Metadata = metadata, Tensors = tensors, DataStart = dataStart, Path = path };
         }
         catch (EndOfStreamException) { throw Bad("file truncated"); }
+    }
+
+    /// <summary>A tensor's bytes as stored (its ggml blocks).</summary>
+    public byte[] ReadRaw(string name)
+    {
+        var t = Tensors.FirstOrDefault(x => x.Name == name)
+            ?? throw new SuperQuantException(ErrorCodes.CheckpointMissingTensor, $"tensor '{name}' not in {Path}", Path);
+        using var fs = File.OpenRead(Path);
+        fs.Position = DataStart + t.Offset;
+        var bytes = new byte[t.Bytes];
+        fs.ReadExactly(bytes);
+        return bytes;
     }
 
     public float[] ReadTensor(string name)

@@ -1,88 +1,170 @@
+using System.Runtime.InteropServices;
 using System.Text;
 using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Models.Gguf;
 
-public enum GgufMode
+/// <summary>What to write: the named file type and, for the super-aware export, how to steer each matrix's quantization.</summary>
+public sealed record GgufExport
 {
-    F16,
-    Q8_0,
-    Q4_0,
-    /// <summary>Q4_0 everywhere except the matrices holding super weights, which are written as Q8_0.</summary>
-    SuperAware,
+    public required GgufFileType FileType { get; init; }
+    public string Name { get; init; } = "model";
+    /// <summary>The tokenizer (<see cref="GgufVocabulary.FromCheckpoint"/>); null writes "no_vocab".</summary>
+    public GgufVocabulary? Vocabulary { get; init; }
+    /// <summary>Per linear layer, one importance weight per input column (llama.cpp's imatrix: the mean squared
+    /// activation entering that column on calibration data). Null: the reference quantization, byte-identical to
+    /// llama.cpp's quantizer without an imatrix.</summary>
+    public IReadOnlyDictionary<LinearSite, float[]>? Importance { get; init; }
+    /// <summary>Other value sets to try for a matrix (z-score clipping at several thresholds), each quantized with the
+    /// importance weights. With <see cref="Importance"/>, every row is written as the candidate (reference quantization,
+    /// importance-weighted, or a variant) with the lowest importance-weighted error sum_j imp_j (w_j - q_j)^2 against the
+    /// original row: rows are independent in every ggml format, and the reference is always a candidate, so no row is
+    /// worse than llama.cpp's quantizer's by that measure.</summary>
+    public IReadOnlyList<Func<LinearSite, Tensor, Tensor>> Variants { get; init; } = Array.Empty<Func<LinearSite, Tensor, Tensor>>();
+    /// <summary>Per linear layer, the second moment H = X^T X / n of its calibration inputs. When present, candidates
+    /// are compared by the layer-output error dw H dw^T (cross-channel terms included) instead of the diagonal
+    /// sum_j imp_j dw_j^2.</summary>
+    public IReadOnlyDictionary<LinearSite, Tensor>? Covariance { get; init; }
+    /// <summary>Per tensor name, a type that replaces the mix's choice (e.g. a higher type for a super weight's matrix).</summary>
+    public IReadOnlyDictionary<string, GgmlType>? TypeOverrides { get; init; }
+    /// <summary>Recorded in the metadata (superquant.*).</summary>
+    public QuantMethod Method { get; init; } = QuantMethod.Rtn;
+    public IReadOnlyList<SuperWeight> SuperWeights { get; init; } = Array.Empty<SuperWeight>();
+}
+
+/// <summary>What was written: each tensor's type (and why), and the totals.</summary>
+public sealed record GgufWriteResult(IReadOnlyList<GgufTensorType> Tensors, long FileBytes, long Parameters)
+{
+    /// <summary>File size in bits over the parameter count, as llama.cpp reports "BPW".</summary>
+    public double BitsPerWeight => 8.0 * FileBytes / Parameters;
+    public string TypeSummary => string.Join(", ", Tensors.Where(t => t.Type != GgmlType.F32).GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}"));
 }
 
 /// <summary>
-/// Writes a LLaMA-architecture model as GGUF for llama.cpp / LLamaSharp: llama.cpp's tensor names, its "llama.*"
-/// metadata, and q/k rows permuted back from Hugging Face's rotate-half order to the interleaved order llama.cpp's
-/// RoPE expects (what its convert_hf_to_gguf.py does). Matrix rows not divisible by 32 cannot use Q4_0/Q8_0 and are
-/// written as F16. Norms stay F32; the token embedding and output head are F16 except in Q8_0 mode.
-/// The tokenizer comes from the checkpoint folder (<see cref="GgufVocabulary"/>); without one the file says "no_vocab",
-/// which llama.cpp loads to run token ids.
+/// Writes a LLaMA-architecture model as GGUF v3 for llama.cpp / LLamaSharp: llama.cpp's tensor names, its "llama.*"
+/// metadata, q/k rows permuted back from Hugging Face's rotate-half order to the interleaved order llama.cpp's RoPE
+/// expects (what its convert_hf_to_gguf.py does), and per-tensor types from <see cref="GgufMix"/> for the named file
+/// type. Tensors are quantized one at a time straight from the model's memory and streamed to a temp file that is
+/// renamed into place (<see cref="AtomicFile"/>).
 /// </summary>
 public static class GgufWriter
 {
     public static readonly IReadOnlyList<string> SupportedArchitectures = new[] { "llama", "mistral", "llama2.c" };
 
-    sealed record Planned(string Name, long[] Dims, GgmlType Type, Func<float[]> Values);
+    sealed record Planned(string Name, long[] Dims, LinearSite? Site, Func<Tensor> Source);
 
-    /// <param name="vocabulary">The tokenizer (<see cref="GgufVocabulary.FromCheckpoint"/>); null writes "no_vocab".</param>
-    public static IReadOnlyList<(string Name, GgmlType Type)> Write(string path, LlamaModel model, GgufMode mode, IReadOnlyList<SuperWeight> superWeights, string name,
-        GgufVocabulary? vocabulary = null)
+    /// <summary>Checks a model can be exported (architecture, RoPE); throws SQ4001 otherwise.</summary>
+    public static void CheckSupported(LlamaConfig c)
     {
-        LlamaConfig c = model.Config;
         if (!SupportedArchitectures.Contains(c.Architecture))
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"GGUF export supports {string.Join(", ", SupportedArchitectures)} models; '{c.Architecture}' is not supported yet");
         if (c.RopeScaling is not null)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "GGUF export of llama3 RoPE scaling is not supported yet");
-        var w = model.Weights;
-        var plan = new List<Planned>();
-        static float[] Values(Tensor t) => t.to_type(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
-        static long[] Dims(Tensor t) => t.shape.Reverse().ToArray();
-        GgmlType MatrixType(Tensor t, bool holdsSuperWeight)
-        {
-            GgmlType want = mode switch
-            {
-                GgufMode.F16 => GgmlType.F16,
-                GgufMode.Q8_0 => GgmlType.Q8_0,
-                GgufMode.Q4_0 => GgmlType.Q4_0,
-                _ => holdsSuperWeight ? GgmlType.Q8_0 : GgmlType.Q4_0,
-            };
-            return GgmlQuants.Supports(want, t.shape[1]) ? want : GgmlType.F16;
-        }
-        void Matrix(string n, Tensor t, bool holdsSuperWeight = false) => plan.Add(new(n, Dims(t), MatrixType(t, holdsSuperWeight), () => Values(t)));
-        void Vector(string n, Tensor? t) { if (t is not null) plan.Add(new(n, Dims(t), GgmlType.F32, () => Values(t))); }
-        GgmlType outer = mode == GgufMode.Q8_0 && GgmlQuants.Supports(GgmlType.Q8_0, c.HiddenSize) ? GgmlType.Q8_0 : GgmlType.F16;
+        if (c.QkvBias) throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "GGUF export of q/k/v biases (llama architecture) is not supported");
+    }
 
-        plan.Add(new("token_embd.weight", Dims(w.TokenEmbedding), outer, () => Values(w.TokenEmbedding)));
+    /// <summary>The tensor list and types a file would get, without writing it.</summary>
+    public static IReadOnlyList<GgufTensorType> PlanTypes(LlamaModel model, GgufExport export) => PlanTypes(model.Config, Tensors(model), export);
+
+    public static GgufWriteResult Write(string path, LlamaModel model, GgufExport export)
+    {
+        LlamaConfig c = model.Config;
+        CheckSupported(c);
+        if (export.Vocabulary is not null && export.Vocabulary.Tokens.Count != c.VocabSize)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"the vocabulary has {export.Vocabulary.Tokens.Count} tokens, the model {c.VocabSize}");
+        var tensors = Tensors(model);
+        var types = PlanTypes(c, tensors, export);
+        var meta = Metadata(c, export);
+
+        long dataBytes = tensors.Select((t, i) => Align(Bytes(t, types[i].Type))).Sum();
+        AtomicFile.Write(path, dataBytes, fs =>
+        {
+            using var bw = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true);
+            bw.Write(GgufFile.Magic); bw.Write(GgufFile.Version);
+            bw.Write((ulong)tensors.Count); bw.Write((ulong)meta.Count);
+            foreach (var (key, type, value) in meta) { WriteString(bw, key); bw.Write((uint)type); WriteValue(bw, type, value); }
+            long offset = 0;
+            for (int i = 0; i < tensors.Count; i++)
+            {
+                WriteString(bw, tensors[i].Name);
+                bw.Write((uint)tensors[i].Dims.Length);
+                foreach (long d in tensors[i].Dims) bw.Write((ulong)d);
+                bw.Write((uint)types[i].Type);
+                bw.Write((ulong)offset);
+                offset = Align(offset + Bytes(tensors[i], types[i].Type));
+            }
+            Pad(bw);
+            bw.Flush();
+            for (int i = 0; i < tensors.Count; i++)
+            {
+                WriteTensor(fs, tensors[i], types[i].Type, export);
+                Pad(bw);
+                bw.Flush();
+            }
+        });
+        return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount);
+    }
+
+    static List<Planned> Tensors(LlamaModel model)
+    {
+        LlamaConfig c = model.Config;
+        var w = model.Weights;
+        var list = new List<Planned>();
+        static long[] Dims(Tensor t) => t.shape.Reverse().ToArray();
+        void Matrix(string n, LinearSite site, Func<Tensor> source, Tensor shapeOf) => list.Add(new(n, Dims(shapeOf), site, source));
+        void Vector(string n, Tensor? t) { if (t is not null) list.Add(new(n, Dims(t), null, () => t.alias())); }
+
+        // A tied embedding is also the output head: its importance is the head's input.
+        list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, () => w.TokenEmbedding.alias()));
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = w.Layers[l];
             string p = $"blk.{l}.";
+            int layer = l;
             Vector(p + "attn_norm.weight", L.AttnNorm);
-            plan.Add(new(p + "attn_q.weight", Dims(L.Wq), MatrixType(L.Wq, false), () => Values(HalfToInterleaved(L.Wq, c.NumHeads))));
-            plan.Add(new(p + "attn_k.weight", Dims(L.Wk), MatrixType(L.Wk, false), () => Values(HalfToInterleaved(L.Wk, c.NumKvHeads))));
-            Matrix(p + "attn_v.weight", L.Wv);
-            Matrix(p + "attn_output.weight", L.Wo);
+            Matrix(p + "attn_q.weight", new(l, Projection.Q), () => HalfToInterleaved(w.Layers[layer].Wq, c.NumHeads), L.Wq);
+            Matrix(p + "attn_k.weight", new(l, Projection.K), () => HalfToInterleaved(w.Layers[layer].Wk, c.NumKvHeads), L.Wk);
+            Matrix(p + "attn_v.weight", new(l, Projection.V), () => w.Layers[layer].Wv.alias(), L.Wv);
+            Matrix(p + "attn_output.weight", new(l, Projection.O), () => w.Layers[layer].Wo.alias(), L.Wo);
             Vector(p + "ffn_norm.weight", L.FfnNorm);
-            Matrix(p + "ffn_gate.weight", L.WGate);
-            Matrix(p + "ffn_up.weight", L.WUp);
-            Matrix(p + "ffn_down.weight", L.WDown, superWeights.Any(s => s.Layer == l));
+            Matrix(p + "ffn_gate.weight", new(l, Projection.Gate), () => w.Layers[layer].WGate.alias(), L.WGate);
+            Matrix(p + "ffn_up.weight", new(l, Projection.Up), () => w.Layers[layer].WUp.alias(), L.WUp);
+            Matrix(p + "ffn_down.weight", new(l, Projection.Down), () => w.Layers[layer].WDown.alias(), L.WDown);
         }
         Vector("output_norm.weight", w.FinalNorm);
-        if (w.LmHead is not null) plan.Add(new("output.weight", Dims(w.LmHead), outer, () => Values(w.LmHead)));
+        if (w.LmHead is not null) list.Add(new("output.weight", Dims(w.LmHead), new LinearSite(-1, Projection.LmHead), () => w.LmHead.alias()));
+        return list;
+    }
 
+    static IReadOnlyList<GgufTensorType> PlanTypes(LlamaConfig c, List<Planned> tensors, GgufExport export)
+    {
+        var shapes = tensors.Select(t => new GgufTensorShape(t.Name, t.Dims[0], t.Dims.Length >= 2)).ToList();
+        var plan = GgufMix.Plan(shapes, export.FileType, c.NumLayers, c.NumHeads / c.NumKvHeads).ToList();
+        if (export.TypeOverrides is { } overrides)
+            for (int i = 0; i < plan.Count; i++)
+                if (overrides.TryGetValue(plan[i].Name, out var o))
+                {
+                    var f = GgufMix.Fallback(shapes[i], o);
+                    plan[i] = f with { Reason = f.Reason == "mix" ? "super weight: raised from " + plan[i].Type : f.Reason };
+                }
+        return plan;
+    }
+
+    static List<(string Key, GgufValueType Type, object Value)> Metadata(LlamaConfig c, GgufExport export)
+    {
         var meta = new List<(string Key, GgufValueType Type, object Value)>
         {
             ("general.architecture", GgufValueType.String, "llama"),
-            ("general.name", GgufValueType.String, name),
+            ("general.name", GgufValueType.String, string.IsNullOrEmpty(export.Name) ? "model" : export.Name),
             ("general.alignment", GgufValueType.UInt32, (uint)GgufFile.DefaultAlignment),
-            ("general.file_type", GgufValueType.UInt32, mode switch { GgufMode.F16 => 1u, GgufMode.Q8_0 => 7u, _ => 2u }),
-            ("general.quantized_by", GgufValueType.String, "superquant " + (typeof(GgufWriter).Assembly.GetName().Version?.ToString() ?? "")),
+            ("general.file_type", GgufValueType.UInt32, (uint)export.FileType.LlamaFtype()),
+            ("general.quantization_version", GgufValueType.UInt32, 2u),
+            ("general.quantized_by", GgufValueType.String, "superquant " + (typeof(GgufWriter).Assembly.GetName().Version?.ToString() ?? "0")),
             ("llama.context_length", GgufValueType.UInt32, (uint)c.MaxPositionEmbeddings),
             ("llama.embedding_length", GgufValueType.UInt32, (uint)c.HiddenSize),
             ("llama.block_count", GgufValueType.UInt32, (uint)c.NumLayers),
@@ -93,44 +175,102 @@ public static class GgufWriter
             ("llama.attention.layer_norm_rms_epsilon", GgufValueType.Float32, (float)c.NormEps),
             ("llama.rope.freq_base", GgufValueType.Float32, (float)c.RopeTheta),
             ("llama.vocab_size", GgufValueType.UInt32, (uint)c.VocabSize),
-            ("superquant.super_weights", GgufValueType.String, string.Join(";", superWeights.Select(s => $"{s.Layer},{s.Row},{s.Column}"))),
+            ("superquant.method", GgufValueType.String, export.Method.Name()),
         };
-
-        if (vocabulary is not null && vocabulary.Tokens.Count != c.VocabSize)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"the vocabulary has {vocabulary.Tokens.Count} tokens, the model {c.VocabSize}");
+        if (c.SlidingWindow is int window) meta.Add(("llama.attention.sliding_window", GgufValueType.UInt32, (uint)window));
+        // Only when there is something to say: an empty string breaks LLamaSharp 0.30's metadata reader.
+        if (export.SuperWeights.Count > 0)
+            meta.Add(("superquant.super_weights", GgufValueType.String, string.Join(";", export.SuperWeights.Select(s => $"{s.Layer},{s.Row},{s.Column}"))));
         // llama.cpp refuses a file without a tokenizer model; "no_vocab" (LLAMA_VOCAB_TYPE_NONE) loads it for use with
         // token ids, its vocabulary size taken from llama.vocab_size.
-        meta.AddRange(vocabulary?.Metadata() ?? new[] { ("tokenizer.ggml.model", GgufValueType.String, (object)"no_vocab") });
-
-        // The tensor data dominates the size; the header is a few KB.
-        AtomicFile.Write(path, plan.Sum(t => Align(Bytes(t))), fs =>
-        {
-            using var bw = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true);
-            bw.Write(GgufFile.Magic); bw.Write(GgufFile.Version);
-            bw.Write((ulong)plan.Count); bw.Write((ulong)meta.Count);
-            foreach (var (key, type, value) in meta) { WriteString(bw, key); bw.Write((uint)type); WriteValue(bw, type, value); }
-            long offset = 0;
-            foreach (var t in plan)
-            {
-                WriteString(bw, t.Name);
-                bw.Write((uint)t.Dims.Length);
-                foreach (long d in t.Dims) bw.Write((ulong)d);
-                bw.Write((uint)t.Type);
-                bw.Write((ulong)offset);
-                offset = Align(offset + Bytes(t));
-            }
-            Pad(bw);
-            foreach (var t in plan)
-            {
-                bw.Write(GgmlQuants.Quantize(t.Type, t.Values()));
-                Pad(bw);
-            }
-            bw.Flush();
-        });
-        return plan.Select(p => (p.Name, p.Type)).ToList();
+        meta.AddRange(export.Vocabulary?.Metadata() ?? new[] { ("tokenizer.ggml.model", GgufValueType.String, (object)"no_vocab") });
+        foreach (var (key, type, value) in meta)
+            if (type == GgufValueType.String && string.IsNullOrEmpty((string)value))
+                throw new InvalidOperationException($"GGUF metadata '{key}' would be an empty string");
+        return meta;
     }
 
-    static long Bytes(Planned t) => GgmlQuants.RowBytes(t.Type, t.Dims[0]) * (t.Dims.Aggregate(1L, (a, b) => a * b) / t.Dims[0]);
+    /// <summary>Quantizes one tensor a slab of rows at a time, straight from its float32 memory, into the stream.</summary>
+    static unsafe void WriteTensor(FileStream fs, Planned t, GgmlType type, GgufExport export)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor data = t.Source().to_type(ScalarType.Float32).cpu().contiguous();
+        long rowLength = t.Dims[0], rows = data.NumberOfElements / rowLength;
+        float[]? importance = t.Site is LinearSite s && export.Importance?.TryGetValue(s, out var w) == true ? w : null;
+        if (importance is not null && importance.Length != rowLength) throw new ArgumentException($"{t.Name}: importance has {importance.Length} columns, the tensor {rowLength}");
+        var format = GgmlFormat.Of(type);
+        bool choose = importance is not null && format.BlockSize > 1;
+        // Candidates: (values, importance). The first is always the reference quantization of the original values.
+        var candidates = new List<(Tensor Values, float[]? Importance)> { (data, null) };
+        if (choose)
+        {
+            if (format.UsesImportance) candidates.Add((data, importance));
+            foreach (var variant in export.Variants)
+            {
+                Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).contiguous();
+                if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
+            }
+        }
+        long rowBytes = format.RowBytes(rowLength);
+        long slab = Math.Max(1, (8L << 20) / Math.Max(rowBytes, 4 * rowLength)); // ~8 MB of output per write
+        var buffers = candidates.Select(_ => new byte[Math.Min(rows, slab) * rowBytes]).ToArray();
+        ReadOnlySpan<float> original = MemoryMarshal.Cast<byte, float>(data.bytes);
+        var errors = new double[candidates.Count];
+        var decoded = new float[rowLength];
+        for (long r = 0; r < rows; r += slab)
+        {
+            long n = Math.Min(slab, rows - r);
+            int valuesFrom = (int)(r * rowLength), valuesCount = (int)(n * rowLength);
+            for (int c = 0; c < candidates.Count; c++)
+                GgmlQuants.Quantize(type, MemoryMarshal.Cast<byte, float>(candidates[c].Values.bytes).Slice(valuesFrom, valuesCount), rowLength,
+                    buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
+            Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
+            if (candidates.Count > 1 && h is not null)
+                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h);
+            else if (candidates.Count > 1)
+                for (long i = 0; i < n; i++)
+                {
+                    var row = original.Slice((int)((r + i) * rowLength), (int)rowLength);
+                    int best = 0;
+                    for (int c = 0; c < candidates.Count; c++)
+                    {
+                        format.DequantizeRow(buffers[c].AsSpan((int)(i * rowBytes), (int)rowBytes), decoded);
+                        double e = 0;
+                        for (int j = 0; j < rowLength; j++) { double d = decoded[j] - row[j]; e += importance![j] * d * d; }
+                        errors[c] = e;
+                        if (e < errors[best]) best = c;
+                    }
+                    if (best != 0) buffers[best].AsSpan((int)(i * rowBytes), (int)rowBytes).CopyTo(buffers[0].AsSpan((int)(i * rowBytes), (int)rowBytes));
+                }
+            fs.Write(buffers[0].AsSpan(0, (int)(n * rowBytes)));
+        }
+    }
+
+    /// <summary>Per row, the candidate with the lowest dw H dw^T (the squared layer-output error on the calibration
+    /// inputs) is copied into the first buffer.</summary>
+    static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength, long rowBytes, Tensor h)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor w = torch.tensor(original.ToArray(), new long[] { n, rowLength });
+        var decoded = new float[n * rowLength];
+        Tensor? best = null, bestError = null;
+        for (int c = 0; c < count; c++)
+        {
+            format.DequantizeRow(buffers[c].AsSpan(0, (int)(n * rowBytes)), decoded);
+            Tensor dw = torch.tensor(decoded, new long[] { n, rowLength }) - w;
+            Tensor e = (dw.matmul(h) * dw).sum(new long[] { 1 });
+            if (bestError is null) { bestError = e; best = torch.zeros(n, ScalarType.Int64); continue; }
+            Tensor better = e < bestError;
+            best = torch.where(better, torch.full(n, c, ScalarType.Int64), best!);
+            bestError = torch.minimum(e, bestError);
+        }
+        long[] choice = best!.data<long>().ToArray();
+        for (long i = 0; i < n; i++)
+            if (choice[i] != 0)
+                buffers[choice[i]].AsSpan((int)(i * rowBytes), (int)rowBytes).CopyTo(buffers[0].AsSpan((int)(i * rowBytes), (int)rowBytes));
+    }
+
+    static long Bytes(Planned t, GgmlType type) => GgmlQuants.RowBytes(type, t.Dims[0]) * (t.Dims.Aggregate(1L, (a, b) => a * b) / t.Dims[0]);
     static long Align(long x) => (x + GgufFile.DefaultAlignment - 1) / GgufFile.DefaultAlignment * GgufFile.DefaultAlignment;
     static void Pad(BinaryWriter bw) { long n = Align(bw.BaseStream.Position) - bw.BaseStream.Position; bw.Write(new byte[n]); }
 
@@ -165,5 +305,12 @@ public static class GgufWriter
     {
         long rows = w.shape[0], cols = w.shape[1];
         return w.reshape(heads, 2, rows / heads / 2, cols).transpose(1, 2).reshape(rows, cols).contiguous();
+    }
+
+    /// <summary>Hugging Face's permute(): interleaved pairs per head back to rotate-half order (for reading GGUF).</summary>
+    public static Tensor InterleavedToHalf(Tensor w, int heads)
+    {
+        long rows = w.shape[0], cols = w.shape[1];
+        return w.reshape(heads, rows / heads / 2, 2, cols).transpose(1, 2).reshape(rows, cols).contiguous();
     }
 }

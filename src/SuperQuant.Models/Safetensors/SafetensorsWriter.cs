@@ -42,7 +42,6 @@ public static class SafetensorsWriter
         headerBytes.AsSpan(json.Length).Fill((byte)' ');
 
         string full = System.IO.Path.GetFullPath(path);
-        int written = 0;
         AtomicFile.Write(full, 8 + headerBytes.Length + offset, fs =>
         {
             fs.Write(BitConverter.GetBytes((ulong)headerBytes.Length));
@@ -55,11 +54,6 @@ public static class SafetensorsWriter
                     if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
                         throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
                     WriteTensorBytes(fs, value);
-                    if (++written == layout.Count / 2 && FaultTargets(full))
-                    {
-                        fs.Flush();
-                        System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: no finally blocks run
-                    }
                 }
                 finally
                 {
@@ -67,18 +61,6 @@ public static class SafetensorsWriter
                 }
             }
         });
-    }
-
-    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write kills the process halfway through a write;
-    /// kill-mid-write:TEXT only through a write of a file whose name contains TEXT (e.g. ".sqpk." for artifacts).</summary>
-    public const string FaultVariable = "SUPERQUANT_FAULT";
-
-    static bool FaultTargets(string path)
-    {
-        const string kill = "kill-mid-write";
-        string? fault = Environment.GetEnvironmentVariable(FaultVariable);
-        return fault == kill || (fault is not null && fault.StartsWith(kill + ":", StringComparison.Ordinal)
-            && System.IO.Path.GetFileName(path).Contains(fault[(kill.Length + 1)..], StringComparison.Ordinal));
     }
 
     /// <summary>Raw little-endian bytes of a tensor, in pieces (spans are int-sized; tensors can exceed 2 GB).</summary>

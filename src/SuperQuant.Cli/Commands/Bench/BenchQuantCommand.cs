@@ -10,7 +10,7 @@ using SuperQuant.Models.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace SuperQuant.Cli.Commands;
+namespace SuperQuant.Cli.Commands.Bench;
 
 /// <summary>`superquant bench quant`: a quality table of weight quantization methods and the quantizer's throughput
 /// beside a memory copy, all measured in one run.</summary>
@@ -33,7 +33,7 @@ public static class BenchQuantCommand
             Throughput();
             if (r.GetValue(skipQuality)) return ExitCodes.Success;
             int[] bitList = r.GetValue(bits)!.Split(',').Select(int.Parse).ToArray();
-            int[] blockList = r.GetValue(blocks)!.Split(',').Select(QuantizeCommand.ParseBlock).ToArray();
+            int[] blockList = r.GetValue(blocks)!.Split(',').Select(b => QuantizeCommand.ParseBlock(b) ?? throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--blocks: '{b}' is not a block size")).ToArray();
             string temp = Directory.CreateTempSubdirectory("superquant-bench-quant-").FullName;
             try
             {

@@ -1,4 +1,4 @@
-namespace SuperQuant.Cli;
+namespace SuperQuant.Core;
 
 /// <summary>Resident memory of this process from /proc (Linux). Zero where /proc is absent.</summary>
 public static class ProcessMemory

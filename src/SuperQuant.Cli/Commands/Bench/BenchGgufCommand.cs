@@ -1,0 +1,155 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.LlamaCpp;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Gguf;
+using SuperQuant.Models.Text;
+using SuperQuant.Pipeline;
+
+namespace SuperQuant.Cli.Commands.Bench;
+
+/// <summary>
+/// `superquant bench gguf`: per GGUF type, our quantizer (llama.cpp's reference arithmetic), our super-aware quantizer
+/// (importance-weighted scale search, optional clipping and a raised super-weight matrix) and llama.cpp's own
+/// quantizer (llama_model_quantize), all starting from the same F16 export and all judged by llama.cpp on the same
+/// tokens against the fp32 model: file size, bits per weight, KL statistics, perplexity and quantize time, plus whether
+/// our reference bytes equal llama.cpp's tensor for tensor.
+/// </summary>
+public static class BenchGgufCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "checkpoint (default: a generated demo model with a planted super weight, dims multiple of 256)" };
+        var types = new Option<string>("--types") { Description = "GGUF types to compare", DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k" };
+        var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: 1024 tokens sampled from the model, seed 1)" };
+        var eval = new Option<string?>("--eval-tokens") { Description = "evaluation token-id file (default: 1024 tokens sampled from the model, seed 2)" };
+        var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
+        var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
+        var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
+        var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
+        {
+            model, types, calib, eval, context, z, threads,
+        };
+        cmd.SetAction(r => CliSupport.Run(() =>
+        {
+            var typeList = r.GetValue(types)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Names.ParseGgufType).ToList();
+            string temp = Directory.CreateTempSubdirectory("superquant-bench-gguf-").FullName;
+            try
+            {
+                string ckpt = r.GetValue(model) ?? Demo(temp);
+                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
+            }
+            finally { Directory.Delete(temp, recursive: true); }
+            return ExitCodes.Success;
+        }));
+        return cmd;
+    }
+
+    /// <summary>A random LLaMA whose matrices take k-quants (dims multiples of 256), heavy-tailed like trained weights,
+    /// with one planted super weight.</summary>
+    static string Demo(string temp)
+    {
+        string dir = Path.Combine(temp, "demo");
+        var config = new LlamaConfig
+        {
+            Architecture = "llama", HiddenSize = 512, IntermediateSize = 1536, NumLayers = 4, NumHeads = 8, NumKvHeads = 4, VocabSize = 512,
+            MaxPositionEmbeddings = 512, TieWordEmbeddings = false,
+        };
+        RandomCheckpoint.Write(dir, config, seed: 4, superWeight: (1, 300, 1000), heavyTails: true);
+        return dir;
+    }
+
+    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, string? evalPath, int ctx, double? z, int? threads, string temp)
+    {
+        string f16 = Path.Combine(temp, "model.f16.gguf");
+        int[] calibration, eval;
+        string refPath = Path.Combine(temp, "reference.sqref");
+        using (LlamaModel original = ModelLoader.Load(ckpt))
+        {
+            var c = original.Config;
+            calibration = calibPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 1) : TokenIdFile.Read(calibPath, c.VocabSize, 2);
+            eval = evalPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
+            ctx = Math.Min(ctx, c.MaxPositionEmbeddings);
+            ReferenceFile.Record(refPath, "bench", t => original.Forward(t), eval, ctx, ctx / 2, c.VocabSize);
+            GgufWriter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
+            Console.WriteLine($"model {ckpt}: {c.ParameterCount / 1e6:F2}M parameters, {c.NumLayers} layers, dim {c.HiddenSize}, ffn {c.IntermediateSize}; " +
+                $"{eval.Length} evaluation tokens (context {ctx}), {calibration.Length} calibration tokens; llama.cpp threads {threads ?? LlamaCppRuntime.DefaultThreads}");
+        }
+        using var reference = ReferenceFile.TryOpen(refPath, "bench", ReadVocab(f16), eval.Length, ctx, ctx / 2)!;
+
+        // Everything below starts from the F16 export, as llama.cpp's quantizer does.
+        using LlamaModel model = GgufModelLoader.Load(f16);
+        var detection = new SuperWeightDetector().Detect(model, calibration[..Math.Min(10, calibration.Length)]);
+        Dictionary<LinearSite, float[]> importance;
+        var clock = Stopwatch.StartNew();
+        importance = ImportanceRecorder.Record(model, calibration, ctx);
+        var covariance = ImportanceRecorder.Covariances(model, calibration, ctx);
+        double importanceSeconds = clock.Elapsed.TotalSeconds;
+        Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; importance pass {importanceSeconds:F2} s");
+        Evaluate("F16 export", f16, 0, null);
+        Console.WriteLine();
+        Console.WriteLine($"{"type",-8} {"quantizer",-26} {"MiB",7} {"bpw",6} {"KLD mean",20} {"KLD p99",9} {"same top",9} {"PPL",16} {"seconds",8}  bytes vs llama.cpp");
+
+        foreach (var type in types)
+        {
+            string ours = Path.Combine(temp, $"ours.{type.Name()}.gguf"), theirs = Path.Combine(temp, $"llama.{type.Name()}.gguf");
+            clock.Restart();
+            string? refused = null;
+            try { LlamaCppQuantizer.Quantize(f16, theirs, type.Name(), threads); }
+            catch (LlamaCppException e) { refused = e.Message; }
+            double theirSeconds = clock.Elapsed.TotalSeconds;
+
+            clock.Restart();
+            GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "bench" });
+            double ourSeconds = clock.Elapsed.TotalSeconds;
+            Evaluate($"{type.Name()}", ours, ourSeconds, "superquant", refused is null ? SameBytes(ours, theirs) : "llama.cpp refused");
+
+            var aware = new SuperAwareGguf { Importance = importance, SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z) };
+            foreach (var (label, variant) in new[] { ("super-aware, diagonal", aware), ("super-aware, covariance", aware with { Covariance = covariance }), ("  + raised SW matrix", aware with { Covariance = covariance, RaiseSuperWeightTensors = true }) })
+            {
+                if (label.Contains("raised") && !detection.Found) continue;
+                string path = Path.Combine(temp, $"aware.{type.Name()}.gguf");
+                clock.Restart();
+                GgufWriter.Write(path, model, variant.Export(type, "bench", null));
+                Evaluate("", path, clock.Elapsed.TotalSeconds + importanceSeconds, label);
+            }
+            if (refused is null) Evaluate("", theirs, theirSeconds, "llama.cpp quantizer");
+            else Console.WriteLine($"{"",-8} {"llama.cpp quantizer",-26} refused: {refused.Split('\n')[0]}");
+        }
+
+        void Evaluate(string type, string path, double seconds, string? quantizer, string? bytes = null)
+        {
+            using var engine = LlamaCppEngine.Open(path, ctx, threads);
+            var d = Evaluator.Divergence(reference, engine.Logits, eval);
+            long size = new FileInfo(path).Length;
+            double bpw = 8.0 * size / model.Config.ParameterCount;
+            Console.WriteLine($"{type,-8} {quantizer ?? "",-26} {size / 1048576.0,7:F3} {bpw,6:F3} {d.KlDivergence.Value,10:F6} ± {d.KlDivergence.StandardError,-8:F6} {d.KlP99,9:F5} {d.Top1Agreement.Value,9:P2} {d.ModifiedPerplexity.Value,8:F3} ± {d.ModifiedPerplexity.StandardError,-6:F3} {(seconds > 0 ? seconds.ToString("F2", CultureInfo.InvariantCulture) : ""),8}  {bytes}");
+        }
+    }
+
+    static int ReadVocab(string gguf) => (int)GgufFile.Read(gguf).Tensors.First(t => t.Name == "token_embd.weight").Dims[1];
+
+    /// <summary>"identical (N tensors)" when every tensor's type and bytes equal llama.cpp's, else what differs.</summary>
+    public static string SameBytes(string ours, string theirs)
+    {
+        var a = GgufFile.Read(ours);
+        var b = GgufFile.Read(theirs);
+        int same = 0;
+        foreach (var t in a.Tensors)
+        {
+            var u = b.Tensors.FirstOrDefault(x => x.Name == t.Name);
+            if (u is null) return $"{t.Name} missing in llama.cpp's file";
+            if (u.Type != t.Type) return $"{t.Name}: {t.Type} vs llama.cpp {u.Type}";
+            if (!a.ReadRaw(t.Name).AsSpan().SequenceEqual(b.ReadRaw(u.Name))) return $"{t.Name}: bytes differ";
+            same++;
+        }
+        return $"identical ({same} tensors)";
+    }
+}

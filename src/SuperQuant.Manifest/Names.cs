@@ -1,0 +1,92 @@
+namespace SuperQuant.Manifest;
+
+/// <summary>The quantization methods, by the name users write (manifest `method:`, CLI `--method`, artifact metadata).</summary>
+public enum QuantMethod
+{
+    /// <summary>Plain block round-to-nearest.</summary>
+    Rtn,
+    /// <summary>The Super Weight paper: detect super weights, clip at a tuned z, round, keep the super weights exact.</summary>
+    SuperAware,
+    /// <summary>SmoothQuant: activation outliers migrated into the weights by per-channel scales (W/A).</summary>
+    SmoothQuant,
+    /// <summary>QuaRot-style Hadamard rotation of every linear input (W/A).</summary>
+    Hadamard,
+    /// <summary>DuQuant: smoothing, greedy block rotations and a zigzag permutation (W/A).</summary>
+    DuQuant,
+}
+
+/// <summary>
+/// GGUF file types as llama.cpp's quantizer names them (llama-quantize's TYPE argument): a named mix of per-tensor ggml
+/// types. <see cref="Names"/> is the one table of their spellings, nominal bits and llama_ftype numbers.
+/// </summary>
+public enum GgufFileType
+{
+    F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K,
+}
+
+/// <summary>The single name table for methods and GGUF file types: CLI parsing, the manifest reader, artifact metadata
+/// and the JSON schema (tested to list exactly these) all read it.</summary>
+public static class Names
+{
+    static readonly (QuantMethod Method, string Name)[] MethodTable =
+    {
+        (QuantMethod.Rtn, "rtn"), (QuantMethod.SuperAware, "super-aware"), (QuantMethod.SmoothQuant, "smoothquant"),
+        (QuantMethod.Hadamard, "hadamard"), (QuantMethod.DuQuant, "duquant"),
+    };
+
+    /// <summary>name, nominal weight bits (16 for the float types), llama_ftype number.</summary>
+    static readonly (GgufFileType Type, string Name, int Bits, int LlamaFtype)[] GgufTable =
+    {
+        (GgufFileType.F16, "f16", 16, 1), (GgufFileType.BF16, "bf16", 16, 32), (GgufFileType.Q8_0, "q8_0", 8, 7),
+        (GgufFileType.Q6_K, "q6_k", 6, 18), (GgufFileType.Q5_K_M, "q5_k_m", 5, 17), (GgufFileType.Q5_K_S, "q5_k_s", 5, 16),
+        (GgufFileType.Q5_1, "q5_1", 5, 9), (GgufFileType.Q5_0, "q5_0", 5, 8), (GgufFileType.Q4_K_M, "q4_k_m", 4, 15),
+        (GgufFileType.Q4_K_S, "q4_k_s", 4, 14), (GgufFileType.Q4_1, "q4_1", 4, 3), (GgufFileType.Q4_0, "q4_0", 4, 2),
+        (GgufFileType.Q3_K_L, "q3_k_l", 3, 13), (GgufFileType.Q3_K_M, "q3_k_m", 3, 12), (GgufFileType.Q3_K_S, "q3_k_s", 3, 11),
+        (GgufFileType.Q2_K, "q2_k", 2, 10),
+    };
+
+    public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
+    public static IReadOnlyList<string> GgufTypeNames { get; } = GgufTable.Select(t => t.Name).ToArray();
+
+    public static string Name(this QuantMethod m) => MethodTable.First(x => x.Method == m).Name;
+    public static string Name(this GgufFileType t) => GgufTable.First(x => x.Type == t).Name;
+
+    public static bool TryParseMethod(string? s, out QuantMethod method)
+    {
+        foreach (var (m, n) in MethodTable)
+            if (n == s) { method = m; return true; }
+        method = default;
+        return false;
+    }
+
+    public static bool TryParseGgufType(string? s, out GgufFileType type)
+    {
+        foreach (var t in GgufTable)
+            if (t.Name == s?.ToLowerInvariant()) { type = t.Type; return true; }
+        type = default;
+        return false;
+    }
+
+    public static QuantMethod ParseMethod(string s) => TryParseMethod(s, out var m) ? m
+        : throw new FormatException($"unknown method '{s}' (expected one of {string.Join(", ", MethodNames)})");
+
+    public static GgufFileType ParseGgufType(string s) => TryParseGgufType(s, out var t) ? t
+        : throw new FormatException($"unknown GGUF type '{s}' (expected one of {string.Join(", ", GgufTypeNames)})");
+
+    /// <summary>Nominal weight bits of a GGUF file type (16 for F16/BF16): what `weight_bits` must say.</summary>
+    public static int NominalBits(this GgufFileType t) => GgufTable.First(x => x.Type == t).Bits;
+
+    public static bool IsFloat(this GgufFileType t) => t is GgufFileType.F16 or GgufFileType.BF16;
+
+    /// <summary>llama.cpp's llama_ftype number, written as general.file_type.</summary>
+    public static int LlamaFtype(this GgufFileType t) => GgufTable.First(x => x.Type == t).LlamaFtype;
+
+    /// <summary>Methods whose weights are rewritten by calibrated transforms before rounding (W/A methods).</summary>
+    public static bool Transforms(this QuantMethod m) => m is QuantMethod.SmoothQuant or QuantMethod.Hadamard or QuantMethod.DuQuant;
+
+    /// <summary>Methods whose statistics come from calibration data (smoothing scales).</summary>
+    public static bool NeedsCalibration(this QuantMethod m) => m is QuantMethod.SmoothQuant or QuantMethod.DuQuant;
+
+    /// <summary>Methods that need run-time activation handling, which only the packed artifact carries.</summary>
+    public static bool NeedsRuntimeTransforms(this QuantMethod m, int activationBits) => activationBits < 16 || m is QuantMethod.Hadamard or QuantMethod.DuQuant;
+}

@@ -1,0 +1,375 @@
+using System.Security.Cryptography;
+using System.Text;
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.LlamaCpp;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Artifacts;
+using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Gguf;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Pipeline;
+
+/// <summary>How to run, as opposed to what to make (<see cref="QuantizationRequest"/>).</summary>
+public sealed record PipelineOptions
+{
+    public Device Device { get; init; } = torch.CPU;
+    /// <summary>Folder for the recorded reference (obj/superquant for builds); it is reused while the checkpoint,
+    /// evaluation tokens and window plan are unchanged. Null: a temp folder, deleted after the run.</summary>
+    public string? ReferenceCacheFolder { get; init; }
+    public StepLog Log { get; init; } = StepLog.Silent;
+    public CancellationToken Cancel { get; init; }
+    /// <summary>Threads for llama.cpp (default: one per core).</summary>
+    public int? Threads { get; init; }
+    /// <summary>SHA-256 of the manifest, recorded in packed artifacts.</summary>
+    public string? ManifestSha256 { get; init; }
+    /// <summary>Checkpoint hash when the caller already computed it (the gate hashes once per run).</summary>
+    public string? CheckpointSha256 { get; init; }
+    /// <summary>Raise the type of GGUF matrices holding super weights (super-aware only).</summary>
+    public bool RaiseSuperWeightTensors { get; init; }
+}
+
+/// <summary>An artifact as written to its staging file and measured from there.</summary>
+public sealed record ArtifactResult
+{
+    public required ArtifactSpec Spec { get; init; }
+    public required StagedFile File { get; init; }
+    /// <summary>"superquant" (our loader and forward pass) or "llama.cpp" (LLamaSharp 0.30.0).</summary>
+    public required string Engine { get; init; }
+    public required long Bytes { get; init; }
+    public required double BitsPerWeight { get; init; }
+    /// <summary>Per-tensor types (GGUF) or the packed settings, for the report.</summary>
+    public required string Layout { get; init; }
+    /// <summary>Null when no evaluation data was given (the file was still loaded back and run once).</summary>
+    public DivergenceResult? Quality { get; init; }
+}
+
+public sealed record PipelineResult
+{
+    public required QuantizationRequest Request { get; init; }
+    public required string CheckpointSha256 { get; init; }
+    public required IReadOnlyList<SuperWeight> SuperWeights { get; init; }
+    public required string Detection { get; init; }
+    public double? Z { get; init; }
+    public IReadOnlyList<(double Z, double Error)> ZSearch { get; init; } = Array.Empty<(double, double)>();
+    public required IReadOnlyList<ArtifactResult> Artifacts { get; init; }
+    public required IReadOnlyList<StepTiming> Steps { get; init; }
+    /// <summary>Whether the reference was read from the cache (no reference pass ran).</summary>
+    public bool ReferenceFromCache { get; init; }
+    public int TokensEvaluated { get; init; }
+}
+
+/// <summary>
+/// The one quantize -> export -> evaluate path. Every artifact is written to a staging file next to its destination
+/// and then measured from that file, by the runtime that will load it: the packed artifact through
+/// <see cref="PackedArtifact.Load"/> and our forward pass, each GGUF through llama.cpp itself. The caller promotes a
+/// staged file (rename) only when its gate passes, or discards it; nothing unmeasured is shipped.
+/// </summary>
+public static class QuantizationPipeline
+{
+    public static PipelineResult Run(QuantizationRequest r, PipelineOptions o)
+    {
+        r.Validate();
+        var log = o.Log;
+        var staged = new List<StagedFile>();
+        try
+        {
+            return RunCore(r, o, log, staged);
+        }
+        catch
+        {
+            foreach (var f in staged) f.Discard(); // created by this run, never shipped
+            throw;
+        }
+    }
+
+    static PipelineResult RunCore(QuantizationRequest r, PipelineOptions o, StepLog log, List<StagedFile> staged)
+    {
+        var cleanup = new Cleanup();
+        try
+        {
+            string checkpointHash;
+            using (log.Step("hash checkpoint")) checkpointHash = o.CheckpointSha256 ?? CheckpointHash.Compute(r.Checkpoint);
+            LlamaModel model;
+            using (log.Step("load")) model = ModelLoader.Load(r.Checkpoint, o.Device);
+            var artifacts = new List<(ArtifactSpec Spec, StagedFile File, string Layout, double Bpw)>();
+            ReferenceFile? reference = null;
+            string? tempFolder = null;
+            bool referenceCached = false;
+            int[]? eval = null;
+            IReadOnlyList<SuperWeight> superWeights = Array.Empty<SuperWeight>();
+            string detectionText = "not run";
+            double? zUsed = null;
+            IReadOnlyList<(double, double)> zSearch = Array.Empty<(double, double)>();
+            try
+            {
+                LlamaConfig c = model.Config;
+                string tokenizer = r.TokenizerFolder ?? Tokens.CheckpointFolder(r.Checkpoint);
+                int ctx = Math.Min(r.Context, c.MaxPositionEmbeddings), stride = Math.Max(1, ctx / 2);
+                eval = r.Evaluation is { } ev ? Tokens.Load(ev, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
+                int[]? calibration = r.Calibration is { } cal ? Tokens.Load(cal, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
+                int[] prompt = Prompt(r, c, tokenizer, calibration, eval);
+    
+                if (eval is not null)
+                    using (log.Step("reference"))
+                        (reference, referenceCached, tempFolder) = Reference(r, o, model, eval, ctx, stride, checkpointHash, log);
+    
+                bool detect = r.Method == QuantMethod.SuperAware || r.Method.Transforms() || r.ActivationBits < 16;
+                DetectionReport? detection = null;
+                if (detect)
+                    using (log.Step("detect"))
+                    {
+                        detection = new SuperWeightDetector().Detect(model, prompt);
+                        superWeights = detection.SuperWeights;
+                        detectionText = detection.Found
+                            ? $"{superWeights.Count} super weight{(superWeights.Count == 1 ? "" : "s")}: " + string.Join(", ", superWeights.Select(s => $"layer {s.Layer} [{s.Row}, {s.Column}] = {s.Value:G4}"))
+                            : $"none found (largest down_proj spike {detection.Passes[0].Max(l => l.Output.Magnitude):G3}, threshold {detection.FirstPassThreshold:G3})";
+                        log.Info($"{r.Id}: super weights: {detectionText}");
+                    }
+    
+                // GGUF first: it is quantized from the original weights, which the packed path overwrites in place.
+                if (r.Ggufs.Any())
+                {
+                    GgufWriter.CheckSupported(c);
+                    var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
+                    SuperAwareGguf? aware = null;
+                    (ReferenceFile File, int[] Tokens)? calibrationReference = null;
+                    if (r.Method == QuantMethod.SuperAware && calibration is not null)
+                        using (log.Step("calibrate GGUF"))
+                        {
+                            aware = new SuperAwareGguf
+                            {
+                                Importance = ImportanceRecorder.Record(model, calibration, ctx, cancel: o.Cancel),
+                                Covariance = ImportanceRecorder.Covariances(model, calibration, ctx, cancel: o.Cancel),
+                                SuperWeights = superWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z), RaiseSuperWeightTensors = o.RaiseSuperWeightTensors,
+                            };
+                            tempFolder ??= cleanup.Folder = Directory.CreateTempSubdirectory("superquant-run-").FullName;
+                            calibrationReference = CalibrationReference(model, calibration, ctx, tempFolder);
+                            cleanup.Add(calibrationReference.Value.File);
+                        }
+                    foreach (var g in r.Ggufs)
+                        using (log.Step($"export {g.Kind}"))
+                        {
+                            o.Cancel.ThrowIfCancellationRequested();
+                            var file = StagedFile.For(g.Path);
+                            staged.Add(file);
+                            GgufWriteResult written;
+                            if (aware is not null && calibrationReference is not null)
+                                written = WriteBestCandidate(r, o, model, aware, g, vocabulary, file, calibrationReference.Value, log);
+                            else
+                            {
+                                var export = aware?.Export(g.Type, r.Id, vocabulary)
+                                    ?? new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights };
+                                written = GgufWriter.Write(file.StagingPath, model, export);
+                            }
+                            log.Info($"{r.Id}: wrote {g.Kind} ({written.FileBytes / 1048576.0:F2} MiB, {written.BitsPerWeight:F2} bits/weight: {written.TypeSummary})");
+                            foreach (var t in written.Tensors.Where(t => t.Reason != "mix" && t.Reason != "vector").Take(3))
+                                log.Info($"{r.Id}:   {t.Name}: {t.Reason}");
+                            artifacts.Add((g, file, written.TypeSummary, written.BitsPerWeight));
+                        }
+                    calibrationReference?.File.Dispose();
+                    if (aware?.Covariance is { } cov) foreach (var h in cov.Values.Distinct(ReferenceEqualityComparer.Instance).Cast<TorchSharp.torch.Tensor>()) h.Dispose(); // by reference: Tensor.Equals compares contents
+                }
+    
+                if (r.Packed is { } packed)
+                {
+                    ActivationQuantizer? activations;
+                    QuantizationResult result;
+                    using (log.Step("calibrate activations"))
+                        activations = ActivationPlan.Prepare(model, r.Method, r.WeightBits, r.ActivationBits, calibration ?? prompt, detection);
+                    var options = new WeightQuantizationOptions
+                    {
+                        Method = ActivationPlan.WeightMethodFor(r.Method), Bits = r.WeightBits, BlockSize = r.BlockSize, Z = r.Z,
+                    };
+                    using (log.Step("quantize packed"))
+                        result = ModelQuantizer.Quantize(model, options, r.Method.Transforms() ? Array.Empty<SuperWeight>() : superWeights, calibration,
+                            log.Progress($"{r.Id}: quantize"), o.Cancel);
+                    using (result)
+                    {
+                        zUsed = double.IsPositiveInfinity(result.Z) ? null : result.Z;
+                        zSearch = result.ZSearch;
+                        model.Hooks = activations;
+                        var file = StagedFile.For(packed.Path);
+                        staged.Add(file);
+                        using (log.Step("write packed"))
+                            PackedArtifact.Write(file.StagingPath, model, result, checkpointHash, o.ManifestSha256, activations);
+                        string settings = $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {(r.BlockSize == 0 ? "channel" : r.BlockSize.ToString())}" +
+                            (zUsed is double z ? $", z {z:G3}" : "");
+                        artifacts.Add((packed, file, settings, result.BitsPerWeight));
+                    }
+                }
+            }
+            finally
+            {
+                model.Dispose(); // artifacts are measured from disk, one at a time, with the model gone
+            }
+    
+            var results = new List<ArtifactResult>();
+            try
+            {
+                foreach (var (spec, file, layout, bpw) in artifacts)
+                    using (log.Step($"evaluate {spec.Kind}"))
+                    {
+                        o.Cancel.ThrowIfCancellationRequested();
+                        var (engine, quality) = Measure(spec, file.StagingPath, r, o, reference, eval, log);
+                        results.Add(new ArtifactResult
+                        {
+                            Spec = spec, File = file, Engine = engine, Bytes = new FileInfo(file.StagingPath).Length,
+                            BitsPerWeight = bpw, Layout = layout, Quality = quality,
+                        });
+                    }
+            }
+            finally { }
+            return new PipelineResult
+            {
+                Request = r, CheckpointSha256 = checkpointHash, SuperWeights = superWeights, Detection = detectionText, Z = zUsed, ZSearch = zSearch,
+                Artifacts = results, Steps = log.Steps.ToList(), ReferenceFromCache = referenceCached, TokensEvaluated = eval?.Length ?? 0,
+            };
+        
+        }
+        finally { cleanup.Dispose(); }
+    }
+
+    /// <summary>What a run holds until it ends, released whatever happens: open reference files, then its temp folder.</summary>
+    sealed class Cleanup : IDisposable
+    {
+        readonly List<IDisposable> _items = new();
+        public string? Folder { get; set; }
+        public void Add(IDisposable d) => _items.Add(d);
+        public void Dispose()
+        {
+            foreach (var d in _items) d.Dispose();
+            if (Folder is not null) try { Directory.Delete(Folder, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>The unquantized model's predictions on (at most 1024 of) the calibration tokens, for choosing among
+    /// GGUF candidates without ever looking at the evaluation data.</summary>
+    static (ReferenceFile File, int[] Tokens) CalibrationReference(LlamaModel model, int[] calibration, int ctx, string folder)
+    {
+        int[] tokens = calibration[..Math.Min(calibration.Length, 1024)];
+        string path = Path.Combine(folder, "calibration.sqref");
+        ReferenceFile.Record(path, "calibration", t => model.Forward(t), tokens, ctx, Math.Max(1, ctx / 2), model.Config.VocabSize);
+        return (ReferenceFile.TryOpen(path, "calibration", model.Config.VocabSize, tokens.Length, ctx, Math.Max(1, ctx / 2))!, tokens);
+    }
+
+    /// <summary>Writes each super-aware candidate, has llama.cpp measure its KL divergence on the calibration tokens, and
+    /// keeps the lowest (the llama.cpp-identical reference is one of them).</summary>
+    static GgufWriteResult WriteBestCandidate(QuantizationRequest r, PipelineOptions o, LlamaModel model, SuperAwareGguf aware, GgufSpec g,
+        GgufVocabulary? vocabulary, StagedFile file, (ReferenceFile File, int[] Tokens) calibration, StepLog log)
+    {
+        var candidates = aware.Candidates(g.Type, r.Id, vocabulary);
+        var scored = new List<(string Label, string Path, GgufWriteResult Written, double Kl)>();
+        try
+        {
+            for (int i = 0; i < candidates.Count; i++)
+            {
+                o.Cancel.ThrowIfCancellationRequested();
+                string path = $"{file.StagingPath}.candidate{i}";
+                var written = GgufWriter.Write(path, model, candidates[i].Export);
+                using var engine = LlamaCppEngine.Open(path, calibration.File.Context, o.Threads);
+                double kl = Evaluator.Divergence(calibration.File, engine.Logits, calibration.Tokens, cancel: o.Cancel).KlDivergence.Value;
+                scored.Add((candidates[i].Label, path, written, kl));
+            }
+            var best = scored.OrderBy(x => x.Kl).First();
+            log.Info($"{r.Id}: {g.Kind}: calibration KLD " + string.Join(", ", scored.Select(x => $"{x.Label} {x.Kl:G4}")) + $" -> {best.Label}");
+            File.Move(best.Path, file.StagingPath, overwrite: true);
+            return best.Written;
+        }
+        finally
+        {
+            foreach (var x in scored) try { File.Delete(x.Path); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>The detection prompt: given ids (checked against the vocabulary), text, or the first tokens of the
+    /// calibration (else evaluation) stream; at most the model's context (a longer prompt adds nothing to detection).</summary>
+    static int[] Prompt(QuantizationRequest r, LlamaConfig c, string tokenizer, int[]? calibration, int[]? eval)
+    {
+        int[] ids;
+        if (r.PromptTokens is { } given)
+        {
+            int bad = Array.FindIndex(given, i => i < 0 || i >= c.VocabSize);
+            if (given.Length == 0 || bad >= 0)
+                throw r.PromptOrigin.Error(given.Length == 0 ? "the prompt has no token ids" : $"token id {given[bad]} is outside the model's vocabulary [0, {c.VocabSize})");
+            ids = given;
+        }
+        else if (r.PromptText is string text) ids = Tokens.Tokenize(text, tokenizer, c.VocabSize, c.BosTokenId, "the prompt");
+        else if ((calibration ?? eval) is { } stream) ids = stream[..Math.Min(10, stream.Length)];
+        else
+        {
+            try { ids = Tokens.Tokenize(SuperWeightDetector.PaperPrompt, tokenizer, c.VocabSize, c.BosTokenId, "the prompt"); }
+            catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
+            {
+                throw r.PromptOrigin.Error("the checkpoint has no tokenizer: give the detection prompt as token ids, or calibration data");
+            }
+        }
+        return ids.Length > c.MaxPositionEmbeddings ? ids[..c.MaxPositionEmbeddings] : ids;
+    }
+
+    /// <summary>The reference file for this checkpoint, data and window plan: from the cache when present and intact,
+    /// else recorded now (into the cache, or a temp folder this run deletes).</summary>
+    static (ReferenceFile File, bool Cached, string? Temp) Reference(QuantizationRequest r, PipelineOptions o, LlamaModel model, int[] eval, int ctx, int stride,
+        string checkpointHash, StepLog log)
+    {
+        string key = ReferenceKey(checkpointHash, eval, ctx, stride);
+        string? temp = null;
+        string folder = o.ReferenceCacheFolder ?? (temp = Directory.CreateTempSubdirectory("superquant-ref-").FullName);
+        string path = Path.Combine(folder, $"reference-{r.Id}-{key[..16]}.sqref");
+        if (ReferenceFile.TryOpen(path, key, model.Config.VocabSize, eval.Length, ctx, stride) is { } cached)
+        {
+            log.Info($"{r.Id}: baseline from cache ({Path.GetFileName(path)})");
+            return (cached, true, temp);
+        }
+        Directory.CreateDirectory(folder);
+        // One baseline per model id: older ones (other checkpoint or data) are this tool's own cache files.
+        if (o.ReferenceCacheFolder is not null)
+            foreach (string old in Directory.GetFiles(folder, $"reference-{r.Id}-*.sqref")) File.Delete(old);
+        ReferenceFile.Record(path, key, t => model.Forward(t), eval, ctx, stride, model.Config.VocabSize, log.Progress($"{r.Id}: reference").Invoke, o.Cancel);
+        return (ReferenceFile.TryOpen(path, key, model.Config.VocabSize, eval.Length, ctx, stride)
+            ?? throw new InvalidOperationException($"the reference just written to {path} does not read back"), false, temp);
+    }
+
+    /// <summary>Content key of a baseline: checkpoint bytes, evaluation tokens, window plan and the file format.</summary>
+    public static string ReferenceKey(string checkpointHash, IReadOnlyList<int> tokens, int context, int stride)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        sha.AppendData(Encoding.UTF8.GetBytes($"{checkpointHash}|{context}|{stride}|v{ReferenceFile.Version}|"));
+        var buffer = new byte[4 * Math.Min(tokens.Count, 1 << 16)];
+        for (int start = 0; start < tokens.Count; start += 1 << 16)
+        {
+            int n = Math.Min(1 << 16, tokens.Count - start);
+            for (int i = 0; i < n; i++) BitConverter.TryWriteBytes(buffer.AsSpan(4 * i), tokens[start + i]);
+            sha.AppendData(buffer, 0, 4 * n);
+        }
+        return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
+    }
+
+    /// <summary>Reads an artifact back from disk with the runtime that will load it and compares it with the
+    /// reference; without evaluation data it is still loaded and run on one token.</summary>
+    static (string Engine, DivergenceResult? Quality) Measure(ArtifactSpec spec, string path, QuantizationRequest r, PipelineOptions o,
+        ReferenceFile? reference, int[]? eval, StepLog log)
+    {
+        var progress = log.Progress($"{r.Id}: evaluate {spec.Kind}");
+        if (spec is GgufSpec)
+        {
+            int ctx = reference?.Context ?? 8;
+            using var m = LlamaCppEngine.Open(path, ctx, o.Threads);
+            if (reference is null || eval is null) { m.Logits(new[] { 0 }); return ("llama.cpp", null); }
+            if (m.VocabSize != reference.Vocab)
+                throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"llama.cpp reads {m.VocabSize} tokens from {path}, the model has {reference.Vocab}", path);
+            return ("llama.cpp", Evaluator.Divergence(reference, m.Logits, eval, (d, t) => progress(d, t), o.Cancel));
+        }
+        var (model, _) = PackedArtifact.Load(path, o.Device.type == DeviceType.CPU ? null : o.Device);
+        using (model)
+        {
+            if (reference is null || eval is null) { model.Forward(new[] { 0 }).Dispose(); return ("superquant", null); }
+            return ("superquant", Evaluator.Divergence(reference, t => model.Forward(t), eval, (d, t) => progress(d, t), o.Cancel));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+using SuperQuant.Core;
+using SuperQuant.Manifest;
+
+namespace SuperQuant.Pipeline;
+
+/// <summary>Where a request's value came from, for error messages: a manifest position ("quantize.yaml(12,5)",
+/// code SQ3001) or a command-line option ("--prompt-tokens", code SQ2009).</summary>
+public sealed record Origin(string Where, string Code, string? File = null)
+{
+    public static Origin Option(string name) => new(name, ErrorCodes.InvalidArgument);
+    public static Origin Manifest(string file, int line, int column, string key) => new($"{file}({line},{column}): '{key}'", ManifestException.Code, file);
+
+    public SuperQuantException Error(string message) => new(Code, $"{Where}: {message}", File);
+}
+
+/// <summary>Tokens from a text file (tokenized with the checkpoint's tokenizer) or a token-id file.</summary>
+public sealed record TokenSource(string Path, bool IsText, Origin Origin);
+
+/// <summary>One file the pipeline writes.</summary>
+public abstract record ArtifactSpec(string Path, Origin Origin)
+{
+    public abstract string Kind { get; }
+}
+
+/// <summary>The packed artifact (<c>.sqpk.safetensors</c>), run by our loader and forward pass.</summary>
+public sealed record PackedSpec(string Path, Origin Origin) : ArtifactSpec(Path, Origin)
+{
+    public override string Kind => "packed";
+}
+
+/// <summary>A GGUF file of a named type, run by llama.cpp.</summary>
+public sealed record GgufSpec(string Path, GgufFileType Type, Origin Origin) : ArtifactSpec(Path, Origin)
+{
+    public override string Kind => "gguf " + Type.Name();
+}
+
+/// <summary>
+/// Everything one quantization run needs, validated once (<see cref="Validate"/>): `superquant quantize` builds it
+/// from options, `superquant gate` from a manifest entry (<see cref="RequestFromManifest"/>). Immutable.
+/// </summary>
+public sealed record QuantizationRequest
+{
+    public required string Id { get; init; }
+    public required string Checkpoint { get; init; }
+    public QuantMethod Method { get; init; } = QuantMethod.SuperAware;
+    public int WeightBits { get; init; } = 4;
+    public int ActivationBits { get; init; } = 16;
+    /// <summary>0 = per channel.</summary>
+    public int BlockSize { get; init; } = 128;
+    /// <summary>null = tune on calibration data; +Infinity = no clipping.</summary>
+    public double? Z { get; init; }
+    public TokenSource? Calibration { get; init; }
+    public TokenSource? Evaluation { get; init; }
+    /// <summary>Detection prompt as ids (checked against the vocabulary once the model is loaded) or text.</summary>
+    public int[]? PromptTokens { get; init; }
+    public string? PromptText { get; init; }
+    public Origin PromptOrigin { get; init; } = Origin.Option("--prompt-tokens");
+    public int Context { get; init; } = 512;
+    public Origin ContextOrigin { get; init; } = Origin.Option("--context");
+    public required IReadOnlyList<ArtifactSpec> Artifacts { get; init; }
+    public Origin MethodOrigin { get; init; } = Origin.Option("--method");
+    /// <summary>Where the tokenizer for text files lives (default: the checkpoint's folder).</summary>
+    public string? TokenizerFolder { get; init; }
+
+    public PackedSpec? Packed => Artifacts.OfType<PackedSpec>().SingleOrDefault();
+    public IEnumerable<GgufSpec> Ggufs => Artifacts.OfType<GgufSpec>();
+
+    /// <summary>The combination checks that do not need the model; each error names where the value came from.</summary>
+    public QuantizationRequest Validate()
+    {
+        if (Artifacts.Count == 0) throw MethodOrigin.Error("nothing to write: give a packed artifact and/or a GGUF export");
+        if (WeightBits < 2 || WeightBits > 8) throw MethodOrigin.Error($"weight bits {WeightBits} (supported: 2..8)");
+        if (ActivationBits < 4 || ActivationBits > 16) throw MethodOrigin.Error($"activation bits {ActivationBits} (supported: 4..16)");
+        if (BlockSize != 0 && (BlockSize < 32 || BlockSize > 4096)) throw MethodOrigin.Error($"block size {BlockSize} (supported: 32..4096 or channel)");
+        if (Z is double z && !(z > 0)) throw MethodOrigin.Error($"z {z} must be a positive number");
+        if (Context < 2 || Context > 1 << 20) throw ContextOrigin.Error($"context {Context} must be in 2..{1 << 20}");
+        bool calibrated = Calibration is not null;
+        if (Method.NeedsCalibration() && !calibrated)
+            throw MethodOrigin.Error($"{Method.Name()} calibrates its smoothing scales: it needs calibration data (calibration_text/calibration_tokens, --calibration-text/--calibration-tokens)");
+        if (Method == QuantMethod.SuperAware && Z is null && !calibrated)
+            throw MethodOrigin.Error("z: auto tunes the clipping threshold on calibration data: give calibration_text/calibration_tokens (--calibration-*), or a fixed z (a number, or none)");
+        foreach (var g in Ggufs)
+        {
+            if (Method.NeedsRuntimeTransforms(ActivationBits))
+                throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation transforms, which only the packed artifact carries");
+            if (Method.Transforms())
+                throw g.Origin.Error($"GGUF export of {Method.Name()} is not supported: its smoothing is folded into the norms for a run-time activation quantizer that llama.cpp does not have; use rtn or super-aware for GGUF");
+            if (!g.Type.IsFloat() && g.Type.NominalBits() != WeightBits)
+                throw g.Origin.Error($"GGUF type {g.Type.Name()} stores {g.Type.NominalBits()}-bit weights but weight_bits is {WeightBits}: make them agree (or export f16/bf16)");
+        }
+        return this;
+    }
+}

@@ -1,0 +1,79 @@
+using SuperQuant.Core.Llama;
+using SuperQuant.Core.Quantization;
+using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Gguf;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Pipeline;
+
+/// <summary>
+/// The Super Weight paper's ideas carried into llama.cpp's k-quants, at the same per-tensor types as the named mix
+/// unless <see cref="RaiseSuperWeightTensors"/> says otherwise:
+/// 1. each matrix's scale search is weighted by the calibration activations entering its columns (llama.cpp's
+///    imatrix): the super activation's input channel dominates, so the super weight's column is kept accurately;
+/// 2. z-score clipping of outliers before the block scales are chosen (the paper's clipping), never clipping a super
+///    weight or the gate/up rows that produce the super activation, at the given z or, for z auto, at 6 and 4;
+/// 3. per row, the candidate (llama.cpp's reference quantization, importance-weighted, clipped) with the lowest
+///    importance-weighted reconstruction error is written (<see cref="GgufExport.Variants"/>): the data chooses where
+///    clipping and weighting help, and no row is worse than llama.cpp's by that measure;
+/// 4. optionally, the matrices holding super weights one type higher.
+/// Plain `rtn` exports none of this: their bytes equal llama.cpp's quantizer's.
+/// </summary>
+public sealed record SuperAwareGguf
+{
+    public IReadOnlyDictionary<LinearSite, float[]>? Importance { get; init; }
+    /// <summary>X^T X / n per linear input, for choosing each row's candidate by its layer-output error.</summary>
+    public IReadOnlyDictionary<LinearSite, Tensor>? Covariance { get; init; }
+    /// <summary>Clipping thresholds tried per row (a fixed z from the request); empty: no clipping. Measured: on k-quants
+    /// (sub-blocks of 16 or 32 already isolate outliers) clipping candidates did not lower KLD, so z auto tries none.</summary>
+    public IReadOnlyList<double> ZCandidates { get; init; } = Array.Empty<double>();
+    public bool RaiseSuperWeightTensors { get; init; }
+    public IReadOnlyList<SuperWeight> SuperWeights { get; init; } = Array.Empty<SuperWeight>();
+
+    public GgufExport Export(GgufFileType type, string name, GgufVocabulary? vocabulary) => new()
+    {
+        FileType = type, Name = name, Vocabulary = vocabulary, Method = QuantMethod.SuperAware, SuperWeights = SuperWeights,
+        Importance = Importance, Covariance = Covariance,
+        Variants = ZCandidates.Where(double.IsFinite).Select(z => (Func<LinearSite, Tensor, Tensor>)((site, w) => Clip(site, w, z))).ToList(),
+        TypeOverrides = RaiseSuperWeightTensors && !type.IsFloat()
+            ? SuperWeights.Select(s => s.Layer).Distinct().ToDictionary(l => $"blk.{l}.ffn_down.weight", _ => Raised(type))
+            : null,
+    };
+
+    /// <summary>One step above the file type's main type (Q8_0 at the top).</summary>
+    static GgmlType Raised(GgufFileType t) => GgufMix.DefaultType(t) switch
+    {
+        GgmlType.Q2_K => GgmlType.Q4_K, GgmlType.Q3_K => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 => GgmlType.Q6_K,
+        _ => GgmlType.Q8_0,
+    };
+
+    /// <summary>A fixed z tries just that one; auto and none try no clipping.</summary>
+    public static IReadOnlyList<double> ZFor(double? z) => z is double v && double.IsFinite(v) ? new[] { v } : Array.Empty<double>();
+
+    /// <summary>The files worth measuring for one type, each a complete export: llama.cpp's reference quantization (the
+    /// bytes llama.cpp's quantizer writes), rows chosen by the diagonal importance error, and, when covariances were
+    /// recorded, rows chosen by the layer-output error. The pipeline keeps the one with the lowest KL divergence on the
+    /// calibration data, measured by llama.cpp: never worse than llama.cpp's own file there.</summary>
+    public IReadOnlyList<(string Label, GgufExport Export)> Candidates(GgufFileType type, string name, GgufVocabulary? vocabulary)
+    {
+        var list = new List<(string, GgufExport)>
+        {
+            ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
+            ("importance-weighted rows", Export(type, name, vocabulary) with { Covariance = null }),
+        };
+        if (Covariance is not null) list.Add(("output-error-chosen rows", Export(type, name, vocabulary)));
+        return list;
+    }
+
+    Tensor Clip(LinearSite site, Tensor w, double z)
+    {
+        if (site.Projection == Projection.LmHead) return w;
+        Tensor clipped = ModelQuantizer.ZScoreClip(w, z, ModelQuantizer.SuperActivationRows(site, SuperWeights));
+        if (site.Projection == Projection.Down)
+            foreach (var s in SuperWeights.Where(s => s.Layer == site.Layer))
+                clipped[s.Row, s.Column] = w[s.Row, s.Column]; // the super weight itself is never clipped
+        return clipped;
+    }
+}

@@ -1,0 +1,41 @@
+using SuperQuant.Core;
+using SuperQuant.Models.Text;
+
+namespace SuperQuant.Pipeline;
+
+/// <summary>Token streams for evaluation, calibration and prompts: token-id files, or text through the checkpoint's
+/// own tokenizer (BOS prepended when the tokenizer does not add it, as llama.cpp does).</summary>
+public static class Tokens
+{
+    public static string CheckpointFolder(string modelPath) =>
+        Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
+
+    /// <param name="minimum">Fewer tokens is an error naming the file (evaluation needs 2).</param>
+    public static int[] Load(TokenSource source, string tokenizerFolder, int vocabSize, int? bos, int minimum = 1)
+    {
+        int[] ids = source.IsText ? Tokenize(ReadText(source.Path), tokenizerFolder, vocabSize, bos, source.Path) : TokenIdFile.Read(source.Path, vocabSize, minimum);
+        if (ids.Length < minimum)
+            throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{source.Path}: {ids.Length} token{(ids.Length == 1 ? "" : "s")} after tokenizing; at least {minimum} needed", source.Path);
+        return ids;
+    }
+
+    static string ReadText(string path)
+    {
+        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"text file not found: {path}", path);
+        if (new FileInfo(path).Length > TokenIdFile.MaxBytes)
+            throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: larger than {TokenIdFile.MaxBytes >> 20} MiB", path);
+        return File.ReadAllText(path);
+    }
+
+    /// <summary>Tokenizes with the checkpoint's tokenizer; prepends BOS when the tokenizer did not.</summary>
+    public static int[] Tokenize(string text, string tokenizerFolder, int vocabSize, int? bos, string? what = null)
+    {
+        var tok = TokenizerLoader.Load(tokenizerFolder);
+        int[] ids = tok.EncodeToIds(text).ToArray();
+        if (bos is int b && (ids.Length == 0 || ids[0] != b)) ids = new[] { b }.Concat(ids).ToArray();
+        int bad = Array.FindIndex(ids, i => i < 0 || i >= vocabSize);
+        if (bad >= 0)
+            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"the tokenizer in {tokenizerFolder} produced id {ids[bad]}{(what is null ? "" : " for " + what)}, outside the model's vocabulary of {vocabSize}", tokenizerFolder);
+        return ids;
+    }
+}
