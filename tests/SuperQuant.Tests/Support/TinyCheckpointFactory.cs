@@ -166,6 +166,19 @@ public sealed class TempFolder : IDisposable
 
 public static class SharedModels
 {
+    static string Shared(params string[] parts)
+    {
+        string? shared = Environment.GetEnvironmentVariable("SUPERQUANT_SHARED_DIR");
+        if (string.IsNullOrEmpty(shared)) shared = System.IO.Path.Combine(RepoPaths.Root, "..", "shared");
+        string path = System.IO.Path.GetFullPath(System.IO.Path.Combine(new[] { shared, "models" }.Concat(parts).ToArray()));
+        if (!System.IO.File.Exists(path))
+            Assert.Fail($"the shared model file is expected at {path} (the repository's ../shared, or set SUPERQUANT_SHARED_DIR)");
+        return path;
+    }
+
+    /// <summary>The real LLaMA-2 SentencePiece tokenizer (32,000 pieces), ../shared/models/llama2-tokenizer.</summary>
+    public static string Llama2Tokenizer => Shared("llama2-tokenizer", "tokenizer.model");
+
     /// <summary>../shared/models/stories260K/stories260K.bin relative to the repository root, or under
     /// $SUPERQUANT_SHARED_DIR when set.</summary>
     public static string Stories260K
