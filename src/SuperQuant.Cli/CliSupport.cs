@@ -13,9 +13,10 @@ public static class ExitCodes
     public const int Success = 0;
     /// <summary>A quality gate measured a regression past its limit (SQ1001). Nothing else exits 1.</summary>
     public const int GateFailed = 1;
-    /// <summary>Bad command line: unknown option, missing argument, or a value outside its domain (SQ2009).</summary>
+    /// <summary>A command line that does not parse: unknown option, missing argument, a value of the wrong type (SQ2009).</summary>
     public const int Usage = 2;
-    /// <summary>Bad input or environment: a checkpoint, data file, manifest, output path, disk (coded SQ####, naming the file and field).</summary>
+    /// <summary>Bad input or environment: a checkpoint, data file, manifest, output path, disk, or an option value outside
+    /// its domain (coded SQ####, naming the file and field or option).</summary>
     public const int InputError = 3;
     /// <summary>An unexpected failure (a bug: please report it with the output).</summary>
     public const int InternalError = 4;

@@ -14,11 +14,13 @@ foreach (var c in new[]
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {
-    // Every command-line mistake, including a value outside an option's domain, is exit 2 with SQ2009.
+    // A command line that does not parse (unknown option, missing argument, not a number) is a usage error, exit 2; a
+    // value that parses but lies outside its option's domain is an input error, exit 3. Both print SQ2009 and the option.
+    bool domainOnly = parsed.Errors.All(e => e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal));
     foreach (var e in parsed.Errors)
         Console.Error.WriteLine(e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal) ? $"error {e.Message}" : $"error {ErrorCodes.InvalidArgument}: {e.Message}");
     Console.Error.WriteLine("Run 'superquant --help' (or 'superquant COMMAND --help') for usage.");
-    return ExitCodes.Usage;
+    return domainOnly ? ExitCodes.InputError : ExitCodes.Usage;
 }
 int exitCode = parsed.Invoke();
 // For `bench scale`, which measures a child run's whole-process peak: VmHWM at exit is exact, polling is not.

@@ -13,8 +13,15 @@ public static class AtomicFile
     {
         string full = Path.GetFullPath(path);
         string temp = full + $".{Environment.ProcessId}.tmp";
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        RemoveStale(full, ".tmp");
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            RemoveStale(full, ".tmp");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {full}: its folder cannot be created or read ({e.Message})", full, e);
+        }
         if (expectedBytes is long bytes) DiskSpace.EnsureRoom(full, bytes);
         try
         {
@@ -32,6 +39,12 @@ public static class AtomicFile
             TryDelete(temp);
             throw DiskSpace.Full(full, expectedBytes, e);
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Name the file the user asked for, not our temp file, and say it is a write failure (not "not found").
+            TryDelete(temp);
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {full}: {e.Message.Replace(temp, full)}", full, e);
+        }
         catch
         {
             TryDelete(temp);
@@ -41,7 +54,7 @@ public static class AtomicFile
 
     static void TryDelete(string file)
     {
-        try { File.Delete(file); } catch (IOException) { }
+        try { File.Delete(file); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     /// <summary>Deletes "target.PID{suffix}" files of processes that no longer run (a killed writer leaves one). Only

@@ -22,8 +22,15 @@ public sealed class StagedFile
     public static StagedFile For(string finalPath)
     {
         var f = new StagedFile(finalPath);
-        Directory.CreateDirectory(Path.GetDirectoryName(f.FinalPath)!);
-        RemoveStale(f.FinalPath);
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(f.FinalPath)!);
+            RemoveStale(f.FinalPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {f.FinalPath}: its folder cannot be created ({e.Message})", f.FinalPath, e);
+        }
         return f;
     }
 

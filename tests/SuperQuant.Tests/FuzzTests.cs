@@ -160,4 +160,45 @@ public sealed class FuzzTests
         Assert.IsTrue(rejected > CasesPerFormat / 10, $"only {rejected} rejected");
         Console.WriteLine($"yaml: {CasesPerFormat} cases, {rejected} rejected with SQ3001");
     }
+
+    [TestMethod]
+    public void TokenIdFileReaderSeesOnlyCodedErrors()
+    {
+        byte[] seed = System.Text.Encoding.UTF8.GetBytes("# superquant generate --seed 2\n1 461 392, 390 446\n300 288 424 # end of line\n\t422 293 276\n");
+        Fuzz("token-id file", seed, ".txt", p => SuperQuant.Models.Text.TokenIdFile.Read(p, 500), 505);
+    }
+
+    [TestMethod]
+    public void ShardIndexReaderSeesOnlyCodedErrors()
+    {
+        using var dir = new TempFolder();
+        Directory.CreateDirectory(dir.File("hf"));
+        byte[] seed = System.Text.Encoding.UTF8.GetBytes("""{"metadata": {"total_size": 64}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}""");
+        Fuzz("model.safetensors.index.json", seed, ".json", p =>
+        {
+            File.Copy(p, dir.File("hf/model.safetensors.index.json"), overwrite: true);
+            HfCheckpoint.ShardFiles(dir.File("hf"));
+        }, 606);
+    }
+
+    /// <summary>The gate's state file is ours to read and never trusted: whatever it holds, reading it either recovers
+    /// entries or starts afresh (a re-run); it never throws.</summary>
+    [TestMethod]
+    public void StateFileReaderNeverFails()
+    {
+        using var dir = new TempFolder();
+        byte[] seed = System.Text.Encoding.UTF8.GetBytes("""{"models":{"tiny":{"input_hash":"ab12","outputs":["/p/models/tiny.sqpk.safetensors"],"report":{"id":"tiny","status":"done","settings":"s","detection":"d","super_weights":[[1,17,45]],"artifacts":[{"kind":"packed","path":"/p/x","engine":"superquant","bytes":1,"bits_per_weight":4.5,"layout":"l","passed":true}],"input_hash":"ab12"}}}}""");
+        var rng = new Random(707);
+        string path = dir.File("state.json");
+        File.WriteAllBytes(path, seed);
+        Assert.HasCount(1, SuperQuant.Cli.Commands.GateCommand.ReadState(path).Models, "the seed is a valid state");
+        int recovered = 0;
+        for (int i = 0; i < CasesPerFormat; i++)
+        {
+            File.WriteAllBytes(path, Mutate(seed, rng));
+            try { recovered += SuperQuant.Cli.Commands.GateCommand.ReadState(path).Models.Count; }
+            catch (Exception e) { Assert.Fail($"state case {i}: {e.GetType().Name}: {e.Message}"); }
+        }
+        Console.WriteLine($"state file: {CasesPerFormat} cases, {recovered} kept an entry, the rest started afresh");
+    }
 }

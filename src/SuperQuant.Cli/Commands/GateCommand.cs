@@ -14,8 +14,8 @@ namespace SuperQuant.Cli.Commands;
 /// <summary>`superquant gate`: run quantize.yaml end to end (what `dotnet build` runs through SuperQuant.Build).</summary>
 public static class GateCommand
 {
-    sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report);
-    sealed record State(Dictionary<string, StateEntry> Models);
+    public sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report);
+    public sealed record State(Dictionary<string, StateEntry> Models);
 
     public static Command Create()
     {
@@ -180,7 +180,7 @@ public static class GateCommand
     }
 
     /// <summary>A damaged or foreign state file only costs a re-run: anything that does not parse as ours is ignored.</summary>
-    static State ReadState(string path)
+    public static State ReadState(string path)
     {
         try
         {

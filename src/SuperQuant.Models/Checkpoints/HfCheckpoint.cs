@@ -57,9 +57,8 @@ public sealed class HfCheckpoint : IDisposable
         string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
         if (File.Exists(index))
         {
-            try
+            using var doc = JsonInput.Parse(index, ErrorCodes.CheckpointFormat);
             {
-                using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
                 if (!doc.RootElement.TryGetProperty("weight_map", out JsonElement map) || map.ValueKind != JsonValueKind.Object)
                     throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: missing object 'weight_map'", index);
                 var files = new SortedSet<string>(StringComparer.Ordinal);
@@ -73,10 +72,7 @@ public sealed class HfCheckpoint : IDisposable
                 }
                 return files.Select(f => System.IO.Path.Combine(folder, f)).ToList();
             }
-            catch (JsonException e)
-            {
-                throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: not valid JSON: {e.Message}", index);
-            }
+
         }
         var all = Directory.GetFiles(folder, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToList();
         if (all.Count == 0) throw new SuperQuantException(ErrorCodes.FileNotFound, $"no *.safetensors files in {folder}", folder);

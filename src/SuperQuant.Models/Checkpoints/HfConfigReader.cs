@@ -12,10 +12,8 @@ public static class HfConfigReader
     public static LlamaConfig Read(string configPath)
     {
         if (!File.Exists(configPath)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"config.json not found: {configPath}", configPath);
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(configPath)); }
-        catch (JsonException e) { throw Invalid(configPath, $"not valid JSON: {e.Message}"); }
-        using (doc) return FromJson(doc.RootElement, configPath);
+        using JsonDocument doc = JsonInput.Parse(configPath, ErrorCodes.ConfigInvalid);
+        return JsonInput.Guard(configPath, ErrorCodes.ConfigInvalid, () => FromJson(doc.RootElement, configPath));
     }
 
     public static LlamaConfig FromJson(JsonElement c, string configPath)

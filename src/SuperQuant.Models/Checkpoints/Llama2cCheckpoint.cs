@@ -154,5 +154,6 @@ public static class Llama2cCheckpoint
         };
     }
 
-    static SuperQuantException Corrupt(string path, string what) => new(ErrorCodes.CheckpointFormat, $"invalid llama2.c checkpoint {path}: {what}", path);
+    static SuperQuantException Corrupt(string path, string what) =>
+        new(ErrorCodes.CheckpointFormat, $"{path} is not a valid llama2.c checkpoint ({what}); expected {ModelLoader.Accepted}", path);
 }

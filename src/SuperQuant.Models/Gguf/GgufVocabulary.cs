@@ -120,7 +120,7 @@ public sealed record GgufVocabulary
     /// <summary>A byte-level BPE tokenizer.json (ByteLevel pre-tokenizer or decoder); null for other kinds.</summary>
     public static GgufVocabulary? FromByteLevelBpe(string path, LlamaConfig config)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        using var doc = JsonInput.Parse(path, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
         JsonElement root = doc.RootElement;
         if (!root.TryGetProperty("model", out var model) || model.GetProperty("type").GetString() != "BPE") return null;
         bool byteLevel = root.ToString().Contains("\"ByteLevel\"", StringComparison.Ordinal);
@@ -158,13 +158,13 @@ public sealed record GgufVocabulary
         string config = Path.Combine(folder, "config.json"), tokenizerConfig = Path.Combine(folder, "tokenizer_config.json");
         if (File.Exists(config))
         {
-            using var d = JsonDocument.Parse(File.ReadAllBytes(config));
+            using var d = JsonInput.Parse(config, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
             if (d.RootElement.TryGetProperty("bos_token_id", out var b) && Int(b) is int bos) v = v with { BosId = bos };
             if (d.RootElement.TryGetProperty("eos_token_id", out var e) && Int(e) is int eos) v = v with { EosId = eos };
         }
         if (File.Exists(tokenizerConfig))
         {
-            using var d = JsonDocument.Parse(File.ReadAllBytes(tokenizerConfig));
+            using var d = JsonInput.Parse(tokenizerConfig, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
             if (d.RootElement.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddBos = ab.GetBoolean() };
             if (d.RootElement.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
         }

@@ -61,6 +61,8 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
+    static string Excerpt(string s) => s.Length <= 80 ? s : s[..77] + "...";
+
     static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
@@ -75,8 +77,10 @@ public sealed class SafetensorsFile : IDisposable
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Corrupt(path, "header is not a JSON object");
             var tensors = new Dictionary<string, SafetensorsEntry>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (JsonProperty p in doc.RootElement.EnumerateObject())
             {
+                if (!seen.Add(p.Name)) throw Corrupt(path, $"'{Excerpt(p.Name)}' appears twice in the header (the reference implementation refuses duplicate names)");
                 if (p.Name == "__metadata__")
                 {
                     if (p.Value.ValueKind != JsonValueKind.Object) throw Corrupt(path, "__metadata__ is not an object");
@@ -89,14 +93,21 @@ public sealed class SafetensorsFile : IDisposable
                 }
                 tensors[p.Name] = ParseEntry(path, p.Name, p.Value, dataLength);
             }
-            // Tensors may not share bytes: sorted by offset, each must start at or after the previous end.
+            // As the reference implementation checks: sorted by offset, the tensors tile the data section exactly, with
+            // no overlap, no gap and nothing after the last one.
             SafetensorsEntry? previous = null;
+            long expected = 0;
             foreach (var e in tensors.Values.OrderBy(e => e.Begin).ThenBy(e => e.End))
             {
                 if (previous != null && e.Begin < previous.End)
                     throw Corrupt(path, $"tensors '{previous.Name}' [{previous.Begin}, {previous.End}) and '{e.Name}' [{e.Begin}, {e.End}) overlap");
+                if (e.Begin != expected)
+                    throw Corrupt(path, $"tensor '{e.Name}' starts at {e.Begin}, but the data before it ends at {expected} (gaps are not allowed)");
+                expected = e.End;
                 previous = e;
             }
+            if (expected != dataLength)
+                throw Corrupt(path, $"the tensors cover {expected} bytes of a {dataLength}-byte data section (bytes after the last tensor are not allowed)");
             return (tensors, metadata);
         }
     }
@@ -125,7 +136,8 @@ public sealed class SafetensorsFile : IDisposable
         }
         if (!v.TryGetProperty("data_offsets", out JsonElement off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
             throw Corrupt(path, $"tensor '{name}': 'data_offsets' must be [begin, end]");
-        if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+        if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+            || !off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
             throw Corrupt(path, $"tensor '{name}': data_offsets must satisfy 0 <= begin <= end");
         if (end > dataLength)
             throw Corrupt(path, $"tensor '{name}': data_offsets [{begin}, {end}) run past the data section ({dataLength} bytes; file truncated?)");

@@ -100,11 +100,7 @@ public static class TokenizerLoader
         return null;
     }
 
-    static JsonDocument ParseJson(string path)
-    {
-        try { return JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{path} is not valid JSON: {e.Message}", path, e); }
-    }
+    static JsonDocument ParseJson(string path) => JsonInput.Parse(path, ErrorCodes.TokenizerUnsupported);
 
     static string? Str(JsonElement e, string key) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
