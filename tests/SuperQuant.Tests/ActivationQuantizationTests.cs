@@ -135,7 +135,7 @@ public sealed class ActivationQuantizationTests
     {
         foreach (long n in new long[] { 64, 48 })
         {
-            using var r = ActivationQuantizer.OrthogonalRotation(n, 3);
+            using var r = SuperQuant.Core.Quantization.Methods.HadamardRotation.Create(n, 3);
             using var eye = torch.eye(n);
             Assert.IsTrue(r.matmul(r.t()).allclose(eye, rtol: 0, atol: 1e-5), $"n = {n}");
         }

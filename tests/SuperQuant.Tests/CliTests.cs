@@ -125,7 +125,7 @@ public sealed class QuantizeCliTests
         using var dir = new TempFolder();
         TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec());
         var r = CliRunner.Run("quantize", "--model", dir.Path, "--method", "rtn", "--bits", "9", "--out", dir.File("x.safetensors"));
-        Assert.AreEqual(2, r.ExitCode, "a value outside an option's domain is a usage error");
+        Assert.AreEqual(3, r.ExitCode, "a value outside an option's domain is an input error");
         StringAssert.Contains(r.StdErr, "error SQ2009: --bits 9 (expected 2..8)");
         Assert.IsFalse(File.Exists(dir.File("x.safetensors")));
         var z = CliRunner.Run("quantize", "--model", dir.Path, "--prompt-tokens", "1", "--out", dir.File("x.safetensors"));

@@ -95,15 +95,19 @@ public sealed class ForwardPassTests
         using LlamaModel model = ModelLoader.Load(dir.Path);
         int[] ids = Enumerable.Range(0, 14).Select(i => (i * 5 + 1) % 48).ToArray();
         using var full = model.Forward(ids);
-        using var cache = new KvCache(model.Config.NumLayers);
+        using var cache = new KvCache(model.Config.NumLayers, capacity: 4); // too small on purpose: it must grow
         var parts = new List<torch.Tensor>();
+        var capacities = new List<long>();
         // A 5-token prefill, a 3-token chunk (explicit mask), then one token per step.
         foreach (var (from, n) in new[] { (0, 5), (5, 3) }.Concat(Enumerable.Range(8, 6).Select(i => (i, 1))))
         {
             using var chunk = torch.tensor(ids.Skip(from).Take(n).Select(t => (long)t).ToArray());
             parts.Add(model.Forward(chunk, cache).squeeze(0));
+            capacities.Add(cache.Capacity);
         }
         Assert.AreEqual(14L, cache.Length);
+        // Written in place: 5 (the prefill), doubled to 10, then 20 - three allocations for 14 positions, not one per step.
+        CollectionAssert.AreEqual(new long[] { 5, 10, 20 }, capacities.Distinct().ToArray());
         using var stitched = torch.cat(parts.ToArray(), 0);
         float worst = (stitched - full).abs().max().item<float>();
         Assert.IsLessThan(1e-4f, worst, $"max |logit difference| {worst}");

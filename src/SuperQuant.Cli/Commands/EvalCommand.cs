@@ -48,8 +48,8 @@ public static class EvalCommand
         };
         cmd.Validators.Add(r =>
         {
-            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError($"{ErrorCodes.InvalidArgument}: give exactly one of --text or --tokens");
-            if (r.GetValue(stride) is int s && s >= r.GetValue(context)) r.AddError($"{ErrorCodes.InvalidArgument}: --stride {s} must be below --context {r.GetValue(context)}");
+            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens");
+            if (r.GetValue(stride) is int s && s >= r.GetValue(context)) r.AddError($"--stride {s} must be below --context {r.GetValue(context)}");
         });
         cmd.SetAction(r => CliSupport.Run(() =>
         {

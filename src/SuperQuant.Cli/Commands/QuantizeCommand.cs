@@ -43,10 +43,10 @@ public static class QuantizeCommand
         };
         cmd.Validators.Add(r =>
         {
-            if (r.GetValue(output) is null && r.GetValue(gguf) is null) r.AddError($"{ErrorCodes.InvalidArgument}: give --out (packed artifact) and/or --gguf");
-            if (r.GetValue(calibText) is not null && r.GetValue(calibTokens) is not null) r.AddError($"{ErrorCodes.InvalidArgument}: give one of --calibration-text or --calibration-tokens");
-            if (r.GetValue(evalText) is not null && r.GetValue(evalTokens) is not null) r.AddError($"{ErrorCodes.InvalidArgument}: give one of --eval-text or --eval-tokens");
-            if (r.GetValue(prompt) is not null && r.GetValue(promptTokens) is not null) r.AddError($"{ErrorCodes.InvalidArgument}: give one of --prompt or --prompt-tokens");
+            if (r.GetValue(output) is null && r.GetValue(gguf) is null) r.AddError("give --out (packed artifact) and/or --gguf");
+            if (r.GetValue(calibText) is not null && r.GetValue(calibTokens) is not null) r.AddError("give one of --calibration-text or --calibration-tokens");
+            if (r.GetValue(evalText) is not null && r.GetValue(evalTokens) is not null) r.AddError("give one of --eval-text or --eval-tokens");
+            if (r.GetValue(prompt) is not null && r.GetValue(promptTokens) is not null) r.AddError("give one of --prompt or --prompt-tokens");
         });
         cmd.SetAction(r => CliSupport.Run(() =>
         {

@@ -18,7 +18,7 @@ public static class Sampler
         var rng = new Random(seed);
         var tokens = new List<int>(prompt);
         int window = model.Config.MaxPositionEmbeddings;
-        using var cache = useCache && model.Hooks is null ? new KvCache(model.Config.NumLayers) : null;
+        using var cache = useCache && model.Hooks is null ? new KvCache(model.Config.NumLayers, Math.Min(window, prompt.Count + count)) : null;
         for (int step = 0; step < count; step++)
         {
             using var scope = torch.NewDisposeScope();

@@ -1,5 +1,6 @@
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Core.Quantization.Methods;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -130,14 +131,14 @@ public sealed class ActivationQuantizer : IForwardHooks
                 {
                     // Fold: the norm's weight divides by s (so its output is x / s) and the weights multiply by s.
                     // Only inputs that come out of a parametric norm can take this; o_proj/down_proj stay plain.
-                    Tensor s = SmoothingScales(model, sites, absMax, o.Alpha);
+                    Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha);
                     var layer = model.Weights.Layers[l];
                     if (g == InputGroup.Attention) layer.AttnNorm = layer.AttnNorm! / s; else layer.FfnNorm = layer.FfnNorm! / s;
                     foreach (var site in sites) model.Weights[site] = model.Weights[site] * s;
                 }
                 Tensor? t = o.Method switch
                 {
-                    ActivationMethod.Hadamard => OrthogonalRotation(absMax.shape[0], o.Seed + 31 * l + (int)g),
+                    ActivationMethod.Hadamard => HadamardRotation.Create(absMax.shape[0], o.Seed + 31 * l + (int)g),
                     ActivationMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
                     _ => null,
                 };
@@ -210,27 +211,6 @@ public sealed class ActivationQuantizer : IForwardHooks
         return (x / scale).round().clamp(-qmax - 1, qmax) * scale;
     }
 
-    /// <summary>SmoothQuant: s_c = max|X_c|^a / max|W_c|^(1-a) over the group's weights; the input is divided by s.</summary>
-    static Tensor SmoothingScales(LlamaModel model, IReadOnlyList<LinearSite> sites, Tensor actAbsMax, double alpha)
-    {
-        Tensor wMax = sites.Select(s => model.Weights[s].abs().amax(new long[] { 0 })).Aggregate((a, b) => torch.maximum(a, b));
-        return (actAbsMax.clamp(min: 1e-5).pow(alpha) / wMax.clamp(min: 1e-5).pow(1 - alpha)).clamp(min: 1e-5);
-    }
-
-    /// <summary>A normalized Sylvester Hadamard matrix when n is a power of two, else a seeded random orthogonal matrix.</summary>
-    public static Tensor OrthogonalRotation(long n, int seed)
-    {
-        if ((n & (n - 1)) == 0)
-        {
-            Tensor h = torch.ones(1, 1);
-            while (h.shape[0] < n) h = torch.cat(new[] { torch.cat(new[] { h, h }, 1), torch.cat(new[] { h, -h }, 1) }, 0);
-            return h / (float)Math.Sqrt(n);
-        }
-        var g = new Generator((ulong)seed + 1);
-        var (qm, r) = torch.linalg.qr(torch.randn(new[] { n, n }, generator: g));
-        return qm * torch.sign(torch.diagonal(r)).unsqueeze(0);
-    }
-
     /// <summary>
     /// DuQuant's input transform for one group: smoothing (alpha), a block-diagonal rotation built greedily from the
     /// largest-outlier channel of each block, a zigzag permutation that deals channels (sorted by outlier size) to
@@ -239,68 +219,19 @@ public sealed class ActivationQuantizer : IForwardHooks
     static Tensor DuQuantTransform(LlamaModel model, IReadOnlyList<LinearSite> sites, Tensor absMax, Tensor samples, ActivationQuantizationOptions o)
     {
         long n = absMax.shape[0];
-        Tensor s = SmoothingScales(model, sites, absMax, o.Alpha);
+        Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha);
         Tensor t = torch.diag(1.0f / s);
         Tensor x = samples.matmul(t);
         int block = (int)Math.Min(o.RotationBlock, n);
         var rng = new Random(o.Seed + (int)n);
-        Tensor r1 = GreedyBlockRotation(x, block, o.RotationSteps, rng);
+        Tensor r1 = DuQuantRotation.Greedy(x, block, o.RotationSteps, rng);
         t = t.matmul(r1);
         x = x.matmul(r1);
-        Tensor perm = ZigzagPermutation(x.abs().amax(new long[] { 0 }), block);
+        Tensor perm = ZigzagPermutation.Matrix(x.abs().amax(new long[] { 0 }), block);
         t = t.matmul(perm);
         x = x.matmul(perm);
-        Tensor r2 = GreedyBlockRotation(x, block, o.RotationSteps, rng);
+        Tensor r2 = DuQuantRotation.Greedy(x, block, o.RotationSteps, rng);
         return t.matmul(r2);
-    }
-
-    static Tensor GreedyBlockRotation(Tensor x, int block, int steps, Random rng)
-    {
-        long n = x.shape[1];
-        Tensor full = torch.eye(n);
-        for (long start = 0; start < n; start += block)
-        {
-            long size = Math.Min(block, n - start);
-            Tensor xb = x.narrow(1, start, size);
-            Tensor r = torch.eye(size);
-            double best = xb.abs().max().item<float>();
-            Tensor basis = OrthogonalRotation(size, rng.Next());
-            for (int step = 0; step < steps; step++)
-            {
-                // Rotate the channel holding the block's largest magnitude onto a direction that spreads it evenly.
-                long outlier = xb.matmul(r).abs().amax(new long[] { 0 }).argmax().item<long>();
-                Tensor swap = torch.eye(size);
-                swap[0, 0] = torch.tensor(0f); swap[outlier, outlier] = torch.tensor(0f);
-                swap[0, outlier] = torch.tensor(1f); swap[outlier, 0] = torch.tensor(1f);
-                Tensor candidate = r.matmul(swap).matmul(basis);
-                double m = xb.matmul(candidate).abs().max().item<float>();
-                if (m >= best) break;
-                best = m;
-                r = candidate;
-            }
-            full[TensorIndex.Slice(start, start + size), TensorIndex.Slice(start, start + size)] = r;
-        }
-        return full;
-    }
-
-    static Tensor ZigzagPermutation(Tensor channelMax, int block)
-    {
-        long n = channelMax.shape[0];
-        long blocks = (n + block - 1) / block;
-        long[] order = channelMax.argsort(descending: true).data<long>().ToArray();
-        var buckets = Enumerable.Range(0, (int)blocks).Select(_ => new List<long>()).ToList();
-        int b = 0, dir = 1;
-        foreach (long c in order)
-        {
-            while (buckets[b].Count >= Math.Min(block, n - (long)b * block)) { b += dir; if (b < 0 || b >= blocks) { dir = -dir; b += dir; } }
-            buckets[b].Add(c);
-            b += dir;
-            if (b < 0 || b >= blocks) { dir = -dir; b += dir; }
-        }
-        long[] newOrder = buckets.SelectMany(x => x).ToArray();
-        Tensor p = torch.zeros(n, n);
-        for (int i = 0; i < n; i++) p[newOrder[i], i] = torch.tensor(1f); // column i takes channel newOrder[i]
-        return p;
     }
 
     /// <summary>Per input group: max |x| per channel and a sample of input rows, from one calibration pass.</summary>

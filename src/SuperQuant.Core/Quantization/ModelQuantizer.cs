@@ -60,17 +60,8 @@ public static class ModelQuantizer
 {
     public static IEnumerable<LinearSite> QuantizedSites(LlamaWeights w) => w.LinearSites.Where(s => s.Projection != Projection.LmHead);
 
-    /// <summary>Clips to mean +/- z * std of the whole matrix (the paper's z-score clipping), except the rows listed
-    /// in <paramref name="exemptRows"/>, which keep their values.</summary>
-    public static Tensor ZScoreClip(Tensor w, double z, IReadOnlyCollection<long>? exemptRows = null)
-    {
-        if (double.IsPositiveInfinity(z)) return w.alias();
-        using var scope = torch.NewDisposeScope();
-        double mean = w.mean().item<float>(), std = w.std().item<float>();
-        Tensor clipped = w.clamp(mean - z * std, mean + z * std);
-        foreach (long row in exemptRows ?? Array.Empty<long>()) clipped[row] = w[row];
-        return clipped.MoveToOuterDisposeScope();
-    }
+    /// <summary>The paper's z-score clipping (<see cref="Methods.ZScoreClipping"/>).</summary>
+    public static Tensor ZScoreClip(Tensor w, double z, IReadOnlyCollection<long>? exemptRows = null) => Methods.ZScoreClipping.Clip(w, z, exemptRows);
 
     /// <summary>
     /// The rows of gate_proj and up_proj that feed the super weights' input channels (row k of both for a super

@@ -13,6 +13,9 @@ public sealed class RunCReference
 
     public int Vocab => vocab;
 
+    /// <summary>Called with (layer, position, down_proj input, down_proj output) as the forward pass computes them.</summary>
+    public Action<int, int, float[], float[]>? OnDownProj { get; set; }
+
     public RunCReference(string path)
     {
         using var r = new BinaryReader(File.OpenRead(path));
@@ -106,6 +109,7 @@ public sealed class RunCReference
                 MatMul(hb2, xb, w3, (long)l * dim * hidden, dim, hidden);
                 for (int i = 0; i < hidden; i++) { float val = hb[i]; val *= 1.0f / (1.0f + MathF.Exp(-val)); hb[i] = val * hb2[i]; }
                 MatMul(xb, hb, w2, (long)l * dim * hidden, hidden, dim);
+                OnDownProj?.Invoke(l, pos, hb, xb);
                 for (int i = 0; i < dim; i++) x[i] += xb[i];
             }
             RmsNorm(x, x, rmsFinal, 0, dim);

@@ -1,0 +1,31 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Core.Quantization.Methods;
+
+/// <summary>
+/// The rotation baseline of DuQuant's comparison (QuaRot, Ashkboos et al., 2024, section 3): an orthogonal Q with
+/// X W^T = (X Q)(W Q)^T, spreading every channel's outliers over all channels. For n a power of two Q is the normalized
+/// Sylvester Hadamard matrix H_n / sqrt(n) (H_2n = [[H, H], [H, -H]]); otherwise a seeded random orthogonal matrix (QR of
+/// a Gaussian matrix with the sign of R's diagonal folded in, which makes it Haar-distributed).
+/// </summary>
+public static class HadamardRotation
+{
+    public static Tensor Create(long n, int seed)
+    {
+        if ((n & (n - 1)) == 0)
+        {
+            Tensor h = torch.ones(1, 1);
+            while (h.shape[0] < n) h = torch.cat(new[] { torch.cat(new[] { h, h }, 1), torch.cat(new[] { h, -h }, 1) }, 0);
+            return h / (float)Math.Sqrt(n);
+        }
+        return RandomOrthogonal(n, seed);
+    }
+
+    public static Tensor RandomOrthogonal(long n, int seed)
+    {
+        var g = new Generator((ulong)seed + 1);
+        var (q, r) = torch.linalg.qr(torch.randn(new[] { n, n }, generator: g));
+        return q * torch.sign(torch.diagonal(r)).unsqueeze(0);
+    }
+}
