@@ -225,6 +225,7 @@ public sealed class ConsoleProgress
     public void Report(int done, int total)
     {
         if (!_enabled || total <= 0) return;
+        if (done == 0) _clock.Restart(); // a (0, total) report marks the real start: the ETA ignores setup before it
         double f = (double)done / total;
         string eta = done > 0 && done < total ? $", eta {TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds / done * (total - done)):mm\\:ss}" : "";
         if (_interactive)

@@ -188,7 +188,7 @@ public static class QuantizationPipeline
                     };
                     using (log.Step("quantize packed"))
                         result = ModelQuantizer.Quantize(model, options, r.Method.Transforms() ? Array.Empty<SuperWeight>() : superWeights, calibration,
-                            log.Progress($"{r.Id}: quantize"), o.Cancel);
+                            log.Progress($"{r.Id}: quantize"), o.Cancel, log.Progress($"{r.Id}: z search"));
                     using (result)
                     {
                         zUsed = double.IsPositiveInfinity(result.Z) ? null : result.Z;

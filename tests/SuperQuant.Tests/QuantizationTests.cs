@@ -99,6 +99,36 @@ public sealed class QuantizationTests
     }
 
     [TestMethod]
+    [DataRow(4, 128, 64, 1000)]
+    [DataRow(3, 64, 7, 100)]    // rows do not end on a byte
+    [DataRow(8, 32, 5, 77)]
+    [DataRow(2, 0, 9, 300)]
+    [DataRow(5, 4096, 3, 5000)]
+    [DataRow(7, 32, 3, 33)]     // codes straddle bytes; the last code ends inside the padding
+    public void FastDequantizationIsIdenticalToTheTensorReference(int bits, int block, int rows, int cols)
+    {
+        using Tensor w = RandomMatrix(rows, cols, bits * 10 + cols);
+        w[0, 3] = torch.tensor(-1.7f);
+        using QuantizedMatrix plain = BlockRtnQuantizer.Quantize(w, bits, block);
+        // With outliers kept exactly (as the super-aware method stores super weights).
+        using QuantizedMatrix q = new()
+        {
+            Bits = plain.Bits, BlockSize = plain.BlockSize, Rows = plain.Rows, Cols = plain.Cols,
+            PackedCodes = plain.PackedCodes.clone(), Scales = plain.Scales.clone(), Zeros = plain.Zeros.clone(),
+            OutlierIndices = torch.tensor(new long[] { 0, 3, rows - 1, cols - 1 }, new long[] { 2, 2 }),
+            OutlierValues = torch.tensor(new[] { -1.7f, 2.5f }).to_type(ScalarType.Float16),
+        };
+        using Tensor reference = BlockRtnQuantizer.Dequantize(q);
+        using Tensor into = torch.full(rows, cols, float.NaN);
+        FastBlockRtn.DequantizeInto(q, into);
+        Assert.IsTrue(into.equal(reference).all().item<bool>(), "DequantizeInto, bit for bit");
+        using Tensor roundTrip = torch.full(rows, cols, float.NaN);
+        FastBlockRtn.QuantizeDequantizeInto(w, bits, block, roundTrip);
+        using Tensor plainReference = BlockRtnQuantizer.Dequantize(plain);
+        Assert.IsTrue(roundTrip.equal(plainReference).all().item<bool>(), "QuantizeDequantizeInto, bit for bit");
+    }
+
+    [TestMethod]
     [DataRow(4, 172)]   // stories260K's down_proj width: 172 = 21 whole groups of 8 + 4 codes
     [DataRow(2, 300)]
     [DataRow(6, 100)]
@@ -137,6 +167,34 @@ public sealed class QuantizationTests
         Assert.IsTrue(scales.equal(fresh.Scales).all().item<bool>(), "scales");
         Assert.IsTrue(zeros.equal(fresh.Zeros).all().item<bool>(), "zeros");
         Assert.ThrowsExactly<ArgumentException>(() => FastBlockRtn.QuantizeInto(b, 3, 128, packed, scales, zeros));
+    }
+
+    [TestMethod]
+    [DataRow(Projection.Down, 4, 32)]
+    [DataRow(Projection.Gate, 3, 64)]
+    [DataRow(Projection.Q, 2, 0)]
+    public void ZSearchErrorsEqualTheSlowQuantizeThenDequantizePath(Projection projection, int bits, int block)
+    {
+        // The tuner's fast site-major search must score each z exactly as quantizing the matrix for real would:
+        // plain loop here over QuantizeMatrix -> Dequantize, the code path the shipped weights take.
+        using Tensor w = RandomMatrix(24, 96, 5);
+        w[7, 5] = torch.tensor(3.1f);   // super weight of layer 1 (down_proj [7, 5])
+        w[5, 40] = torch.tensor(-2.2f); // gate/up row 5 feeds it: exempt from clipping
+        using Tensor x = RandomMatrix(40, 96, 6) * 4f;
+        var site = new LinearSite(1, projection);
+        var supers = new[] { new SuperWeight(1, 7, 5, 3.1f, 0) };
+        var o = new WeightQuantizationOptions { Bits = bits, BlockSize = block };
+        var candidates = new[] { double.PositiveInfinity, 6, 3, 2, 1.5 };
+        double[] fast = ZTuner.SiteErrors(w, x, site, o, candidates, supers);
+        for (int c = 0; c < candidates.Length; c++)
+        {
+            using QuantizedMatrix q = ModelQuantizer.QuantizeMatrix(w, site, o, candidates[c], supers);
+            using Tensor wq = BlockRtnQuantizer.Dequantize(q);
+            using Tensor reference = x.matmul(w.t()), diff = x.matmul((w - wq).t());
+            double slow = diff.pow(2).sum().item<float>() / reference.pow(2).sum().item<float>();
+            Assert.AreEqual(slow, fast[c], slow * 1e-5, $"z = {candidates[c]}");
+        }
+        Assert.IsTrue(fast.Distinct().Count() >= 3, "the candidates' errors differ: clipping really happened");
     }
 
     [TestMethod]

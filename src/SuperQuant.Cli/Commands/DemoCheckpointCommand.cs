@@ -1,4 +1,5 @@
 using System.CommandLine;
+using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Models.Checkpoints;
 
@@ -12,20 +13,27 @@ public static class DemoCheckpointCommand
     {
         var output = new Option<string>("--out", "-o") { Description = "folder to write config.json and model.safetensors to", Required = true };
         var seed = new Option<int>("--seed") { Description = "random seed", DefaultValueFactory = _ => 1 };
-        var cmd = new Command("demo-checkpoint", "Write a small random LLaMA checkpoint (1.4M parameters, vocabulary 256) with a super weight planted at (1, 100, 300).\n" + ExitCodes.HelpText)
+        var hidden = new Option<int>("--hidden") { Description = "hidden size (multiple of 64)", DefaultValueFactory = _ => 256 }.InRange(64, 16384);
+        var ffn = new Option<int>("--ffn") { Description = "MLP intermediate size", DefaultValueFactory = _ => 512 }.InRange(16, 65536);
+        var layers = new Option<int>("--layers") { Description = "decoder layers", DefaultValueFactory = _ => 2 }.InRange(1, 256);
+        var vocab = new Option<int>("--vocab") { Description = "vocabulary size", DefaultValueFactory = _ => 256 }.InRange(16, 262144);
+        var cmd = new Command("demo-checkpoint", "Write a random LLaMA checkpoint (default 1.4M parameters, vocabulary 256; --hidden/--ffn/--layers/--vocab for others, e.g. 768/2048/12/32000 for ~110M, tied embedding) with a super weight planted at (1, 100, 300) (layer 0 when there is one; row and column clamped to the matrix).\n" + ExitCodes.HelpText)
         {
-            output, seed,
+            output, seed, hidden, ffn, layers, vocab,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
+            int h = r.GetValue(hidden), f = r.GetValue(ffn), n = r.GetValue(layers);
+            if (h % 64 != 0) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--hidden {h} is not a multiple of 64 (heads of 64)", "--hidden");
             var config = new LlamaConfig
             {
-                Architecture = "llama", HiddenSize = 256, IntermediateSize = 512, NumLayers = 2, NumHeads = 4, NumKvHeads = 4,
-                VocabSize = 256, MaxPositionEmbeddings = 512, TieWordEmbeddings = true,
+                Architecture = "llama", HiddenSize = h, IntermediateSize = f, NumLayers = n, NumHeads = Math.Max(1, h / 64), NumKvHeads = Math.Max(1, h / 64),
+                VocabSize = r.GetValue(vocab), MaxPositionEmbeddings = 512, TieWordEmbeddings = true,
             };
             string dir = r.GetValue(output)!;
-            RandomCheckpoint.Write(dir, config, seed: r.GetValue(seed), superWeight: (1, 100, 300));
-            Console.WriteLine($"wrote {dir} ({config.ParameterCount / 1e6:F1}M parameters, super weight at layer 1 [100, 300])");
+            RandomCheckpoint.Write(dir, config, seed: r.GetValue(seed), superWeight: (Math.Min(1, n - 1), Math.Min(100, h - 1), Math.Min(300, f - 1)),
+                progress: new ConsoleProgress("writing").Report);
+            Console.WriteLine($"wrote {dir} ({config.ParameterCount / 1e6:F1}M parameters, super weight at layer {Math.Min(1, n - 1)} [{Math.Min(100, h - 1)}, {Math.Min(300, f - 1)}])");
             return ExitCodes.Success;
         }));
         return cmd;

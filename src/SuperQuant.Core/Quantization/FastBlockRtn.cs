@@ -69,6 +69,76 @@ public static unsafe class FastBlockRtn
         PackRow(c, dst, rows * cols, bits, BitPacking.PackedBytes(rows * cols, bits));
     }
 
+    /// <summary>
+    /// Quantizes <paramref name="weight"/> and writes the dequantized values, (code - zero) * scale in float32 exactly as
+    /// <see cref="BlockRtnQuantizer.Dequantize"/> computes them, into <paramref name="output"/> (same shape), without
+    /// packing: what z tuning needs per candidate, at memory speed.
+    /// </summary>
+    public static void QuantizeDequantizeInto(Tensor weight, int bits, int blockSize, Tensor output)
+    {
+        BlockRtnQuantizer.Validate(bits, blockSize);
+        if (!Applies(weight) || !Applies(output) || !weight.shape.SequenceEqual(output.shape)) throw new ArgumentException("expected two contiguous fp32 CPU matrices of one shape");
+        long rows = weight.shape[0], cols = weight.shape[1];
+        int block = blockSize == 0 ? (int)cols : (int)Math.Min(blockSize, cols);
+        long blocks = (cols + block - 1) / block;
+        float* w = (float*)Pointer(weight);
+        float* o = (float*)Pointer(output);
+        Parallel.For(0, rows, () => (new byte[cols], new Half[blocks], new Half[blocks]), (r, _, scratch) =>
+        {
+            var (codes, scales, zeros) = scratch;
+            fixed (byte* c = codes) fixed (Half* s = scales) fixed (Half* z = zeros)
+            {
+                QuantizeRow(w + r * cols, c, cols, block, bits, s, z);
+                float* dst = o + r * cols;
+                for (long b = 0; b < blocks; b++)
+                {
+                    float scale = (float)s[b], zero = (float)z[b];
+                    long end = Math.Min(cols, (b + 1) * block);
+                    for (long j = b * block; j < end; j++) dst[j] = (c[j] - zero) * scale;
+                }
+            }
+            return scratch;
+        }, _ => { });
+    }
+
+    /// <summary>The dequantized matrix of <paramref name="q"/> written into <paramref name="output"/> ([rows, cols] fp32,
+    /// e.g. the buffer the original weights were in), outliers restored; equal to <see cref="BlockRtnQuantizer.Dequantize"/>.</summary>
+    public static void DequantizeInto(QuantizedMatrix q, Tensor output)
+    {
+        if (!Applies(output) || output.shape[0] != q.Rows || output.shape[1] != q.Cols) throw new ArgumentException("output must be a contiguous fp32 CPU [rows, cols] matrix");
+        using var packed = q.PackedCodes.cpu().contiguous();
+        using var scalesT = q.Scales.cpu().to_type(ScalarType.Float32).contiguous();
+        using var zerosT = q.Zeros.cpu().to_type(ScalarType.Float32).contiguous();
+        byte* src = (byte*)Pointer(packed);
+        float* o = (float*)Pointer(output), sc = (float*)Pointer(scalesT), ze = (float*)Pointer(zerosT);
+        long rows = q.Rows, cols = q.Cols, blocks = q.BlocksPerRow;
+        int bits = q.Bits, block = q.BlockSize;
+        long totalBytes = packed.numel();
+        if (totalBytes != BitPacking.PackedBytes(rows * cols, bits)) throw new ArgumentException("packed code count does not match the matrix shape");
+        int mask = (1 << bits) - 1;
+        Parallel.For(0, rows, r =>
+        {
+            float* dst = o + r * cols;
+            float* rowScales = sc + r * blocks, rowZeros = ze + r * blocks;
+            for (long j = 0; j < cols; j++)
+            {
+                // LSB-first stream (BitPacking): code i occupies bits [i*bits, (i+1)*bits); with bits <= 8 it spans
+                // at most two bytes, the second of which may lie past the end only when the code fits in the first.
+                long bit = (r * cols + j) * bits, at = bit >> 3;
+                int pair = src[at] | (at + 1 < totalBytes ? src[at + 1] << 8 : 0);
+                int v = (pair >> (int)(bit & 7)) & mask;
+                long b = j / block;
+                dst[j] = (v - rowZeros[b]) * rowScales[b];
+            }
+        });
+        if (q.OutlierIndices is { } idx && q.OutlierValues is { } val && q.OutlierCount > 0)
+        {
+            long[] ix = idx.cpu().data<long>().ToArray();
+            float[] vs = val.cpu().to_type(ScalarType.Float32).data<float>().ToArray();
+            for (int k = 0; k < vs.Length; k++) o[ix[2 * k] * cols + ix[2 * k + 1]] = vs[k];
+        }
+    }
+
     static void QuantizeRow(float* row, byte* codeRow, long cols, int block, int bits, Half* s, Half* z)
     {
         float maxCode = (1 << bits) - 1;

@@ -116,7 +116,8 @@ public static class ModelQuantizer
     /// <summary>Quantizes the model in place. With <c>Z = null</c> and the super-aware method, z is tuned on
     /// <paramref name="calibrationTokens"/> first.</summary>
     public static QuantizationResult Quantize(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
-        IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null, CancellationToken cancel = default)
+        IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null, CancellationToken cancel = default,
+        Action<int, int>? searchProgress = null)
     {
         BlockRtnQuantizer.Validate(o.Bits, o.BlockSize);
         double z = double.PositiveInfinity;
@@ -128,11 +129,12 @@ public static class ModelQuantizer
             {
                 if (calibrationTokens is null || calibrationTokens.Count < 2)
                     throw new SuperQuantException(ErrorCodes.InvalidArgument, "z = auto needs calibration tokens (a calibration text or token-id file)");
-                (z, search) = ZTuner.Choose(model, calibrationTokens, o, superWeights);
+                (z, search) = ZTuner.Choose(model, calibrationTokens, o, superWeights, searchProgress, cancel);
             }
         }
         var sites = QuantizedSites(model.Weights).ToList();
         var matrices = new Dictionary<LinearSite, QuantizedMatrix>();
+        progress?.Invoke(0, sites.Count); // starts the ETA clock here, not before the z search
         for (int i = 0; i < sites.Count; i++)
         {
             cancel.ThrowIfCancellationRequested(); // between matrices: Ctrl+C / MSBuild cancel stop within one matrix
@@ -140,8 +142,12 @@ public static class ModelQuantizer
             Tensor original = model.Weights[site];
             QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights);
             matrices[site] = q;
-            model.Weights[site] = BlockRtnQuantizer.Dequantize(q);
-            original.Dispose();
+            if (FastBlockRtn.Applies(original)) FastBlockRtn.DequantizeInto(q, original); // in place: no second copy of the matrix
+            else
+            {
+                model.Weights[site] = BlockRtnQuantizer.Dequantize(q);
+                original.Dispose();
+            }
             progress?.Invoke(i + 1, sites.Count);
         }
         // Artifacts store the embedding and the head in fp16: round them here too, so what is evaluated (and gated)

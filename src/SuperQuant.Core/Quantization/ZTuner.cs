@@ -16,34 +16,68 @@ public static class ZTuner
     /// <summary>Rows of X kept per layer (evenly spaced tokens): bounds memory on long calibration streams.</summary>
     public const int RowsPerLayer = 256;
 
-    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) Choose(LlamaModel model, IReadOnlyList<int> calibration, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
+    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) Choose(LlamaModel model, IReadOnlyList<int> calibration, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
+        Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         var inputs = RecordInputs(model, calibration);
         try
         {
-            var search = new List<(double, double)>();
-            foreach (double z in o.ZCandidates)
+            var candidates = o.ZCandidates.ToList();
+            var totals = new double[candidates.Count];
+            // Site-major: the reference output, the matrix statistics and one scratch matrix are made once per layer
+            // and shared by every candidate (the candidate-major loop made all of them again per candidate).
+            int done = 0;
+            progress?.Invoke(0, inputs.Count);
+            foreach (var (site, x) in inputs)
             {
-                double total = 0;
-                foreach (var (site, x) in inputs)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    Tensor w = model.Weights[site];
-                    using QuantizedMatrix q = ModelQuantizer.QuantizeMatrix(w, site, o, z, superWeights);
-                    Tensor wq = BlockRtnQuantizer.Dequantize(q);
-                    Tensor reference = x.matmul(w.t());
-                    double err = (x.matmul((w - wq).t())).pow(2).sum().item<float>();
-                    total += err / Math.Max(reference.pow(2).sum().item<float>(), 1e-30);
-                }
-                search.Add((z, total / inputs.Count));
+                cancel.ThrowIfCancellationRequested();
+                Tensor w = model.Weights[site];
+                var errors = SiteErrors(w, x, site, o, candidates, superWeights);
+                for (int c = 0; c < candidates.Count; c++) totals[c] += errors[c];
+                progress?.Invoke(++done, inputs.Count);
             }
+            var search = candidates.Select((z, c) => (z, totals[c] / inputs.Count)).ToList();
             var best = search.OrderBy(s => s.Item2).First();
-            return (best.Item1, search);
+            return (best.z, search);
         }
         finally
         {
             foreach (var x in inputs.Values) x.Dispose();
         }
+    }
+
+    /// <summary>||X (W - W_q(z))^T||^2 / ||X W^T||^2 for each candidate z, W_q(z) being exactly what
+    /// <see cref="ModelQuantizer.QuantizeMatrix"/> followed by dequantization gives (the test pins the two equal).</summary>
+    public static double[] SiteErrors(Tensor w, Tensor x, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<double> candidates, IReadOnlyList<SuperWeight> superWeights)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        bool aware = o.Method == WeightMethod.SuperAware;
+        var exempt = aware ? ModelQuantizer.SuperActivationRows(site, superWeights) : Array.Empty<long>();
+        var restored = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
+        // Restored values go through fp16, as they are stored.
+        var restoredValues = restored.Select(s => { using var v = w[s.Row, s.Column]; return (float)(Half)v.item<float>(); }).ToArray();
+        double referenceNorm = Math.Max(x.matmul(w.t()).pow(2).sum().item<float>(), 1e-30);
+        var (mean, std) = Methods.ZScoreClipping.Statistics(w);
+        bool fast = FastBlockRtn.Applies(w);
+        Tensor wq = torch.empty_like(w);
+        var errors = new double[candidates.Count];
+        for (int c = 0; c < candidates.Count; c++)
+        {
+            using var inner = torch.NewDisposeScope();
+            double z = aware ? candidates[c] : double.PositiveInfinity;
+            Tensor clipped = Methods.ZScoreClipping.Clip(w, z, mean, std, exempt);
+            if (fast && FastBlockRtn.Applies(clipped)) FastBlockRtn.QuantizeDequantizeInto(clipped, o.Bits, o.BlockSize, wq);
+            else
+            {
+                using QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+                wq.copy_(BlockRtnQuantizer.Dequantize(q));
+            }
+            for (int k = 0; k < restored.Count; k++) wq[restored[k].Row, restored[k].Column] = torch.tensor(restoredValues[k]);
+            wq.sub_(w);
+            errors[c] = x.matmul(wq.t()).pow(2).sum().item<float>() / referenceNorm;
+        }
+        return errors;
     }
 
     static Dictionary<LinearSite, Tensor> RecordInputs(LlamaModel model, IReadOnlyList<int> tokens)

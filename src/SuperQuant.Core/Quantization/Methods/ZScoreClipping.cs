@@ -15,8 +15,23 @@ public static class ZScoreClipping
     public static Tensor Clip(Tensor w, double z, IReadOnlyCollection<long>? exemptRows = null)
     {
         if (double.IsPositiveInfinity(z)) return w.alias();
+        var (mean, std) = Statistics(w);
+        return Clip(w, z, mean, std, exemptRows);
+    }
+
+    /// <summary>The matrix mean and (unbiased) standard deviation the threshold is built from.</summary>
+    public static (double Mean, double Std) Statistics(Tensor w)
+    {
+        using var mean = w.mean();
+        using var std = w.std();
+        return (mean.item<float>(), std.item<float>());
+    }
+
+    /// <summary>Clip with precomputed <see cref="Statistics"/> (a z search reuses them for every candidate).</summary>
+    public static Tensor Clip(Tensor w, double z, double mean, double std, IReadOnlyCollection<long>? exemptRows = null)
+    {
+        if (double.IsPositiveInfinity(z)) return w.alias();
         using var scope = torch.NewDisposeScope();
-        double mean = w.mean().item<float>(), std = w.std().item<float>();
         Tensor clipped = w.clamp(mean - z * std, mean + z * std);
         foreach (long row in exemptRows ?? Array.Empty<long>()) clipped[row] = w[row];
         return clipped.MoveToOuterDisposeScope();
