@@ -33,6 +33,10 @@ public sealed class SuperQuantGate : ToolTask
     /// <summary>--follow-symlinks</summary>
     public bool FollowSymlinks { get; set; }
 
+    /// <summary>SuperQuantLibTorchDir: a libtorch folder (e.g. a PyTorch install's torch/lib) for the tool to run on;
+    /// passed as SUPERQUANT_LIBTORCH_MSBUILD, which the tool ranks after the SUPERQUANT_LIBTORCH environment variable.</summary>
+    public string? LibTorchDir { get; set; }
+
     /// <summary>The program that runs <see cref="ToolDll"/>; empty = the dotnet host of this build.</summary>
     public string? ToolHost { get; set; }
 
@@ -48,6 +52,8 @@ public sealed class SuperQuantGate : ToolTask
 
     public override bool Execute()
     {
+        if (!string.IsNullOrEmpty(LibTorchDir))
+            EnvironmentVariables = (EnvironmentVariables ?? Array.Empty<string>()).Append($"SUPERQUANT_LIBTORCH_MSBUILD={LibTorchDir}").ToArray();
         bool ok = base.Execute();
         if (!string.IsNullOrEmpty(OutputsFile) && File.Exists(OutputsFile))
             WrittenFiles = File.ReadAllLines(OutputsFile!).Where(l => l.Length > 0).Select(l => (ITaskItem)new TaskItem(l)).ToArray();

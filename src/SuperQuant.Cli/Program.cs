@@ -3,6 +3,17 @@ using SuperQuant.Cli;
 using SuperQuant.Cli.Commands;
 using SuperQuant.Core;
 
+// Before anything touches TorchSharp: choose the libtorch (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, PyTorch, bundled)
+// and load it; when the bundled one sits next to the app this process runs itself again (see LibTorchLoader).
+try
+{
+    if (SuperQuant.Core.Runtime.LibTorchLoader.Activate(args, new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
+}
+catch (SuperQuantException e)
+{
+    Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
+    return ExitCodes.InputError;
+}
 NativeMemoryTuning.Apply();
 var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
 foreach (var c in new[]

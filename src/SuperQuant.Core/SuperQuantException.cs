@@ -5,7 +5,10 @@ namespace SuperQuant.Core;
 /// files, SQ3xxx manifest, SQ4xxx quantization and artifacts.</summary>
 public static class ErrorCodes
 {
+    /// <summary>TorchSharp's native libraries (or the chosen libtorch) could not be loaded.</summary>
     public const string NativeLoad = "SQ0001";
+    /// <summary>SUPERQUANT_LIBTORCH / SuperQuantLibTorchDir names a folder without libtorch.</summary>
+    public const string LibTorchFolder = "SQ0002";
     /// <summary>The run was cancelled (Ctrl+C); nothing from it was shipped.</summary>
     public const string Cancelled = "SQ0008";
     /// <summary>The machine ran out of memory for this model.</summary>

@@ -32,7 +32,7 @@ public sealed class LlamaCppEngine : IDisposable
         var output = new float[(long)ids.Length * VocabSize];
         try { _model.Logits(ids, output); }
         catch (LlamaCppException e) { throw new SuperQuantException(ErrorCodes.ArtifactFormat, e.Message, _model.Path, e); }
-        return torch.tensor(output, new long[] { ids.Length, VocabSize });
+        return torch.tensor(output, new long[] { ids.Length, VocabSize }); // host: llama.cpp's logits; the scorer moves them to the reference's device
     }
 
     public void Dispose() => _model.Dispose();

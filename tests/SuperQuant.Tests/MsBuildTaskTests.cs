@@ -45,6 +45,7 @@ public sealed class MsBuildTaskTests
         done
         dir=$(dirname "$manifest")
         echo run >> "$dir/runs.txt"
+        echo "${SUPERQUANT_LIBTORCH_MSBUILD:-}" > "$dir/libtorch.txt"
         if [ -n "$FAKE_GATE_FAILS" ]; then
           echo "$manifest(3,5): error SQ1001: model 'm', artifact models/m.gguf (gguf q4_k_m, measured by llama.cpp on 99 tokens): kl 0.5 exceeds the limit 0.1"
           exit 1
@@ -104,6 +105,15 @@ public sealed class MsBuildTaskTests
         Assert.IsFalse(File.Exists(dir.File("models/m.q4_k_m.gguf")), "clean removes what the tool wrote");
         Assert.IsFalse(File.Exists(dir.File("obj/superquant/superquant.outputs")));
         Assert.IsTrue(File.Exists(dir.File("quantize.yaml")) && File.Exists(dir.File("fake.sh")), "and nothing else");
+    }
+
+    [TestMethod]
+    public void SuperQuantLibTorchDirReachesTheToolAsItsEnvironmentVariable()
+    {
+        using var dir = Consumer();
+        var r = Dotnet(dir, null, "build", "-p:SuperQuantLibTorchDir=/opt/my torch/lib");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        Assert.AreEqual("/opt/my torch/lib", File.ReadAllText(dir.File("libtorch.txt")).Trim());
     }
 
     [TestMethod]

@@ -12,7 +12,7 @@ public static class DoctorCommand
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "print one JSON object" };
-        var cmd = new Command("doctor", "Print TorchSharp/libtorch versions, the device SuperQuant would use, CUDA visibility and the libstdc++ fix status.\n" + ExitCodes.HelpText) { json };
+        var cmd = new Command("doctor", "Print TorchSharp/libtorch versions, which libtorch was chosen (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, PyTorch, bundled), why others were skipped and the file actually loaded, the device SuperQuant would use, CUDA visibility and the libstdc++ fix status.\n" + ExitCodes.HelpText) { json };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             string? host = GlibcxxVersionNeedsPatcher.FindHostLibStdCxx();
@@ -35,11 +35,19 @@ public static class DoctorCommand
             {
                 torchState = "FAILED: " + (e.InnerException?.Message ?? e.Message).Split('\n')[0];
             }
+            var choice = SuperQuant.Core.Runtime.LibTorchLoader.Current;
             var info = new
             {
                 superquant = typeof(DoctorCommand).Assembly.GetName().Version?.ToString(),
                 torchsharp = typeof(torch).Assembly.GetName().Version?.ToString(),
                 libtorch,
+                libtorch_choice = choice.Describe(),
+                libtorch_source = choice.Source,
+                libtorch_version = choice.IsBundled ? SuperQuant.Core.Runtime.LibTorchLocator.BundledVersion : choice.Version,
+                libtorch_cuda = choice.CudaVersion,
+                libtorch_mode = SuperQuant.Core.Runtime.LibTorchLoader.Mode,
+                libtorch_loaded_from = SuperQuant.Core.Runtime.LibTorchLoader.LoadedLibTorchPath(),
+                libtorch_skipped = choice.Skipped,
                 torch = torchState,
                 cuda_available = cuda,
                 device,
@@ -53,7 +61,8 @@ public static class DoctorCommand
             if (r.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(info, CliSupport.Json));
             else
             {
-                foreach (var p in info.GetType().GetProperties()) Console.WriteLine($"{p.Name,-26} {p.GetValue(info)}");
+                foreach (var p in info.GetType().GetProperties())
+                    Console.WriteLine($"{p.Name,-26} {(p.GetValue(info) is IEnumerable<string> list ? (list.Any() ? string.Join("; ", list) : "none") : p.GetValue(info))}");
             }
             return torchState == "loaded" ? ExitCodes.Success : ExitCodes.InputError;
         }));

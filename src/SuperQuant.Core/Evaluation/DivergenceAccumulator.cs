@@ -41,6 +41,7 @@ public sealed class DivergenceAccumulator
     public void Add(Tensor lpRef, Tensor lpMod, Tensor targets, long[]? referenceArgmax = null, double[]? referenceNll = null)
     {
         using var scope = torch.NewDisposeScope();
+        if (lpRef.device != lpMod.device) lpRef = lpRef.to(lpMod.device); // a reference read from disk meets a model on the GPU
         Tensor t = targets.to(lpRef.device).unsqueeze(1);
         double[] klRows = (lpRef.exp() * (lpRef - lpMod)).sum(-1).cpu().data<double>().ToArray();
         long[] argP = referenceArgmax ?? lpRef.argmax(-1).cpu().data<long>().ToArray();

@@ -76,10 +76,10 @@ public sealed class ReferenceFile : IDisposable
                 Tensor min = torch.maximum(logits.amin(new long[] { -1 }, keepdim: true), max - Range);
                 Tensor scale = ((max - min) / 65535f).clamp(min: 1e-12f);
                 Tensor codes = ((torch.maximum(logits, min) - min) / scale).round().clamp(0, 65535).to(ScalarType.Int32).sub_(32768).to(ScalarType.Int16).contiguous();
-                float[] mins = min.squeeze(1).data<float>().ToArray(), scales = scale.squeeze(1).data<float>().ToArray();
-                long[] argmax = logits.argmax(-1).data<long>().ToArray();
-                double[] nll = (-F.log_softmax(logits.to(ScalarType.Float64), -1).gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray();
-                ReadOnlySpan<byte> codeBytes = codes.bytes;
+                float[] mins = min.squeeze(1).data<float>().ToArray(), scales = scale.squeeze(1).data<float>().ToArray(); // host: logits.cpu() above
+                long[] argmax = logits.argmax(-1).data<long>().ToArray(); // host
+                double[] nll = (-F.log_softmax(logits.to(ScalarType.Float64), -1).gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray(); // host
+                ReadOnlySpan<byte> codeBytes = codes.bytes; // host
                 for (int i = 0; i < mins.Length; i++)
                 {
                     BitConverter.TryWriteBytes(row.AsSpan(0), mins[i]);
@@ -159,8 +159,9 @@ public sealed class ReferenceFile : IDisposable
             MemoryMarshal.Cast<byte, short>(row.Slice(16, 2 * Vocab)).CopyTo(codes.AsSpan(i * Vocab, Vocab));
         }
         using var scope = torch.NewDisposeScope();
+        // host: decoded from file bytes; DivergenceAccumulator.Add moves it to the model's device.
         Tensor c = torch.tensor(codes, new long[] { n, Vocab }).to(ScalarType.Float32) + 32768f;
-        Tensor logits = c * torch.tensor(scales).unsqueeze(1) + torch.tensor(mins).unsqueeze(1);
+        Tensor logits = c * torch.tensor(scales).unsqueeze(1) + torch.tensor(mins).unsqueeze(1); // host: as above
         return (logits.MoveToOuterDisposeScope(), argmax, nll);
     }
 

@@ -33,6 +33,6 @@ public readonly record struct EvalWindow(int Start, int Length, int FirstScored)
         for (int i = 0; i < w.Length; i++) input[i] = tokens[w.Start + i];
         var targets = new long[w.Length - 1 - w.FirstScored];
         for (int i = 0; i < targets.Length; i++) targets[i] = tokens[w.Start + w.FirstScored + i + 1];
-        return (TorchSharp.torch.tensor(input).unsqueeze(0), TorchSharp.torch.tensor(targets));
+        return (TorchSharp.torch.tensor(input).unsqueeze(0), TorchSharp.torch.tensor(targets)); // host: Forward moves the ids, scorers move the targets
     }
 }

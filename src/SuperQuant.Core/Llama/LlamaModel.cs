@@ -72,7 +72,7 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Logits for a plain list of token ids, batch 1: [tokens, vocab].</summary>
     public Tensor Forward(ReadOnlySpan<int> tokens)
     {
-        using var ids = torch.tensor(tokens.ToArray().Select(t => (long)t).ToArray(), dtype: ScalarType.Int64);
+        using var ids = torch.tensor(tokens.ToArray().Select(t => (long)t).ToArray(), dtype: ScalarType.Int64, device: Device);
         using var logits = Forward(ids);
         return logits.squeeze(0);
     }

@@ -27,7 +27,7 @@ public static class Sampler
             {
                 // First step: the whole prompt; then only the token added last.
                 int from = (int)cache.Length;
-                using var ids = torch.tensor(tokens.Skip(from).Select(t => (long)t).ToArray());
+                using var ids = torch.tensor(tokens.Skip(from).Select(t => (long)t).ToArray(), device: model.Device);
                 logits = model.Forward(ids, cache).squeeze(0);
             }
             else
@@ -35,7 +35,7 @@ public static class Sampler
                 int from = Math.Max(0, tokens.Count - window);
                 logits = model.Forward(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens)[from..]);
             }
-            double[] last = logits[-1].to_type(ScalarType.Float64).data<double>().ToArray();
+            double[] last = logits[-1].to_type(ScalarType.Float64).cpu().data<double>().ToArray();
             tokens.Add(temperature <= 0 ? ArgMax(last) : Sample(last, temperature, rng));
             progress?.Invoke(step + 1, count);
         }

@@ -138,7 +138,7 @@ public sealed class ActivationQuantizer : IForwardHooks
                 }
                 Tensor? t = o.Method switch
                 {
-                    ActivationMethod.Hadamard => HadamardRotation.Create(absMax.shape[0], o.Seed + 31 * l + (int)g),
+                    ActivationMethod.Hadamard => HadamardRotation.Create(absMax.shape[0], o.Seed + 31 * l + (int)g).to(absMax.device),
                     ActivationMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
                     _ => null,
                 };
@@ -219,9 +219,10 @@ public sealed class ActivationQuantizer : IForwardHooks
     static Tensor DuQuantTransform(LlamaModel model, IReadOnlyList<LinearSite> sites, Tensor absMax, Tensor samples, ActivationQuantizationOptions o)
     {
         long n = absMax.shape[0];
-        Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha);
+        // Built on the host (n x n matrices, one item() per greedy step) and moved to the model's device once.
+        Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha).cpu();
         Tensor t = torch.diag(1.0f / s);
-        Tensor x = samples.matmul(t);
+        Tensor x = samples.cpu().matmul(t);
         int block = (int)Math.Min(o.RotationBlock, n);
         var rng = new Random(o.Seed + (int)n);
         Tensor r1 = DuQuantRotation.Greedy(x, block, o.RotationSteps, rng);
@@ -231,7 +232,7 @@ public sealed class ActivationQuantizer : IForwardHooks
         t = t.matmul(perm);
         x = x.matmul(perm);
         Tensor r2 = DuQuantRotation.Greedy(x, block, o.RotationSteps, rng);
-        return t.matmul(r2);
+        return t.matmul(r2).to(absMax.device);
     }
 
     /// <summary>Per input group: max |x| per channel and a sample of input rows, from one calibration pass.</summary>

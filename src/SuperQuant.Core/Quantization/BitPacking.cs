@@ -13,7 +13,7 @@ public static class BitPacking
 {
     public static long PackedBytes(long count, int bits) => bits == 8 ? count : (count + 7) / 8 * bits;
 
-    static Tensor Powers(int step, int count) => torch.tensor(Enumerable.Range(0, count).Select(i => 1L << (step * i)).ToArray());
+    static Tensor Powers(int step, int count, Device device) => torch.tensor(Enumerable.Range(0, count).Select(i => 1L << (step * i)).ToArray(), device: device);
 
     public static Tensor Pack(Tensor codes, int bits)
     {
@@ -21,9 +21,9 @@ public static class BitPacking
         using var scope = torch.NewDisposeScope();
         Tensor flat = codes.flatten().to_type(ScalarType.Int64);
         long n = flat.shape[0], groups = (n + 7) / 8;
-        if (groups * 8 != n) flat = torch.cat(new[] { flat, torch.zeros(groups * 8 - n, ScalarType.Int64) });
-        Tensor word = (flat.view(groups, 8) * Powers(bits, 8)).sum(new long[] { 1 }, keepdim: true);
-        Tensor bytes = word.div(Powers(8, bits), rounding_mode: RoundingMode.floor).remainder(256).to_type(ScalarType.Byte).flatten();
+        if (groups * 8 != n) flat = torch.cat(new[] { flat, torch.zeros(groups * 8 - n, ScalarType.Int64, device: flat.device) });
+        Tensor word = (flat.view(groups, 8) * Powers(bits, 8, flat.device)).sum(new long[] { 1 }, keepdim: true);
+        Tensor bytes = word.div(Powers(8, bits, word.device), rounding_mode: RoundingMode.floor).remainder(256).to_type(ScalarType.Byte).flatten();
         return bytes.MoveToOuterDisposeScope();
     }
 
@@ -34,8 +34,8 @@ public static class BitPacking
         if (bits == 8) return packed.flatten().clone();
         using var scope = torch.NewDisposeScope();
         long groups = (count + 7) / 8;
-        Tensor word = (packed.to_type(ScalarType.Int64).view(groups, bits) * Powers(8, bits)).sum(new long[] { 1 }, keepdim: true);
-        Tensor codes = word.div(Powers(bits, 8), rounding_mode: RoundingMode.floor).remainder(1 << bits).to_type(ScalarType.Byte).flatten();
+        Tensor word = (packed.to_type(ScalarType.Int64).view(groups, bits) * Powers(8, bits, packed.device)).sum(new long[] { 1 }, keepdim: true);
+        Tensor codes = word.div(Powers(bits, 8, word.device), rounding_mode: RoundingMode.floor).remainder(1 << bits).to_type(ScalarType.Byte).flatten();
         return codes.narrow(0, 0, count).contiguous().MoveToOuterDisposeScope();
     }
 }

@@ -64,8 +64,8 @@ public static class BlockRtnQuantizer
         if (q.OutlierIndices is not null && q.OutlierValues is not null && q.OutlierCount > 0)
         {
             Tensor flat = w.view(-1);
-            Tensor index = q.OutlierIndices[TensorIndex.Colon, 0] * q.Cols + q.OutlierIndices[TensorIndex.Colon, 1];
-            flat.index_put_(q.OutlierValues.to_type(ScalarType.Float32), index);
+            Tensor index = (q.OutlierIndices[TensorIndex.Colon, 0] * q.Cols + q.OutlierIndices[TensorIndex.Colon, 1]).to(w.device);
+            flat.index_put_(q.OutlierValues.to_type(ScalarType.Float32).to(w.device), index);
         }
         return w.MoveToOuterDisposeScope();
     }

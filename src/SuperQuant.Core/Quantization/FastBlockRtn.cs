@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
 
+// host-only: unsafe pointer code over contiguous fp32 CPU matrices; Applies() routes every other tensor to BlockRtnQuantizer.
 namespace SuperQuant.Core.Quantization;
 
 /// <summary>

@@ -93,7 +93,7 @@ public sealed class ImportanceRecorder : IForwardHooks
         var result = new Dictionary<LinearSite, float[]>();
         foreach (var (site, (sum, count)) in rec._sums)
         {
-            using (sum) result[site] = (sum / Math.Max(1, count)).to(ScalarType.Float32).data<float>().ToArray();
+            using (sum) result[site] = (sum / Math.Max(1, count)).to(ScalarType.Float32).cpu().data<float>().ToArray();
         }
         return result;
     }

@@ -83,9 +83,10 @@ public static class ModelQuantizer
         QuantizedMatrix q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
         var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         if (mine.Count == 0) return q;
+        // host: outlier coordinates and values are artifact data (written to disk); Dequantize moves them.
         var idx = torch.tensor(mine.SelectMany(s => new long[] { s.Row, s.Column }).ToArray(), new long[] { mine.Count, 2 });
         // The super weights' original values, rounded to fp16 (they are stored in fp16).
-        var values = torch.tensor(mine.Select(s => ReadOriginal(w, s)).ToArray()).to_type(ScalarType.Float16);
+        var values = torch.tensor(mine.Select(s => ReadOriginal(w, s)).ToArray()).to_type(ScalarType.Float16); // host: as above
         return new QuantizedMatrix
         {
             Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, PackedCodes = q.PackedCodes, Scales = q.Scales, Zeros = q.Zeros,

@@ -73,7 +73,11 @@ public static class ZTuner
                 using QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
                 wq.copy_(BlockRtnQuantizer.Dequantize(q));
             }
-            for (int k = 0; k < restored.Count; k++) wq[restored[k].Row, restored[k].Column] = torch.tensor(restoredValues[k]);
+            for (int k = 0; k < restored.Count; k++)
+            {
+                using Tensor e = wq[restored[k].Row, restored[k].Column];
+                e.fill_(restoredValues[k]); // a scalar fill: no host tensor meets the device's
+            }
             wq.sub_(w);
             errors[c] = x.matmul(wq.t()).pow(2).sum().item<float>() / referenceNorm;
         }
@@ -102,7 +106,7 @@ public static class ZTuner
             long t = x.shape[0];
             if (t > rows)
             {
-                using var idx = torch.linspace(0, t - 1, rows).round().to_type(ScalarType.Int64);
+                using var idx = torch.linspace(0, t - 1, rows, device: x.device).round().to_type(ScalarType.Int64);
                 Inputs[site] = x.index_select(0, idx).DetachFromDisposeScope();
             }
             else Inputs[site] = x.clone().DetachFromDisposeScope();

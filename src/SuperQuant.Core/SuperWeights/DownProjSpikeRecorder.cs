@@ -47,7 +47,8 @@ public sealed class DownProjSpikeRecorder : IForwardHooks
         {
             if (layer != site.Layer || token >= output.shape[1]) continue;
             // F.linear's result belongs to this pass alone, so writing into it is safe.
-            output[0, token, channel] = torch.tensor(value);
+            using Tensor element = output[0, token, channel];
+            element.fill_(value);
         }
         _outputs[site.Layer] = MaxOf(output);
         return output;

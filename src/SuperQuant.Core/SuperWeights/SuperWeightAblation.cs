@@ -122,7 +122,7 @@ public sealed class SuperWeightAblation
             Tensor w = _model.Weights.Layers[l].WDown;
             long cols = w.shape[1];
             var (values, indices) = w.abs().flatten().topk(Math.Min(n + _weights.Count, (int)w.numel()));
-            long[] idx = indices.data<long>().ToArray();
+            long[] idx = indices.cpu().data<long>().ToArray();
             foreach (long i in idx)
             {
                 int r = (int)(i / cols), c = (int)(i % cols);
@@ -146,10 +146,10 @@ public sealed class SuperWeightAblation
         foreach (int[] prompt in prompts)
         {
             using var scope = torch.NewDisposeScope();
-            Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0);
-            Tensor idx = torch.tensor(ids);
-            double[] a = F.softmax(Plain(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).data<double>().ToArray();
-            double[] b = F.softmax(Zeroed(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).data<double>().ToArray();
+            Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
+            Tensor idx = torch.tensor(ids, device: _model.Device);
+            double[] a = F.softmax(Plain(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
+            double[] b = F.softmax(Zeroed(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
             for (int i = 0; i < ids.Length; i++) { original[i] += a[i]; zeroed[i] += b[i]; }
             positions += prompt.Length;
         }

@@ -207,7 +207,7 @@ public static class GgufWriter
             if (format.UsesImportance) candidates.Add((data, importance));
             foreach (var variant in export.Variants)
             {
-                Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).contiguous();
+                Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
         }
@@ -251,6 +251,7 @@ public static class GgufWriter
     static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength, long rowBytes, Tensor h)
     {
         using var scope = torch.NewDisposeScope();
+        h = h.cpu(); // host: the rows being chosen are host bytes
         Tensor w = torch.tensor(original.ToArray(), new long[] { n, rowLength });
         var decoded = new float[n * rowLength];
         Tensor? best = null, bestError = null;

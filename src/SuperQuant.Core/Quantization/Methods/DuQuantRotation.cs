@@ -1,6 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
+// host-only: its callers pass host samples and move the rotation to the model's device.
 namespace SuperQuant.Core.Quantization.Methods;
 
 /// <summary>

@@ -1,6 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
+// host-only: callers move the matrix to the model's device.
 namespace SuperQuant.Core.Quantization.Methods;
 
 /// <summary>

@@ -1,6 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
+// host-only: callers move the matrix to the model's device.
 namespace SuperQuant.Core.Quantization.Methods;
 
 /// <summary>
@@ -36,7 +37,7 @@ public static class ZigzagPermutation
 
     public static Tensor Matrix(Tensor channelMax, int block)
     {
-        long[] order = Order(channelMax.to(ScalarType.Float32).data<float>().ToArray(), block);
+        long[] order = Order(channelMax.to(ScalarType.Float32).cpu().data<float>().ToArray(), block);
         Tensor p = torch.zeros(order.Length, order.Length);
         for (int i = 0; i < order.Length; i++) p[order[i], i] = torch.tensor(1f);
         return p;
