@@ -69,6 +69,73 @@ public sealed class MethodReferenceTests
         }
     }
 
+    [TestMethod]
+    [DataRow(6)]
+    [DataRow(7)]
+    [DataRow(16)]
+    public void DuQuantsBasisSpreadsTheFrontChannelUniformlyForAnyBlockSize(int n)
+    {
+        using var rt = DuQuantRotation.UniformFirstRow(n);
+        Assert.IsTrue(rt.matmul(rt.t()).allclose(torch.eye(n), atol: 1e-5), "orthogonal");
+        using var expected = torch.full(n, (float)(1 / Math.Sqrt(n)));
+        Assert.IsTrue(rt[0].allclose(expected, atol: 1e-6), "first row uniform: an outlier in front is spread evenly");
+        using var q = DuQuantRotation.OtherChannels(n, 5);
+        using var basis = rt.matmul(q);
+        Assert.IsTrue(basis.matmul(basis.t()).allclose(torch.eye(n), atol: 1e-5), "R~ Q orthogonal");
+        Assert.AreEqual(1f, q[0, 0].item<float>(), "Q = diag(1, Q')");
+        // A lone outlier of size 10 in front ends up as 10/sqrt(n) in every channel of x R~.
+        using var x = torch.zeros(1, n);
+        x[0, 0] = torch.tensor(10f);
+        Assert.AreEqual(10 / Math.Sqrt(n), x.matmul(rt).abs().max().item<float>(), 1e-4);
+    }
+
+    [TestMethod]
+    public void MoreGreedyStepsNeverEndHigherThanFewer()
+    {
+        // All steps run and the best prefix is kept, so 8 steps are never worse than 1 (the first step is a prefix).
+        var g = new Generator(9);
+        using var x = torch.randn(new long[] { 32, 24 }, generator: g);
+        x[TensorIndex.Colon, 3] *= 25;
+        x[TensorIndex.Colon, 17] *= 9;
+        using var one = DuQuantRotation.Greedy(x, 12, 1, new Random(1));
+        using var eight = DuQuantRotation.Greedy(x, 12, 8, new Random(1));
+        for (int b = 0; b < 2; b++)
+        {
+            double m1 = x.matmul(one).narrow(1, 12 * b, 12).abs().max().item<float>();
+            double m8 = x.matmul(eight).narrow(1, 12 * b, 12).abs().max().item<float>();
+            Assert.IsLessThanOrEqualTo(m1 + 1e-4, m8, $"block {b}: 8 steps {m8} vs 1 step {m1}");
+        }
+    }
+
+    [TestMethod]
+    public void RandomizedHadamardIsSignedSylvesterRows()
+    {
+        using var q = HadamardRotation.Create(16, 7);
+        using var h = HadamardRotation.Sylvester(16) / 4f;
+        Assert.IsTrue(q.matmul(q.t()).allclose(torch.eye(16), atol: 1e-5), "orthogonal");
+        Assert.IsTrue(q.abs().allclose(torch.full(16, 16, 0.25f)), "every entry ±1/sqrt(n)");
+        int flipped = 0;
+        for (int i = 0; i < 16; i++)
+        {
+            bool same = q[i].allclose(h[i]), negated = q[i].allclose(-h[i]);
+            Assert.IsTrue(same || negated, $"row {i} is ± Sylvester row {i}");
+            if (negated) flipped++;
+        }
+        Assert.IsTrue(flipped > 0 && flipped < 16, $"random signs ({flipped} of 16 rows negated)");
+    }
+
+    [TestMethod]
+    public void ZigzagEvensOutTheBlockMeans()
+    {
+        // Hand-computed: channel maxima 8..1 in two blocks of four. Contiguous blocks have means 6.5 and 2.5 (variance 4);
+        // zigzag deals 8 -> b0, 7 -> b1, 6 -> b1, 5 -> b0, 4 -> b0, 3 -> b1, 2 -> b1, 1 -> b0: means 4.5 and 4.5 (variance 0).
+        float[] max = { 8, 7, 6, 5, 4, 3, 2, 1 };
+        long[] order = ZigzagPermutation.Order(max, 4);
+        double m0 = order.Take(4).Average(c => max[c]), m1 = order.Skip(4).Average(c => max[c]);
+        Assert.AreEqual(4.5, m0);
+        Assert.AreEqual(4.5, m1);
+    }
+
     /// <summary>r1 P r2 composed as DuQuant does is orthogonal (not merely invertible, which the output-equality
     /// check would also accept).</summary>
     [TestMethod]
@@ -114,8 +181,10 @@ public sealed class MethodReferenceTests
         var port = new RunCReference(SharedModels.Stories260K);
         var input = new (double Mag, int Ch, int Tok)[5];
         var output = new (double Mag, int Ch, int Tok)[5];
+        var hbAt = new Dictionary<(int Layer, int Pos), float[]>();
         port.OnDownProj = (l, pos, hb, xb) =>
         {
+            hbAt[(l, pos)] = hb.ToArray();
             for (int i = 0; i < hb.Length; i++) if (Math.Abs(hb[i]) > input[l].Mag) input[l] = (Math.Abs(hb[i]), i, pos);
             for (int i = 0; i < xb.Length; i++) if (Math.Abs(xb[i]) > output[l].Mag) output[l] = (Math.Abs(xb[i]), i, pos);
         };
@@ -128,6 +197,11 @@ public sealed class MethodReferenceTests
             Assert.AreEqual((input[l].Ch, input[l].Tok), (spikes[l].Input.Channel, spikes[l].Input.Token), $"layer {l} input channel/token");
             Assert.AreEqual(output[l].Mag, spikes[l].Output.Magnitude, 1e-4 * output[l].Mag, $"layer {l} output magnitude");
             Assert.AreEqual((output[l].Ch, output[l].Tok), (spikes[l].Output.Channel, spikes[l].Output.Token), $"layer {l} output channel/token");
+            // The detector pairs the output spike with the largest input at the same token.
+            float[] hb = hbAt[(l, output[l].Tok)];
+            int k = Enumerable.Range(0, hb.Length).MaxBy(i => Math.Abs(hb[i]));
+            Assert.AreEqual((k, output[l].Tok), (spikes[l].PairedInput.Channel, spikes[l].PairedInput.Token), $"layer {l} paired input");
+            Assert.AreEqual(Math.Abs(hb[k]), spikes[l].PairedInput.Magnitude, 1e-4 * Math.Abs(hb[k]));
         }
     }
 }

@@ -119,6 +119,8 @@ public sealed class ReliabilityTests
         Assert.AreEqual(0, second.ExitCode, second.Output);
         StringAssert.Contains(second.StdOut, "tiny: quantizing", "new settings: re-quantized");
         StringAssert.Contains(second.StdOut, "baseline from cache", "same checkpoint and data: baseline reused");
+        using (var report = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json"))))
+            Assert.IsTrue(report.RootElement.GetProperty("models")[0].GetProperty("reference_from_cache").GetBoolean(), "the report says the cache was hit");
         double cachedKl = Kl();
 
         // Without the cache (deleted), and with a damaged one, the same numbers come out of a fresh baseline.

@@ -122,4 +122,28 @@ public sealed class SuperWeightDetectorTests
         var restored = SuperWeightDetector.RecordPass(model, Prompt, recorder)[0].Output;
         Assert.AreEqual(original.Value, restored.Value, 1e-3);
     }
+
+    [TestMethod]
+    public void TheInputChannelIsTakenAtTheOutputSpikesToken()
+    {
+        // down_proj input [1, 4 tokens, 6 channels]: the largest |input| anywhere is channel 2 at token 0, but at token 3,
+        // where the output spikes (channel 1), the largest input is channel 5. Y[3, 1] = sum_k X[3, k] W[1, k] is made by
+        // W[1, 5], so that is the super weight's coordinate.
+        var x = new float[24];
+        x[0 * 6 + 2] = 900f;
+        x[3 * 6 + 5] = -400f;
+        x[3 * 6 + 2] = 1f;
+        var y = new float[4 * 3];
+        y[3 * 3 + 1] = 700f;
+        using var input = TorchSharp.torch.tensor(x, new long[] { 1, 4, 6 });
+        using var output = TorchSharp.torch.tensor(y, new long[] { 1, 4, 3 });
+        var recorder = new DownProjSpikeRecorder(1);
+        var site = new LinearSite(0, Projection.Down);
+        recorder.OnLinearInput(site, input);
+        recorder.OnLinearOutput(site, output);
+        var spikes = recorder.Layers[0];
+        Assert.AreEqual((2, 0), (spikes.Input.Channel, spikes.Input.Token), "the prompt-wide input max, for the report");
+        Assert.AreEqual((1, 3), (spikes.Output.Channel, spikes.Output.Token));
+        Assert.AreEqual((5, 3, -400.0), (spikes.PairedInput.Channel, spikes.PairedInput.Token, spikes.PairedInput.Value));
+    }
 }

@@ -87,7 +87,13 @@ public static class GateCommand
         var keep = new Dictionary<string, StateEntry>();
         var shipped = new List<string>();
         bool failed = false;
-        string toolVersion = typeof(GateCommand).Assembly.GetName().Version?.ToString() ?? "0";
+        // The version and the build identity (module version ids, deterministic per source) of every SuperQuant assembly:
+        // a rebuilt tool with changed code re-quantizes, an unchanged rebuild does not.
+        string toolVersion = string.Join(";", new[]
+            {
+                typeof(GateCommand), typeof(SuperQuant.Pipeline.QuantizationPipeline), typeof(SuperQuant.Core.Llama.LlamaModel),
+                typeof(SuperQuant.Models.Gguf.GgufWriter), typeof(SuperQuant.Manifest.Names), typeof(SuperQuant.LlamaCpp.LlamaCppModel),
+            }.Select(t => t.Assembly).Select(a => $"{a.GetName().Name} {a.GetName().Version} {a.ManifestModule.ModuleVersionId}"));
         string manifestSha = Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(m.Path))).ToLowerInvariant();
         foreach (ModelEntry e in m.Models)
         {

@@ -4,10 +4,15 @@ using static TorchSharp.torch;
 namespace SuperQuant.Core.Quantization;
 
 /// <summary>
-/// Asymmetric min-max round-to-nearest in blocks along the input dimension, as in the Super Weight paper's code:
-/// scale = (max - min) / (2^bits - 1), zero = round(-min / scale), code = clamp(round(w / scale) + zero, 0, 2^bits - 1).
-/// The scale is rounded to fp16 before codes are computed, so dequantizing a stored artifact (fp16 scales) gives
-/// exactly the values the quantizer measured its error on.
+/// Asymmetric min-max round-to-nearest in blocks along each row (the input dimension):
+/// scale = (max - min) / (2^bits - 1), zero = round(-min / scale), code = clamp(round(w / scale) + zero, 0, 2^bits - 1),
+/// with the range widened to include 0 (as GPTQ/AWQ do, so an integer zero point exists). The scale is rounded to fp16
+/// before codes are computed, so dequantizing a stored artifact (fp16 scales and zeros) gives exactly the values the
+/// quantizer measured its error on.
+/// How this differs from the Super Weight paper's code (LLMSuperWeight `outliers/functional/quantization.py`): there the
+/// blocks cut the flattened tensor (a block may span rows, and the whole tensor can be one block), the offset is the
+/// float block minimum (w_q = round((w - min) / scale) * scale + min, no integer zero point, 0 not forced into the
+/// range) and nothing is rounded to fp16. Ours is the packed format's layout; the paper's variant is not implemented.
 /// </summary>
 public static class BlockRtnQuantizer
 {

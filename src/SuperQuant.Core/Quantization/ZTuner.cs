@@ -59,13 +59,22 @@ public static class ZTuner
         var restoredValues = restored.Select(s => { using var v = w[s.Row, s.Column]; return (float)(Half)v.item<float>(); }).ToArray();
         double referenceNorm = Math.Max(x.matmul(w.t()).pow(2).sum().item<float>(), 1e-30);
         var (mean, std) = Methods.ZScoreClipping.Statistics(w);
+        double min, max;
+        using (var mn = w.min()) min = mn.item<float>();
+        using (var mx = w.max()) max = mx.item<float>();
         bool fast = FastBlockRtn.Applies(w);
         Tensor wq = torch.empty_like(w);
         var errors = new double[candidates.Count];
+        double? unclipped = null; // the error without clipping, shared by every z whose bounds clip nothing
         for (int c = 0; c < candidates.Count; c++)
         {
             using var inner = torch.NewDisposeScope();
             double z = aware ? candidates[c] : double.PositiveInfinity;
+            // Bounds beyond the matrix's own range leave it unchanged: same matrix, same error (compared as the
+            // float32 bounds clamp uses).
+            bool clipsNothing = double.IsPositiveInfinity(z) || ((float)(mean - z * std) <= min && (float)(mean + z * std) >= max);
+            if (clipsNothing && unclipped is double known) { errors[c] = known; continue; }
+            if (clipsNothing) z = double.PositiveInfinity;
             Tensor clipped = Methods.ZScoreClipping.Clip(w, z, mean, std, exempt);
             if (fast && FastBlockRtn.Applies(clipped)) FastBlockRtn.QuantizeDequantizeInto(clipped, o.Bits, o.BlockSize, wq);
             else
@@ -80,6 +89,7 @@ public static class ZTuner
             }
             wq.sub_(w);
             errors[c] = x.matmul(wq.t()).pow(2).sum().item<float>() / referenceNorm;
+            if (clipsNothing) unclipped = errors[c];
         }
         return errors;
     }

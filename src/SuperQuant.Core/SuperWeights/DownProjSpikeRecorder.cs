@@ -7,8 +7,10 @@ namespace SuperQuant.Core.SuperWeights;
 /// <summary>The largest |value| of one activation tensor: where it is and how big.</summary>
 public readonly record struct Spike(double Magnitude, double Value, int Channel, int Token);
 
-/// <summary>Per layer: the largest |input| and |output| of mlp.down_proj in one forward pass.</summary>
-public sealed record LayerSpikes(int Layer, Spike Input, Spike Output);
+/// <summary>Per layer: the largest |input| and |output| of mlp.down_proj in one forward pass, and the largest |input|
+/// at the output spike's token (<paramref name="PairedInput"/>): Y[t, j] = sum_k X[t, k] W[j, k], so the weight that makes
+/// the output spike at (t, j) is W[j, k] for the k where X[t, k] spikes at that same token.</summary>
+public sealed record LayerSpikes(int Layer, Spike Input, Spike Output, Spike PairedInput);
 
 /// <summary>
 /// Hooks that record, for every mlp.down_proj, the max-magnitude input and output element. Each hook reduces the
@@ -18,7 +20,9 @@ public sealed record LayerSpikes(int Layer, Spike Input, Spike Output);
 /// </summary>
 public sealed class DownProjSpikeRecorder : IForwardHooks
 {
-    readonly Spike?[] _inputs, _outputs;
+    readonly Spike?[] _inputs, _outputs, _paired;
+    // The current down_proj input, held (not copied) from OnLinearInput to OnLinearOutput of the same call.
+    Tensor? _pendingInput;
 
     /// <summary>(layer, token, channel) -> value written into the down_proj output (super-activation restore).</summary>
     public Dictionary<(int Layer, int Token, int Channel), float> OutputOverrides { get; } = new();
@@ -27,16 +31,21 @@ public sealed class DownProjSpikeRecorder : IForwardHooks
     {
         _inputs = new Spike?[layers];
         _outputs = new Spike?[layers];
+        _paired = new Spike?[layers];
     }
 
     public IReadOnlyList<LayerSpikes> Layers =>
         Enumerable.Range(0, _inputs.Length)
-            .Select(l => new LayerSpikes(l, _inputs[l] ?? throw new InvalidOperationException("no forward pass was recorded"), _outputs[l]!.Value))
+            .Select(l => new LayerSpikes(l, _inputs[l] ?? throw new InvalidOperationException("no forward pass was recorded"), _outputs[l]!.Value, _paired[l]!.Value))
             .ToList();
 
     public Tensor OnLinearInput(LinearSite site, Tensor input)
     {
-        if (site.Projection == Projection.Down) _inputs[site.Layer] = MaxOf(input);
+        if (site.Projection == Projection.Down)
+        {
+            _inputs[site.Layer] = MaxOf(input);
+            _pendingInput = input;
+        }
         return input;
     }
 
@@ -50,7 +59,17 @@ public sealed class DownProjSpikeRecorder : IForwardHooks
             using Tensor element = output[0, token, channel];
             element.fill_(value);
         }
-        _outputs[site.Layer] = MaxOf(output);
+        Spike o = MaxOf(output);
+        _outputs[site.Layer] = o;
+        if (_pendingInput is { } x)
+        {
+            using var scope = torch.NewDisposeScope();
+            Tensor row = x[0, o.Token];
+            long channel = row.abs().argmax().item<long>();
+            double value = row[channel].item<float>();
+            _paired[site.Layer] = new Spike(Math.Abs(value), value, (int)channel, o.Token);
+        }
+        _pendingInput = null;
         return output;
     }
 

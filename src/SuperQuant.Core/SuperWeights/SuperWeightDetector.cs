@@ -101,11 +101,13 @@ public sealed class SuperWeightDetector
                 foreach (var layer in spikes)
                 {
                     if (layer.Output.Magnitude <= threshold) continue;
-                    int row = layer.Output.Channel, col = layer.Input.Channel;
+                    // The input channel at the output spike's own token (the paper's Y_ij ~ X_ik W_jk), not the largest
+                    // input anywhere in the prompt, which can sit at another token.
+                    int row = layer.Output.Channel, col = layer.PairedInput.Channel;
                     if (found.Any(f => f.Layer == layer.Layer && f.Row == row && f.Column == col)) continue;
                     float value = ReadWeight(model, layer.Layer, row, col);
                     fresh.Add(new SuperWeight(layer.Layer, row, col, value, iteration));
-                    activations.Add(new SuperActivation(layer.Layer, row, layer.Output.Token, (float)layer.Output.Value, (float)layer.Input.Value, col));
+                    activations.Add(new SuperActivation(layer.Layer, row, layer.Output.Token, (float)layer.Output.Value, (float)layer.PairedInput.Value, col));
                 }
                 if (fresh.Count == 0) break;
                 foreach (var w in fresh)
