@@ -5,9 +5,11 @@ using SuperQuant.Core;
 
 // Before anything touches TorchSharp: choose the libtorch (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, PyTorch, bundled)
 // and load it; when the bundled one sits next to the app this process runs itself again (see LibTorchLoader).
+// Help, version and init never touch TorchSharp: they skip the PyTorch probe (a python3 start, ~0.1 s).
+bool needsTorch = args.Length > 0 && args[0] != "init" && !args.Any(a => a is "-h" or "--help" or "-?" or "--version");
 try
 {
-    if (SuperQuant.Core.Runtime.LibTorchLoader.Activate(args, new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
+    if (needsTorch && SuperQuant.Core.Runtime.LibTorchLoader.Activate(args, new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
 }
 catch (SuperQuantException e)
 {
