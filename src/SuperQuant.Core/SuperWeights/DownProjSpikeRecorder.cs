@@ -64,10 +64,10 @@ public sealed class DownProjSpikeRecorder : IForwardHooks
         if (_pendingInput is { } x)
         {
             using var scope = torch.NewDisposeScope();
-            Tensor row = x[0, o.Token];
-            long channel = row.abs().argmax().item<long>();
-            double value = row[channel].item<float>();
-            _paired[site.Layer] = new Spike(Math.Abs(value), value, (int)channel, o.Token);
+            float[] row = x[0].select(0, o.Token).to(ScalarType.Float32).cpu().data<float>().ToArray(); // one row: a few KB
+            int channel = 0;
+            for (int k = 1; k < row.Length; k++) if (Math.Abs(row[k]) > Math.Abs(row[channel])) channel = k;
+            _paired[site.Layer] = new Spike(Math.Abs(row[channel]), row[channel], channel, o.Token);
         }
         _pendingInput = null;
         return output;

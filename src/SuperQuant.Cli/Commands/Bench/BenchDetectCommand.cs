@@ -23,17 +23,9 @@ public static class BenchDetectCommand
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
-            string? temp = null;
-            string ckpt = r.GetValue(checkpoint) ?? "";
-            try
+            using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
             {
-                if (string.IsNullOrEmpty(ckpt))
-                {
-                    temp = Directory.CreateTempSubdirectory("superquant-bench-").FullName;
-                    ckpt = temp;
-                    RandomCheckpoint.Write(temp, BenchSupport.Config(768, 12, 2048, 32000, 512), ScalarType.Float32, seed: 1, progress: new ConsoleProgress("generating random checkpoint").Report);
-                }
-                using LlamaModel model = ModelLoader.Load(ckpt);
+                using LlamaModel model = ModelLoader.Load(source.Path);
                 var rng = new Random(3);
                 int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
                 int n = Math.Max(3, r.GetValue(reps));
@@ -56,10 +48,6 @@ public static class BenchDetectCommand
                 Console.WriteLine($"detection pass         {mr * 1000,8:F2} ms (median; hooks on every down_proj)");
                 Console.WriteLine($"ratio                  {mr / mp,8:F3}x  (target <= 1.2x)");
                 return ExitCodes.Success;
-            }
-            finally
-            {
-                if (temp != null) Directory.Delete(temp, recursive: true);
             }
         }));
         return cmd;

@@ -23,16 +23,9 @@ public static class BenchGenerateCommand
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
-            string? temp = null;
-            string ckpt = r.GetValue(checkpoint) ?? "";
-            try
+            using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
             {
-                if (string.IsNullOrEmpty(ckpt))
-                {
-                    temp = ckpt = Directory.CreateTempSubdirectory("superquant-bench-").FullName;
-                    RandomCheckpoint.Write(temp, BenchSupport.Config(768, 12, 2048, 32000, 512), ScalarType.Float32, seed: 1, progress: new ConsoleProgress("generating random checkpoint").Report);
-                }
-                using LlamaModel model = ModelLoader.Load(ckpt);
+                using LlamaModel model = ModelLoader.Load(source.Path);
                 var rng = new Random(5);
                 int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
                 int n = Math.Max(1, r.GetValue(count));
@@ -48,10 +41,6 @@ public static class BenchGenerateCommand
                 Console.WriteLine($"recompute each step   {n / without,8:F1} tokens/s");
                 Console.WriteLine($"speed-up              {without / withCache,8:F2}x; same tokens: {(cached.SequenceEqual(recomputed) ? "yes" : "NO")}");
                 return ExitCodes.Success;
-            }
-            finally
-            {
-                if (temp != null) Directory.Delete(temp, recursive: true);
             }
         }));
         return cmd;
