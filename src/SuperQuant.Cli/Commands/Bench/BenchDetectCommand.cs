@@ -24,31 +24,29 @@ public static class BenchDetectCommand
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
+            using LlamaModel model = ModelLoader.Load(source.Path);
+            var rng = new Random(3);
+            int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+            int n = Math.Max(3, r.GetValue(reps));
+            var plain = new List<double>();
+            var recorded = new List<double>();
+            for (int i = -2; i < n; i++) // two warm-up rounds; plain and recording passes alternate so drift hits both
             {
-                using LlamaModel model = ModelLoader.Load(source.Path);
-                var rng = new Random(3);
-                int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
-                int n = Math.Max(3, r.GetValue(reps));
-                var plain = new List<double>();
-                var recorded = new List<double>();
-                for (int i = -2; i < n; i++) // two warm-up rounds; plain and recording passes alternate so drift hits both
-                {
-                    var sw = Stopwatch.StartNew();
-                    model.Forward(ids).Dispose();
-                    double a = sw.Elapsed.TotalSeconds;
-                    sw.Restart();
-                    SuperQuant.Core.SuperWeights.SuperWeightDetector.RecordPass(model, ids);
-                    double b = sw.Elapsed.TotalSeconds;
-                    if (i >= 0) { plain.Add(a); recorded.Add(b); }
-                }
-                plain.Sort(); recorded.Sort();
-                double mp = plain[n / 2], mr = recorded[n / 2];
-                Console.WriteLine($"model                  {model.Config.ParameterCount / 1e6:F1}M parameters, prompt {ids.Length} tokens, {n} passes each");
-                Console.WriteLine($"plain forward          {mp * 1000,8:F2} ms (median)");
-                Console.WriteLine($"detection pass         {mr * 1000,8:F2} ms (median; hooks on every down_proj)");
-                Console.WriteLine($"ratio                  {mr / mp,8:F3}x  (target <= 1.2x)");
-                return ExitCodes.Success;
+                var sw = Stopwatch.StartNew();
+                model.Forward(ids).Dispose();
+                double a = sw.Elapsed.TotalSeconds;
+                sw.Restart();
+                SuperQuant.Core.SuperWeights.SuperWeightDetector.RecordPass(model, ids);
+                double b = sw.Elapsed.TotalSeconds;
+                if (i >= 0) { plain.Add(a); recorded.Add(b); }
             }
+            plain.Sort(); recorded.Sort();
+            double mp = plain[n / 2], mr = recorded[n / 2];
+            Console.WriteLine($"model                  {model.Config.ParameterCount / 1e6:F1}M parameters, prompt {ids.Length} tokens, {n} passes each");
+            Console.WriteLine($"plain forward          {mp * 1000,8:F2} ms (median)");
+            Console.WriteLine($"detection pass         {mr * 1000,8:F2} ms (median; hooks on every down_proj)");
+            Console.WriteLine($"ratio                  {mr / mp,8:F3}x  (target <= 1.2x)");
+            return ExitCodes.Success;
         }));
         return cmd;
     }

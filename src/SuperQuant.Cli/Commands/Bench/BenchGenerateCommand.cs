@@ -24,24 +24,22 @@ public static class BenchGenerateCommand
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
-            {
-                using LlamaModel model = ModelLoader.Load(source.Path);
-                var rng = new Random(5);
-                int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
-                int n = Math.Max(1, r.GetValue(count));
-                Sampler.Generate(model, ids, 2, 0, 0); // warm-up
-                var sw = Stopwatch.StartNew();
-                int[] cached = Sampler.Generate(model, ids, n, 0, 0);
-                double withCache = sw.Elapsed.TotalSeconds;
-                sw.Restart();
-                int[] recomputed = Sampler.Generate(model, ids, n, 0, 0, useCache: false);
-                double without = sw.Elapsed.TotalSeconds;
-                Console.WriteLine($"model                 {model.Config.ParameterCount / 1e6:F1}M parameters; prompt {ids.Length} tokens, {n} generated (greedy), {torch.get_num_threads()} threads");
-                Console.WriteLine($"KV cache              {n / withCache,8:F1} tokens/s");
-                Console.WriteLine($"recompute each step   {n / without,8:F1} tokens/s");
-                Console.WriteLine($"speed-up              {without / withCache,8:F2}x; same tokens: {(cached.SequenceEqual(recomputed) ? "yes" : "NO")}");
-                return ExitCodes.Success;
-            }
+            using LlamaModel model = ModelLoader.Load(source.Path);
+            var rng = new Random(5);
+            int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+            int n = Math.Max(1, r.GetValue(count));
+            Sampler.Generate(model, ids, 2, 0, 0); // warm-up
+            var sw = Stopwatch.StartNew();
+            int[] cached = Sampler.Generate(model, ids, n, 0, 0);
+            double withCache = sw.Elapsed.TotalSeconds;
+            sw.Restart();
+            int[] recomputed = Sampler.Generate(model, ids, n, 0, 0, useCache: false);
+            double without = sw.Elapsed.TotalSeconds;
+            Console.WriteLine($"model                 {model.Config.ParameterCount / 1e6:F1}M parameters; prompt {ids.Length} tokens, {n} generated (greedy), {torch.get_num_threads()} threads");
+            Console.WriteLine($"KV cache              {n / withCache,8:F1} tokens/s");
+            Console.WriteLine($"recompute each step   {n / without,8:F1} tokens/s");
+            Console.WriteLine($"speed-up              {without / withCache,8:F2}x; same tokens: {(cached.SequenceEqual(recomputed) ? "yes" : "NO")}");
+            return ExitCodes.Success;
         }));
         return cmd;
     }
