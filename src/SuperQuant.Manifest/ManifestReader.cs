@@ -27,7 +27,7 @@ public static class ManifestReader
     public const long MaxBytes = 16L << 20;
 
     static readonly string[] TopKeys = { "version", "device", "models" };
-    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" };
+    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "baseline" };
     static readonly string[] ExportKeys = { "gguf", "path" };
 
@@ -155,7 +155,13 @@ public static class ManifestReader
             Method = method,
             WeightBits = Optional("weight_bits") is { } wb ? Range(file, wb, "weight_bits", 2, 8) : 4,
             ActivationBits = Optional("activation_bits") is { } ab ? Range(file, ab, "activation_bits", 4, 16) : 16,
-            BlockSize = Optional("block_size") is { } bs ? (Str(file, bs, "block_size") is "channel" ? 0 : Range(file, bs, "block_size", 32, 4096)) : 128,
+            Variant = Optional("variant") is { } vn ? OneOf(file, vn, "variant", Names.VariantNames.ToArray()) : "packed",
+            Clip = Optional("clip") is { } cn2 ? OneOf(file, cn2, "clip", Names.ClipNames.ToArray()) : "zscore",
+            Levels = Optional("levels") is { } ln ? OneOf(file, ln, "levels", Names.LevelNames.ToArray()) : "int",
+            ActivationScale = Optional("activation_scale") is { } asn ? OneOf(file, asn, "activation_scale", new[] { "per-token", "per-tensor" }) : "per-token",
+            ActivationQuantizer = Optional("activation_quantizer") is { } aqn ? OneOf(file, aqn, "activation_quantizer", new[] { "symmetric", "asymmetric" }) : null,
+            SuperActivation = Optional("super_activation") is { } san ? OneOf(file, san, "super_activation", new[] { "channel", "scalar" }) : "channel",
+            BlockSize = Optional("block_size") is { } bs ? (Names.ParseBlockSize(Str(file, bs, "block_size")) ?? throw At(file, bs, $"'block_size' must be 32..4096, channel, or (variant paper) a power of two or tensor; got '{Excerpt(Str(file, bs, "block_size"))}'")) : 128,
             Z = Optional("z") is { } zn ? ZValue(file, zn) : null,
             CalibrationText = InputFile("calibration_text"),
             CalibrationTokens = InputFile("calibration_tokens"),
@@ -168,6 +174,13 @@ public static class ManifestReader
             Line = (int)m.Start.Line,
             Positions = positions,
         };
+        if (Names.BlockSizeProblem(entry.BlockSize, entry.Variant) is string problem) throw At(file, Optional("block_size")!, problem);
+        if (entry.Variant != "paper" && Optional("clip") is { } cpk && entry.Clip is not ("zscore" or "no"))
+            throw At(file, cpk, $"clip '{entry.Clip}' is the paper's reference code: add 'variant: paper' (the packed variant clips by zscore or no)");
+        if (entry.Variant != "paper" && Optional("levels") is { } lpk && entry.Levels != "int")
+            throw At(file, lpk, $"levels '{entry.Levels}' is the paper's reference code: add 'variant: paper'");
+        if (entry.Levels == "normal-float" && entry.WeightBits is not (3 or 4))
+            throw At(file, Optional("levels")!, $"normal-float levels exist for 3 and 4 bits (NF3, NF4), weight_bits is {entry.WeightBits}");
         bool calibrated = entry.CalibrationText is not null || entry.CalibrationTokens is not null;
         if (entry.Method == QuantMethod.SuperAware && entry.Z is null && !calibrated)
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");

@@ -46,6 +46,29 @@ public static class Names
     };
 
     public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
+
+    /// <summary>Weight quantizer variants: ours (`packed`, the default) or the Super Weight paper's code (`paper`).</summary>
+    public static IReadOnlyList<string> VariantNames { get; } = new[] { "packed", "paper" };
+    /// <summary>Clip methods with the reference code's names (its clip_method); all but zscore/no need variant paper.</summary>
+    public static IReadOnlyList<string> ClipNames { get; } = new[] { "no", "zscore", "block_percentage", "tensor_percentage", "iqr" };
+    /// <summary>Quantization levels: integers, the reference's shifted grid (scale_shift), normal-float poles (use_normal_float).</summary>
+    public static IReadOnlyList<string> LevelNames { get; } = new[] { "int", "int-shifted", "normal-float" };
+    /// <summary>Block size of the whole tensor as one block (variant paper).</summary>
+    public const int TensorBlock = -1;
+    public const int MaxPaperBlock = 1 << 30;
+
+    /// <summary>Checks a block size against a variant: packed takes 32..4096 or channel (0); paper takes a power of two
+    /// from 32, channel or tensor. Returns the reason it is not accepted, or null.</summary>
+    public static string? BlockSizeProblem(int block, string variant) => variant == "paper"
+        ? block == 0 || block == TensorBlock || (block >= 32 && (block & (block - 1)) == 0) ? null : $"block size {block}: the paper variant takes a power of two from 32, channel or tensor"
+        : block == 0 || (block >= 32 && block <= 4096) ? null
+        : block == TensorBlock ? "block size tensor needs variant: paper (flattened blocks)" : $"block size {block} (supported: 32..4096 or channel; larger power-of-two blocks and tensor need variant: paper)";
+
+    /// <summary>"channel" -> 0, "tensor" -> <see cref="TensorBlock"/>, an integer 32..2^30 -> itself; else null.</summary>
+    public static int? ParseBlockSize(string? s) => s is "channel" or "per-channel" ? 0 : s == "tensor" ? TensorBlock
+        : int.TryParse(s, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int b) && b >= 32 && b <= MaxPaperBlock ? b : null;
+
+    public static string BlockSizeName(int block) => block == 0 ? "channel" : block == TensorBlock ? "tensor" : block.ToString(System.Globalization.CultureInfo.InvariantCulture);
     public static IReadOnlyList<string> GgufTypeNames { get; } = GgufTable.Select(t => t.Name).ToArray();
 
     public static string Name(this QuantMethod m) => MethodTable.First(x => x.Method == m).Name;

@@ -22,8 +22,16 @@ public sealed record ModelEntry
     public QuantMethod Method { get; init; } = QuantMethod.SuperAware;
     public int WeightBits { get; init; } = 4;
     public int ActivationBits { get; init; } = 16;
-    /// <summary>0 = per-channel.</summary>
+    /// <summary>0 = per-channel; <see cref="Names.TensorBlock"/> = the whole tensor (variant paper).</summary>
     public int BlockSize { get; init; } = 128;
+    /// <summary><see cref="Names.VariantNames"/>, <see cref="Names.ClipNames"/>, <see cref="Names.LevelNames"/>.</summary>
+    public string Variant { get; init; } = "packed";
+    public string Clip { get; init; } = "zscore";
+    public string Levels { get; init; } = "int";
+    /// <summary>W/A runs: per-token | per-tensor; symmetric | asymmetric (null = the method's default); channel | scalar.</summary>
+    public string ActivationScale { get; init; } = "per-token";
+    public string? ActivationQuantizer { get; init; }
+    public string SuperActivation { get; init; } = "channel";
     /// <summary>null = auto (tuned on calibration data); +Infinity = none.</summary>
     public double? Z { get; init; }
     public string? CalibrationText { get; init; }
@@ -45,7 +53,7 @@ public sealed record ModelEntry
     public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null)!;
 
     /// <summary>The settings that decide this model's artifacts (positions excluded: moving a line changes nothing).</summary>
-    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize,
+    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant, Clip, Levels, ActivationScale, ActivationQuantizer, SuperActivation,
         Z?.ToString("R", System.Globalization.CultureInfo.InvariantCulture) ?? "auto", CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens,
         PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)), Gate);
 }

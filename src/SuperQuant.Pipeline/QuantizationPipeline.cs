@@ -4,6 +4,7 @@ using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
+using SuperQuant.Core.Quantization.Methods;
 using SuperQuant.Core.SuperWeights;
 using SuperQuant.LlamaCpp;
 using SuperQuant.Manifest;
@@ -181,10 +182,12 @@ public static class QuantizationPipeline
                     ActivationQuantizer? activations;
                     QuantizationResult result;
                     using (log.Step("calibrate activations"))
-                        activations = ActivationPlan.Prepare(model, r.Method, r.WeightBits, r.ActivationBits, calibration ?? prompt, detection);
+                        activations = ActivationPlan.Prepare(model, r.Method, r.WeightBits, r.ActivationBits, calibration ?? prompt, detection, r.Activations);
                     var options = new WeightQuantizationOptions
                     {
                         Method = ActivationPlan.WeightMethodFor(r.Method), Bits = r.WeightBits, BlockSize = r.BlockSize, Z = r.Z,
+                        Variant = r.Variant == "paper" ? WeightVariant.Paper : WeightVariant.Packed,
+                        Clip = PaperBlockQuantizer.ParseClip(r.Clip), Levels = PaperBlockQuantizer.ParseLevels(r.Levels),
                     };
                     using (log.Step("quantize packed"))
                         result = ModelQuantizer.Quantize(model, options, r.Method.Transforms() ? Array.Empty<SuperWeight>() : superWeights, calibration,
@@ -198,7 +201,8 @@ public static class QuantizationPipeline
                         staged.Add(file);
                         using (log.Step("write packed"))
                             PackedArtifact.Write(file.StagingPath, model, result, checkpointHash, o.ManifestSha256, activations);
-                        string settings = $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {(r.BlockSize == 0 ? "channel" : r.BlockSize.ToString())}" +
+                        string settings = $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {Names.BlockSizeName(r.BlockSize)}" +
+                            (r.Variant == "paper" ? $", paper ({r.Clip}, {r.Levels})" : "") +
                             (zUsed is double z ? $", z {z:G3}" : "");
                         artifacts.Add((packed, file, settings, result.BitsPerWeight));
                     }

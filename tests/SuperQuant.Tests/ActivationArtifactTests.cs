@@ -80,6 +80,31 @@ public sealed class ActivationArtifactTests
         StringAssert.Contains(refused.StdErr, "duquant calibrates its smoothing scales: it needs calibration data");
     }
 
+    /// <summary>The paper's settings from the command line: the paper weight quantizer (tensor blocks, IQR clip at a
+    /// fixed threshold) and per-tensor, asymmetric, scalar super-activation W/A handling reach the artifact, which
+    /// loads back with them; a paper-only clip without --variant paper is a coded error.</summary>
+    [TestMethod]
+    public void PaperSettingsFromTheCommandLineReachTheArtifact()
+    {
+        using var dir = new TempFolder();
+        TinyProject.Write(dir.Path);
+        var r = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "super-aware", "--bits", "4", "--activation-bits", "8",
+            "--variant", "paper", "--block", "tensor", "--clip", "iqr", "--z", "3", "--activation-scale", "per-tensor", "--activation-quantizer", "asymmetric",
+            "--super-activation", "scalar", "--prompt-tokens", "1 2 3", "-o", dir.File("p.safetensors"), "--json");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        var (model, info) = PackedArtifact.Load(dir.File("p.safetensors"));
+        using (model)
+        {
+            Assert.AreEqual(("paper", "iqr", 3.0), (info.Variant, info.Clip, info.Z));
+            Assert.IsTrue(info.Activations!.PerTensor && info.Activations.Asymmetric && info.Activations.SuperActivationScalar);
+            var o = ((ActivationQuantizer)model.Hooks!).Options;
+            Assert.IsTrue(o.PerTensor && o.Asymmetric && o.SuperActivationScalar);
+        }
+        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--clip", "iqr", "--z", "3", "--prompt-tokens", "1 2 3", "-o", dir.File("q.safetensors"));
+        Assert.AreEqual(3, refused.ExitCode, refused.Output);
+        StringAssert.Contains(refused.StdErr, "use variant paper");
+    }
+
     [TestMethod]
     public void GgufIsRefusedForMethodsThatNeedRunTimeTransforms()
     {

@@ -6,6 +6,7 @@ using SuperQuant.Core.SuperWeights;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Tests.Support;
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace SuperQuant.Tests;
 
@@ -86,6 +87,45 @@ public sealed class ActivationQuantizationTests
         }
         double naive = Kl(ActivationMethod.Rtn), aware = Kl(ActivationMethod.SuperAware);
         Assert.IsTrue(aware < naive, $"super-aware KL {aware} vs naive {naive}");
+    }
+
+    /// <summary>DuQuant's asymmetric quantizer by hand: 2 bits, token [1, 2, 2.5, 4]: min 1, max 4, scale 1,
+    /// zero round(-1) = -1, codes round(x) - 1 = 0, 1, 1 (2.5 rounds half to even), 3, back (code + 1) * 1 = 1, 2, 2, 4.
+    /// 0 is not in the range and need not be; the symmetric quantizer (scale 4 / 1: x / 4 = 0.25, 0.5, 0.625, 1)
+    /// gives 0, 0, 4, 4.</summary>
+    [TestMethod]
+    public void AsymmetricActivationQuantizerByHand()
+    {
+        using var x = torch.tensor(new float[] { 1, 2, 2.5f, 4 }).view(1, 1, 4);
+        using var asym = ActivationQuantizer.FakeQuantAsymmetric(x, 2, 1.0, perTensor: false);
+        CollectionAssert.AreEqual(new float[] { 1, 2, 2, 4 }, asym.data<float>().ToArray());
+        using var sym = ActivationQuantizer.FakeQuantPerToken(x, 2, 1.0);
+        CollectionAssert.AreEqual(new float[] { 0, 0, 4, 4 }, sym.data<float>().ToArray());
+        // Per tensor: one min/max over both tokens ([-2, 1] and [1, 4] -> min -2, max 4, 2 bits -> scale 2, zero 1):
+        // codes round(x / 2) + 1 clamped to 0..3 -> -2 -> 0, 1 -> round(0.5) + 1 = 1, 4 -> 3; back (c - 1) * 2.
+        using var two = torch.tensor(new float[] { -2, 1, 1, 4 }).view(1, 2, 2);
+        using var perTensor = ActivationQuantizer.FakeQuantAsymmetric(two, 2, 1.0, perTensor: true);
+        CollectionAssert.AreEqual(new float[] { -2, 0, 0, 4 }, perTensor.data<float>().ToArray());
+    }
+
+    /// <summary>The paper's super-activation handling (scalar mode) by hand, 4-bit per-tensor: channel 2 holds the
+    /// super activation 100 at token 1. It alone is replaced by the median (torch's lower median of the 12 values:
+    /// 1.2), the tensor is quantized with max |x| = 7 (scale 1, so values round to integers), and 100 is put back in
+    /// fp16. The channel's other tokens (0.4, 1.2) are quantized (0, 1); in channel mode they stay exact.</summary>
+    [TestMethod]
+    public void ScalarSuperActivationModeByHand()
+    {
+        var values = new float[] { 1, 2, 0.4f, 7, 3, 1, 100, -2, 0.6f, 5, 1.2f, 4 };
+        var channels = new Dictionary<(int, ActivationQuantizer.InputGroup), int[]> { [(0, ActivationQuantizer.InputGroup.Mlp)] = new[] { 2 } };
+        var empty = new Dictionary<(int, ActivationQuantizer.InputGroup), Tensor>();
+        var o = new ActivationQuantizationOptions { Method = ActivationMethod.SuperAware, ActivationBits = 4, PerTensor = true, SuperActivationScalar = true };
+        using var x = torch.tensor(values).view(1, 3, 4);
+        IForwardHooks scalar = ActivationQuantizer.FromState(o, empty, channels);
+        using var y = scalar.OnLinearInput(new LinearSite(0, Projection.Gate), x);
+        CollectionAssert.AreEqual(new float[] { 1, 2, 0, 7, 3, 1, 100, -2, 1, 5, 1, 4 }, y.data<float>().ToArray());
+        IForwardHooks channel = ActivationQuantizer.FromState(o with { SuperActivationScalar = false }, empty, channels);
+        using var z = channel.OnLinearInput(new LinearSite(0, Projection.Gate), x);
+        CollectionAssert.AreEqual(new float[] { 1, 2, 0.4f, 7, 3, 1, 100, -2, 1, 5, 1.2f, 4 }, z.data<float>().ToArray());
     }
 
     [TestMethod]

@@ -59,6 +59,63 @@ public sealed class AnalysisTests
         Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(model, 1, 17, 45));
     }
 
+    /// <summary>The control zeroes the N largest other weights over every linear layer by default (the paper), over
+    /// all down_proj matrices, or over the super weight's own matrix; the smallest magnitude zeroed is the N-th
+    /// largest |w| of that scope without the super weight, found here by sorting the checkpoint's own floats.</summary>
+    [TestMethod]
+    public void ControlTakesTheLargestWeightsOfItsScope()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        w["model.layers.0.self_attn.q_proj.weight"][3] = 0.9f; // large ordinary weights outside down_proj
+        w["model.layers.2.mlp.up_proj.weight"][7] = -0.8f;
+        string folder = Path.Combine(dir.Path, "model");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        using var model = ModelLoader.Load(folder);
+        var ablation = new SuperWeightAblation(model, new SuperWeightDetector().Detect(model, Prompt));
+        int[] stream = Stream(48);
+        const int n = 20; // 1% of the 32 x 64 down_proj is 20: the cap for the narrowest scope
+        foreach (var (scope, names) in new[]
+        {
+            (ControlScope.AllLinear, new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" }),
+            (ControlScope.AllDownProj, new[] { "down_proj" }),
+            (ControlScope.SuperWeightMatrices, new[] { "layers.1.mlp.down_proj" }),
+        })
+        {
+            var magnitudes = w.Where(kv => kv.Key.Contains("layers.") && kv.Key.EndsWith(".weight") && names.Any(kv.Key.Contains) && !kv.Key.Contains("norm"))
+                .SelectMany(kv => kv.Value.Select((v, i) => kv.Key == "model.layers.1.mlp.down_proj.weight" && i == 17 * spec.Intermediate + 45 ? 0f : Math.Abs(v)))
+                .OrderByDescending(v => v).ToArray();
+            var control = ablation.Control(stream, new AblationOptions { Context = 24, Stride = 12, ControlCount = n, ControlScope = scope });
+            Assert.AreEqual(n, control.Count, scope.ToString());
+            Assert.AreEqual(magnitudes[n - 1], control.SmallestMagnitudeZeroed, 1e-7, scope.ToString());
+        }
+        Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(model, 1, 17, 45), "the model is left as it was");
+        Assert.AreEqual(0.9f, model.Weights.Layers[0].Wq[0, 3].item<float>());
+    }
+
+    /// <summary>The super weight is not necessarily the largest weight: an ordinary down_proj weight planted larger
+    /// than it, in a column whose input never spikes, is not detected; the super weight is.</summary>
+    [TestMethod]
+    public void ALargerOrdinaryWeightIsNotASuperWeight()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        w["model.layers.1.mlp.down_proj.weight"][5 * spec.Intermediate + 9] = 8f;   // |8| > the super weight's 5
+        w["model.layers.2.mlp.down_proj.weight"][20 * spec.Intermediate + 30] = -12f;
+        string folder = Path.Combine(dir.Path, "model");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        using var model = ModelLoader.Load(folder);
+        var found = new SuperWeightDetector().Detect(model, Prompt).SuperWeights;
+        Assert.AreEqual(1, found.Count, string.Join(", ", found));
+        Assert.AreEqual((1, 17, 45), (found[0].Layer, found[0].Row, found[0].Column));
+    }
+
     [TestMethod]
     public void AnalyzeWritesJsonAndAnHtmlPageShowingItsNumbers()
     {

@@ -58,6 +58,16 @@ public sealed class ManifestTests
     }
 
     [TestMethod]
+    public void ReadsThePaperVariant()
+    {
+        using var dir = Project(Valid.Replace("    block_size: channel", "    block_size: tensor\n    variant: paper\n    clip: iqr\n    levels: normal-float"));
+        var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
+        Assert.AreEqual((Names.TensorBlock, "paper", "iqr", "normal-float"), (e.BlockSize, e.Variant, e.Clip, e.Levels));
+        Assert.AreNotEqual(ManifestReader.Read(dir.File("quantize.yaml")).Models.Single().SettingsKey,
+            e with { Clip = "zscore" } is var other ? other.SettingsKey : "", "the clip method is part of the settings key (incremental builds)");
+    }
+
+    [TestMethod]
     public void UnknownKeyPointsAtItsLineAndColumn()
     {
         var e = Invalid(Valid.Replace("    weight_bits: 3", "    weight_bits: 3\n    wieght_bits: 3"));
@@ -68,7 +78,13 @@ public sealed class ManifestTests
     [TestMethod]
     [DataRow("    weight_bits: 3", "    weight_bits: four", "'weight_bits' must be an integer")]
     [DataRow("    weight_bits: 3", "    weight_bits: 9", "'weight_bits' must be in 2..8")]
-    [DataRow("    block_size: channel", "    block_size: 16", "'block_size' must be in 32..4096")]
+    [DataRow("    block_size: channel", "    block_size: 16", "'block_size' must be 32..4096")]
+    [DataRow("    block_size: channel", "    block_size: 8192", "need variant: paper")]
+    [DataRow("    block_size: channel", "    block_size: tensor", "tensor needs variant: paper")]
+    [DataRow("    block_size: channel", "    block_size: 96\n    variant: paper", "power of two")]
+    [DataRow("    block_size: channel", "    block_size: channel\n    clip: iqr", "add 'variant: paper'")]
+    [DataRow("    block_size: channel", "    block_size: channel\n    variant: paper\n    clip: median", "'clip' must be one of")]
+    [DataRow("    weight_bits: 3", "    weight_bits: 2\n    variant: paper\n    levels: normal-float", "normal-float levels exist for 3 and 4 bits")]
     [DataRow("      metric: perplexity", "      metric: bleu", "'metric' must be one of")]
     [DataRow("      max_increase: 5%", "      max_increase: lots", "max_increase 'lots'")]
     [DataRow("    checkpoint: ckpt.bin", "    checkpoint: missing.bin", "does not exist")]
@@ -100,7 +116,13 @@ public sealed class ManifestTests
         var keys = modelProps.EnumerateObject().Select(p => p.Name).ToHashSet();
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
-        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
+        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
+        CollectionAssert.AreEqual(Names.VariantNames.ToArray(), modelProps.GetProperty("variant").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.ClipNames.ToArray(), modelProps.GetProperty("clip").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.LevelNames.ToArray(), modelProps.GetProperty("levels").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        // The manifest's clip/level names are the quantizer's (two tables because Manifest does not reference Core).
+        CollectionAssert.AreEquivalent(Names.ClipNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.ClipNames.Select(c => c.Name).ToArray());
+        CollectionAssert.AreEquivalent(Names.LevelNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.LevelNames.Select(c => c.Name).ToArray());
         // The schema's value lists are the names table's, exactly and in order.
         CollectionAssert.AreEqual(Names.MethodNames.ToArray(), modelProps.GetProperty("method").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         var ggufEnum = modelProps.GetProperty("export").GetProperty("items").GetProperty("oneOf")[1].GetProperty("properties").GetProperty("gguf").GetProperty("enum");

@@ -169,7 +169,7 @@ public static class GateCommand
 
     /// <summary>"duquant W4A4, block channel, export packed + gguf q4_k_m": what a report row was quantized with.</summary>
     static string Settings(ModelEntry e) =>
-        $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block {(e.BlockSize == 0 ? "channel" : e.BlockSize.ToString(CultureInfo.InvariantCulture))}, export {string.Join(" + ", e.Exports.Select(x => x.Kind))}";
+        $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block {Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export {string.Join(" + ", e.Exports.Select(x => x.Kind))}";
 
     /// <summary>Content hash of everything a model's result depends on: its settings, checkpoint, data files and the
     /// tool version. Equal hash = nothing to recompute.</summary>

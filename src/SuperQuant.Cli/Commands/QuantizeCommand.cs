@@ -18,9 +18,21 @@ public static class QuantizeCommand
             .OneOf(Names.MethodNames.ToArray());
         var bits = new Option<int>("--bits", "-b") { Description = "weight bits, 2..8", DefaultValueFactory = _ => 4 }.InRange(2, 8);
         var activationBits = new Option<int>("--activation-bits") { Description = "activation bits, 4..16 (16 = weight-only); below 16 the packed artifact (format v2) carries the activation quantization", DefaultValueFactory = _ => 16 }.InRange(4, 16);
-        var block = new Option<string>("--block") { Description = "packed block size along the input dimension, 32..4096, or 'channel' (one block per row)", DefaultValueFactory = _ => "128" };
-        block.Validators.Add(r => { if (ParseBlock(r.GetValueOrDefault<string>()) is null) r.AddError($"{ErrorCodes.InvalidArgument}: --block '{ManifestReader.Excerpt(r.GetValueOrDefault<string>() ?? "")}' (expected 32..4096 or channel)"); });
-        var z = new Option<string>("--z") { Description = "z-score clip threshold: a positive number, 'auto' (tuned on the calibration data) or 'none'", DefaultValueFactory = _ => "auto" };
+        var actScale = new Option<string>("--activation-scale") { Description = "W/A runs: per-token (default) or per-tensor activation scales (the Super Weight paper's setting: with per-token scales a super activation spoils only its own token)", DefaultValueFactory = _ => "per-token" }
+            .OneOf(ActivationSettings.Scales.ToArray());
+        var actQuantizer = new Option<string>("--activation-quantizer") { Description = "W/A runs: symmetric or asymmetric (integer zero point, DuQuant's quantizer); default asymmetric for duquant, symmetric otherwise", DefaultValueFactory = _ => "default" }
+            .OneOf(ActivationSettings.Quantizers.Append("default").ToArray());
+        var superActivation = new Option<string>("--super-activation") { Description = "super-aware W/A: channel (keep the super activation's channels in fp32 at every token, ours) or scalar (the paper: only the super activation itself, median in, fp16 value back)", DefaultValueFactory = _ => "channel" }
+            .OneOf(ActivationSettings.SuperActivations.ToArray());
+        var block = new Option<string>("--block") { Description = "block size: 32..4096 along each row, or 'channel' (one block per row); with --variant paper a power of two from 32 over the flattened tensor, or 'tensor'", DefaultValueFactory = _ => "128" };
+        block.Validators.Add(r => { if (ParseBlock(r.GetValueOrDefault<string>()) is null) r.AddError($"{ErrorCodes.InvalidArgument}: --block '{ManifestReader.Excerpt(r.GetValueOrDefault<string>() ?? "")}' (expected 32..4096, channel, or with --variant paper a power of two or tensor)"); });
+        var variant = new Option<string>("--variant") { Description = "packed (ours: row blocks, fp16 scale + zero point, whole-matrix z clip) | paper (the Super Weight paper's code: flattened blocks, per-block |W| clip, float min offset)", DefaultValueFactory = _ => "packed" }
+            .OneOf(Names.VariantNames.ToArray());
+        var clip = new Option<string>("--clip") { Description = "clip method, the reference's names: zscore | no | block_percentage | tensor_percentage | iqr (all but zscore/no need --variant paper); --z is its threshold", DefaultValueFactory = _ => "zscore" }
+            .OneOf(Names.ClipNames.ToArray());
+        var levels = new Option<string>("--levels") { Description = "int | int-shifted (the reference's scale_shift) | normal-float (NF4/NF3 poles); --variant paper", DefaultValueFactory = _ => "int" }
+            .OneOf(Names.LevelNames.ToArray());
+        var z = new Option<string>("--z") { Description = "clip threshold (z for zscore, a fraction for *_percentage, an IQR multiple for iqr): a positive number, 'auto' (tuned on the calibration data) or 'none'", DefaultValueFactory = _ => "auto" };
         z.Validators.Add(r => { if (!TryParseZ(r.GetValueOrDefault<string>(), out _)) r.AddError($"{ErrorCodes.InvalidArgument}: --z '{ManifestReader.Excerpt(r.GetValueOrDefault<string>() ?? "")}' (expected a positive number, auto or none)"); });
         var calibText = new Option<string?>("--calibration-text") { Description = "calibration text file (z auto, smoothquant, duquant, super-aware GGUF)" };
         var calibTokens = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file" };
@@ -39,7 +51,7 @@ public static class QuantizeCommand
         var device = CliSupport.DeviceOption();
         var cmd = new Command("quantize", "Quantize a checkpoint to the packed artifact and/or GGUF; with --eval-*, measure each file as its runtime loads it.\n" + ExitCodes.HelpText)
         {
-            model, method, bits, activationBits, block, z, calibText, calibTokens, output, gguf, ggufType, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device,
+            model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens, output, gguf, ggufType, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device,
         };
         cmd.Validators.Add(r =>
         {
@@ -65,6 +77,8 @@ public static class QuantizeCommand
                 Checkpoint = Path.GetFullPath(r.GetValue(model)!),
                 Method = Names.ParseMethod(r.GetValue(method)!), WeightBits = wBits, ActivationBits = r.GetValue(activationBits),
                 BlockSize = ParseBlock(r.GetValue(block))!.Value, Z = TryParseZ(r.GetValue(z), out var zv) ? zv : null,
+                Variant = r.GetValue(variant)!, Clip = r.GetValue(clip)!, Levels = r.GetValue(levels)!,
+                Activations = new ActivationSettings(r.GetValue(actScale)!, r.GetValue(actQuantizer) is "default" ? null : r.GetValue(actQuantizer), r.GetValue(superActivation)!),
                 Calibration = Source(calibText, calibTokens), Evaluation = Source(evalText, evalTokens),
                 PromptTokens = CliSupport.ParseIds(r.GetValue(promptTokens), "--prompt-tokens"), PromptText = r.GetValue(prompt),
                 Context = r.GetValue(context), Artifacts = artifacts,
@@ -84,7 +98,7 @@ public static class QuantizeCommand
             if (asJson)
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    model = request.Checkpoint, method = request.Method.Name(), bits = wBits, activation_bits = request.ActivationBits, block_size = request.BlockSize, z = result.Z,
+                    model = request.Checkpoint, method = request.Method.Name(), bits = wBits, activation_bits = request.ActivationBits, block_size = Names.BlockSizeName(request.BlockSize), variant = request.Variant, clip = request.Clip, levels = request.Levels, z = result.Z,
                     super_weights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(), detection = result.Detection,
                     artifacts = result.Artifacts.Select(ArtifactReport.Json).ToList(),
                 }, CliSupport.Json));
@@ -103,8 +117,7 @@ public static class QuantizeCommand
 
     static string Fmt(double z) => double.IsPositiveInfinity(z) ? "none" : z.ToString("G4", CultureInfo.InvariantCulture);
 
-    public static int? ParseBlock(string? s) => s is "channel" or "per-channel" ? 0
-        : int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int b) && b >= 32 && b <= 4096 ? b : null;
+    public static int? ParseBlock(string? s) => Names.ParseBlockSize(s);
 
     /// <summary>auto -> null, none -> +Infinity, else a positive finite number.</summary>
     public static bool TryParseZ(string? s, out double? z)

@@ -26,8 +26,16 @@ public sealed record ActivationQuantizationOptions
     public ActivationMethod Method { get; init; } = ActivationMethod.Rtn;
     public int WeightBits { get; init; } = 8;
     public int ActivationBits { get; init; } = 8;
-    /// <summary>One activation scale per tensor instead of one per token.</summary>
+    /// <summary>One activation scale per tensor instead of one per token. With per-token scales a super activation
+    /// spoils only its own token's scale, which hides the effect the Super Weight paper measures (it uses per-tensor).</summary>
     public bool PerTensor { get; init; }
+    /// <summary>Asymmetric activation quantization with an integer zero point (DuQuant's quantizer: scale =
+    /// (max - min) / (2^bits - 1), zero = round(-min / scale), codes in 0..2^bits - 1); false = symmetric.</summary>
+    public bool Asymmetric { get; init; }
+    /// <summary>Super-aware activations: true = the paper's handling, only the super activation scalar (the channel's
+    /// largest |x| token) is replaced by the median before quantizing and restored in fp16 after; false = the whole
+    /// channel at every token is kept in fp32.</summary>
+    public bool SuperActivationScalar { get; init; }
     /// <summary>SmoothQuant's / DuQuant's migration strength (DuQuant's script uses 0.6, SmoothQuant's paper 0.5).</summary>
     public double Alpha { get; init; } = 0.5;
     /// <summary>Fraction of the per-token max used as the activation range (DuQuant: 0.9).</summary>
@@ -42,7 +50,7 @@ public sealed record ActivationQuantizationOptions
     public static ActivationQuantizationOptions DuQuantDefaults(int wBits, int aBits) => new()
     {
         // The reference script's clip ratios are tuned for 4 bits; at 8 bits clipping costs more than rounding.
-        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6,
+        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6, Asymmetric = true,
         ActivationClip = aBits <= 4 ? 0.9 : 1.0, WeightClip = wBits <= 4 ? 0.8 : 1.0,
     };
 }
@@ -186,12 +194,38 @@ public sealed class ActivationQuantizer : IForwardHooks
         using var idx = torch.tensor(channels.Select(c => (long)c).ToArray(), device: x.device);
         Tensor saved = x.index_select(-1, idx);
         float median = x.flatten().median().item<float>();
+        if (_o.SuperActivationScalar)
+        {
+            // The paper: only the super activation itself (the channel's largest |x|, per sequence) is replaced and
+            // restored, in fp16; the channel's other tokens are quantized like everything else.
+            Tensor at = saved.abs().argmax(-2, keepdim: true);                               // [B, 1, k] token index
+            Tensor mask = torch.zeros_like(saved, dtype: ScalarType.Bool, device: saved.device).scatter_(-2, at, torch.ones_like(at, dtype: ScalarType.Bool, device: at.device));
+            Tensor scalar = saved.gather(-2, at).to_type(ScalarType.Float16).to_type(saved.dtype); // stored in fp16
+            Tensor qs = FakeQuant(x.index_copy(-1, idx, saved.masked_fill(mask, median)));
+            return qs.index_copy(-1, idx, torch.where(mask, scalar.expand_as(saved), qs.index_select(-1, idx)));
+        }
         Tensor replaced = x.index_fill(-1, idx, median);
         Tensor q = FakeQuant(replaced);
         return q.index_copy(-1, idx, saved);
     }
 
-    Tensor FakeQuant(Tensor x) => _o.PerTensor ? FakeQuantPerTensor(x, _o.ActivationBits, _o.ActivationClip) : FakeQuantPerToken(x, _o.ActivationBits, _o.ActivationClip);
+    Tensor FakeQuant(Tensor x) => _o.Asymmetric
+        ? FakeQuantAsymmetric(x, _o.ActivationBits, _o.ActivationClip, _o.PerTensor)
+        : _o.PerTensor ? FakeQuantPerTensor(x, _o.ActivationBits, _o.ActivationClip) : FakeQuantPerToken(x, _o.ActivationBits, _o.ActivationClip);
+
+    /// <summary>DuQuant's asymmetric quantizer (quantize/quantizer.py, per_token_dynamic_calibration + fake_quant):
+    /// min and max (times the clip ratio) per token, or over the tensor; scale = (max - min) / (2^bits - 1) clamped to
+    /// [1e-5, 1e4]; zero = round(-min / scale); x_q = (clamp(round(x / scale) + zero, 0, 2^bits - 1) - zero) * scale.</summary>
+    public static Tensor FakeQuantAsymmetric(Tensor x, int bits, double clip, bool perTensor)
+    {
+        if (bits >= 16) return x;
+        double qmax = (1 << bits) - 1;
+        Tensor min = (perTensor ? x.min() : x.amin(new long[] { -1 }, keepdim: true)) * clip;
+        Tensor max = (perTensor ? x.max() : x.amax(new long[] { -1 }, keepdim: true)) * clip;
+        Tensor scale = ((max - min) / qmax).clamp(1e-5, 1e4);
+        Tensor zero = (-min / scale).clamp(-1e4, 1e4).round();
+        return (((x / scale).round() + zero).clamp(0, qmax) - zero) * scale;
+    }
 
     /// <summary>Symmetric quantize/dequantize with one scale for the whole tensor.</summary>
     public static Tensor FakeQuantPerTensor(Tensor x, int bits, double clip)

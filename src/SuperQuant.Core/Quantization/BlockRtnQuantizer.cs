@@ -12,7 +12,8 @@ namespace SuperQuant.Core.Quantization;
 /// How this differs from the Super Weight paper's code (LLMSuperWeight `outliers/functional/quantization.py`): there the
 /// blocks cut the flattened tensor (a block may span rows, and the whole tensor can be one block), the offset is the
 /// float block minimum (w_q = round((w - min) / scale) * scale + min, no integer zero point, 0 not forced into the
-/// range) and nothing is rounded to fp16. Ours is the packed format's layout; the paper's variant is not implemented.
+/// range) and nothing is rounded to fp16. Ours is the packed format's default layout; the paper's quantizer is
+/// <see cref="Methods.PaperBlockQuantizer"/> (`--variant paper`), stored in the packed format's paper layout.
 /// </summary>
 public static class BlockRtnQuantizer
 {
@@ -63,9 +64,9 @@ public static class BlockRtnQuantizer
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         long blocks = q.BlocksPerRow, block = q.BlockSize;
-        Tensor codes = Pad(q.UnpackCodes().to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks, block);
-        Tensor w = ((codes - q.Zeros.to_type(ScalarType.Float32).unsqueeze(-1)) * q.Scales.to_type(ScalarType.Float32).unsqueeze(-1))
-            .view(q.Rows, blocks * block).narrow(1, 0, q.Cols).contiguous();
+        Tensor w = q.IsPaperLayout ? Methods.PaperBlockQuantizer.DequantizeBlocks(q)
+            : ((Pad(q.UnpackCodes().to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks, block) - q.Zeros.to_type(ScalarType.Float32).unsqueeze(-1)) * q.Scales.to_type(ScalarType.Float32).unsqueeze(-1))
+                .view(q.Rows, blocks * block).narrow(1, 0, q.Cols).contiguous();
         if (q.OutlierIndices is not null && q.OutlierValues is not null && q.OutlierCount > 0)
         {
             Tensor flat = w.view(-1);

@@ -13,15 +13,63 @@ public enum WeightMethod
     SuperAware,
 }
 
+/// <summary>Which weight quantizer: ours (the packed default) or the Super Weight paper's reference code.</summary>
+public enum WeightVariant
+{
+    /// <summary>Row blocks, fp16 scale + integer zero point, z-score clip over the whole matrix with the gate/up rows
+    /// that feed a super activation exempted (<see cref="BlockRtnQuantizer"/>, <see cref="Methods.ZScoreClipping"/>).</summary>
+    Packed,
+    /// <summary>The paper's code: flattened blocks (up to the whole tensor), per-block clipping of |W| with any of the
+    /// reference's clip methods, float min offset, fp32 block statistics (<see cref="Methods.PaperBlockQuantizer"/>).</summary>
+    Paper,
+}
+
 public sealed record WeightQuantizationOptions
 {
     public WeightMethod Method { get; init; } = WeightMethod.SuperAware;
+    public WeightVariant Variant { get; init; } = WeightVariant.Packed;
     public int Bits { get; init; } = 4;
-    /// <summary>0 = per-channel.</summary>
+    /// <summary>0 = per-channel; <see cref="Methods.PaperQuantizerSettings.TensorBlock"/> = the whole tensor (paper variant).</summary>
     public int BlockSize { get; init; } = 128;
-    /// <summary>z-score clip threshold; null = tune on calibration data; +Infinity = no clipping.</summary>
+    /// <summary>How outliers are clipped (super-aware method only; rtn never clips). The packed variant supports
+    /// z-score (whole-matrix) and none; the paper variant every <see cref="Methods.ClipMethod"/>.</summary>
+    public Methods.ClipMethod Clip { get; init; } = Methods.ClipMethod.ZScore;
+    /// <summary>Paper variant: integer grid, the reference's shifted grid, or normal-float poles.</summary>
+    public Methods.LevelKind Levels { get; init; } = Methods.LevelKind.Integer;
+    /// <summary>The clip threshold (z for z-score, a fraction for the percentage methods, a multiple of the IQR);
+    /// null = tune on calibration data; +Infinity = no clipping.</summary>
     public double? Z { get; init; }
-    public IReadOnlyList<double> ZCandidates { get; init; } = new[] { double.PositiveInfinity, 12, 10, 8, 6, 5, 4, 3.5, 3, 2.5 };
+    /// <summary>Candidates for tuning; null = <see cref="DefaultCandidates"/> of the clip method.</summary>
+    public IReadOnlyList<double>? ZCandidates { get; init; }
+
+    public IReadOnlyList<double> Candidates => ZCandidates ?? DefaultCandidates(Clip);
+
+    /// <summary>The thresholds tried by z = auto, loosest first (+Infinity = no clipping).</summary>
+    public static IReadOnlyList<double> DefaultCandidates(Methods.ClipMethod clip) => clip switch
+    {
+        Methods.ClipMethod.BlockPercentage or Methods.ClipMethod.TensorPercentage => new[] { double.PositiveInfinity, 1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2 },
+        Methods.ClipMethod.Iqr => new[] { double.PositiveInfinity, 20, 10, 6, 4, 3, 1.5 },
+        Methods.ClipMethod.None => new[] { double.PositiveInfinity },
+        _ => new[] { double.PositiveInfinity, 12, 10, 8, 6, 5, 4, 3.5, 3, 2.5 },
+    };
+
+    /// <summary>The paper quantizer's settings for threshold <paramref name="threshold"/>.</summary>
+    public Methods.PaperQuantizerSettings Paper(double threshold) => new()
+    {
+        Bits = Bits, BlockSize = BlockSize, Levels = Levels,
+        Clip = Method == WeightMethod.SuperAware ? Clip : Methods.ClipMethod.None, Threshold = threshold,
+    };
+
+    public void Validate()
+    {
+        if (Variant == WeightVariant.Paper) Methods.PaperBlockQuantizer.Validate(Paper(double.PositiveInfinity));
+        else
+        {
+            BlockRtnQuantizer.Validate(Bits, BlockSize);
+            if (Clip is not (Methods.ClipMethod.ZScore or Methods.ClipMethod.None) || Levels != Methods.LevelKind.Integer)
+                throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "clip methods other than zscore/no, and shifted or normal-float levels, are the paper variant's (variant: paper)");
+        }
+    }
 }
 
 /// <summary>What quantizing a model produced: per linear layer its quantized matrix, and the settings used.</summary>
@@ -79,8 +127,14 @@ public static class ModelQuantizer
     public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights)
     {
         bool aware = o.Method == WeightMethod.SuperAware;
-        using Tensor clipped = ZScoreClip(w, aware ? z : double.PositiveInfinity, aware ? SuperActivationRows(site, superWeights) : null);
-        QuantizedMatrix q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+        QuantizedMatrix q;
+        if (o.Variant == WeightVariant.Paper)
+            q = Methods.PaperBlockQuantizer.Quantize(w, o.Paper(aware ? z : double.PositiveInfinity)); // the paper clips every row
+        else
+        {
+            using Tensor clipped = ZScoreClip(w, aware && o.Clip == Methods.ClipMethod.ZScore ? z : double.PositiveInfinity, aware ? SuperActivationRows(site, superWeights) : null);
+            q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+        }
         var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         if (mine.Count == 0) return q;
         // host: outlier coordinates and values are artifact data (written to disk); Dequantize moves them.
@@ -90,7 +144,7 @@ public static class ModelQuantizer
         return new QuantizedMatrix
         {
             Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, PackedCodes = q.PackedCodes, Scales = q.Scales, Zeros = q.Zeros,
-            OutlierIndices = idx, OutlierValues = values,
+            Layout = q.Layout, FlatBlock = q.FlatBlock, OutlierIndices = idx, OutlierValues = values,
         };
     }
 
@@ -120,12 +174,13 @@ public static class ModelQuantizer
         IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null, CancellationToken cancel = default,
         Action<int, int>? searchProgress = null)
     {
-        BlockRtnQuantizer.Validate(o.Bits, o.BlockSize);
+        o.Validate();
         double z = double.PositiveInfinity;
         IReadOnlyList<(double, double)> search = Array.Empty<(double, double)>();
         if (o.Method == WeightMethod.SuperAware)
         {
             if (o.Z is double fixedZ) z = fixedZ;
+            else if (o.Clip == Methods.ClipMethod.None) z = double.PositiveInfinity;
             else
             {
                 if (calibrationTokens is null || calibrationTokens.Count < 2)
@@ -143,7 +198,9 @@ public static class ModelQuantizer
             Tensor original = model.Weights[site];
             QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights);
             matrices[site] = q;
-            if (FastBlockRtn.Applies(original)) FastBlockRtn.DequantizeInto(q, original); // in place: no second copy of the matrix
+            if (q.IsPaperLayout)
+                using (var dq = BlockRtnQuantizer.Dequantize(q)) original.copy_(dq);
+            else if (FastBlockRtn.Applies(original)) FastBlockRtn.DequantizeInto(q, original); // in place: no second copy of the matrix
             else
             {
                 model.Weights[site] = BlockRtnQuantizer.Dequantize(q);

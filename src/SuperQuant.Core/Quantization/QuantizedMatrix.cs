@@ -9,7 +9,23 @@ namespace SuperQuant.Core.Quantization;
 /// block size does not divide cols). Each block has an fp16 scale and an fp16 zero point (an integer in
 /// [0, 2^bits - 1]); each weight an unsigned code in [0, 2^bits - 1]. Dequantized value = (code - zero) * scale.
 /// Sparse fp16 outliers (super weights) overwrite their positions after dequantization.
+/// The <see cref="MatrixLayout.Paper"/> layouts (the Super Weight paper's quantizer, <see cref="Methods.PaperBlockQuantizer"/>)
+/// cut the flattened matrix into blocks of <see cref="FlatBlock"/> elements instead, and keep each block's fp32 min
+/// in <see cref="Scales"/> and fp32 max in <see cref="Zeros"/> ([blocks]).
 /// </summary>
+public enum MatrixLayout
+{
+    /// <summary>Row blocks, fp16 scale and integer zero point per block (the packed default).</summary>
+    Row,
+    /// <summary>Flattened blocks, fp32 min and max per block, w = code / ((2^bits - 1) / (max - min)) + min.</summary>
+    Paper,
+    /// <summary>As <see cref="Paper"/> with the reference's scale_shift grid.</summary>
+    PaperShifted,
+    /// <summary>As <see cref="Paper"/> with normal-float poles (codes index NF4/NF3 levels over [min, max]).</summary>
+    PaperNormalFloat,
+}
+
+/// <summary>One quantized matrix: see <see cref="MatrixLayout"/> for the layouts.</summary>
 public sealed class QuantizedMatrix : IDisposable
 {
     public required int Bits { get; init; }
@@ -20,10 +36,14 @@ public sealed class QuantizedMatrix : IDisposable
     /// <summary>The codes of the whole matrix, row-major, packed by <see cref="BitPacking"/> (LSB first, 8 codes per
     /// <c>Bits</c> bytes): the artifact's layout, so writing an artifact copies it as is.</summary>
     public required Tensor PackedCodes { get; init; }
-    /// <summary>[rows, blocks] float16.</summary>
+    /// <summary>Row layout: [rows, blocks] float16 scales. Paper layouts: [blocks] float32 block minima.</summary>
     public required Tensor Scales { get; init; }
-    /// <summary>[rows, blocks] float16.</summary>
+    /// <summary>Row layout: [rows, blocks] float16 zero points. Paper layouts: [blocks] float32 block maxima.</summary>
     public required Tensor Zeros { get; init; }
+    public MatrixLayout Layout { get; init; } = MatrixLayout.Row;
+    /// <summary>Paper layouts: elements per block of the flattened matrix (it divides Rows * Cols).</summary>
+    public long FlatBlock { get; init; }
+    public bool IsPaperLayout => Layout != MatrixLayout.Row;
     /// <summary>[k, 2] int64 (row, col) of weights kept in fp16, or null.</summary>
     public Tensor? OutlierIndices { get; init; }
     /// <summary>[k] float16 values of those weights, or null.</summary>
@@ -37,7 +57,7 @@ public sealed class QuantizedMatrix : IDisposable
 
     /// <summary>Storage cost in bits per weight: codes + fp16 scale and zero per block + fp16 value and two int32
     /// coordinates per outlier.</summary>
-    public double BitsPerWeight => Bits + 32.0 * BlocksPerRow / Cols + OutlierCount * (16.0 + 64.0) / (Rows * Cols);
+    public double BitsPerWeight => (IsPaperLayout ? Bits + 64.0 / FlatBlock : Bits + 32.0 * BlocksPerRow / Cols) + OutlierCount * (16.0 + 64.0) / (Rows * Cols);
 
     public void Dispose()
     {

@@ -7,7 +7,8 @@ namespace SuperQuant.Core.Quantization;
 
 /// <summary>
 /// Picks the z-score clipping threshold for a model by reconstruction error on calibration data: for every linear
-/// layer, a sample of its real inputs X is recorded from one pass over the calibration tokens, and each candidate z
+/// layer, a sample of its real inputs X is recorded from passes over the calibration tokens (up to
+/// <see cref="MaxCalibrationTokens"/>, window by window), and each candidate z
 /// is scored by the mean over layers of ||X (W - W_q)^T||^2 / ||X W^T||^2, with W_q the clipped, quantized and
 /// super-weight-restored matrix. The lowest mean wins.
 /// </summary>
@@ -22,7 +23,7 @@ public static class ZTuner
         var inputs = RecordInputs(model, calibration);
         try
         {
-            var candidates = o.ZCandidates.ToList();
+            var candidates = o.Candidates.ToList();
             var totals = new double[candidates.Count];
             // Site-major: the reference output, the matrix statistics and one scratch matrix are made once per layer
             // and shared by every candidate (the candidate-major loop made all of them again per candidate).
@@ -53,7 +54,7 @@ public static class ZTuner
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         bool aware = o.Method == WeightMethod.SuperAware;
-        var exempt = aware ? ModelQuantizer.SuperActivationRows(site, superWeights) : Array.Empty<long>();
+        var exempt = aware && o.Variant == WeightVariant.Packed ? ModelQuantizer.SuperActivationRows(site, superWeights) : Array.Empty<long>();
         var restored = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         // Restored values go through fp16, as they are stored.
         var restoredValues = restored.Select(s => { using var v = w[s.Row, s.Column]; return (float)(Half)v.item<float>(); }).ToArray();
@@ -63,6 +64,7 @@ public static class ZTuner
         using (var mn = w.min()) min = mn.item<float>();
         using (var mx = w.max()) max = mx.item<float>();
         bool fast = FastBlockRtn.Applies(w);
+        bool paper = o.Variant == WeightVariant.Paper;
         Tensor wq = torch.empty_like(w);
         var errors = new double[candidates.Count];
         double? unclipped = null; // the error without clipping, shared by every z whose bounds clip nothing
@@ -72,15 +74,23 @@ public static class ZTuner
             double z = aware ? candidates[c] : double.PositiveInfinity;
             // Bounds beyond the matrix's own range leave it unchanged: same matrix, same error (compared as the
             // float32 bounds clamp uses).
-            bool clipsNothing = double.IsPositiveInfinity(z) || ((float)(mean - z * std) <= min && (float)(mean + z * std) >= max);
+            bool clipsNothing = double.IsPositiveInfinity(z) || (!paper && (float)(mean - z * std) <= min && (float)(mean + z * std) >= max);
             if (clipsNothing && unclipped is double known) { errors[c] = known; continue; }
             if (clipsNothing) z = double.PositiveInfinity;
-            Tensor clipped = Methods.ZScoreClipping.Clip(w, z, mean, std, exempt);
-            if (fast && FastBlockRtn.Applies(clipped)) FastBlockRtn.QuantizeDequantizeInto(clipped, o.Bits, o.BlockSize, wq);
+            if (paper)
+            {
+                using QuantizedMatrix pq = Methods.PaperBlockQuantizer.Quantize(w, o.Paper(z));
+                wq.copy_(BlockRtnQuantizer.Dequantize(pq));
+            }
             else
             {
-                using QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
-                wq.copy_(BlockRtnQuantizer.Dequantize(q));
+                Tensor clipped = Methods.ZScoreClipping.Clip(w, z, mean, std, exempt);
+                if (fast && FastBlockRtn.Applies(clipped)) FastBlockRtn.QuantizeDequantizeInto(clipped, o.Bits, o.BlockSize, wq);
+                else
+                {
+                    using QuantizedMatrix q = BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+                    wq.copy_(BlockRtnQuantizer.Dequantize(q));
+                }
             }
             for (int k = 0; k < restored.Count; k++)
             {
@@ -94,32 +104,60 @@ public static class ZTuner
         return errors;
     }
 
-    static Dictionary<LinearSite, Tensor> RecordInputs(LlamaModel model, IReadOnlyList<int> tokens)
+    /// <summary>Calibration tokens read at most (in windows of the model's context): the paper tunes on many samples,
+    /// not one window; this bounds the passes to a few for long calibration files.</summary>
+    public const int MaxCalibrationTokens = 4096;
+
+    /// <summary>Records each linear layer's inputs over up to <see cref="MaxCalibrationTokens"/> calibration tokens,
+    /// cut into windows of the model's context; each window contributes an even share of the
+    /// <see cref="RowsPerLayer"/> rows, taken at evenly spaced tokens.</summary>
+    public static Dictionary<LinearSite, Tensor> RecordInputs(LlamaModel model, IReadOnlyList<int> tokens)
     {
         int window = Math.Min(tokens.Count, model.Config.MaxPositionEmbeddings);
-        var recorder = new InputSampler(RowsPerLayer);
+        int total = Math.Min(tokens.Count, Math.Max(window, MaxCalibrationTokens));
+        var starts = new List<int>();
+        for (int s = 0; s + window <= total || starts.Count == 0; s += window) starts.Add(s);
+        var recorder = new InputSampler((RowsPerLayer + starts.Count - 1) / starts.Count);
         IForwardHooks? previous = model.Hooks;
         model.Hooks = recorder;
-        try { model.Forward(tokens.Take(window).ToArray()).Dispose(); }
+        try
+        {
+            foreach (int start in starts)
+                model.Forward(tokens.Skip(start).Take(window).ToArray()).Dispose();
+        }
         finally { model.Hooks = previous; }
-        return recorder.Inputs;
+        return recorder.Concatenate();
     }
 
     sealed class InputSampler(int rows) : IForwardHooks
     {
-        public Dictionary<LinearSite, Tensor> Inputs { get; } = new();
+        readonly Dictionary<LinearSite, List<Tensor>> _inputs = new();
+
+        public Dictionary<LinearSite, Tensor> Concatenate()
+        {
+            var result = new Dictionary<LinearSite, Tensor>();
+            foreach (var (site, parts) in _inputs)
+            {
+                result[site] = parts.Count == 1 ? parts[0] : torch.cat(parts, 0).DetachFromDisposeScope();
+                if (parts.Count > 1) foreach (var p in parts) p.Dispose();
+            }
+            return result;
+        }
 
         public Tensor OnLinearInput(LinearSite site, Tensor input)
         {
             if (site.Projection == Projection.LmHead) return input;
             Tensor x = input[0];
             long t = x.shape[0];
+            Tensor kept;
             if (t > rows)
             {
                 using var idx = torch.linspace(0, t - 1, rows, device: x.device).round().to_type(ScalarType.Int64);
-                Inputs[site] = x.index_select(0, idx).DetachFromDisposeScope();
+                kept = x.index_select(0, idx).DetachFromDisposeScope();
             }
-            else Inputs[site] = x.clone().DetachFromDisposeScope();
+            else kept = x.clone().DetachFromDisposeScope();
+            if (!_inputs.TryGetValue(site, out var list)) _inputs[site] = list = new List<Tensor>();
+            list.Add(kept);
             return input;
         }
     }

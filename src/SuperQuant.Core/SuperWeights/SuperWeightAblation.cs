@@ -15,17 +15,29 @@ public sealed record StopwordProbability(int TokenId, string Label, double Origi
     public double Ratio => Original > 0 ? Zeroed / Original : double.NaN;
 }
 
-public sealed record ControlResult(int Count, double SmallestMagnitudeZeroed, DivergenceResult Quality);
+public sealed record ControlResult(int Count, double SmallestMagnitudeZeroed, DivergenceResult Quality, ControlScope Scope = ControlScope.AllLinear);
+
+/// <summary>Where the control's "largest other weights" are taken from.</summary>
+public enum ControlScope
+{
+    /// <summary>Every linear layer of the decoder blocks (the paper's control).</summary>
+    AllLinear,
+    /// <summary>Every mlp.down_proj matrix.</summary>
+    AllDownProj,
+    /// <summary>Only the down_proj matrices that hold super weights.</summary>
+    SuperWeightMatrices,
+}
 
 public sealed record AblationOptions
 {
     public int Context { get; init; } = 512;
     public int Stride { get; init; } = 256;
     public IReadOnlyList<double> Scales { get; init; } = new[] { 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0 };
-    /// <summary>The paper's control: zero this many of the largest non-super weights of the same matrices.</summary>
+    /// <summary>The paper's control: zero this many of the largest non-super weights.</summary>
     public int ControlCount { get; init; } = 7000;
-    /// <summary>Never zero more than this fraction of those matrices in the control (tiny models).</summary>
+    /// <summary>Never zero more than this fraction of the control's matrices (tiny models).</summary>
     public double ControlMaxFraction { get; init; } = 0.01;
+    public ControlScope ControlScope { get; init; } = ControlScope.AllLinear;
 }
 
 /// <summary>
@@ -50,25 +62,38 @@ public sealed class SuperWeightAblation
 
     Tensor Plain(Tensor t) => _model.Forward(t);
 
-    /// <summary>Runs a forward pass with element edits applied to down_proj weights, then puts the originals back.</summary>
-    Tensor WithEdits(Tensor tokens, IReadOnlyList<(int Layer, int Row, int Col, float Value)> edits, IForwardHooks? hooks = null)
+    float Read(LinearSite site, int row, int col)
     {
-        var originals = edits.Select(e => SuperWeightDetector.ReadWeight(_model, e.Layer, e.Row, e.Col)).ToArray();
+        using var v = _model.Weights[site][row, col];
+        return v.item<float>();
+    }
+
+    void Write(LinearSite site, int row, int col, float value)
+    {
+        using var _ = torch.no_grad();
+        using var v = _model.Weights[site][row, col];
+        v.fill_(value);
+    }
+
+    /// <summary>Runs a forward pass with element edits applied to linear weights, then puts the originals back.</summary>
+    Tensor WithEdits(Tensor tokens, IReadOnlyList<(LinearSite Site, int Row, int Col, float Value)> edits, IForwardHooks? hooks = null)
+    {
+        var originals = edits.Select(e => Read(e.Site, e.Row, e.Col)).ToArray();
         IForwardHooks? previous = _model.Hooks;
         try
         {
-            foreach (var e in edits) SuperWeightDetector.WriteWeight(_model, e.Layer, e.Row, e.Col, e.Value);
+            foreach (var e in edits) Write(e.Site, e.Row, e.Col, e.Value);
             _model.Hooks = hooks;
             return _model.Forward(tokens);
         }
         finally
         {
             _model.Hooks = previous;
-            for (int i = edits.Count - 1; i >= 0; i--) SuperWeightDetector.WriteWeight(_model, edits[i].Layer, edits[i].Row, edits[i].Col, originals[i]);
+            for (int i = edits.Count - 1; i >= 0; i--) Write(edits[i].Site, edits[i].Row, edits[i].Col, originals[i]);
         }
     }
 
-    IReadOnlyList<(int, int, int, float)> Scaled(double s) => _weights.Select(w => (w.Layer, w.Row, w.Column, (float)(w.Value * s))).ToList();
+    IReadOnlyList<(LinearSite, int, int, float)> Scaled(double s) => _weights.Select(w => (new LinearSite(w.Layer, Projection.Down), w.Row, w.Column, (float)(w.Value * s))).ToList();
 
     Tensor Zeroed(Tensor t) => WithEdits(t, Scaled(0));
 
@@ -108,37 +133,47 @@ public sealed class SuperWeightAblation
     public IReadOnlyList<ScalingPoint> Scaling(IReadOnlyList<int> tokens, AblationOptions o, EvalProgress? progress = null) =>
         o.Scales.Select(s => new ScalingPoint(s, Evaluator.Divergence(Plain, t => WithEdits(t, Scaled(s)), tokens, o.Context, o.Stride, progress))).ToList();
 
-    /// <summary>The paper's control: zero the N largest-magnitude weights of the same down_proj matrices other than
-    /// the super weights (N capped at a fraction of those matrices for tiny models).</summary>
+    /// <summary>The paper's control: zero the N largest-magnitude weights other than the super weights, over every
+    /// linear layer (the paper), every down_proj, or only the super weights' own matrices (<see cref="ControlScope"/>);
+    /// N is capped at a fraction of those matrices for tiny models.</summary>
     public ControlResult Control(IReadOnlyList<int> tokens, AblationOptions o, EvalProgress? progress = null)
     {
-        var layers = _weights.Select(w => w.Layer).Distinct().ToList();
-        long total = layers.Sum(l => _model.Weights.Layers[l].WDown.numel());
+        var superLayers = _weights.Select(w => w.Layer).ToHashSet();
+        var sites = ModelSites().Where(s => o.ControlScope switch
+        {
+            ControlScope.AllLinear => true,
+            ControlScope.AllDownProj => s.Projection == Projection.Down,
+            _ => s.Projection == Projection.Down && superLayers.Contains(s.Layer),
+        }).ToList();
+        long total = sites.Sum(s => _model.Weights[s].numel());
         int n = (int)Math.Min(o.ControlCount, Math.Max(1, total * o.ControlMaxFraction));
-        var candidates = new List<(int Layer, int Row, int Col, float Value)>();
-        foreach (int l in layers)
+        var candidates = new List<(LinearSite Site, int Row, int Col, float Value)>();
+        foreach (var site in sites)
         {
             using var scope = torch.NewDisposeScope();
-            Tensor w = _model.Weights.Layers[l].WDown;
+            Tensor w = _model.Weights[site];
             long cols = w.shape[1];
-            var (values, indices) = w.abs().flatten().topk(Math.Min(n + _weights.Count, (int)w.numel()));
+            var (_, indices) = w.abs().flatten().topk((int)Math.Min(n + _weights.Count, w.numel()));
             long[] idx = indices.cpu().data<long>().ToArray();
-            foreach (long i in idx)
+            float[] vals = w.flatten().index_select(0, indices).cpu().data<float>().ToArray();
+            for (int k = 0; k < idx.Length; k++)
             {
-                int r = (int)(i / cols), c = (int)(i % cols);
-                if (_weights.Any(s => s.Layer == l && s.Row == r && s.Column == c)) continue;
-                candidates.Add((l, r, c, SuperWeightDetector.ReadWeight(_model, l, r, c)));
+                int r = (int)(idx[k] / cols), c = (int)(idx[k] % cols);
+                if (site.Projection == Projection.Down && _weights.Any(s => s.Layer == site.Layer && s.Row == r && s.Column == c)) continue;
+                candidates.Add((site, r, c, vals[k]));
             }
         }
         var chosen = candidates.OrderByDescending(c => Math.Abs(c.Value)).Take(n).ToList();
-        var edits = chosen.Select(c => (c.Layer, c.Row, c.Col, 0f)).ToList();
+        var edits = chosen.Select(c => (c.Site, c.Row, c.Col, 0f)).ToList();
         var quality = Evaluator.Divergence(Plain, t => WithEdits(t, edits), tokens, o.Context, o.Stride, progress);
-        return new ControlResult(chosen.Count, chosen.Count > 0 ? Math.Abs(chosen[^1].Value) : 0, quality);
+        return new ControlResult(chosen.Count, chosen.Count > 0 ? Math.Abs(chosen[^1].Value) : 0, quality, o.ControlScope);
     }
 
-    /// <summary>Mean next-token probability of each stopword over every position of every prompt, with and without
-    /// the super weights.</summary>
-    public IReadOnlyList<StopwordProbability> Stopwords(IReadOnlyList<int[]> prompts, IReadOnlyList<(int Id, string Label)> stopwords)
+    IEnumerable<LinearSite> ModelSites() => _model.Weights.LinearSites.Where(s => s.Projection != Projection.LmHead);
+
+    /// <summary>Mean next-token probability of each stopword, with and without the super weights: at the last token
+    /// of each prompt (the paper, over LAMBADA prompts), or with <paramref name="everyPosition"/> over every position.</summary>
+    public IReadOnlyList<StopwordProbability> Stopwords(IReadOnlyList<int[]> prompts, IReadOnlyList<(int Id, string Label)> stopwords, bool everyPosition = false)
     {
         var ids = stopwords.Select(s => (long)s.Id).ToArray();
         double[] original = new double[ids.Length], zeroed = new double[ids.Length];
@@ -148,10 +183,11 @@ public sealed class SuperWeightAblation
             using var scope = torch.NewDisposeScope();
             Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
             Tensor idx = torch.tensor(ids, device: _model.Device);
-            double[] a = F.softmax(Plain(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
-            double[] b = F.softmax(Zeroed(input)[0].to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
+            Tensor Rows(Tensor logits) => everyPosition ? logits[0] : logits[0].narrow(0, logits.shape[1] - 1, 1);
+            double[] a = F.softmax(Rows(Plain(input)).to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
+            double[] b = F.softmax(Rows(Zeroed(input)).to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
             for (int i = 0; i < ids.Length; i++) { original[i] += a[i]; zeroed[i] += b[i]; }
-            positions += prompt.Length;
+            positions += everyPosition ? prompt.Length : 1;
         }
         return stopwords.Select((s, i) => new StopwordProbability(s.Id, s.Label, original[i] / positions, zeroed[i] / positions)).ToList();
     }

@@ -23,6 +23,12 @@ public sealed record PackedInfo
     public string? ManifestSha256 { get; init; }
     public required string ToolVersion { get; init; }
     public required double BitsPerWeight { get; init; }
+    /// <summary>"paper" when the weights use the Super Weight paper's quantizer (format version 3); null = ours.</summary>
+    public string? Variant { get; init; }
+    /// <summary>The clip method (reference names: no, zscore, block_percentage, tensor_percentage, iqr) and levels (int,
+    /// int-shifted, normal-float) when they are not the defaults.</summary>
+    public string? Clip { get; init; }
+    public string? Levels { get; init; }
     /// <summary>Activation quantization the artifact must be run with (format version 2); null = weight-only.</summary>
     public ActivationInfo? Activations { get; init; }
 }
@@ -34,6 +40,10 @@ public sealed record ActivationInfo
     public required string Method { get; init; }
     public required int Bits { get; init; }
     public bool PerTensor { get; init; }
+    /// <summary>Asymmetric (zero point) activation quantization; false (absent in older files) = symmetric.</summary>
+    public bool Asymmetric { get; init; }
+    /// <summary>Super activations kept as one fp16 scalar at their token (the paper) instead of whole fp32 channels.</summary>
+    public bool SuperActivationScalar { get; init; }
     public double Clip { get; init; } = 1.0;
     /// <summary>[layer, group, channel] triples kept out of activation quantization (group: 0 attention, 1 o_proj,
     /// 2 gate/up, 3 down_proj).</summary>
@@ -70,11 +80,16 @@ public sealed record ActivationInfo
 public static class PackedArtifact
 {
     public const string FormatName = "superquant.packed";
-    public const int FormatVersion = 1, ActivationFormatVersion = 2;
+    public const int FormatVersion = 1, ActivationFormatVersion = 2, PaperLayoutFormatVersion = 3;
 
     static string GroupName(ActivationQuantizer.InputGroup g) => g.ToString().ToLowerInvariant();
 
-    sealed record MatrixInfo(long Rows, long Cols, int Bits, int Block);
+    /// <summary>Layout "row" (the default, absent in version 1/2 files) or one of the paper layouts, whose blocks of
+    /// <c>FlatBlock</c> elements cut the flattened matrix.</summary>
+    sealed record MatrixInfo(long Rows, long Cols, int Bits, int Block, string? Layout = null, long FlatBlock = 0);
+
+    static readonly (MatrixLayout Layout, string Name)[] LayoutNames =
+        { (MatrixLayout.Row, "row"), (MatrixLayout.Paper, "paper"), (MatrixLayout.PaperShifted, "paper-shifted"), (MatrixLayout.PaperNormalFloat, "paper-nf") };
 
     static readonly JsonSerializerOptions Json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
@@ -87,6 +102,7 @@ public static class PackedArtifact
         void AddFloat(string name, Tensor? t, ScalarType type) { if (t is not null) Add(name, type, t.shape, () => t.to_type(type).contiguous()); }
 
         var matrices = new Dictionary<string, MatrixInfo>();
+        bool paper = false;
         AddFloat("model.embed_tokens.weight", w.TokenEmbedding, ScalarType.Float16);
         for (int l = 0; l < w.Layers.Length; l++)
         {
@@ -102,10 +118,20 @@ public static class PackedArtifact
         foreach (var (site, q) in result.Matrices.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Projection))
         {
             string n = site.WeightName;
-            matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
             Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => q.PackedCodes.alias());
-            Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
-            Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
+            if (q.IsPaperLayout)
+            {
+                paper = true;
+                matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize, LayoutNames.First(l => l.Layout == q.Layout).Name, q.FlatBlock);
+                Add(n + ".block_min", ScalarType.Float32, q.Scales.shape, () => q.Scales.alias());
+                Add(n + ".block_max", ScalarType.Float32, q.Zeros.shape, () => q.Zeros.alias());
+            }
+            else
+            {
+                matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
+                Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
+                Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
+            }
             if (q.OutlierCount > 0)
             {
                 Add(n + ".outlier_idx", ScalarType.Int32, new long[] { q.OutlierCount, 2 }, () => q.OutlierIndices!.to_type(ScalarType.Int32));
@@ -121,6 +147,7 @@ public static class PackedArtifact
             {
                 Method = ActivationInfo.NameOf(activations.Options.Method), Bits = activations.Options.ActivationBits,
                 PerTensor = activations.Options.PerTensor, Clip = activations.Options.ActivationClip,
+                Asymmetric = activations.Options.Asymmetric, SuperActivationScalar = activations.Options.SuperActivationScalar,
                 SuperChannels = activations.SuperChannels.SelectMany(kv => kv.Value.Select(c => new[] { kv.Key.Layer, (int)kv.Key.Group, c })).ToList(),
             };
         }
@@ -131,6 +158,9 @@ public static class PackedArtifact
             Activations = act,
             Bits = result.Options.Bits, BlockSize = result.Options.BlockSize,
             Z = double.IsPositiveInfinity(result.Z) ? null : result.Z,
+            Variant = result.Options.Variant == WeightVariant.Paper ? "paper" : null,
+            Clip = result.Options.Clip == Core.Quantization.Methods.ClipMethod.ZScore ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(result.Options.Clip),
+            Levels = result.Options.Levels == Core.Quantization.Methods.LevelKind.Integer ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(result.Options.Levels),
             SuperWeights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
             SourceSha256 = sourceSha256, ManifestSha256 = manifestSha256,
             ToolVersion = typeof(PackedArtifact).Assembly.GetName().Version?.ToString() ?? "0",
@@ -139,7 +169,7 @@ public static class PackedArtifact
         var metadata = new Dictionary<string, string>
         {
             ["format"] = FormatName,
-            ["format_version"] = (act is null ? FormatVersion : ActivationFormatVersion).ToString(),
+            ["format_version"] = (paper ? PaperLayoutFormatVersion : act is null ? FormatVersion : ActivationFormatVersion).ToString(),
             ["config"] = JsonSerializer.Serialize(model.Config, Json),
             ["matrices"] = JsonSerializer.Serialize(matrices, Json),
             ["superquant"] = JsonSerializer.Serialize(info, Json),
@@ -164,8 +194,8 @@ public static class PackedArtifact
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path} is not a valid {FormatName} artifact: {what}", f.Path);
         if (!f.Metadata.TryGetValue("format", out var format) || format != FormatName) throw Bad("missing format marker");
-        if (!f.Metadata.TryGetValue("format_version", out var v) || (v != FormatVersion.ToString() && v != ActivationFormatVersion.ToString()))
-            throw Bad($"format version {v ?? "(none)"} (this loader reads versions {FormatVersion} and {ActivationFormatVersion})");
+        if (!f.Metadata.TryGetValue("format_version", out var v) || (v != FormatVersion.ToString() && v != ActivationFormatVersion.ToString() && v != PaperLayoutFormatVersion.ToString()))
+            throw Bad($"format version {v ?? "(none)"} (this loader reads versions {FormatVersion}..{PaperLayoutFormatVersion})");
         try
         {
             var config = JsonSerializer.Deserialize<LlamaConfig>(f.Metadata["config"], Json) ?? throw Bad("empty config");
@@ -184,11 +214,28 @@ public static class PackedArtifact
     static QuantizedMatrix ReadMatrix(SafetensorsFile f, string name, MatrixInfo m)
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix '{name}': {what}", f.Path);
-        BlockRtnQuantizer.Validate(m.Bits, m.Block == m.Cols ? 0 : m.Block);
-        long blocks = (m.Cols + m.Block - 1) / m.Block;
+        if (m.Rows <= 0 || m.Cols <= 0 || m.Rows > int.MaxValue || m.Cols > int.MaxValue) throw Bad($"shape [{m.Rows}, {m.Cols}]");
+        var layout = LayoutNames.FirstOrDefault(l => l.Name == (m.Layout ?? "row"));
+        if (layout.Name is null) throw Bad($"unknown layout '{m.Layout}'");
+        string[] parts;
+        long[] statShape;
+        if (layout.Layout == MatrixLayout.Row)
+        {
+            BlockRtnQuantizer.Validate(m.Bits, m.Block == m.Cols ? 0 : m.Block);
+            parts = new[] { ".scales", ".zeros" };
+            statShape = new[] { m.Rows, (m.Cols + m.Block - 1) / m.Block };
+        }
+        else
+        {
+            if (m.Bits < BlockRtnQuantizer.MinBits || m.Bits > BlockRtnQuantizer.MaxBits || (layout.Layout == MatrixLayout.PaperNormalFloat && m.Bits is not (3 or 4)))
+                throw Bad($"{m.Bits}-bit {layout.Name} layout");
+            if (m.FlatBlock <= 0 || (m.Rows * m.Cols) % m.FlatBlock != 0) throw Bad($"block of {m.FlatBlock} elements does not divide the matrix");
+            parts = new[] { ".block_min", ".block_max" };
+            statShape = new[] { m.Rows * m.Cols / m.FlatBlock };
+        }
         if (f.Entry(name + ".qcodes").ElementCount != BitPacking.PackedBytes(m.Rows * m.Cols, m.Bits)) throw Bad("code bytes do not match its shape and bits");
-        foreach (string part in new[] { ".scales", ".zeros" })
-            if (!f.Entry(name + part).Shape.SequenceEqual(new[] { m.Rows, blocks })) throw Bad($"{part[1..]} shape is not [{m.Rows}, {blocks}]");
+        foreach (string part in parts)
+            if (!f.Entry(name + part).Shape.SequenceEqual(statShape)) throw Bad($"{part[1..]} shape is not [{string.Join(", ", statShape)}]");
         Tensor packed = f.Read(name + ".qcodes");
         Tensor? idx = null, val = null;
         if (f.Contains(name + ".outlier_idx"))
@@ -200,8 +247,9 @@ public static class PackedArtifact
         }
         return new QuantizedMatrix
         {
-            Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, PackedCodes = packed,
-            Scales = f.Read(name + ".scales"), Zeros = f.Read(name + ".zeros"), OutlierIndices = idx, OutlierValues = val,
+            Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, PackedCodes = packed, Layout = layout.Layout, FlatBlock = m.FlatBlock,
+            Scales = f.Read(name + parts[0], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32), Zeros = f.Read(name + parts[1], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32),
+            OutlierIndices = idx, OutlierValues = val,
         };
     }
 
@@ -270,7 +318,8 @@ public static class PackedArtifact
             if (t[2] < 0 || t[2] >= Width(key.Item2)) throw Bad($"super channel {t[2]} out of range");
             channels[key] = (channels.TryGetValue(key, out var a) ? a : Array.Empty<int>()).Append(t[2]).ToArray();
         }
-        var o = new ActivationQuantizationOptions { Method = method, WeightBits = info.Bits, ActivationBits = act.Bits, PerTensor = act.PerTensor, ActivationClip = act.Clip };
+        var o = new ActivationQuantizationOptions { Method = method, WeightBits = info.Bits, ActivationBits = act.Bits, PerTensor = act.PerTensor, ActivationClip = act.Clip,
+            Asymmetric = act.Asymmetric, SuperActivationScalar = act.SuperActivationScalar };
         return ActivationQuantizer.FromState(o, transforms, channels);
     }
 }
