@@ -26,7 +26,7 @@ public static class ExitCodes
 
 public static class CliSupport
 {
-    public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+    public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     /// <summary>Cancelled by Ctrl+C (and by MSBuild, which interrupts the tool it started).</summary>
     public static CancellationToken Cancellation => Cts.Token;

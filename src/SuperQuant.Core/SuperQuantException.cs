@@ -23,6 +23,8 @@ public static class ErrorCodes
     public const string TokenFileInvalid = "SQ2007";
     public const string NonFiniteWeights = "SQ2008";
     public const string InvalidArgument = "SQ2009";
+    /// <summary>A zero-shot task file (JSONL) is malformed: the message names the file, line and field.</summary>
+    public const string TaskFileInvalid = "SQ2010";
     public const string UnsupportedQuantization = "SQ4001";
     public const string ArtifactFormat = "SQ4002";
     public const string ArtifactWrite = "SQ4003";

@@ -28,9 +28,18 @@ public static class Tokens
     }
 
     /// <summary>Tokenizes with the checkpoint's tokenizer; prepends BOS when the tokenizer did not.</summary>
-    public static int[] Tokenize(string text, string tokenizerFolder, int vocabSize, int? bos, string? what = null)
+    public static int[] Tokenize(string text, string tokenizerFolder, int vocabSize, int? bos, string? what = null) =>
+        Encode(TokenizerLoader.Load(tokenizerFolder), text, tokenizerFolder, vocabSize, bos, what);
+
+    /// <summary>The checkpoint's tokenizer loaded once, as a function (many short texts: task prompts).</summary>
+    public static Func<string, int[]> Encoder(string tokenizerFolder, int vocabSize, int? bos)
     {
         var tok = TokenizerLoader.Load(tokenizerFolder);
+        return text => Encode(tok, text, tokenizerFolder, vocabSize, bos, null);
+    }
+
+    static int[] Encode(Microsoft.ML.Tokenizers.Tokenizer tok, string text, string tokenizerFolder, int vocabSize, int? bos, string? what)
+    {
         int[] ids = tok.EncodeToIds(text).ToArray();
         if (bos is int b && (ids.Length == 0 || ids[0] != b)) ids = new[] { b }.Concat(ids).ToArray();
         int bad = Array.FindIndex(ids, i => i < 0 || i >= vocabSize);

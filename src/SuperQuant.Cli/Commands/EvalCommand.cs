@@ -5,6 +5,7 @@ using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.LlamaCpp;
 using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Text;
 using SuperQuant.Pipeline;
 
 namespace SuperQuant.Cli.Commands;
@@ -41,14 +42,21 @@ public static class EvalCommand
         var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens (N >= 2)" }.InRange(2, int.MaxValue);
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of text" };
+        var task = new Option<string[]>("--task") { Description = $"zero-shot task as NAME=FILE.jsonl (repeatable; NAME one of {string.Join(", ", TaskFile.TaskNames)}; fields as in each task's public release, see docs/tasks.md): accuracy by log-likelihood as lm-evaluation-harness scores it", AllowMultipleArgumentsPerToken = false };
+        var taskLimit = new Option<int?>("--task-limit") { Description = "score only the first N documents of each task file" }.InRange(1, TaskFile.MaxDocuments);
         var device = CliSupport.DeviceOption();
         var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
         {
-            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, device,
+            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, device,
         };
         cmd.Validators.Add(r =>
         {
-            if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens");
+            bool tasks = r.GetValue(task) is { Length: > 0 };
+            if (tasks && (r.GetValue(text) is not null || r.GetValue(tokens) is not null || r.GetValue(reference) is not null)) r.AddError("--task scores tasks; give it without --text, --tokens or --reference");
+            if (!tasks && (r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens (or --task NAME=FILE)");
+            foreach (string t in r.GetValue(task) ?? Array.Empty<string>())
+                if (t.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name) || file.Length == 0)
+                    r.AddError($"{ErrorCodes.InvalidArgument}: --task '{Manifest.ManifestReader.Excerpt(t)}' (expected NAME=FILE, NAME one of {string.Join(", ", TaskFile.TaskNames)})");
             if (r.GetValue(stride) is int s && s >= r.GetValue(context)) r.AddError($"--stride {s} must be below --context {r.GetValue(context)}");
         });
         cmd.SetAction(r => CliSupport.Run(() =>
@@ -58,6 +66,8 @@ public static class EvalCommand
             int ctx = r.GetValue(context);
             using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev);
             ctx = Math.Min(ctx, m.MaxContext);
+            if (r.GetValue(task) is { Length: > 0 } taskSpecs)
+                return Tasks(m, taskSpecs, r.GetValue(taskLimit), ctx, r.GetValue(tokenizer) ?? Tokens.CheckpointFolder(m.Path), asJson);
             int str = Math.Min(r.GetValue(stride) ?? Math.Max(1, ctx / 2), ctx - 1);
             int[] ids = r.GetValue(tokens) is string tokenFile
                 ? SuperQuant.Models.Text.TokenIdFile.Read(tokenFile, m.VocabSize, minimum: 2)
@@ -120,6 +130,41 @@ public static class EvalCommand
             return ExitCodes.Success;
         }));
         return cmd;
+    }
+
+    /// <summary>Scores each task file with the model's runtime; prints acc (and acc_norm, or LAMBADA's perplexity)
+    /// with standard errors.</summary>
+    static int Tasks(Runner m, string[] specs, int? limit, int ctx, string tokenizerFolder, bool asJson)
+    {
+        Func<string, int[]> encode = m.Tokenize ?? Tokens.Encoder(tokenizerFolder, m.VocabSize, m.Bos);
+        var scores = new List<TaskScore>();
+        foreach (string spec in specs)
+        {
+            var (name, file) = (spec[..spec.IndexOf('=')], Path.GetFullPath(spec[(spec.IndexOf('=') + 1)..]));
+            var docs = TaskRequests.Tokenize(TaskFile.Read(file, name, limit), encode, file);
+            foreach (var d in docs)
+                foreach (var q in d.Requests)
+                    if (q.Context.Concat(q.Continuation).Any(i => i < 0 || i >= m.VocabSize))
+                        throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{file}: the tokenizer produced an id outside the model's vocabulary of {m.VocabSize}", file);
+            var progress = new ConsoleProgress(name, enabled: !asJson);
+            var score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, m.Logits, ctx, progress.Report, CliSupport.Cancellation);
+            scores.Add(score);
+            if (!asJson)
+                Console.WriteLine($"{name,-14} n={score.Documents,-6} acc {score.Accuracy.Value:P2} +/- {score.Accuracy.StandardError:P2}" +
+                    (score.AccuracyNorm is Estimate an ? $"  acc_norm {an.Value:P2} +/- {an.StandardError:P2}" : "") +
+                    (score.Perplexity is Estimate pp ? $"  perplexity {pp.Value:F3}" : ""));
+        }
+        if (asJson)
+            Console.WriteLine(JsonSerializer.Serialize(new
+            {
+                model = m.Path, engine = m.Engine, context = ctx,
+                tasks = scores.Select(t => new
+                {
+                    task = t.Task, documents = t.Documents, acc = t.Accuracy.Value, acc_se = t.Accuracy.StandardError,
+                    acc_norm = t.AccuracyNorm?.Value, acc_norm_se = t.AccuracyNorm?.StandardError, perplexity = t.Perplexity?.Value,
+                }).ToList(),
+            }, CliSupport.Json));
+        return ExitCodes.Success;
     }
 
     /// <summary>A metric that is not a number is never reported as a success (a broken config or model).</summary>
