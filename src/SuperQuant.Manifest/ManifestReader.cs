@@ -27,8 +27,8 @@ public static class ManifestReader
     public const long MaxBytes = 16L << 20;
 
     static readonly string[] TopKeys = { "version", "device", "models" };
-    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" };
-    static readonly string[] GateKeys = { "metric", "max_increase", "baseline" };
+    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" };
+    static readonly string[] GateKeys = { "metric", "max_increase", "max_drop", "baseline" };
     static readonly string[] ExportKeys = { "gguf", "path" };
 
     /// <param name="allowOutside">Absolute prefixes checkpoint and data paths may also live under (e.g. a shared model folder).</param>
@@ -130,13 +130,30 @@ public static class ManifestReader
         var gateNode = Map(file, Required("gate"), "'gate'");
         CheckKeys(file, gateNode, GateKeys, "'gate'");
         string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", QualityGate.Metrics.ToArray()) : "kl";
-        if (!gateNode.Children.TryGetValue(new YamlScalarNode("max_increase"), out var inc))
-            throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column, "'gate' is missing required key 'max_increase'");
-        string incText = Str(file, inc, "max_increase").Trim();
-        bool percent = incText.EndsWith('%');
-        if (!double.TryParse(percent ? incText[..^1] : incText, NumberStyles.Float, CultureInfo.InvariantCulture, out double maxIncrease)
-            || !double.IsFinite(maxIncrease) || maxIncrease < 0)
-            throw At(file, inc, $"max_increase '{Excerpt(incText)}' must be a finite non-negative number or a percentage like '5%'");
+        double maxIncrease;
+        bool percent = false;
+        if (metric == "accuracy")
+        {
+            if (gateNode.Children.TryGetValue(new YamlScalarNode("max_increase"), out var wrong))
+                throw At(file, wrong, "metric accuracy is gated by 'max_drop' (accuracy points, e.g. 2), not 'max_increase'");
+            if (!gateNode.Children.TryGetValue(new YamlScalarNode("max_drop"), out var drop))
+                throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column, "metric accuracy needs 'max_drop' (accuracy points per task, e.g. 2)");
+            maxIncrease = Dbl(file, drop, "max_drop");
+            if (maxIncrease < 0 || maxIncrease > 100) throw At(file, drop, $"max_drop {maxIncrease} must be in 0..100 accuracy points");
+            if (Optional("tasks") is null) throw At(file, mn!, "metric accuracy needs the model's 'tasks' (e.g. tasks: {piqa: data/piqa.jsonl})");
+        }
+        else
+        {
+            if (gateNode.Children.TryGetValue(new YamlScalarNode("max_drop"), out var drop))
+                throw At(file, drop, "'max_drop' belongs to metric accuracy; use 'max_increase' for " + metric);
+            if (!gateNode.Children.TryGetValue(new YamlScalarNode("max_increase"), out var inc))
+                throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column, "'gate' is missing required key 'max_increase'");
+            string incText = Str(file, inc, "max_increase").Trim();
+            percent = incText.EndsWith('%');
+            if (!double.TryParse(percent ? incText[..^1] : incText, NumberStyles.Float, CultureInfo.InvariantCulture, out maxIncrease)
+                || !double.IsFinite(maxIncrease) || maxIncrease < 0)
+                throw At(file, inc, $"max_increase '{Excerpt(incText)}' must be a finite non-negative number or a percentage like '5%'");
+        }
         double? fixedBaseline = null;
         if (gateNode.Children.TryGetValue(new YamlScalarNode("baseline"), out var bn) && Str(file, bn, "baseline") != "original")
             fixedBaseline = Dbl(file, bn, "baseline (a number or 'original')");
@@ -169,6 +186,7 @@ public static class ManifestReader
             EvaluationTokens = evalTokens,
             PromptTokens = Optional("prompt_tokens") is { } pt ? PromptIds(file, pt) : null,
             Context = Optional("context") is { } cn ? Range(file, cn, "context", 2, 1 << 20) : 512,
+            Tasks = Optional("tasks") is { } tn ? TaskEntries(file, tn, key => InputFileAt(file, dir, key.Node, "tasks." + key.Name, roots)) : Array.Empty<TaskEntry>(),
             Exports = Exports(file, dir, Optional("export"), output, new Position((int)outputNode.Start.Line, (int)outputNode.Start.Column), roots),
             Gate = new QualityGate(metric, maxIncrease, percent, fixedBaseline),
             Line = (int)m.Start.Line,
@@ -252,6 +270,28 @@ public static class ManifestReader
         }
         if (ids.Count == 0) throw At(file, n, "'prompt_tokens' holds no token ids");
         return ids.ToArray();
+    }
+
+    /// <summary>`tasks: {name: file, ...}`: known task names, each file an input inside the project.</summary>
+    static IReadOnlyList<TaskEntry> TaskEntries(string file, YamlNode n, Func<(string Name, YamlNode Node), string> resolve)
+    {
+        var map = Map(file, n, "'tasks'");
+        var list = new List<TaskEntry>();
+        foreach (var (k, v) in map.Children)
+        {
+            string name = Str(file, k, "tasks");
+            if (!Names.TaskNames.Contains(name)) throw At(file, k, $"unknown task '{Excerpt(name)}' (known: {string.Join(", ", Names.TaskNames)})");
+            list.Add(new TaskEntry(name, resolve((name, v)), new Position((int)v.Start.Line, (int)v.Start.Column)));
+        }
+        if (list.Count == 0) throw At(file, n, "'tasks' is empty");
+        return list;
+    }
+
+    static string InputFileAt(string file, string dir, YamlNode n, string key, Roots roots)
+    {
+        string p = Resolve(file, dir, n, key, roots.Inputs, roots.FollowSymlinks);
+        if (!File.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
+        return p;
     }
 
     static double? ZValue(string file, YamlNode n)

@@ -53,6 +53,10 @@ public static class Names
     public static IReadOnlyList<string> ClipNames { get; } = new[] { "no", "zscore", "block_percentage", "tensor_percentage", "iqr" };
     /// <summary>Quantization levels: integers, the reference's shifted grid (scale_shift), normal-float poles (use_normal_float).</summary>
     public static IReadOnlyList<string> LevelNames { get; } = new[] { "int", "int-shifted", "normal-float" };
+    /// <summary>Zero-shot tasks a manifest may list under `tasks:` (the reader of their files is Models' TaskFile,
+    /// whose table a test keeps equal to this one).</summary>
+    public static IReadOnlyList<string> TaskNames { get; } = new[] { "arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "lambada" };
+
     /// <summary>Block size of the whole tensor as one block (variant paper).</summary>
     public const int TensorBlock = -1;
     public const int MaxPaperBlock = 1 << 30;

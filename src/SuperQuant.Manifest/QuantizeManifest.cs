@@ -6,6 +6,9 @@ public sealed record QuantizeManifest(string Path, int Version, string Device, I
 /// <summary>A position in the manifest, for messages.</summary>
 public readonly record struct Position(int Line, int Column);
 
+/// <summary>A zero-shot task file (JSONL) the gate scores with the `accuracy` metric.</summary>
+public sealed record TaskEntry(string Name, string Path, Position At);
+
 /// <summary>One file a model writes: the packed artifact, or a GGUF of a named type.</summary>
 public sealed record ExportEntry(GgufFileType? GgufType, string Path, Position At)
 {
@@ -41,6 +44,8 @@ public sealed record ModelEntry
     public int[]? PromptTokens { get; init; }
     public int Context { get; init; } = 512;
     public IReadOnlyList<ExportEntry> Exports { get; init; } = Array.Empty<ExportEntry>();
+    /// <summary>Zero-shot tasks (`tasks: {piqa: data/piqa.jsonl}`), scored on every artifact; gated with metric accuracy.</summary>
+    public IReadOnlyList<TaskEntry> Tasks { get; init; } = Array.Empty<TaskEntry>();
     public required QualityGate Gate { get; init; }
     /// <summary>Line of the entry in the manifest, for messages.</summary>
     public int Line { get; init; }
@@ -50,26 +55,31 @@ public sealed record ModelEntry
     public Position PositionOf(string key) => Positions.TryGetValue(key, out var p) ? p : new Position(Line, 1);
 
     /// <summary>Every file this model's result depends on besides the manifest, the checkpoint and the tool.</summary>
-    public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null)!;
+    public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null).Concat(Tasks.Select(t => t.Path))!;
 
     /// <summary>The settings that decide this model's artifacts (positions excluded: moving a line changes nothing).</summary>
     public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant, Clip, Levels, ActivationScale, ActivationQuantizer, SuperActivation,
         Z?.ToString("R", System.Globalization.CultureInfo.InvariantCulture) ?? "auto", CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens,
-        PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)), Gate);
+        PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)), string.Join(",", Tasks.Select(t => t.Name + "=" + t.Path)), Gate);
 }
 
-/// <summary>metric: perplexity | kl | top1; max_increase: absolute ("0.5") or relative ("5%") change allowed against
-/// the baseline (the unquantized checkpoint, or a fixed number). For top1 the allowed change is a decrease.</summary>
+/// <summary>metric: perplexity | kl | top1 | accuracy; max_increase: absolute ("0.5") or relative ("5%") change allowed
+/// against the baseline (the unquantized checkpoint, or a fixed number). For top1 the allowed change is a decrease.
+/// For accuracy (zero-shot tasks) <see cref="MaxIncrease"/> holds max_drop, in accuracy points (2 = 2 percentage
+/// points), applied to every task.</summary>
 public sealed record QualityGate(string Metric, double MaxIncrease, bool Percent, double? FixedBaseline)
 {
-    public static readonly IReadOnlyList<string> Metrics = new[] { "kl", "perplexity", "top1" };
+    public static readonly IReadOnlyList<string> Metrics = new[] { "kl", "perplexity", "top1", "accuracy" };
 
-    public double Limit(double baseline) => Metric == "top1"
+    bool Decrease => Metric is "top1" or "accuracy";
+
+    public double Limit(double baseline) => Metric == "accuracy" ? baseline - MaxIncrease / 100
+        : Metric == "top1"
         ? baseline - (Percent ? baseline * MaxIncrease / 100 : MaxIncrease)
         : baseline + (Percent ? Math.Abs(baseline) * MaxIncrease / 100 : MaxIncrease);
 
     /// <summary>A measured value that is not a number never passes.</summary>
-    public bool Passes(double value, double baseline) => double.IsFinite(value) && (Metric == "top1" ? value >= Limit(baseline) : value <= Limit(baseline));
+    public bool Passes(double value, double baseline) => double.IsFinite(value) && (Decrease ? value >= Limit(baseline) - 1e-12 : value <= Limit(baseline));
 
     /// <summary>Within 80% of the allowed change: a warning, not a failure.</summary>
     public bool NearMiss(double value, double baseline) => Passes(value, baseline) && Math.Abs(value - baseline) > 0.8 * Math.Abs(Limit(baseline) - baseline);

@@ -10,6 +10,7 @@ using SuperQuant.LlamaCpp;
 using SuperQuant.Manifest;
 using SuperQuant.Models.Artifacts;
 using SuperQuant.Models.Checkpoints;
+using SuperQuant.Models.Text;
 using SuperQuant.Models.Gguf;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -48,6 +49,8 @@ public sealed record ArtifactResult
     public required string Layout { get; init; }
     /// <summary>Null when no evaluation data was given (the file was still loaded back and run once).</summary>
     public DivergenceResult? Quality { get; init; }
+    /// <summary>Zero-shot task scores of this file, measured by its runtime (empty when the request lists no tasks).</summary>
+    public IReadOnlyList<TaskScore> Tasks { get; init; } = Array.Empty<TaskScore>();
 }
 
 public sealed record PipelineResult
@@ -63,6 +66,8 @@ public sealed record PipelineResult
     /// <summary>Whether the reference was read from the cache (no reference pass ran).</summary>
     public bool ReferenceFromCache { get; init; }
     public int TokensEvaluated { get; init; }
+    /// <summary>The unquantized model's task scores (our forward pass), the accuracy gate's baselines.</summary>
+    public IReadOnlyList<TaskScore> TaskBaselines { get; init; } = Array.Empty<TaskScore>();
 }
 
 /// <summary>
@@ -107,6 +112,9 @@ public static class QuantizationPipeline
             string detectionText = "not run";
             double? zUsed = null;
             IReadOnlyList<(double, double)> zSearch = Array.Empty<(double, double)>();
+            List<(string Name, IReadOnlyList<ScoredDocument> Docs)> tasks = new();
+            IReadOnlyList<TaskScore> taskBaselines = Array.Empty<TaskScore>();
+            int taskContext = r.Context;
             try
             {
                 LlamaConfig c = model.Config;
@@ -115,6 +123,24 @@ public static class QuantizationPipeline
                 eval = r.Evaluation is { } ev ? Tokens.Load(ev, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
                 int[]? calibration = r.Calibration is { } cal ? Tokens.Load(cal, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
                 int[] prompt = Prompt(r, c, tokenizer, calibration, eval);
+                if (r.Tasks.Count > 0)
+                    using (log.Step("tasks (original)"))
+                    {
+                        Func<string, int[]> encode;
+                        try { encode = Tokens.Encoder(tokenizer, c.VocabSize, c.BosTokenId); }
+                        catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
+                        {
+                            throw new SuperQuantException(e.Code, $"{r.Tasks[0].Origin.Where}: zero-shot tasks are text and need the checkpoint's tokenizer: {e.Message}", r.Tasks[0].Origin.File, e);
+                        }
+                        tasks = r.Tasks.Select(t => (t.Name, TaskRequests.Tokenize(TaskFile.Read(t.Path, t.Name), encode, t.Path))).ToList();
+                        taskContext = ctx;
+                        taskBaselines = tasks.Select(t =>
+                        {
+                            var p = log.Progress($"{r.Id}: {t.Name} (original)");
+                            return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, x => model.Forward(x), ctx, (d, n) => p(d, n), o.Cancel);
+                        }).ToList();
+                        foreach (var b in taskBaselines) log.Info($"{r.Id}: {b.Task} original accuracy {b.Accuracy.Value:P2} +/- {b.Accuracy.StandardError:P2} ({b.Documents} documents)");
+                    }
     
                 if (eval is not null)
                     using (log.Step("reference"))
@@ -220,11 +246,11 @@ public static class QuantizationPipeline
                     using (log.Step($"evaluate {spec.Kind}"))
                     {
                         o.Cancel.ThrowIfCancellationRequested();
-                        var (engine, quality) = Measure(spec, file.StagingPath, r, o, reference, eval, log);
+                        var (engine, quality, taskScores) = Measure(spec, file.StagingPath, r, o, reference, eval, tasks, taskContext, log);
                         results.Add(new ArtifactResult
                         {
                             Spec = spec, File = file, Engine = engine, Bytes = new FileInfo(file.StagingPath).Length,
-                            BitsPerWeight = bpw, Layout = layout, Quality = quality,
+                            BitsPerWeight = bpw, Layout = layout, Quality = quality, Tasks = taskScores,
                         });
                     }
             }
@@ -233,6 +259,7 @@ public static class QuantizationPipeline
             {
                 Request = r, CheckpointSha256 = checkpointHash, SuperWeights = superWeights, Detection = detectionText, Z = zUsed, ZSearch = zSearch,
                 Artifacts = results, Steps = log.Steps.ToList(), ReferenceFromCache = referenceCached, TokensEvaluated = eval?.Length ?? 0,
+                TaskBaselines = taskBaselines,
             };
         
         }
@@ -356,24 +383,31 @@ public static class QuantizationPipeline
 
     /// <summary>Reads an artifact back from disk with the runtime that will load it and compares it with the
     /// reference; without evaluation data it is still loaded and run on one token.</summary>
-    static (string Engine, DivergenceResult? Quality) Measure(ArtifactSpec spec, string path, QuantizationRequest r, PipelineOptions o,
-        ReferenceFile? reference, int[]? eval, StepLog log)
+    static (string Engine, DivergenceResult? Quality, IReadOnlyList<TaskScore> Tasks) Measure(ArtifactSpec spec, string path, QuantizationRequest r, PipelineOptions o,
+        ReferenceFile? reference, int[]? eval, IReadOnlyList<(string Name, IReadOnlyList<ScoredDocument> Docs)> tasks, int taskContext, StepLog log)
     {
         var progress = log.Progress($"{r.Id}: evaluate {spec.Kind}");
+        IReadOnlyList<TaskScore> Score(LogitsFunction logits) => tasks.Select(t =>
+        {
+            var p = log.Progress($"{r.Id}: {t.Name} ({spec.Kind})");
+            return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, logits, taskContext, (d, n) => p(d, n), o.Cancel);
+        }).ToList();
         if (spec is GgufSpec)
         {
             int ctx = reference?.Context ?? 8;
-            using var m = LlamaCppEngine.Open(path, ctx, o.Threads);
-            if (reference is null || eval is null) { m.Logits(new[] { 0 }); return ("llama.cpp", null); }
-            if (m.VocabSize != reference.Vocab)
-                throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"llama.cpp reads {m.VocabSize} tokens from {path}, the model has {reference.Vocab}", path);
-            return ("llama.cpp", Evaluator.Divergence(reference, m.Logits, eval, (d, t) => progress(d, t), o.Cancel));
+            using var m = LlamaCppEngine.Open(path, tasks.Count > 0 ? Math.Max(ctx, taskContext) : ctx, o.Threads);
+            if (m.VocabSize != (reference?.Vocab ?? m.VocabSize))
+                throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"llama.cpp reads {m.VocabSize} tokens from {path}, the model has {reference!.Vocab}", path);
+            var taskScores = Score(m.Logits);
+            if (reference is null || eval is null) { m.Logits(new[] { 0 }); return ("llama.cpp", null, taskScores); }
+            return ("llama.cpp", Evaluator.Divergence(reference, m.Logits, eval, (d, t) => progress(d, t), o.Cancel), taskScores);
         }
         var (model, _) = PackedArtifact.Load(path, o.Device.type == DeviceType.CPU ? null : o.Device);
         using (model)
         {
-            if (reference is null || eval is null) { model.Forward(new[] { 0 }).Dispose(); return ("superquant", null); }
-            return ("superquant", Evaluator.Divergence(reference, t => model.Forward(t), eval, (d, t) => progress(d, t), o.Cancel));
+            var taskScores = Score(t => model.Forward(t));
+            if (reference is null || eval is null) { model.Forward(new[] { 0 }).Dispose(); return ("superquant", null, taskScores); }
+            return ("superquant", Evaluator.Divergence(reference, t => model.Forward(t), eval, (d, t) => progress(d, t), o.Cancel), taskScores);
         }
     }
 }

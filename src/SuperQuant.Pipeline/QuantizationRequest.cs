@@ -16,6 +16,9 @@ public sealed record Origin(string Where, string Code, string? File = null)
 /// <summary>Tokens from a text file (tokenized with the checkpoint's tokenizer) or a token-id file.</summary>
 public sealed record TokenSource(string Path, bool IsText, Origin Origin);
 
+/// <summary>A zero-shot task file scored on the original model and on every artifact.</summary>
+public sealed record TaskSource(string Name, string Path, Origin Origin);
+
 /// <summary>One file the pipeline writes.</summary>
 public abstract record ArtifactSpec(string Path, Origin Origin)
 {
@@ -65,6 +68,8 @@ public sealed record QuantizationRequest
     public Origin ContextOrigin { get; init; } = Origin.Option("--context");
     public required IReadOnlyList<ArtifactSpec> Artifacts { get; init; }
     public Origin MethodOrigin { get; init; } = Origin.Option("--method");
+    /// <summary>Zero-shot tasks (manifest `tasks:`), scored with the checkpoint's tokenizer.</summary>
+    public IReadOnlyList<TaskSource> Tasks { get; init; } = Array.Empty<TaskSource>();
     /// <summary>Where the tokenizer for text files lives (default: the checkpoint's folder).</summary>
     public string? TokenizerFolder { get; init; }
 

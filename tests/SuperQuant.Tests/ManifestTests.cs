@@ -58,6 +58,36 @@ public sealed class ManifestTests
     }
 
     [TestMethod]
+    public void AccuracyGateByHand()
+    {
+        var g = new QualityGate("accuracy", 2, false, null);   // max_drop 2 points
+        Assert.AreEqual(0.58, g.Limit(0.60), 1e-12);
+        Assert.IsTrue(g.Passes(0.58, 0.60));
+        Assert.IsFalse(g.Passes(0.5799, 0.60));
+        Assert.IsTrue(g.Passes(0.70, 0.60), "a higher accuracy passes");
+        Assert.IsFalse(g.Passes(double.NaN, 0.60));
+        using var dir = Project(Valid.Replace("    gate:\n      metric: perplexity\n      max_increase: 5%", "    tasks: {piqa: ids.txt}\n    gate:\n      metric: accuracy\n      max_drop: 2"));
+        var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
+        Assert.AreEqual(("piqa", dir.File("ids.txt")), (e.Tasks.Single().Name, e.Tasks.Single().Path));
+        Assert.AreEqual(new QualityGate("accuracy", 2, false, null), e.Gate);
+        Assert.IsTrue(e.DataFiles.Contains(dir.File("ids.txt")));
+    }
+
+    [TestMethod]
+    [DataRow("      metric: perplexity\n      max_increase: 5%", "      metric: accuracy\n      max_increase: 5%", "not 'max_increase'")]
+    [DataRow("      metric: perplexity\n      max_increase: 5%", "      metric: accuracy\n      max_drop: 2", "needs the model's 'tasks'")]
+    [DataRow("      metric: perplexity\n      max_increase: 5%", "      metric: kl\n      max_drop: 2", "'max_drop' belongs to metric accuracy")]
+    [DataRow("    context: 512", "    tasks: {mmlu: ids.txt}", "unknown task 'mmlu'")]
+    [DataRow("    context: 512", "    tasks: {piqa: missing.jsonl}", "does not exist")]
+    public void AccuracyGateMistakesAreManifestErrors(string from, string to, string reason)
+    {
+        string yaml = Valid.Replace(from, to);
+        if (!yaml.Contains(to)) yaml = Valid.Replace("    evaluation_tokens: ids.txt", "    evaluation_tokens: ids.txt\n" + to);
+        Assert.AreNotEqual(Valid, yaml, "the test edit must apply");
+        StringAssert.Contains(Invalid(yaml).Reason, reason);
+    }
+
+    [TestMethod]
     public void ReadsThePaperVariant()
     {
         using var dir = Project(Valid.Replace("    block_size: channel", "    block_size: tensor\n    variant: paper\n    clip: iqr\n    levels: normal-float"));
@@ -116,7 +146,9 @@ public sealed class ManifestTests
         var keys = modelProps.EnumerateObject().Select(p => p.Name).ToHashSet();
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
-        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "gate" }));
+        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" }));
+        CollectionAssert.AreEqual(Names.TaskNames.ToArray(), modelProps.GetProperty("tasks").GetProperty("properties").EnumerateObject().Select(p => p.Name).ToArray());
+        CollectionAssert.AreEqual(Names.TaskNames.ToArray(), Models.Text.TaskFile.TaskNames.ToArray(), "the manifest's task names are the task reader's");
         CollectionAssert.AreEqual(Names.VariantNames.ToArray(), modelProps.GetProperty("variant").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         CollectionAssert.AreEqual(Names.ClipNames.ToArray(), modelProps.GetProperty("clip").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         CollectionAssert.AreEqual(Names.LevelNames.ToArray(), modelProps.GetProperty("levels").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());

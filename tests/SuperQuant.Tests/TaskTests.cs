@@ -186,4 +186,63 @@ public sealed class TaskTests
         Assert.AreEqual(3, bad.ExitCode, bad.Output);
         StringAssert.Contains(bad.StdErr, "--task 'mmlu=");
     }
+
+    /// <summary>The accuracy gate end to end: the original model's task accuracy (the baseline) and each shipped
+    /// file's, measured by its runtime (packed: our loader; GGUF: llama.cpp), are in the report; the baseline equals
+    /// an in-process score of the checkpoint, and the gate's verdict is the drop compared with max_drop.</summary>
+    [TestMethod]
+    public void TheGateScoresTasksOnEveryArtifact()
+    {
+        using var dir = new TempFolder();
+        var (folder, model) = DemoWithTokenizer(dir);
+        string piqa = Write(dir, "piqa", Lines["piqa"],
+            """{"goal": "Dry a towel", "sol1": "hang it in the sun", "sol2": "put it in the freezer for a week", "label": 0}""",
+            """{"goal": "Cut bread", "sol1": "use a knife", "sol2": "use a spoon", "label": 0}""");
+        double baseline;
+        using (model)
+        {
+            var docs = TaskRequests.Tokenize(TaskFile.Read(piqa, "piqa"), Tokens.Encoder(folder, 32000, model.Config.BosTokenId), piqa);
+            baseline = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 64).Accuracy.Value;
+            SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Sampler.Generate(model, new[] { 1 }, 79, 1.0, seed: 3));
+        }
+        foreach (var (drop, name) in new[] { (100.0, "loose"), (0.0, "strict") })
+        {
+            File.WriteAllText(dir.File("quantize.yaml"), $$"""
+                version: 1
+                device: cpu
+                models:
+                  - id: demo
+                    checkpoint: ckpt
+                    output: models/{{name}}.sqpk.safetensors
+                    method: rtn
+                    weight_bits: 8
+                    block_size: 32
+                    evaluation_tokens: ids.txt
+                    context: 64
+                    export: [packed, {gguf: q8_0}]
+                    tasks: {piqa: piqa.jsonl}
+                    gate:
+                      metric: accuracy
+                      max_drop: {{drop}}
+                """);
+            var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj-" + name));
+            using var report = JsonDocument.Parse(File.ReadAllText(dir.File($"obj-{name}/superquant-report.json")));
+            var artifacts = report.RootElement.GetProperty("models")[0].GetProperty("artifacts");
+            Assert.AreEqual(2, artifacts.GetArrayLength());
+            bool anyDrop = false;
+            foreach (var a in artifacts.EnumerateArray())
+            {
+                var t = a.GetProperty("tasks")[0];
+                Assert.AreEqual("piqa", t.GetProperty("task").GetString());
+                Assert.AreEqual(3, t.GetProperty("documents").GetInt32());
+                Assert.AreEqual(baseline, t.GetProperty("baseline").GetDouble(), 1e-12, "the baseline is the original checkpoint's accuracy");
+                double acc = t.GetProperty("accuracy").GetDouble();
+                bool passed = acc >= baseline - drop / 100 - 1e-12;
+                Assert.AreEqual(passed, t.GetProperty("passed").GetBoolean());
+                anyDrop |= !passed;
+            }
+            CollectionAssert.AreEquivalent(new[] { "llama.cpp", "superquant" }, artifacts.EnumerateArray().Select(a => a.GetProperty("engine").GetString()).ToArray());
+            Assert.AreEqual(anyDrop ? 1 : 0, r.ExitCode, r.Output);
+        }
+    }
 }

@@ -115,7 +115,7 @@ public static class GateCommand
                 Device = dev, ReferenceCacheFolder = files.Cache, Log = new ConsoleLog(), Cancel = CliSupport.Cancellation, Threads = threads,
                 ManifestSha256 = manifestSha, CheckpointSha256 = checkpointHash, RaiseSuperWeightTensors = raise,
             });
-            var rows = result.Artifacts.Select(a => ArtifactRow.From(a, e.Gate)).ToList();
+            var rows = result.Artifacts.Select(a => ArtifactRow.From(a, e.Gate, result.TaskBaselines)).ToList();
             var report = new ModelReport
             {
                 Id = e.Id, Status = "quantized", Settings = Settings(e), Detection = result.Detection,
@@ -129,7 +129,9 @@ public static class GateCommand
                 var at = e.Exports.FirstOrDefault(x => Path.GetFullPath(x.Path) == a.Path)?.At ?? new Position(e.Line, 1);
                 string where = $"{m.Path}({at.Line},{at.Column})";
                 string what = $"model '{e.Id}', artifact {Path.GetRelativePath(Path.GetDirectoryName(m.Path)!, a.Path)} ({a.Kind}, measured by {a.Engine} on {a.TokensScored} tokens)";
-                string numbers = $"{a.Metric} {Fmt(a.Value)} {(a.Passed ? "within" : "exceeds")} the limit {Fmt(a.Limit)} (baseline {Fmt(a.Baseline)}, max_increase {Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
+                string numbers = e.Gate.Metric == "accuracy"
+                    ? string.Join("; ", a.Tasks.Select(t => $"accuracy {t.Task} {t.Accuracy:P2} +/- {t.AccuracySe:P2} {(t.Passed ? "within" : "below")} the limit {t.Limit:P2} (original {t.Baseline:P2}, max_drop {Fmt(e.Gate.MaxIncrease)} points, {t.Documents} documents)"))
+                    : $"{a.Metric} {Fmt(a.Value)} {(a.Passed ? "within" : "exceeds")} the limit {Fmt(a.Limit)} (baseline {Fmt(a.Baseline)}, max_increase {Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
                 if (!a.Passed)
                 {
                     if (warnOnly) Console.WriteLine($"{where}: warning {ErrorCodes.GateFailed}: {what}: {numbers} (SuperQuantGate=warn)");

@@ -7,6 +7,11 @@ using SuperQuant.Pipeline;
 
 namespace SuperQuant.Cli.Reports;
 
+/// <summary>One zero-shot task on one artifact: its accuracy (measured by the artifact's runtime), the original
+/// model's, and the accuracy gate's verdict when the gate metric is accuracy.</summary>
+public sealed record TaskRow(string Task, int Documents, double Accuracy, double AccuracySe, double? AccuracyNorm, double? Perplexity,
+    double Baseline, double BaselineSe, double Limit, bool Passed);
+
 /// <summary>One shipped (or refused) file: how it was measured, its llama.cpp-style statistics and its gate verdict.</summary>
 public sealed record ArtifactRow
 {
@@ -42,14 +47,35 @@ public sealed record ArtifactRow
     public double SameTopSe { get; init; }
     public double RmsDeltaP { get; init; }
     public double RmsDeltaPSe { get; init; }
+    public List<TaskRow> Tasks { get; init; } = new();
 
-    public static ArtifactRow From(ArtifactResult a, QualityGate? gate)
+    public static ArtifactRow From(ArtifactResult a, QualityGate? gate, IReadOnlyList<TaskScore>? baselines = null)
     {
+        var tasks = a.Tasks.Select(t =>
+        {
+            var b = baselines?.FirstOrDefault(x => x.Task == t.Task);
+            double baseline = b?.Accuracy.Value ?? double.NaN;
+            double limit = gate is { Metric: "accuracy" } && b is not null ? gate.Limit(baseline) : double.NaN;
+            bool passed = gate is not { Metric: "accuracy" } || (b is not null && gate.Passes(t.Accuracy.Value, baseline));
+            return new TaskRow(t.Task, t.Documents, t.Accuracy.Value, t.Accuracy.StandardError, t.AccuracyNorm?.Value, t.Perplexity?.Value,
+                baseline, b?.Accuracy.StandardError ?? double.NaN, limit, passed);
+        }).ToList();
         var row = new ArtifactRow
         {
-            Kind = a.Spec.Kind, Path = a.File.FinalPath, Engine = a.Engine, Bytes = a.Bytes, BitsPerWeight = a.BitsPerWeight, Layout = a.Layout,
+            Kind = a.Spec.Kind, Path = a.File.FinalPath, Engine = a.Engine, Bytes = a.Bytes, BitsPerWeight = a.BitsPerWeight, Layout = a.Layout, Tasks = tasks,
         };
-        if (a.Quality is not DivergenceResult d) return row with { Passed = true };
+        if (gate is { Metric: "accuracy" })
+        {
+            // The task with the least room left decides the row's headline numbers; every task must pass.
+            var worst = tasks.OrderBy(t => t.Accuracy - t.Limit).FirstOrDefault();
+            row = worst is null ? row with { Metric = "accuracy", Passed = false }
+                : row with
+                {
+                    Metric = $"accuracy ({worst.Task})", Baseline = worst.Baseline, Value = worst.Accuracy, Limit = worst.Limit,
+                    Passed = tasks.All(t => t.Passed), NearMiss = tasks.All(t => t.Passed) && tasks.Any(t => gate.NearMiss(t.Accuracy, t.Baseline)),
+                };
+        }
+        if (a.Quality is not DivergenceResult d) return gate is { Metric: "accuracy" } ? row : row with { Passed = true };
         row = row with
         {
             TokensScored = d.TokensScored,
@@ -61,6 +87,7 @@ public sealed record ArtifactRow
             KlP999 = d.KlP999, KlMax = d.KlMax, SameTop = d.Top1Agreement.Value, SameTopSe = d.Top1Agreement.StandardError,
             RmsDeltaP = d.RmsDeltaP.Value, RmsDeltaPSe = d.RmsDeltaP.StandardError,
         };
+        if (gate is { Metric: "accuracy" }) return row;
         if (gate is null) return row with { Passed = true };
         (double baseline, double value) = gate.Metric switch
         {
@@ -105,9 +132,11 @@ public static class ArtifactReport
     public static string Line(ArtifactResult a)
     {
         string head = $"{a.Spec.Kind}: {a.File.FinalPath} ({a.Bytes / 1048576.0:F2} MiB, {a.BitsPerWeight:F2} bits/weight; {a.Layout})";
-        if (a.Quality is not DivergenceResult d) return head + $"; loaded and run by {a.Engine} (no evaluation data)";
+        string tasks = string.Concat(a.Tasks.Select(t => $"\n  {t.Task}: accuracy {t.Accuracy.Value:P2} +/- {t.Accuracy.StandardError:P2} over {t.Documents} documents" +
+            (t.AccuracyNorm is Estimate n ? $", acc_norm {n.Value:P2}" : "") + (t.Perplexity is Estimate p ? $", perplexity {p.Value:F3}" : "") + $" ({a.Engine})"));
+        if (a.Quality is not DivergenceResult d) return head + $"; loaded and run by {a.Engine} (no evaluation data)" + tasks;
         return head + $"\n  measured by {a.Engine} on {d.TokensScored} tokens: KL {d.KlDivergence.Value:F6} +/- {d.KlDivergence.StandardError:F6} (median {F(d.KlMedian)}, p99 {F(d.KlP99)}, max {F(d.KlMax)}), " +
-            $"same top {d.Top1Agreement.Value:P2}, perplexity {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (original {d.ReferencePerplexity.Value:F4}), RMS dp {d.RmsDeltaP.Value:P3}";
+            $"same top {d.Top1Agreement.Value:P2}, perplexity {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (original {d.ReferencePerplexity.Value:F4}), RMS dp {d.RmsDeltaP.Value:P3}" + tasks;
     }
 
     public static object Json(ArtifactResult a) => ArtifactRow.From(a, null);
@@ -128,6 +157,14 @@ public static class ArtifactReport
                           $"{(a.Passed ? (a.NearMiss ? "near miss" : "passed") : "**FAILED**")} ({a.Metric}) | {F(a.Value)} | {F(a.Limit)} | {F(a.Perplexity)} ± {F(a.PerplexitySe)} | " +
                           $"{F(a.ReferencePerplexity)} | {F(a.PerplexityDelta)} ± {F(a.PerplexityDeltaSe)} | {F(a.KlMean)} ± {F(a.KlMeanSe)} | {F(a.KlMedian)} | {F(a.KlP99)} | {F(a.KlP999)} | " +
                           $"{F(a.KlMax)} | {a.SameTop:P2} ± {a.SameTopSe:P2} | {a.RmsDeltaP:P3} |\n");
+            if (m.Artifacts.Any(a => a.Tasks.Count > 0))
+            {
+                sb.Append("\n| artifact | task | documents | accuracy | original | limit | acc_norm | perplexity | gate |\n|---|---|---|---|---|---|---|---|---|\n");
+                foreach (var a in m.Artifacts)
+                    foreach (var t in a.Tasks)
+                        sb.Append($"| {a.Kind} | {t.Task} | {t.Documents} | {t.Accuracy:P2} ± {t.AccuracySe:P2} | {t.Baseline:P2} ± {t.BaselineSe:P2} | {(double.IsNaN(t.Limit) ? "-" : t.Limit.ToString("P2", CultureInfo.InvariantCulture))} | " +
+                                  $"{(t.AccuracyNorm is double n ? n.ToString("P2", CultureInfo.InvariantCulture) : "-")} | {(t.Perplexity is double pp ? F(pp) : "-")} | {(t.Passed ? "passed" : "**FAILED**")} |\n");
+            }
             if (m.Steps.Count > 0)
             {
                 sb.Append("\n| step | seconds | peak memory |\n|---|---|---|\n");
