@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SuperQuant.Cli.Reports;
+using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Models.Text;
@@ -138,6 +139,17 @@ public sealed class AnalysisTests
         Assert.IsNotNull(report.Control);
         Assert.IsNotNull(report.Stopwords);
         StringAssert.Contains(report.Stopwords!.Source, "no tokenizer");
+        // Share of the loss recovered by restoring the super activation, from the report's own perplexities.
+        double zeroed = report.Conditions.Single(c => c.Name == "zeroed").Perplexity, restored = report.Conditions.Single(c => c.Name == "zeroed+activation-restored").Perplexity;
+        Assert.AreEqual((zeroed - restored) / (zeroed - report.Evaluation!.Perplexity), report.RestoredShare!.Value, 1e-12);
+        // The super activation (layer 1, channel 17) on every traced prompt, on the token it fires at (BOS-led slices:
+        // the planted one fires on every token through the boosted embedding channel, so each slice's strongest token),
+        // and in the residual stream: small before block 1, large after it and after the last block.
+        var trace = report.Traces.Single();
+        Assert.AreEqual((1, 17, 2), (trace.Layer, trace.Channel, trace.Prompts.Count)); // 120 tokens: slices at 0 and 64
+        Assert.IsTrue(trace.Prompts.All(p => Math.Abs(p.Value) > 20), string.Join(", ", trace.Prompts));
+        Assert.IsTrue(trace.ResidualMagnitude[1] > 10 * trace.ResidualMagnitude[0] && trace.ResidualMagnitude[2] > 10 * trace.ResidualMagnitude[0],
+            string.Join(" ", trace.ResidualMagnitude));
 
         string html = File.ReadAllText(Path.Combine(outDir, "analysis.html"));
         StringAssert.Contains(html, "model.layers.1.mlp.down_proj.weight[17, 45]");
@@ -150,6 +162,76 @@ public sealed class AnalysisTests
         Assert.AreEqual(report.Detection.Spikes.Count * 2 + report.Stopwords.Tokens.Count * 2, CountOf(html, "<rect "), "one bar per spike and per stopword value");
         Assert.AreEqual(report.Scaling.Count, CountOf(html, "<circle "), "one point per scale");
         Assert.IsFalse(html.Contains("<script"), "self-contained, no scripts");
+    }
+
+    /// <summary>Text in, text out on a planted model with the real LLaMA-2 tokenizer: `analyze --next-token` prints
+    /// the top next tokens with and without the super weight, their probabilities equal to a softmax computed here
+    /// by a plain loop over the model's logits; `generate --prompt` streams the prompt and its greedy continuation,
+    /// the same text the written ids decode to; both say SQ2006 on a model without a tokenizer.</summary>
+    [TestMethod]
+    public void NextTokenAndTextGeneration()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3, Vocab = 32000 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        string folder = Path.Combine(dir.Path, "model");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        File.Copy(SharedModels.Llama2Tokenizer, Path.Combine(folder, "tokenizer.model"));
+        TokenIdFile.Write(dir.File("ids.txt"), Stream(80));
+        const string prompt = "Summer is hot. Winter is";
+        var r = CliRunner.Run("analyze", "--model", folder, "--prompt-tokens", string.Join(' ', Prompt), "--tokens", dir.File("ids.txt"), "--context", "40",
+            "--control-count", "10", "--stopword-prompts", "1", "--next-token", prompt, "--out", dir.File("out"), "--device", "cpu");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        StringAssert.Contains(r.StdOut, "next token after \"Summer is hot. Winter is\"");
+        var report = JsonSerializer.Deserialize<AnalysisReport>(File.ReadAllText(dir.File("out/analysis.json")), AnalysisReport.Json)!;
+        var nt = report.NextToken!;
+        using (var model = ModelLoader.Load(folder))
+        {
+            int[] ids = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000, model.Config.BosTokenId);
+            using var logits = model.Forward(ids);
+            float[] last = logits[-1].data<float>().ToArray();
+            double max = last.Max(), sum = last.Sum(v => Math.Exp(v - max));
+            foreach (var t in nt.Original) Assert.AreEqual(Math.Exp(last[t.Id] - max) / sum, t.Probability, 1e-6);
+            Assert.AreEqual(Array.IndexOf(last, last.Max()), nt.Original[0].Id, "the top token is the argmax");
+        }
+        Assert.AreEqual(5, nt.Zeroed.Count);
+        Assert.AreNotEqual(nt.Original[0].Probability, nt.OriginalTopAfterZeroing, "zeroing the super weight changes the prediction");
+
+        var g = CliRunner.Run("generate", "--model", folder, "--prompt", prompt, "-n", "6", "--temperature", "0", "--out", dir.File("gen.txt"), "--device", "cpu");
+        Assert.AreEqual(0, g.ExitCode, g.Output);
+        int[] written = TokenIdFile.Read(dir.File("gen.txt"), 32000);
+        var tok = TokenizerLoader.Load(folder);
+        int promptLength = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000, 1).Length;
+        Assert.AreEqual(prompt + tok.Decode(written.Skip(promptLength)), g.StdOut.TrimEnd('\n', '\r'));
+
+        var none = CliRunner.Run("generate", "--model", PlantedCheckpoint(dir), "--prompt", prompt, "-n", "2");
+        Assert.AreEqual(3, none.ExitCode, none.Output);
+        StringAssert.Contains(none.StdErr, "SQ2006");
+    }
+
+    /// <summary>The stopword effect's direction on a planted model built to have it: the output head reads the super
+    /// activation's channel with a negative weight for three "stopword" ids, so the super activation suppresses them
+    /// (the paper: removing the super weight raises stopword probabilities). Measured at the last token of each
+    /// prompt, zeroing the super weight must raise each of them more than twofold.</summary>
+    [TestMethod]
+    public void ZeroingTheSuperWeightRaisesTheStopwordsItSuppresses()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
+        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
+        int[] stop = { 4, 9, 30 };
+        foreach (int id in stop) w["lm_head.weight"][id * spec.Hidden + 17] = -0.6f;
+        string folder = Path.Combine(dir.Path, "model");
+        TinyCheckpointFactory.Write(folder, spec, w);
+        using var model = ModelLoader.Load(folder);
+        var ablation = new SuperWeightAblation(model, new SuperWeightDetector().Detect(model, Prompt));
+        var prompts = Enumerable.Range(0, 6).Select(i => Stream(12 + i, seed: 20 + i)).ToList();
+        var rows = ablation.Stopwords(prompts, stop.Select(i => (i, $"#{i}")).ToList());
+        foreach (var row in rows.Take(3)) Assert.IsTrue(row.Zeroed > 2 * row.Original, $"{row.Label}: {row.Original} -> {row.Zeroed}");
     }
 
     [TestMethod]

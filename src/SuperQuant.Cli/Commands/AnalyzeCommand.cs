@@ -29,9 +29,11 @@ public static class AnalyzeCommand
         var stopwordIds = new Option<string?>("--stopword-ids") { Description = "stopword token ids (models without a tokenizer; default: the 10 most frequent ids of the stream, as a proxy)" };
         var prompts = new Option<int>("--stopword-prompts") { Description = "prompts for the stopword test: prefixes of the stream of 64, 128, ... tokens (at most --context)", DefaultValueFactory = _ => 8 };
         var output = new Option<string>("--out", "-o") { Description = "folder for analysis.json and analysis.html", DefaultValueFactory = _ => "superquant-analysis" };
+        var nextToken = new Option<string?>("--next-token") { Description = "a text prompt, e.g. \"Summer is hot. Winter is\": print its top next tokens with and without the super weights (needs the checkpoint's tokenizer)" };
+        var tracePrompts = new Option<int>("--trace-prompts") { Description = "prompts (64-token slices of the stream, BOS first) over which each super activation's token, value and propagation are traced", DefaultValueFactory = _ => 4 }.InRange(1, 1000);
         var cmd = new Command("analyze", "Detect super weights and measure what they do: zeroed, zeroed with the super activation restored, scaled 0..3x, a control of the largest other weights, stopword probabilities. Writes analysis.json and analysis.html.\n" + ExitCodes.HelpText);
         foreach (var opt in o.All) cmd.Options.Add(opt);
-        foreach (var opt in new Option[] { text, tokens, context, stride, scales, control, stopwords, stopwordIds, prompts, output }) cmd.Options.Add(opt);
+        foreach (var opt in new Option[] { text, tokens, context, stride, scales, control, stopwords, stopwordIds, prompts, nextToken, tracePrompts, output }) cmd.Options.Add(opt);
         cmd.Validators.Add(r =>
         {
             if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens for the evaluation stream");
@@ -75,8 +77,18 @@ public static class AnalyzeCommand
                 foreach (var p in ablation.Scaling(stream, options, scaleProgress.Report))
                     report.Scaling.Add(new ScalingRow(p.Scale, p.Quality.ModifiedPerplexity.Value, p.Quality.ModifiedPerplexity.StandardError, p.Quality.KlDivergence.Value, p.Quality.Top1Agreement.Value));
                 var ctl = ablation.Control(stream, options, new ConsoleProgress("control").Report);
+                double pZero = report.Conditions.Single(c => c.Name == "zeroed").Perplexity, pRestored = report.Conditions.Single(c => c.Name == "zeroed+activation-restored").Perplexity, pOriginal = baseline.Perplexity.Value;
+                var slices = new List<int[]>();
+                for (int i = 0; i < r.GetValue(tracePrompts) && i * 64 < stream.Length; i++)
+                {
+                    var slice = stream.Skip(i * 64).Take(64);
+                    slices.Add((model.Config.BosTokenId is int bos && stream[Math.Min(i * 64, stream.Length - 1)] != bos ? slice.Prepend(bos) : slice).ToArray());
+                }
                 report = report with
                 {
+                    RestoredShare = pZero - pOriginal > 0 ? (pZero - pRestored) / (pZero - pOriginal) : null,
+                    Traces = ablation.Trace(slices).ToList(),
+                    NextToken = r.GetValue(nextToken) is string nt ? NextTokenReport(ablation, model, folder, nt) : null,
                     Control = new ControlRow(ctl.Count, ctl.SmallestMagnitudeZeroed, ctl.Quality.ModifiedPerplexity.Value, ctl.Quality.ModifiedPerplexity.StandardError, ctl.Quality.KlDivergence.Value, ctl.Quality.Top1Agreement.Value),
                     Stopwords = StopwordTest(ablation, model, folder, stream, r.GetValue(stopwords), r.GetValue(stopwordIds), Math.Max(1, r.GetValue(prompts)), ctx),
                 };
@@ -88,6 +100,16 @@ public static class AnalyzeCommand
             Console.WriteLine();
             Console.WriteLine($"original perplexity {baseline.Perplexity.Value:F4} +/- {baseline.Perplexity.StandardError:F4} over {baseline.TokensScored} tokens");
             foreach (var c in report.Conditions) Console.WriteLine($"{c.Name,-28} perplexity {c.Perplexity,10:F4}  KL {c.KlDivergence:F5}  top-1 {c.Top1Agreement:P1}");
+            if (report.RestoredShare is double share) Console.WriteLine($"restoring the super activation recovers {share:P1} of the perplexity lost by zeroing the super weights");
+            foreach (var tr in report.Traces)
+                Console.WriteLine($"super activation layer {tr.Layer} channel {tr.Channel}: " + string.Join(", ", tr.Prompts.Select(p => $"token {p.Token} = {p.Value:G4}")) +
+                    $" over {tr.Prompts.Count} prompts; mean |residual| after each block: " + string.Join(" ", tr.ResidualMagnitude.Select(v => v.ToString("G3", CultureInfo.InvariantCulture))));
+            if (report.NextToken is { } nx)
+            {
+                Console.WriteLine($"next token after \"{nx.Prompt}\":");
+                Console.WriteLine("  original: " + string.Join(", ", nx.Original.Select(t => $"{t.Text} {t.Probability:P1}")));
+                Console.WriteLine("  zeroed:   " + string.Join(", ", nx.Zeroed.Select(t => $"{t.Text} {t.Probability:P1}")) + $" (the original top token: {nx.OriginalTopAfterZeroing:P1})");
+            }
             if (report.Control is { } k) Console.WriteLine($"{"control (" + k.WeightsZeroed + " others zeroed)",-28} perplexity {k.Perplexity,10:F4}  KL {k.KlDivergence:F5}  top-1 {k.Top1Agreement:P1}");
             Console.WriteLine($"wrote {Path.Combine(outDir, "analysis.json")} and analysis.html");
             return ExitCodes.Success;
@@ -133,4 +155,13 @@ public static class AnalyzeCommand
         return new StopwordSection(source, promptSet.Count, rows);
     }
 
+
+    static NextTokenSection NextTokenReport(SuperWeightAblation ablation, LlamaModel model, string folder, string prompt)
+    {
+        var tok = TokenizerLoader.Load(folder); // SQ2006 when the checkpoint has none (stories260K)
+        int[] ids = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, model.Config.VocabSize, model.Config.BosTokenId, "--next-token");
+        var result = ablation.NextToken(ids, 5);
+        List<TokenProbability> Rows(IReadOnlyList<(int Id, double P)> list) => list.Select(x => new TokenProbability(x.Id, tok.Decode(new[] { x.Id }) ?? $"#{x.Id}", x.P)).ToList();
+        return new NextTokenSection(prompt, Rows(result.Original), Rows(result.Zeroed), result.OriginalTopAfterZeroing);
+    }
 }

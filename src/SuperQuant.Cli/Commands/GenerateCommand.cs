@@ -14,6 +14,8 @@ public static class GenerateCommand
     {
         var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
         var prompt = new Option<string>("--prompt-tokens") { Description = "prompt as token ids, e.g. \"1\" (llama2.c BOS)", DefaultValueFactory = _ => "1" };
+        var promptText = new Option<string?>("--prompt") { Description = "prompt as text, tokenized with the checkpoint's tokenizer (BOS first); the continuation is printed as it is generated, and generation stops at EOS" };
+        var tokenizerFolder = new Option<string?>("--tokenizer") { Description = "folder with tokenizer.model or tokenizer.json (default: the checkpoint folder)" };
         var count = new Option<int>("--count", "-n") { Description = "tokens to generate (1..1000000)", DefaultValueFactory = _ => 256 }.InRange(1, 1_000_000);
         var temperature = new Option<double>("--temperature") { Description = "0 = greedy; up to 100", DefaultValueFactory = _ => 1.0 }.InRange(0, 100);
         var seed = new Option<int>("--seed") { Description = "sampling seed (same seed, same tokens)", DefaultValueFactory = _ => 42 };
@@ -21,37 +23,51 @@ public static class GenerateCommand
         var device = CliSupport.DeviceOption();
         var cmd = new Command("generate", "Generate tokens from a prompt; write the ids with --out (evaluation/calibration streams for models without a tokenizer).\n" + ExitCodes.HelpText)
         {
-            model, prompt, count, temperature, seed, output, device,
+            model, prompt, promptText, tokenizerFolder, count, temperature, seed, output, device,
         };
+        cmd.Validators.Add(r =>
+        {
+            if (r.GetValue(promptText) is not null && r.GetResult(prompt) is { Implicit: false }) r.AddError("give one of --prompt or --prompt-tokens");
+        });
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             string path = Path.GetFullPath(r.GetValue(model)!);
             if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (Path.GetFullPath(o), "--out") });
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
-            int[] promptIds = CliSupport.ParseIds(r.GetValue(prompt), "--prompt-tokens")!;
+            Microsoft.ML.Tokenizers.Tokenizer? tok = null;
+            string folder = r.GetValue(tokenizerFolder) ?? SuperQuant.Pipeline.Tokens.CheckpointFolder(path);
+            try { tok = TokenizerLoader.Load(folder); }
+            catch (SuperQuantException) when (r.GetValue(promptText) is null) { } // ids in, ids out
+            int[] promptIds = r.GetValue(promptText) is string text
+                ? SuperQuant.Pipeline.Tokens.Tokenize(text, folder, m.Config.VocabSize, m.Config.BosTokenId, "--prompt")
+                : CliSupport.ParseIds(r.GetValue(prompt), "--prompt-tokens")!;
             if (promptIds.FirstOrDefault(i => i >= m.Config.VocabSize, -1) is int bad and >= 0)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {m.Config.VocabSize})");
             if (promptIds.Length >= m.Config.MaxPositionEmbeddings)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: {promptIds.Length} ids fill the model's context of {m.Config.MaxPositionEmbeddings}");
             int n = Math.Min(r.GetValue(count), m.Config.MaxPositionEmbeddings - promptIds.Length);
             if (n < r.GetValue(count)) Console.Error.WriteLine($"generating {n} tokens: the model's context is {m.Config.MaxPositionEmbeddings}");
-            var progress = new ConsoleProgress("generate");
-            int[] ids = Sampler.Generate(m, promptIds, n, r.GetValue(temperature), r.GetValue(seed), progress.Report);
+            bool stream = tok is not null && r.GetValue(promptText) is not null;
+            var progress = new ConsoleProgress("generate", enabled: !stream);
+            string printed = "";
+            void Stream(IReadOnlyList<int> all)
+            {
+                // Decoding the whole continuation each time keeps SentencePiece's spaces and multi-token characters
+                // right; only the new suffix is written.
+                string text = tok!.Decode(all.Skip(promptIds.Length)) ?? "";
+                if (text.StartsWith(printed, StringComparison.Ordinal)) { Console.Write(text[printed.Length..]); printed = text; }
+            }
+            if (stream) Console.Write(r.GetValue(promptText));
+            int[] ids = Sampler.Generate(m, promptIds, n, r.GetValue(temperature), r.GetValue(seed), progress.Report,
+                onToken: stream ? Stream : null, stopToken: stream ? (tok as Microsoft.ML.Tokenizers.SentencePieceTokenizer)?.EndOfSentenceId : null);
+            if (stream) Console.WriteLine();
             if (r.GetValue(output) is string outPath)
             {
                 TokenIdFile.Write(outPath, ids, $"superquant generate --model {Path.GetFileName(path)} --seed {r.GetValue(seed)} --temperature {r.GetValue(temperature)}");
                 Console.Error.WriteLine($"wrote {ids.Length} token ids to {outPath}");
             }
-            try
-            {
-                var tok = TokenizerLoader.Load(SuperQuant.Pipeline.Tokens.CheckpointFolder(path));
-                Console.WriteLine(tok.Decode(ids));
-            }
-            catch (SuperQuantException)
-            {
-                Console.WriteLine(string.Join(' ', ids)); // no tokenizer: print the ids
-            }
+            if (!stream) Console.WriteLine(tok is not null ? tok.Decode(ids) : string.Join(' ', ids)); // no tokenizer: the ids
             return ExitCodes.Success;
         }));
         return cmd;

@@ -21,6 +21,13 @@ public sealed record AnalysisReport
     public List<ScalingRow> Scaling { get; init; } = new();
     public StopwordSection? Stopwords { get; init; }
     public ControlRow? Control { get; init; }
+    /// <summary>Share of the perplexity loss from zeroing the super weights that restoring the super activation
+    /// recovers: (ppl zeroed - ppl restored) / (ppl zeroed - ppl original).</summary>
+    public double? RestoredShare { get; init; }
+    public NextTokenSection? NextToken { get; init; }
+    /// <summary>Each super activation across prompts (same channel, its token and value per prompt) and the mean
+    /// |residual| at its channel and token after every block.</summary>
+    public List<SuperActivationTrace> Traces { get; init; } = new();
     /// <summary>Why the ablations are absent, when they are.</summary>
     public string? AblationsSkipped { get; init; }
 
@@ -92,5 +99,9 @@ public sealed record ScalingRow(double Scale, double Perplexity, double Perplexi
 public sealed record StopwordRow(int TokenId, string Label, double Original, double Zeroed, double Ratio);
 
 public sealed record StopwordSection(string Source, int Prompts, List<StopwordRow> Tokens);
+
+public sealed record TokenProbability(int Id, string Text, double Probability);
+
+public sealed record NextTokenSection(string Prompt, List<TokenProbability> Original, List<TokenProbability> Zeroed, double OriginalTopAfterZeroing);
 
 public sealed record ControlRow(int WeightsZeroed, double SmallestMagnitudeZeroed, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement);

@@ -12,4 +12,7 @@ public interface IForwardHooks
 
     /// <summary>Output of the linear layer at <paramref name="site"/>, shape [batch, tokens, out].</summary>
     Tensor OnLinearOutput(LinearSite site, Tensor output) => output;
+
+    /// <summary>The residual stream after block <paramref name="layer"/>, shape [batch, tokens, hidden] (observe only).</summary>
+    void OnBlockOutput(int layer, Tensor hidden) { }
 }

@@ -62,6 +62,7 @@ public sealed class LlamaModel : IDisposable
             LlamaLayerWeights w = Weights.Layers[l];
             x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask, cache);
             x = (x + Mlp(l, Norm(x, w.FfnNorm), w)).MoveToOuterDisposeScope();
+            Hooks?.OnBlockOutput(l, x);
         }
         x = Norm(x, Weights.FinalNorm);
         Tensor logits = Linear(new LinearSite(-1, Projection.LmHead), x, Weights.OutputWeight, null);

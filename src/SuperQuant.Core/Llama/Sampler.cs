@@ -12,7 +12,7 @@ public static class Sampler
     /// <summary>Appends <paramref name="count"/> tokens to <paramref name="prompt"/>. Temperature 0 is greedy;
     /// otherwise sampling is reproducible for a given <paramref name="seed"/>.</summary>
     public static int[] Generate(LlamaModel model, IReadOnlyList<int> prompt, int count, double temperature, int seed, Action<int, int>? progress = null,
-        bool useCache = true)
+        bool useCache = true, Action<IReadOnlyList<int>>? onToken = null, int? stopToken = null)
     {
         if (prompt.Count == 0) throw new ArgumentException("the prompt needs at least one token (for llama2.c models, 1 = BOS)");
         var rng = new Random(seed);
@@ -38,6 +38,8 @@ public static class Sampler
             double[] last = logits[-1].to_type(ScalarType.Float64).cpu().data<double>().ToArray();
             tokens.Add(temperature <= 0 ? ArgMax(last) : Sample(last, temperature, rng));
             progress?.Invoke(step + 1, count);
+            onToken?.Invoke(tokens);
+            if (stopToken is int stop && tokens[^1] == stop) break;
         }
         return tokens.ToArray();
     }

@@ -15,6 +15,15 @@ public sealed record StopwordProbability(int TokenId, string Label, double Origi
     public double Ratio => Original > 0 ? Zeroed / Original : double.NaN;
 }
 
+public sealed record NextTokenResult(IReadOnlyList<(int Id, double P)> Original, IReadOnlyList<(int Id, double P)> Zeroed, double OriginalTopAfterZeroing);
+
+/// <summary>The super activation's spike on one prompt: its token and value.</summary>
+public sealed record PromptSpike(int Token, float Value);
+
+/// <summary>A super activation across prompts (prompt invariance) and the mean |residual| at its channel and token
+/// after every block (propagation).</summary>
+public sealed record SuperActivationTrace(int Layer, int Channel, List<PromptSpike> Prompts, double[] ResidualMagnitude);
+
 public sealed record ControlResult(int Count, double SmallestMagnitudeZeroed, DivergenceResult Quality, ControlScope Scope = ControlScope.AllLinear);
 
 /// <summary>Where the control's "largest other weights" are taken from.</summary>
@@ -190,6 +199,74 @@ public sealed class SuperWeightAblation
             positions += everyPosition ? prompt.Length : 1;
         }
         return stopwords.Select((s, i) => new StopwordProbability(s.Id, s.Label, original[i] / positions, zeroed[i] / positions)).ToList();
+    }
+
+    /// <summary>The top-<paramref name="k"/> next tokens after <paramref name="prompt"/> with their probabilities, for
+    /// the original model and with the super weights zeroed (the paper's "Summer is hot. Winter is" example), and the
+    /// probability the zeroed model gives the original's top token.</summary>
+    public NextTokenResult NextToken(int[] prompt, int k = 5)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
+        Tensor p = F.softmax(Plain(input)[0, -1].to_type(ScalarType.Float64), -1).cpu();
+        Tensor q = F.softmax(Zeroed(input)[0, -1].to_type(ScalarType.Float64), -1).cpu();
+        List<(int, double)> Top(Tensor probs)
+        {
+            var (values, indices) = probs.topk(Math.Min(k, (int)probs.shape[0]));
+            double[] v = values.data<double>().ToArray();
+            long[] i = indices.data<long>().ToArray();
+            return i.Select((id, j) => ((int)id, v[j])).ToList();
+        }
+        var original = Top(p);
+        return new NextTokenResult(original, Top(q), q[original[0].Item1].item<double>());
+    }
+
+    /// <summary>For each super activation (layer, output channel): its token and value on each prompt, and the
+    /// residual stream's |value| at that channel and token after every later block (how it propagates).</summary>
+    public IReadOnlyList<SuperActivationTrace> Trace(IReadOnlyList<int[]> prompts)
+    {
+        var keys = _weights.Select(w => (w.Layer, Channel: w.Row)).Distinct().ToList();
+        var traces = keys.Select(k => new SuperActivationTrace(k.Layer, k.Channel, new List<PromptSpike>(), new double[_model.Config.NumLayers])).ToList();
+        foreach (int[] prompt in prompts)
+        {
+            var spikes = new ChannelRecorder(keys);
+            var residual = new ResidualRecorder(keys.Select(k => k.Channel).Distinct().ToList());
+            var both = new BothHooks(spikes, residual);
+            IForwardHooks? previous = _model.Hooks;
+            _model.Hooks = both;
+            try { _model.Forward(prompt).Dispose(); }
+            finally { _model.Hooks = previous; }
+            foreach (var t in traces)
+            {
+                float[] values = spikes.Values[(t.Layer, t.Channel)];
+                int token = 0;
+                for (int i = 1; i < values.Length; i++) if (Math.Abs(values[i]) > Math.Abs(values[token])) token = i;
+                t.Prompts.Add(new PromptSpike(token, values[token]));
+                for (int l = 0; l < _model.Config.NumLayers; l++)
+                    t.ResidualMagnitude[l] += Math.Abs(residual.Values[(l, t.Channel)][token]) / prompts.Count;
+            }
+        }
+        return traces;
+    }
+
+    sealed class BothHooks(IForwardHooks a, IForwardHooks b) : IForwardHooks
+    {
+        public Tensor OnLinearOutput(LinearSite site, Tensor output) => b.OnLinearOutput(site, a.OnLinearOutput(site, output));
+        public void OnBlockOutput(int layer, Tensor hidden) { a.OnBlockOutput(layer, hidden); b.OnBlockOutput(layer, hidden); }
+    }
+
+    sealed class ResidualRecorder(IReadOnlyList<int> channels) : IForwardHooks
+    {
+        public Dictionary<(int Layer, int Channel), float[]> Values { get; } = new();
+
+        public void OnBlockOutput(int layer, Tensor hidden)
+        {
+            foreach (int c in channels)
+            {
+                using var column = hidden[0, TensorIndex.Colon, c];
+                Values[(layer, c)] = column.to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+            }
+        }
     }
 
     /// <summary>Records down_proj output channel values over all tokens of batch 0 for a few (layer, channel) pairs.</summary>
