@@ -25,6 +25,8 @@ public static class EvalCommand
         public required LogitsFunction Logits { get; init; }
         public Func<string, int[]>? Tokenize { get; init; }
         public required IDisposable Owner { get; init; }
+        /// <summary>fp32 / bf16 / fp16 for our forward pass; the GGUF's own types for llama.cpp.</summary>
+        public string Dtype { get; init; } = "fp32";
         public void Dispose() => Owner.Dispose();
     }
 
@@ -42,12 +44,14 @@ public static class EvalCommand
         var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens (N >= 2)" }.InRange(2, int.MaxValue);
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of text" };
+        var dtype = new Option<string>("--dtype") { Description = "our forward pass's weights and activations: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (llama.cpp runs a GGUF in its own types)", DefaultValueFactory = _ => "auto" }
+            .OneOf("auto", "fp32", "bf16", "fp16");
         var task = new Option<string[]>("--task") { Description = $"zero-shot task as NAME=FILE.jsonl (repeatable; NAME one of {string.Join(", ", TaskFile.TaskNames)}; fields as in each task's public release, see docs/tasks.md): accuracy by log-likelihood as lm-evaluation-harness scores it", AllowMultipleArgumentsPerToken = false };
         var taskLimit = new Option<int?>("--task-limit") { Description = "score only the first N documents of each task file" }.InRange(1, TaskFile.MaxDocuments);
         var device = CliSupport.DeviceOption();
         var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
         {
-            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, device,
+            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, dtype, device,
         };
         cmd.Validators.Add(r =>
         {
@@ -64,7 +68,12 @@ public static class EvalCommand
             bool asJson = r.GetValue(json);
             var dev = CliSupport.ResolveDevice(r.GetValue(device), asJson);
             int ctx = r.GetValue(context);
-            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev);
+            var type = r.GetValue(dtype) switch
+            {
+                "fp32" => TorchSharp.torch.ScalarType.Float32, "bf16" => TorchSharp.torch.ScalarType.BFloat16, "fp16" => TorchSharp.torch.ScalarType.Float16,
+                _ => dev.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
+            };
+            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type);
             ctx = Math.Min(ctx, m.MaxContext);
             if (r.GetValue(task) is { Length: > 0 } taskSpecs)
                 return Tasks(m, taskSpecs, r.GetValue(taskLimit), ctx, r.GetValue(tokenizer) ?? Tokens.CheckpointFolder(m.Path), asJson);
@@ -82,13 +91,13 @@ public static class EvalCommand
                 if (asJson)
                     Console.WriteLine(JsonSerializer.Serialize(new
                     {
-                        model = m.Path, engine = m.Engine, tokens = ids.Length, tokens_scored = p.TokensScored, context = ctx, stride = str,
+                        model = m.Path, engine = m.Engine, dtype = m.Dtype, tokens = ids.Length, tokens_scored = p.TokensScored, context = ctx, stride = str,
                         perplexity = p.Perplexity.Value, perplexity_se = p.Perplexity.StandardError,
                         mean_nll = p.MeanNll.Value, mean_nll_se = p.MeanNll.StandardError, seconds = clock.Elapsed.TotalSeconds,
                     }, CliSupport.Json));
                 else
                 {
-                    Console.WriteLine($"model       {m.Path} ({m.Engine})");
+                    Console.WriteLine($"model       {m.Path} ({m.Engine}, {m.Dtype})");
                     Console.WriteLine($"tokens      {ids.Length} ({p.TokensScored} scored, context {ctx}, stride {str})");
                     Console.WriteLine($"perplexity  {p.Perplexity.Value:F4} +/- {p.Perplexity.StandardError:F4}");
                     Console.WriteLine($"mean NLL    {p.MeanNll.Value:F5} +/- {p.MeanNll.StandardError:F5}");
@@ -96,7 +105,7 @@ public static class EvalCommand
                 }
                 return ExitCodes.Success;
             }
-            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev);
+            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type);
             if (refModel.VocabSize != m.VocabSize)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--reference has vocabulary {refModel.VocabSize}, the model {m.VocabSize}", refPath);
             DivergenceResult d = Evaluator.Divergence(refModel.Logits, m.Logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
@@ -104,7 +113,7 @@ public static class EvalCommand
             if (asJson)
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    model = m.Path, engine = m.Engine, reference = refPath, reference_engine = refModel.Engine, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
+                    model = m.Path, engine = m.Engine, dtype = m.Dtype, reference = refPath, reference_engine = refModel.Engine, reference_dtype = refModel.Dtype, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
                     kl_divergence = d.KlDivergence.Value, kl_divergence_se = d.KlDivergence.StandardError, kl_median = d.KlMedian, kl_p90 = d.KlP90, kl_p99 = d.KlP99, kl_p999 = d.KlP999, kl_max = d.KlMax,
                     top1_agreement = d.Top1Agreement.Value, top1_agreement_se = d.Top1Agreement.StandardError,
                     reference_perplexity = d.ReferencePerplexity.Value, reference_perplexity_se = d.ReferencePerplexity.StandardError,
@@ -115,8 +124,8 @@ public static class EvalCommand
                 }, CliSupport.Json));
             else
             {
-                Console.WriteLine($"model              {m.Path} ({m.Engine})");
-                Console.WriteLine($"reference          {refPath} ({refModel.Engine})");
+                Console.WriteLine($"model              {m.Path} ({m.Engine}, {m.Dtype})");
+                Console.WriteLine($"reference          {refPath} ({refModel.Engine}, {refModel.Dtype})");
                 Console.WriteLine($"tokens             {ids.Length} ({d.TokensScored} scored, context {ctx}, stride {str})");
                 Console.WriteLine($"PPL(Q)             {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4}");
                 Console.WriteLine($"PPL(base)          {d.ReferencePerplexity.Value:F4} +/- {d.ReferencePerplexity.StandardError:F4}");
@@ -157,7 +166,7 @@ public static class EvalCommand
         if (asJson)
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                model = m.Path, engine = m.Engine, context = ctx,
+                model = m.Path, engine = m.Engine, dtype = m.Dtype, context = ctx,
                 tasks = scores.Select(t => new
                 {
                     task = t.Task, documents = t.Documents, acc = t.Accuracy.Value, acc_se = t.Accuracy.StandardError,
@@ -173,7 +182,7 @@ public static class EvalCommand
         if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid, $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
     }
 
-    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev)
+    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev, TorchSharp.torch.ScalarType dtype)
     {
         var format = ModelLoader.Detect(path);
         if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
@@ -184,17 +193,18 @@ public static class EvalCommand
             LlamaCppModel? tok = null;
             return new Runner
             {
-                Path = path, Engine = "llama.cpp", VocabSize = llama.VocabSize, MaxContext = context, Logits = llama.Logits,
+                Path = path, Engine = "llama.cpp", Dtype = "gguf", VocabSize = llama.VocabSize, MaxContext = context, Logits = llama.Logits,
                 Tokenize = text => (tok ??= LlamaCppModel.Load(path, 8, 1)).Tokenize(text, addBos: true), Owner = new Both(llama, () => tok?.Dispose()),
             };
         }
         LlamaModel m = ModelLoader.Load(path, dev);
+        m.ConvertTo(dtype);
         Func<string, int[]>? tokenize = null;
         if (format == CheckpointFormat.Gguf)
             tokenize = text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); };
         return new Runner
         {
-            Path = path, Engine = "superquant", VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
+            Path = path, Engine = "superquant", Dtype = dtype switch { TorchSharp.torch.ScalarType.BFloat16 => "bf16", TorchSharp.torch.ScalarType.Float16 => "fp16", _ => "fp32" }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
             Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m,
         };
     }

@@ -23,6 +23,23 @@ public sealed class LlamaModel : IDisposable
 
     Tensor? _cos, _sin; // [positions, head_dim], rotate-half layout
 
+    /// <summary>The dtype of the weights and activations: fp32 unless <see cref="ConvertTo"/> changed it.</summary>
+    public ScalarType Dtype { get; private set; } = ScalarType.Float32;
+
+    /// <summary>Runs the model in <paramref name="dtype"/> (bf16 or fp16 halve the weights' memory and use the GPU's
+    /// tensor cores): weights are converted in place, one tensor at a time; norms are computed in fp32 and RoPE
+    /// tables are made in fp32 and rounded, as Hugging Face's LLaMA does. Quantizers need fp32 weights: this is
+    /// for evaluation and generation.</summary>
+    public void ConvertTo(ScalarType dtype)
+    {
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)) throw new ArgumentException($"unsupported dtype {dtype}");
+        if (dtype == Dtype) return;
+        using (torch.no_grad()) Weights.Map(t => t.to_type(dtype));
+        _cos?.Dispose(); _sin?.Dispose();
+        _cos = _sin = null;
+        Dtype = dtype;
+    }
+
     public LlamaModel(LlamaConfig config, LlamaWeights weights)
     {
         config.Validate();
@@ -130,9 +147,11 @@ public sealed class LlamaModel : IDisposable
     Tensor Norm(Tensor x, Tensor? weight)
     {
         if (Config.Norm == NormKind.NonParametricLayerNorm)
-            return F.layer_norm(x, new long[] { Config.HiddenSize }, null, null, Config.NormEps);
-        // RMSNorm: x / sqrt(mean(x^2) + eps) * weight
-        Tensor normed = x * torch.rsqrt(x.pow(2).mean(new long[] { -1 }, keepdim: true) + Config.NormEps);
+            return F.layer_norm(x.to_type(ScalarType.Float32), new long[] { Config.HiddenSize }, null, null, Config.NormEps).to_type(x.dtype);
+        // RMSNorm: x / sqrt(mean(x^2) + eps) * weight, in fp32 whatever the model's dtype (as Hugging Face does).
+        Tensor xf = x.dtype == ScalarType.Float32 ? x : x.to_type(ScalarType.Float32);
+        Tensor normed = xf * torch.rsqrt(xf.pow(2).mean(new long[] { -1 }, keepdim: true) + Config.NormEps);
+        if (x.dtype != ScalarType.Float32) normed = normed.to_type(x.dtype);
         return weight is null ? normed : normed * weight;
     }
 
@@ -162,8 +181,8 @@ public sealed class LlamaModel : IDisposable
                     cos[p * hd + i] = (float)Math.Cos(angle);
                     sin[p * hd + i] = (float)Math.Sin(angle);
                 }
-            _cos = torch.tensor(cos, new long[] { n, hd }, device: Device).DetachFromDisposeScope();
-            _sin = torch.tensor(sin, new long[] { n, hd }, device: Device).DetachFromDisposeScope();
+            _cos = torch.tensor(cos, new long[] { n, hd }, device: Device).to_type(Dtype).DetachFromDisposeScope();
+            _sin = torch.tensor(sin, new long[] { n, hd }, device: Device).to_type(Dtype).DetachFromDisposeScope();
         }
         return (_cos.narrow(0, 0, seq), _sin!.narrow(0, 0, seq));
     }

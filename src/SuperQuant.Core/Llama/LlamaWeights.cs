@@ -39,6 +39,14 @@ public sealed class LlamaLayerWeights : IDisposable
     {
         foreach (var t in new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, FfnNorm, WGate, WUp, WDown }) t?.Dispose();
     }
+
+    /// <summary>Replaces every tensor by <paramref name="f"/> of it, disposing the old one.</summary>
+    public void Map(Func<Tensor, Tensor> f)
+    {
+        static Tensor? M(Tensor? t, Func<Tensor, Tensor> f) { if (t is null) return null; var n = f(t); if (!ReferenceEquals(n, t)) t.Dispose(); return n; }
+        AttnNorm = M(AttnNorm, f); Wq = M(Wq, f)!; Wk = M(Wk, f)!; Wv = M(Wv, f)!; Wo = M(Wo, f)!; Bq = M(Bq, f); Bk = M(Bk, f); Bv = M(Bv, f);
+        FfnNorm = M(FfnNorm, f); WGate = M(WGate, f)!; WUp = M(WUp, f)!; WDown = M(WDown, f)!;
+    }
 }
 
 /// <summary>All weights of a model. Matrices can be read and replaced by <see cref="LinearSite"/>, which is how
@@ -98,6 +106,16 @@ public sealed class LlamaWeights : IDisposable
                 default: throw new ArgumentOutOfRangeException(nameof(site));
             }
         }
+    }
+
+    /// <summary>Replaces every tensor by <paramref name="f"/> of it (e.g. a dtype conversion), one at a time.</summary>
+    public void Map(Func<Tensor, Tensor> f)
+    {
+        Tensor Swap(Tensor t) { var n = f(t); if (!ReferenceEquals(n, t)) t.Dispose(); return n; }
+        TokenEmbedding = Swap(TokenEmbedding);
+        if (FinalNorm is not null) FinalNorm = Swap(FinalNorm);
+        if (LmHead is not null) LmHead = Swap(LmHead);
+        foreach (var l in Layers) l.Map(f);
     }
 
     public void Dispose()

@@ -213,8 +213,8 @@ public sealed class SuperWeightAblation
         List<(int, double)> Top(Tensor probs)
         {
             var (values, indices) = probs.topk(Math.Min(k, (int)probs.shape[0]));
-            double[] v = values.data<double>().ToArray();
-            long[] i = indices.data<long>().ToArray();
+            double[] v = values.cpu().data<double>().ToArray();
+            long[] i = indices.cpu().data<long>().ToArray();
             return i.Select((id, j) => ((int)id, v[j])).ToList();
         }
         var original = Top(p);
