@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SuperQuant.Cli.Reports;
+using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
 using SuperQuant.Models.Checkpoints;
@@ -181,8 +182,10 @@ public sealed class AnalysisTests
         File.Copy(SharedModels.Llama2Tokenizer, Path.Combine(folder, "tokenizer.model"));
         TokenIdFile.Write(dir.File("ids.txt"), Stream(80));
         const string prompt = "Summer is hot. Winter is";
+        File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"Open a jar\", \"sol1\": \"twist the lid\", \"sol2\": \"eat the lid\", \"label\": 0}\n" +
+            "{\"goal\": \"Dry a towel\", \"sol1\": \"hang it in the sun\", \"sol2\": \"put it in the freezer\", \"label\": 0}\n");
         var r = CliRunner.Run("analyze", "--model", folder, "--prompt-tokens", string.Join(' ', Prompt), "--tokens", dir.File("ids.txt"), "--context", "40",
-            "--control-count", "10", "--stopword-prompts", "1", "--next-token", prompt, "--out", dir.File("out"), "--device", "cpu");
+            "--control-count", "10", "--stopword-prompts", "1", "--next-token", prompt, "--task", "piqa=" + dir.File("piqa.jsonl"), "--out", dir.File("out"), "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.StdOut, "next token after \"Summer is hot. Winter is\"");
         var report = JsonSerializer.Deserialize<AnalysisReport>(File.ReadAllText(dir.File("out/analysis.json")), AnalysisReport.Json)!;
@@ -195,6 +198,11 @@ public sealed class AnalysisTests
             double max = last.Max(), sum = last.Sum(v => Math.Exp(v - max));
             foreach (var t in nt.Original) Assert.AreEqual(Math.Exp(last[t.Id] - max) / sum, t.Probability, 1e-6);
             Assert.AreEqual(Array.IndexOf(last, last.Max()), nt.Original[0].Id, "the top token is the argmax");
+            // The scaling sweep by accuracy: at 1x it is the unmodified model's accuracy.
+            var docs = SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(dir.File("piqa.jsonl"), "piqa"), SuperQuant.Pipeline.Tokens.Encoder(folder, 32000, model.Config.BosTokenId), "piqa");
+            double original = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 40).Accuracy.Value;
+            Assert.AreEqual(original, report.Scaling.Single(x => x.Scale == 1.0).Accuracy!["piqa"], 1e-12);
+            Assert.IsTrue(report.Scaling.All(x => x.Accuracy!.ContainsKey("piqa")));
         }
         Assert.AreEqual(5, nt.Zeroed.Count);
         Assert.AreNotEqual(nt.Original[0].Probability, nt.OriginalTopAfterZeroing, "zeroing the super weight changes the prediction");

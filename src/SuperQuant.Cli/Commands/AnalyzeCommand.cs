@@ -30,10 +30,11 @@ public static class AnalyzeCommand
         var prompts = new Option<int>("--stopword-prompts") { Description = "prompts for the stopword test: prefixes of the stream of 64, 128, ... tokens (at most --context)", DefaultValueFactory = _ => 8 };
         var output = new Option<string>("--out", "-o") { Description = "folder for analysis.json and analysis.html", DefaultValueFactory = _ => "superquant-analysis" };
         var nextToken = new Option<string?>("--next-token") { Description = "a text prompt, e.g. \"Summer is hot. Winter is\": print its top next tokens with and without the super weights (needs the checkpoint's tokenizer)" };
+        var task = new Option<string[]>("--task") { Description = "zero-shot task NAME=FILE.jsonl (repeatable, see docs/tasks.md): the scaling sweep also reports accuracy (the paper's Fig. 6)" };
         var tracePrompts = new Option<int>("--trace-prompts") { Description = "prompts (64-token slices of the stream, BOS first) over which each super activation's token, value and propagation are traced", DefaultValueFactory = _ => 4 }.InRange(1, 1000);
         var cmd = new Command("analyze", "Detect super weights and measure what they do: zeroed, zeroed with the super activation restored, scaled 0..3x, a control of the largest other weights, stopword probabilities. Writes analysis.json and analysis.html.\n" + ExitCodes.HelpText);
         foreach (var opt in o.All) cmd.Options.Add(opt);
-        foreach (var opt in new Option[] { text, tokens, context, stride, scales, control, stopwords, stopwordIds, prompts, nextToken, tracePrompts, output }) cmd.Options.Add(opt);
+        foreach (var opt in new Option[] { text, tokens, context, stride, scales, control, stopwords, stopwordIds, prompts, nextToken, tracePrompts, task, output }) cmd.Options.Add(opt);
         cmd.Validators.Add(r =>
         {
             if ((r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens for the evaluation stream");
@@ -74,8 +75,23 @@ public static class AnalyzeCommand
                 foreach (var c in ablation.Conditions(stream, options, new ConsoleProgress("zeroed / restored").Report))
                     report.Conditions.Add(QualityRow.From(c.Name, c.Description, c.Quality));
                 var scaleProgress = new ConsoleProgress("scaling");
+                var taskDocs = new List<(string Name, IReadOnlyList<ScoredDocument> Docs)>();
+                if (r.GetValue(task) is { Length: > 0 } specs)
+                {
+                    var encode = SuperQuant.Pipeline.Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId); // SQ2006 without a tokenizer
+                    foreach (string spec in specs)
+                    {
+                        if (spec.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name))
+                            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--task '{Manifest.ManifestReader.Excerpt(spec)}' (expected NAME=FILE, NAME one of {string.Join(", ", TaskFile.TaskNames)})");
+                        taskDocs.Add((name, SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(Path.GetFullPath(file), name), encode, file)));
+                    }
+                }
                 foreach (var p in ablation.Scaling(stream, options, scaleProgress.Report))
-                    report.Scaling.Add(new ScalingRow(p.Scale, p.Quality.ModifiedPerplexity.Value, p.Quality.ModifiedPerplexity.StandardError, p.Quality.KlDivergence.Value, p.Quality.Top1Agreement.Value));
+                    report.Scaling.Add(new ScalingRow(p.Scale, p.Quality.ModifiedPerplexity.Value, p.Quality.ModifiedPerplexity.StandardError, p.Quality.KlDivergence.Value, p.Quality.Top1Agreement.Value)
+                    {
+                        Accuracy = taskDocs.Count == 0 ? null
+                            : taskDocs.ToDictionary(t => t.Name, t => ablation.TaskAccuracy(t.Name, t.Name == "lambada", t.Docs, p.Scale, ctx).Accuracy.Value),
+                    });
                 var ctl = ablation.Control(stream, options, new ConsoleProgress("control").Report);
                 double pZero = report.Conditions.Single(c => c.Name == "zeroed").Perplexity, pRestored = report.Conditions.Single(c => c.Name == "zeroed+activation-restored").Perplexity, pOriginal = baseline.Perplexity.Value;
                 var slices = new List<int[]>();
@@ -100,6 +116,8 @@ public static class AnalyzeCommand
             Console.WriteLine();
             Console.WriteLine($"original perplexity {baseline.Perplexity.Value:F4} +/- {baseline.Perplexity.StandardError:F4} over {baseline.TokensScored} tokens");
             foreach (var c in report.Conditions) Console.WriteLine($"{c.Name,-28} perplexity {c.Perplexity,10:F4}  KL {c.KlDivergence:F5}  top-1 {c.Top1Agreement:P1}");
+            foreach (var sc in report.Scaling.Where(x => x.Accuracy is not null))
+                Console.WriteLine($"scale {sc.Scale:G3}: perplexity {sc.Perplexity:F4}, " + string.Join(", ", sc.Accuracy!.Select(kv => $"{kv.Key} {kv.Value:P1}")));
             if (report.RestoredShare is double share) Console.WriteLine($"restoring the super activation recovers {share:P1} of the perplexity lost by zeroing the super weights");
             foreach (var tr in report.Traces)
                 Console.WriteLine($"super activation layer {tr.Layer} channel {tr.Channel}: " + string.Join(", ", tr.Prompts.Select(p => $"token {p.Token} = {p.Value:G4}")) +

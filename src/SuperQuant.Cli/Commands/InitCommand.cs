@@ -43,13 +43,17 @@ public static class InitCommand
                     method: super-aware       # {string.Join(" | ", Names.MethodNames)}
                     weight_bits: 4            # 2..8
                     activation_bits: 16       # 16 = weight-only; 4..8 quantizes activations at run time (packed export only)
-                    block_size: 128           # 32..4096, or channel
+                    block_size: 128           # 32..4096, or channel (variant paper: any power of two, or tensor)
+                    # variant: paper          # the Super Weight paper's own quantizer (flattened blocks, per-block clip, float min)
+                    # clip: zscore            # {string.Join(" | ", Names.ClipNames)} (all but zscore/no need variant paper)
                     z: auto                   # tuned on the calibration data; or a number, or none
                 {data.TrimEnd('\n')}
                     context: 512
                     export: [packed]          # {ggufHint}
+                    # tasks:                  # zero-shot tasks (docs/tasks.md), gated with metric: accuracy + max_drop (points)
+                    #   piqa: data/piqa.jsonl
                     gate:
-                      metric: kl              # kl | perplexity | top1
+                      metric: kl              # kl | perplexity | top1 | accuracy
                       max_increase: 0.05      # absolute, or a percentage such as "5%"
                       baseline: original      # the unquantized checkpoint, or a fixed number
 

@@ -94,7 +94,11 @@ public sealed record QualityRow(string Name, string Description, double Perplexi
         new(name, description, d.ModifiedPerplexity.Value, d.ModifiedPerplexity.StandardError, d.KlDivergence.Value, d.KlDivergence.StandardError, d.Top1Agreement.Value, d.Top1Agreement.StandardError);
 }
 
-public sealed record ScalingRow(double Scale, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement);
+public sealed record ScalingRow(double Scale, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement)
+{
+    /// <summary>Zero-shot accuracy per task (analyze --task) at this scale.</summary>
+    public Dictionary<string, double>? Accuracy { get; init; }
+}
 
 public sealed record StopwordRow(int TokenId, string Label, double Original, double Zeroed, double Ratio);
 

@@ -142,6 +142,11 @@ public sealed class SuperWeightAblation
     public IReadOnlyList<ScalingPoint> Scaling(IReadOnlyList<int> tokens, AblationOptions o, EvalProgress? progress = null) =>
         o.Scales.Select(s => new ScalingPoint(s, Evaluator.Divergence(Plain, t => WithEdits(t, Scaled(s)), tokens, o.Context, o.Stride, progress))).ToList();
 
+    /// <summary>Zero-shot accuracy with the super weights scaled by <paramref name="scale"/> (the paper's Fig. 6 reports
+    /// the scaling sweep by accuracy: KL against the original is minimal at 1x by construction).</summary>
+    public TaskScore TaskAccuracy(string task, bool lastWord, IReadOnlyList<ScoredDocument> docs, double scale, int maxContext) =>
+        TaskScorer.Score(task, lastWord, docs, t => WithEdits(t, Scaled(scale)), maxContext);
+
     /// <summary>The paper's control: zero the N largest-magnitude weights other than the super weights, over every
     /// linear layer (the paper), every down_proj, or only the super weights' own matrices (<see cref="ControlScope"/>);
     /// N is capped at a fraction of those matrices for tiny models.</summary>

@@ -95,7 +95,7 @@ public static class BenchQuantCommand
         if (variant == WeightVariant.Paper) return;
         Console.WriteLine();
         Console.WriteLine("   weights and activations (simulated; per-token activations, per-channel weights):");
-        Console.WriteLine($"   {"method",-12} {"W/A",6} {"KL",18} {"top-1",7} {"ppl",9}");
+        Console.WriteLine($"   {"method",-12} {"W/A",6} {"KL",18} {"top-1",7} {"ppl",9} {"calib s/layer",14}");
         foreach (var (w, a) in new[] { (8, 8), (4, 4) })
             foreach (var method in Enum.GetValues<ActivationMethod>())
             {
@@ -103,11 +103,16 @@ public static class BenchQuantCommand
                     ? ActivationQuantizationOptions.DuQuantDefaults(w, a)
                     : new ActivationQuantizationOptions { Method = method, WeightBits = w, ActivationBits = a };
                 using LlamaModel model = ModelLoader.Load(bm.Path);
-                try { model.Hooks = ActivationQuantizer.Apply(model, o, bm.Calibration, detection); }
+                var clock = Stopwatch.StartNew();
+                ActivationQuantizer hooks;
+                try { hooks = ActivationQuantizer.Prepare(model, o, bm.Calibration, detection); }
                 catch (SuperQuantException e) { Console.WriteLine($"   {method,-12} W{w}A{a}: {e.Message}"); continue; }
+                double calibration = clock.Elapsed.TotalSeconds / model.Config.NumLayers; // statistics, smoothing, rotations: before rounding
+                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = w, BlockSize = 0 }, Array.Empty<SuperWeight>())) { }
+                model.Hooks = hooks;
                 var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
                 string name = method == ActivationMethod.SuperAware && !detection.Found ? "super-aware*" : method.ToString().ToLowerInvariant();
-                Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
+                Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3} {calibration,14:F3}");
             }
         if (!detection.Found) Console.WriteLine("   * no super activation was detected, so super-aware equals rtn here");
         SuperActivationRecovery(bm, original, detection);
