@@ -78,6 +78,10 @@ public sealed class TaskTests
         Expect("lambada", new[] { "", "  " }, "no lambada documents");
         Expect("hellaswag", new[] { Lines["hellaswag"].Replace("\"label\": \"0\"", "\"label\": \"7\"") }, "is not an index into 2 choices");
         Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read(Write(dir, "x", "{}"), "mmlu"));
+        // A device that never ends a line: stopped at 1 MiB, memory bounded.
+        var dev = Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read("/dev/zero", "piqa"));
+        Assert.AreEqual(ErrorCodes.TaskFileInvalid, dev.Code);
+        StringAssert.Contains(dev.Message, "line longer than 1 MiB");
     }
 
     static (string Folder, LlamaModel Model) DemoWithTokenizer(TempFolder dir)

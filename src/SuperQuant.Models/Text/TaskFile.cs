@@ -40,6 +40,9 @@ public static class TaskFile
     /// <summary>Longest accepted line: a task document is a few KiB; a longer line is not one (and memory stays bounded).</summary>
     public const int MaxLineBytes = 1 << 20;
     public const int MaxDocuments = 1_000_000;
+    /// <summary>Largest task file read (counted while reading, so a device or a pipe cannot make memory grow):
+    /// the public releases are 1-50 MB.</summary>
+    public const long MaxChars = 256L << 20;
 
     public static readonly IReadOnlyList<TaskDefinition> Tasks = new TaskDefinition[]
     {
@@ -64,9 +67,13 @@ public static class TaskFile
         var docs = new List<TaskDocument>();
         using var reader = new StreamReader(path, new UTF8Encoding(false, throwOnInvalidBytes: true));
         int lineNo = 0;
+        long total = 0;
         var buffer = new StringBuilder();
         while (ReadBoundedLine(reader, buffer, path, lineNo + 1) is string line)
         {
+            total += line.Length + 1;
+            if (total > MaxChars)
+                throw new SuperQuantException(ErrorCodes.TaskFileInvalid, $"{path}({lineNo + 1}): the file is larger than {MaxChars >> 20} MiB; a task file that large is not a task release (is it the wrong file?)", path);
             lineNo++;
             if (line.Trim().Length == 0) continue;
             SuperQuantException Bad(string what) => new(ErrorCodes.TaskFileInvalid, $"{path}({lineNo}): {task}: {what} (expected fields: {def.Fields})", path);
