@@ -14,12 +14,16 @@ public sealed class AnalysisTests
 {
     static readonly int[] Prompt = { 1, 7, 22, 5, 40, 13, 2, 9 };
 
-    static string PlantedCheckpoint(TempFolder dir, int layer = 1, int row = 17, int col = 45)
+    static string PlantedCheckpoint(TempFolder dir, int layer = 1, int row = 17, int col = 45) => Planted(dir, new TinyModelSpec { Layers = 3 }, layer, row, col);
+
+    /// <summary>A checkpoint with a super weight planted at (layer, row, col), after <paramref name="edit"/> changed
+    /// its weights (by Hugging Face name, row-major).</summary>
+    static string Planted(TempFolder dir, TinyModelSpec spec, int layer = 1, int row = 17, int col = 45, Action<Dictionary<string, float[]>>? edit = null)
     {
-        var spec = new TinyModelSpec { Layers = 3 };
         var w = TinyCheckpointFactory.RandomWeights(spec);
         SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
         SuperWeightPlanter.Plant(w, spec, layer, row, col);
+        edit?.Invoke(w);
         string folder = Path.Combine(dir.Path, "model");
         TinyCheckpointFactory.Write(folder, spec, w);
         return folder;
@@ -69,13 +73,13 @@ public sealed class AnalysisTests
     {
         using var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 3 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        w["model.layers.0.self_attn.q_proj.weight"][3] = 0.9f; // large ordinary weights outside down_proj
-        w["model.layers.2.mlp.up_proj.weight"][7] = -0.8f;
-        string folder = Path.Combine(dir.Path, "model");
-        TinyCheckpointFactory.Write(folder, spec, w);
+        Dictionary<string, float[]> w = null!;
+        string folder = Planted(dir, spec, edit: weights =>
+        {
+            weights["model.layers.0.self_attn.q_proj.weight"][3] = 0.9f; // large ordinary weights outside down_proj
+            weights["model.layers.2.mlp.up_proj.weight"][7] = -0.8f;
+            w = weights;
+        });
         using var model = ModelLoader.Load(folder);
         var ablation = new SuperWeightAblation(model, new SuperWeightDetector().Detect(model, Prompt));
         int[] stream = Stream(48);
@@ -105,13 +109,11 @@ public sealed class AnalysisTests
     {
         using var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 3 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        w["model.layers.1.mlp.down_proj.weight"][5 * spec.Intermediate + 9] = 8f;   // |8| > the super weight's 5
-        w["model.layers.2.mlp.down_proj.weight"][20 * spec.Intermediate + 30] = -12f;
-        string folder = Path.Combine(dir.Path, "model");
-        TinyCheckpointFactory.Write(folder, spec, w);
+        string folder = Planted(dir, spec, edit: w =>
+        {
+            w["model.layers.1.mlp.down_proj.weight"][5 * spec.Intermediate + 9] = 8f;   // |8| > the super weight's 5
+            w["model.layers.2.mlp.down_proj.weight"][20 * spec.Intermediate + 30] = -12f;
+        });
         using var model = ModelLoader.Load(folder);
         var found = new SuperWeightDetector().Detect(model, Prompt).SuperWeights;
         Assert.AreEqual(1, found.Count, string.Join(", ", found));
@@ -173,12 +175,7 @@ public sealed class AnalysisTests
     public void NextTokenAndTextGeneration()
     {
         using var dir = new TempFolder();
-        var spec = new TinyModelSpec { Layers = 3, Vocab = 32000 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
-        string folder = Path.Combine(dir.Path, "model");
-        TinyCheckpointFactory.Write(folder, spec, w);
+        string folder = Planted(dir, new TinyModelSpec { Layers = 3, Vocab = 32000 });
         File.Copy(SharedModels.Llama2Tokenizer, Path.Combine(folder, "tokenizer.model"));
         TokenIdFile.Write(dir.File("ids.txt"), Stream(80));
         const string prompt = "Summer is hot. Winter is";
@@ -214,7 +211,8 @@ public sealed class AnalysisTests
         int promptLength = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000, 1).Length;
         Assert.AreEqual(prompt + tok.Decode(written.Skip(promptLength)), g.StdOut.TrimEnd('\n', '\r'));
 
-        var none = CliRunner.Run("generate", "--model", PlantedCheckpoint(dir), "--prompt", prompt, "-n", "2");
+        using var bare = new TempFolder();
+        var none = CliRunner.Run("generate", "--model", PlantedCheckpoint(bare), "--prompt", prompt, "-n", "2");
         Assert.AreEqual(3, none.ExitCode, none.Output);
         StringAssert.Contains(none.StdErr, "SQ2006");
     }
@@ -228,13 +226,8 @@ public sealed class AnalysisTests
     {
         using var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 3 };
-        var w = TinyCheckpointFactory.RandomWeights(spec);
-        SuperWeightPlanter.BoostEmbeddingChannel(w, spec);
-        SuperWeightPlanter.Plant(w, spec, 1, 17, 45);
         int[] stop = { 4, 9, 30 };
-        foreach (int id in stop) w["lm_head.weight"][id * spec.Hidden + 17] = -0.6f;
-        string folder = Path.Combine(dir.Path, "model");
-        TinyCheckpointFactory.Write(folder, spec, w);
+        string folder = Planted(dir, spec, edit: w => { foreach (int id in stop) w["lm_head.weight"][id * spec.Hidden + 17] = -0.6f; });
         using var model = ModelLoader.Load(folder);
         var ablation = new SuperWeightAblation(model, new SuperWeightDetector().Detect(model, Prompt));
         var prompts = Enumerable.Range(0, 6).Select(i => Stream(12 + i, seed: 20 + i)).ToList();
