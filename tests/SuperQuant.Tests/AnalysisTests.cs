@@ -181,8 +181,10 @@ public sealed class AnalysisTests
         const string prompt = "Summer is hot. Winter is";
         File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"Open a jar\", \"sol1\": \"twist the lid\", \"sol2\": \"eat the lid\", \"label\": 0}\n" +
             "{\"goal\": \"Dry a towel\", \"sol1\": \"hang it in the sun\", \"sol2\": \"put it in the freezer\", \"label\": 0}\n");
+        File.WriteAllText(dir.File("lambada.jsonl"), "{\"text\": \"She opened the box and found a small red ball\"}\n{\"text\": \"The dog ran to the park with his friend\"}\n{\"text\": \"It was cold so he wore a warm coat\"}\n");
         var r = CliRunner.Run("analyze", "--model", folder, "--prompt-tokens", string.Join(' ', Prompt), "--tokens", dir.File("ids.txt"), "--context", "40",
-            "--control-count", "10", "--stopword-prompts", "1", "--next-token", prompt, "--task", "piqa=" + dir.File("piqa.jsonl"), "--out", dir.File("out"), "--device", "cpu");
+            "--control-count", "10", "--stopword-prompts", "2", "--next-token", prompt, "--task", "piqa=" + dir.File("piqa.jsonl"),
+            "--task", "lambada=" + dir.File("lambada.jsonl"), "--out", dir.File("out"), "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.StdOut, "next token after \"Summer is hot. Winter is\"");
         var report = JsonSerializer.Deserialize<AnalysisReport>(File.ReadAllText(dir.File("out/analysis.json")), AnalysisReport.Json)!;
@@ -201,7 +203,8 @@ public sealed class AnalysisTests
             Assert.AreEqual(original, report.Scaling.Single(x => x.Scale == 1.0).Accuracy!["piqa"], 1e-12);
             Assert.IsTrue(report.Scaling.All(x => x.Accuracy!.ContainsKey("piqa")));
         }
-        Assert.AreEqual(5, nt.Zeroed.Count);
+        Assert.AreEqual(5, nt.Zeroed!.Count);
+        StringAssert.Contains(report.Stopwords!.Source, "prompts: 2 LAMBADA contexts", "the paper's stopword prompts are LAMBADA passages");
         Assert.AreNotEqual(nt.Original[0].Probability, nt.OriginalTopAfterZeroing, "zeroing the super weight changes the prediction");
 
         var g = CliRunner.Run("generate", "--model", folder, "--prompt", prompt, "-n", "6", "--temperature", "0", "--out", dir.File("gen.txt"), "--device", "cpu");
@@ -233,6 +236,28 @@ public sealed class AnalysisTests
         var prompts = Enumerable.Range(0, 6).Select(i => Stream(12 + i, seed: 20 + i)).ToList();
         var rows = ablation.Stopwords(prompts, stop.Select(i => (i, $"#{i}")).ToList());
         foreach (var row in rows.Take(3)) Assert.IsTrue(row.Zeroed > 2 * row.Original, $"{row.Label}: {row.Original} -> {row.Zeroed}");
+    }
+
+    /// <summary>stories260K has no tokenizer: every text command says so with SQ2006 (exit 3) instead of guessing.</summary>
+    [TestMethod]
+    public void TextCommandsOnAModelWithoutATokenizerAreCodedErrors()
+    {
+        using var dir = new TempFolder();
+        TokenIdFile.Write(dir.File("ids.txt"), Stream(80));
+        File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"a\", \"sol1\": \"b\", \"sol2\": \"c\", \"label\": 0}\n");
+        foreach (var args in new[]
+        {
+            new[] { "eval", "-m", SharedModels.Stories260K, "--task", "piqa=" + dir.File("piqa.jsonl") },
+            new[] { "generate", "-m", SharedModels.Stories260K, "--prompt", "Once upon a time" },
+            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--next-token", "Once upon a", "--out", dir.File("o") },
+            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--task", "piqa=" + dir.File("piqa.jsonl"), "--out", dir.File("o") },
+        })
+        {
+            var r = CliRunner.Run(args);
+            Assert.AreEqual(3, r.ExitCode, string.Join(' ', args) + "\n" + r.Output);
+            StringAssert.Contains(r.StdErr, "SQ2006", string.Join(' ', args));
+        }
+        Assert.IsFalse(Directory.Exists(dir.File("o")), "nothing was written");
     }
 
     [TestMethod]

@@ -69,23 +69,31 @@ public static class AnalyzeCommand
                 Evaluation = new EvaluationSection(r.GetValue(text) ?? r.GetValue(tokens)!, stream.Length, ctx, str, baseline.Perplexity.Value, baseline.Perplexity.StandardError),
                 AblationsSkipped = detection.Found ? null : "no super weight was detected, so there is nothing to zero, restore or scale",
             };
+            // Text inputs first: a checkpoint without a tokenizer stops here with SQ2006, before any long pass.
+            var taskDocs = new List<(string Name, IReadOnlyList<ScoredDocument> Docs)>();
+            if (r.GetValue(task) is { Length: > 0 } specs)
+            {
+                var encode = SuperQuant.Pipeline.Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId); // SQ2006 without a tokenizer
+                foreach (string spec in specs)
+                {
+                    if (spec.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name))
+                        throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--task '{Manifest.ManifestReader.Excerpt(spec)}' (expected NAME=FILE, NAME one of {string.Join(", ", TaskFile.TaskNames)})");
+                    taskDocs.Add((name, SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(Path.GetFullPath(file), name), encode, file)));
+                }
+            }
+            int[]? nextIds = r.GetValue(nextToken) is string nextText
+                ? SuperQuant.Pipeline.Tokens.Tokenize(nextText, folder, model.Config.VocabSize, model.Config.BosTokenId, "--next-token") : null;
+            // The paper's stopword prompts are LAMBADA passages: with --task lambada=FILE their contexts are used.
+            var lambadaPrompts = taskDocs.Where(t => t.Name == "lambada").SelectMany(t => t.Docs).Select(d => d.Requests[0].Context)
+                .Where(c => c.Length <= ctx).Take(Math.Max(1, r.GetValue(prompts))).ToList();
+            if (nextIds is not null && !detection.Found)
+                report = report with { NextToken = NextTokenReport(null, model, folder, r.GetValue(nextToken)!, nextIds) };
             if (detection.Found)
             {
                 var ablation = new SuperWeightAblation(model, detection);
                 foreach (var c in ablation.Conditions(stream, options, new ConsoleProgress("zeroed / restored").Report))
                     report.Conditions.Add(QualityRow.From(c.Name, c.Description, c.Quality));
                 var scaleProgress = new ConsoleProgress("scaling");
-                var taskDocs = new List<(string Name, IReadOnlyList<ScoredDocument> Docs)>();
-                if (r.GetValue(task) is { Length: > 0 } specs)
-                {
-                    var encode = SuperQuant.Pipeline.Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId); // SQ2006 without a tokenizer
-                    foreach (string spec in specs)
-                    {
-                        if (spec.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name))
-                            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--task '{Manifest.ManifestReader.Excerpt(spec)}' (expected NAME=FILE, NAME one of {string.Join(", ", TaskFile.TaskNames)})");
-                        taskDocs.Add((name, SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(Path.GetFullPath(file), name), encode, file)));
-                    }
-                }
                 foreach (var p in ablation.Scaling(stream, options, scaleProgress.Report))
                     report.Scaling.Add(new ScalingRow(p.Scale, p.Quality.ModifiedPerplexity.Value, p.Quality.ModifiedPerplexity.StandardError, p.Quality.KlDivergence.Value, p.Quality.Top1Agreement.Value)
                     {
@@ -104,9 +112,9 @@ public static class AnalyzeCommand
                 {
                     RestoredShare = pZero - pOriginal > 0 ? (pZero - pRestored) / (pZero - pOriginal) : null,
                     Traces = ablation.Trace(slices).ToList(),
-                    NextToken = r.GetValue(nextToken) is string nt ? NextTokenReport(ablation, model, folder, nt) : null,
+                    NextToken = nextIds is not null ? NextTokenReport(ablation, model, folder, r.GetValue(nextToken)!, nextIds) : null,
                     Control = new ControlRow(ctl.Count, ctl.SmallestMagnitudeZeroed, ctl.Quality.ModifiedPerplexity.Value, ctl.Quality.ModifiedPerplexity.StandardError, ctl.Quality.KlDivergence.Value, ctl.Quality.Top1Agreement.Value),
-                    Stopwords = StopwordTest(ablation, model, folder, stream, r.GetValue(stopwords), r.GetValue(stopwordIds), Math.Max(1, r.GetValue(prompts)), ctx),
+                    Stopwords = StopwordTest(ablation, model, folder, stream, r.GetValue(stopwords), r.GetValue(stopwordIds), Math.Max(1, r.GetValue(prompts)), ctx, lambadaPrompts),
                 };
             }
             string outDir = r.GetValue(output)!;
@@ -126,7 +134,8 @@ public static class AnalyzeCommand
             {
                 Console.WriteLine($"next token after \"{nx.Prompt}\":");
                 Console.WriteLine("  original: " + string.Join(", ", nx.Original.Select(t => $"{t.Text} {t.Probability:P1}")));
-                Console.WriteLine("  zeroed:   " + string.Join(", ", nx.Zeroed.Select(t => $"{t.Text} {t.Probability:P1}")) + $" (the original top token: {nx.OriginalTopAfterZeroing:P1})");
+                if (nx.Zeroed is { } zl) Console.WriteLine("  zeroed:   " + string.Join(", ", zl.Select(t => $"{t.Text} {t.Probability:P1}")) + $" (the original top token: {nx.OriginalTopAfterZeroing:P1})");
+                else Console.WriteLine("  (no super weight was detected: nothing to zero)");
             }
             if (report.Control is { } k) Console.WriteLine($"{"control (" + k.WeightsZeroed + " others zeroed)",-28} perplexity {k.Perplexity,10:F4}  KL {k.KlDivergence:F5}  top-1 {k.Top1Agreement:P1}");
             Console.WriteLine($"wrote {Path.Combine(outDir, "analysis.json")} and analysis.html");
@@ -135,7 +144,8 @@ public static class AnalyzeCommand
         return cmd;
     }
 
-    static StopwordSection StopwordTest(SuperWeightAblation ablation, LlamaModel model, string folder, int[] stream, string? words, string? ids, int promptCount, int context)
+    static StopwordSection StopwordTest(SuperWeightAblation ablation, LlamaModel model, string folder, int[] stream, string? words, string? ids, int promptCount, int context,
+        IReadOnlyList<int[]> lambadaPrompts)
     {
         List<(int Id, string Label)> list;
         string source;
@@ -164,22 +174,25 @@ public static class AnalyzeCommand
                 source = "no tokenizer: the 10 most frequent ids of the evaluation stream, as a stopword proxy";
             }
         }
-        // Prompts are prefixes of the stream (64, 128, ... tokens, at most the context): every position keeps its
-        // history from the stream's first token, which small models need (stories260K collapses without it).
-        var promptSet = new List<int[]>();
-        for (int len = 64; len <= Math.Min(stream.Length, context) && promptSet.Count < promptCount; len += 64) promptSet.Add(stream[..len]);
+        // The probabilities are read at each prompt's last token. Prompts: LAMBADA contexts when given (the paper),
+        // else prefixes of the stream (64, 128, ... tokens, at most the context), which keep their history from the
+        // stream's first token (small models such as stories260K collapse without it).
+        var promptSet = lambadaPrompts.ToList();
+        if (promptSet.Count > 0) source += $"; prompts: {promptSet.Count} LAMBADA contexts";
+        for (int len = 64; promptSet.Count == 0 && len <= Math.Min(stream.Length, context) && promptSet.Count < promptCount; len += 64) promptSet.Add(stream[..len]);
         if (promptSet.Count == 0) promptSet.Add(stream[..Math.Min(stream.Length, context)]);
         var rows = ablation.Stopwords(promptSet, list).Select(p => new StopwordRow(p.TokenId, p.Label, p.Original, p.Zeroed, p.Ratio)).ToList();
         return new StopwordSection(source, promptSet.Count, rows);
     }
 
 
-    static NextTokenSection NextTokenReport(SuperWeightAblation ablation, LlamaModel model, string folder, string prompt)
+    /// <summary>The top next tokens, with and without the super weights (only the original's when none was found).</summary>
+    static NextTokenSection NextTokenReport(SuperWeightAblation? ablation, LlamaModel model, string folder, string prompt, int[] ids)
     {
-        var tok = TokenizerLoader.Load(folder); // SQ2006 when the checkpoint has none (stories260K)
-        int[] ids = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, model.Config.VocabSize, model.Config.BosTokenId, "--next-token");
-        var result = ablation.NextToken(ids, 5);
+        var tok = TokenizerLoader.Load(folder);
         List<TokenProbability> Rows(IReadOnlyList<(int Id, double P)> list) => list.Select(x => new TokenProbability(x.Id, tok.Decode(new[] { x.Id }) ?? $"#{x.Id}", x.P)).ToList();
+        if (ablation is null) return new NextTokenSection(prompt, Rows(SuperWeightAblation.TopNextTokens(model, ids, 5)), null, null);
+        var result = ablation.NextToken(ids, 5);
         return new NextTokenSection(prompt, Rows(result.Original), Rows(result.Zeroed), result.OriginalTopAfterZeroing);
     }
 }

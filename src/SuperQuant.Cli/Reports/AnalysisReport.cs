@@ -106,6 +106,7 @@ public sealed record StopwordSection(string Source, int Prompts, List<StopwordRo
 
 public sealed record TokenProbability(int Id, string Text, double Probability);
 
-public sealed record NextTokenSection(string Prompt, List<TokenProbability> Original, List<TokenProbability> Zeroed, double OriginalTopAfterZeroing);
+/// <summary>Zeroed and OriginalTopAfterZeroing are null when no super weight was detected.</summary>
+public sealed record NextTokenSection(string Prompt, List<TokenProbability> Original, List<TokenProbability>? Zeroed, double? OriginalTopAfterZeroing);
 
 public sealed record ControlRow(int WeightsZeroed, double SmallestMagnitudeZeroed, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement);

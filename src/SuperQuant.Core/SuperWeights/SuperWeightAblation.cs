@@ -213,17 +213,25 @@ public sealed class SuperWeightAblation
     {
         using var scope = torch.NewDisposeScope();
         Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
-        Tensor p = F.softmax(Plain(input)[0, -1].to_type(ScalarType.Float64), -1).cpu();
         Tensor q = F.softmax(Zeroed(input)[0, -1].to_type(ScalarType.Float64), -1).cpu();
-        List<(int, double)> Top(Tensor probs)
-        {
-            var (values, indices) = probs.topk(Math.Min(k, (int)probs.shape[0]));
-            double[] v = values.cpu().data<double>().ToArray();
-            long[] i = indices.cpu().data<long>().ToArray();
-            return i.Select((id, j) => ((int)id, v[j])).ToList();
-        }
-        var original = Top(p);
-        return new NextTokenResult(original, Top(q), q[original[0].Item1].item<double>());
+        var original = TopNextTokens(_model, prompt, k);
+        return new NextTokenResult(original, Top(q, k), q[original[0].Id].item<double>());
+    }
+
+    /// <summary>The model's top-<paramref name="k"/> next tokens after <paramref name="prompt"/>, with probabilities.</summary>
+    public static IReadOnlyList<(int Id, double P)> TopNextTokens(LlamaModel model, int[] prompt, int k)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
+        return Top(F.softmax(model.Forward(input)[0, -1].to_type(ScalarType.Float64), -1).cpu(), k);
+    }
+
+    static List<(int Id, double P)> Top(Tensor probs, int k)
+    {
+        var (values, indices) = probs.topk(Math.Min(k, (int)probs.shape[0]));
+        double[] v = values.cpu().data<double>().ToArray();
+        long[] i = indices.cpu().data<long>().ToArray();
+        return i.Select((id, j) => ((int)id, v[j])).ToList();
     }
 
     /// <summary>For each super activation (layer, output channel): its token and value on each prompt, and the
