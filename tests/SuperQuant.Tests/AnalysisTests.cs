@@ -245,8 +245,14 @@ public sealed class AnalysisTests
         using var dir = new TempFolder();
         TokenIdFile.Write(dir.File("ids.txt"), Stream(80));
         File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"a\", \"sol1\": \"b\", \"sol2\": \"c\", \"label\": 0}\n");
+        File.WriteAllText(dir.File("t.txt"), "Once upon a time");
+        using (var stories = Llama2cCheckpoint.Load(SharedModels.Stories260K))
+            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("s.gguf"), stories, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "s" });
         foreach (var args in new[]
         {
+            // A no_vocab GGUF: llama.cpp would abort the process if asked to tokenize.
+            new[] { "eval", "-m", dir.File("s.gguf"), "--task", "piqa=" + dir.File("piqa.jsonl") },
+            new[] { "eval", "-m", dir.File("s.gguf"), "--text", dir.File("t.txt") },
             new[] { "eval", "-m", SharedModels.Stories260K, "--task", "piqa=" + dir.File("piqa.jsonl") },
             new[] { "generate", "-m", SharedModels.Stories260K, "--prompt", "Once upon a time" },
             new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--next-token", "Once upon a", "--out", dir.File("o") },

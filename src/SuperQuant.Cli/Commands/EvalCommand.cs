@@ -187,6 +187,11 @@ public static class EvalCommand
         var format = ModelLoader.Detect(path);
         if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
             throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
+        // A GGUF written without a vocabulary ("no_vocab") cannot tokenize: llama.cpp aborts the process if asked to.
+        bool ggufVocabulary = format == CheckpointFormat.Gguf
+            && SuperQuant.Models.Gguf.GgufFile.Read(path).Metadata.TryGetValue("tokenizer.ggml.model", out var vocabModel) && vocabModel is string vm && vm != "no_vocab";
+        int[] NoVocabulary(string _) => throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
+            $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a tokenizer", path);
         if (format == CheckpointFormat.Gguf && engine != "torch")
         {
             var llama = LlamaCppEngine.Open(path, context, threads);
@@ -194,14 +199,15 @@ public static class EvalCommand
             return new Runner
             {
                 Path = path, Engine = "llama.cpp", Dtype = "gguf", VocabSize = llama.VocabSize, MaxContext = context, Logits = llama.Logits,
-                Tokenize = text => (tok ??= LlamaCppModel.Load(path, 8, 1)).Tokenize(text, addBos: true), Owner = new Both(llama, () => tok?.Dispose()),
+                Tokenize = ggufVocabulary ? text => (tok ??= LlamaCppModel.Load(path, 8, 1)).Tokenize(text, addBos: true) : NoVocabulary,
+                Owner = new Both(llama, () => tok?.Dispose()),
             };
         }
         LlamaModel m = ModelLoader.Load(path, dev);
         m.ConvertTo(dtype);
         Func<string, int[]>? tokenize = null;
         if (format == CheckpointFormat.Gguf)
-            tokenize = text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); };
+            tokenize = ggufVocabulary ? text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); } : NoVocabulary;
         return new Runner
         {
             Path = path, Engine = "superquant", Dtype = dtype switch { TorchSharp.torch.ScalarType.BFloat16 => "bf16", TorchSharp.torch.ScalarType.Float16 => "fp16", _ => "fp32" }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
