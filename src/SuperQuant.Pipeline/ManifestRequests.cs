@@ -22,6 +22,7 @@ public static class ManifestRequests
                 ? (ArtifactSpec)new GgufSpec(x.Path, t, Origin.Manifest(m.Path, x.At.Line, x.At.Column, "export"))
                 : new PackedSpec(x.Path, Origin.Manifest(m.Path, x.At.Line, x.At.Column, "output"))).ToList(),
             Tasks = e.Tasks.Select(t => new TaskSource(t.Name, t.Path, Origin.Manifest(m.Path, t.At.Line, t.At.Column, "tasks." + t.Name))).ToList(),
+            OriginOf = key => At(e.Positions.ContainsKey(key) ? key : e.Positions.ContainsKey("method") ? "method" : "id"),
             PromptOrigin = At("prompt_tokens"), ContextOrigin = At("context"), MethodOrigin = At(e.Positions.ContainsKey("method") ? "method" : "id"),
         }.Validate();
     }

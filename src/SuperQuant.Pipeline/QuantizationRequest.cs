@@ -68,6 +68,12 @@ public sealed record QuantizationRequest
     public Origin ContextOrigin { get; init; } = Origin.Option("--context");
     public required IReadOnlyList<ArtifactSpec> Artifacts { get; init; }
     public Origin MethodOrigin { get; init; } = Origin.Option("--method");
+    /// <summary>Where a setting came from, by manifest key (the manifest gives its line; the CLI its option).</summary>
+    public Func<string, Origin> OriginOf { get; init; } = key => Origin.Option(key switch
+    {
+        "block_size" => "--block", "weight_bits" => "--bits", "activation_bits" => "--activation-bits", "z" => "--z",
+        _ => "--" + key.Replace('_', '-'),
+    });
     /// <summary>Zero-shot tasks (manifest `tasks:`), scored with the checkpoint's tokenizer.</summary>
     public IReadOnlyList<TaskSource> Tasks { get; init; } = Array.Empty<TaskSource>();
     /// <summary>Where the tokenizer for text files lives (default: the checkpoint's folder).</summary>
@@ -80,22 +86,22 @@ public sealed record QuantizationRequest
     public QuantizationRequest Validate()
     {
         if (Artifacts.Count == 0) throw MethodOrigin.Error("nothing to write: give a packed artifact and/or a GGUF export");
-        if (WeightBits < 2 || WeightBits > 8) throw MethodOrigin.Error($"weight bits {WeightBits} (supported: 2..8)");
-        if (ActivationBits < 4 || ActivationBits > 16) throw MethodOrigin.Error($"activation bits {ActivationBits} (supported: 4..16)");
-        if (!Names.VariantNames.Contains(Variant)) throw MethodOrigin.Error($"variant '{Variant}' (expected {string.Join(", ", Names.VariantNames)})");
-        if (!Names.ClipNames.Contains(Clip)) throw MethodOrigin.Error($"clip '{Clip}' (expected {string.Join(", ", Names.ClipNames)})");
-        if (!Names.LevelNames.Contains(Levels)) throw MethodOrigin.Error($"levels '{Levels}' (expected {string.Join(", ", Names.LevelNames)})");
+        if (WeightBits < 2 || WeightBits > 8) throw OriginOf("weight_bits").Error($"weight bits {WeightBits} (supported: 2..8)");
+        if (ActivationBits < 4 || ActivationBits > 16) throw OriginOf("activation_bits").Error($"activation bits {ActivationBits} (supported: 4..16)");
+        if (!Names.VariantNames.Contains(Variant)) throw OriginOf("variant").Error($"variant '{Variant}' (expected {string.Join(", ", Names.VariantNames)})");
+        if (!Names.ClipNames.Contains(Clip)) throw OriginOf("clip").Error($"clip '{Clip}' (expected {string.Join(", ", Names.ClipNames)})");
+        if (!Names.LevelNames.Contains(Levels)) throw OriginOf("levels").Error($"levels '{Levels}' (expected {string.Join(", ", Names.LevelNames)})");
         if (!ActivationSettings.Scales.Contains(Activations.Scale) || (Activations.Quantizer is string aq && !ActivationSettings.Quantizers.Contains(aq)) || !ActivationSettings.SuperActivations.Contains(Activations.SuperActivation))
-            throw MethodOrigin.Error($"activation settings '{Activations}' (scale: {string.Join("|", ActivationSettings.Scales)}; quantizer: {string.Join("|", ActivationSettings.Quantizers)}; super activation: {string.Join("|", ActivationSettings.SuperActivations)})");
-        if (Names.BlockSizeProblem(BlockSize, Variant) is string blockProblem) throw MethodOrigin.Error(blockProblem);
+            throw OriginOf("activation_scale").Error($"activation settings '{Activations}' (scale: {string.Join("|", ActivationSettings.Scales)}; quantizer: {string.Join("|", ActivationSettings.Quantizers)}; super activation: {string.Join("|", ActivationSettings.SuperActivations)})");
+        if (Names.BlockSizeProblem(BlockSize, Variant) is string blockProblem) throw OriginOf("block_size").Error(blockProblem);
         if (Variant != "paper" && (Clip is not ("zscore" or "no") || Levels != "int"))
-            throw MethodOrigin.Error($"clip {Clip} / levels {Levels} are the paper's reference code: use variant paper");
-        if (Levels == "normal-float" && WeightBits is not (3 or 4)) throw MethodOrigin.Error($"normal-float levels exist for 3 and 4 bits (NF3, NF4), not {WeightBits}");
+            throw OriginOf(Clip is not ("zscore" or "no") ? "clip" : "levels").Error($"clip {Clip} / levels {Levels} are the paper's reference code: use variant paper");
+        if (Levels == "normal-float" && WeightBits is not (3 or 4)) throw OriginOf("levels").Error($"normal-float levels exist for 3 and 4 bits (NF3, NF4), not {WeightBits}");
         if (Variant == "paper" && Method is not (QuantMethod.SuperAware or QuantMethod.Rtn))
-            throw MethodOrigin.Error($"variant paper is the Super Weight paper's weight quantizer: method rtn or super-aware, not {Method.Name()}");
+            throw OriginOf("variant").Error($"variant paper is the Super Weight paper's weight quantizer: method rtn or super-aware, not {Method.Name()}");
         if (Clip is "block_percentage" or "tensor_percentage" && Z is double fraction && double.IsFinite(fraction) && fraction >= 1)
-            throw MethodOrigin.Error($"clip {Clip}: the threshold is the fraction of weights clipped, in (0, 1), not {fraction}");
-        if (Z is double z && !(z > 0)) throw MethodOrigin.Error($"z {z} must be a positive number");
+            throw OriginOf("z").Error($"clip {Clip}: the threshold is the fraction of weights clipped, in (0, 1), not {fraction}");
+        if (Z is double z && !(z > 0)) throw OriginOf("z").Error($"z {z} must be a positive number");
         if (Context < 2 || Context > 1 << 20) throw ContextOrigin.Error($"context {Context} must be in 2..{1 << 20}");
         bool calibrated = Calibration is not null;
         if (Method.NeedsCalibration() && !calibrated)
