@@ -151,7 +151,10 @@ public static class AnalyzeCommand
         string source;
         if (ids != null)
         {
-            list = ids.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim())).Select(i => (i, $"#{i}")).ToList();
+            int[] given = CliSupport.ParseIds(ids, "--stopword-ids")!;
+            if (given.FirstOrDefault(i => i >= model.Config.VocabSize, -1) is int bad and >= 0)
+                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--stopword-ids: id {bad} is outside the model's vocabulary [0, {model.Config.VocabSize})");
+            list = given.Select(i => (i, $"#{i}")).ToList();
             source = "given ids";
         }
         else
