@@ -33,9 +33,10 @@ public static class BenchGgufCommand
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
         var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
+        var holdout = new Option<bool>("--holdout") { Description = "record importance and covariances on the first half of the calibration tokens and choose among the super-aware candidates on the second half (no token used for both)" };
         var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
-            model, types, calib, eval, context, z, threads,
+            model, types, calib, eval, context, z, threads, holdout,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -44,7 +45,7 @@ public static class BenchGgufCommand
             try
             {
                 string ckpt = r.GetValue(model) ?? Demo(temp);
-                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
+                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp, r.GetValue(holdout));
             }
             finally { Directory.Delete(temp, recursive: true); }
             return ExitCodes.Success;
@@ -66,10 +67,11 @@ public static class BenchGgufCommand
         return dir;
     }
 
-    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, string? evalPath, int ctx, double? z, int? threads, string temp)
+    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, string? evalPath, int ctx, double? z, int? threads, string temp, bool holdout = false)
     {
         string f16 = Path.Combine(temp, "model.f16.gguf");
         int[] calibration, eval;
+        int[]? statistics = null; // the tokens importance and covariances are recorded on (default: the calibration tokens)
         string refPath = Path.Combine(temp, "reference.sqref"), calPath = Path.Combine(temp, "calibration.sqref");
         using (LlamaModel original = ModelLoader.Load(ckpt))
         {
@@ -79,6 +81,11 @@ public static class BenchGgufCommand
             ctx = Math.Min(ctx, c.MaxPositionEmbeddings);
             ReferenceFile.Record(refPath, "bench", t => original.Forward(t), eval, ctx, ctx / 2, c.VocabSize);
             calibration = calibration[..Math.Min(calibration.Length, 1024)];
+            if (holdout)
+            {
+                statistics = calibration[..(calibration.Length / 2)];
+                calibration = calibration[(calibration.Length / 2)..];
+            }
             ReferenceFile.Record(calPath, "calibration", t => original.Forward(t), calibration, ctx, ctx / 2, c.VocabSize);
             GgufWriter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
             Console.WriteLine($"model {ckpt}: {c.ParameterCount / 1e6:F2}M parameters, {c.NumLayers} layers, dim {c.HiddenSize}, ffn {c.IntermediateSize}; " +
@@ -89,11 +96,11 @@ public static class BenchGgufCommand
 
         // Everything below starts from the F16 export, as llama.cpp's quantizer does.
         using LlamaModel model = GgufModelLoader.Load(f16);
-        var detection = new SuperWeightDetector().Detect(model, calibration[..Math.Min(10, calibration.Length)]);
+        var detection = new SuperWeightDetector().Detect(model, (statistics ?? calibration)[..Math.Min(10, (statistics ?? calibration).Length)]);
         Dictionary<LinearSite, float[]> importance;
         var clock = Stopwatch.StartNew();
-        importance = ImportanceRecorder.Record(model, calibration, ctx);
-        var covariance = ImportanceRecorder.Covariances(model, calibration, ctx);
+        importance = ImportanceRecorder.Record(model, statistics ?? calibration, ctx);
+        var covariance = ImportanceRecorder.Covariances(model, statistics ?? calibration, ctx);
         double importanceSeconds = clock.Elapsed.TotalSeconds;
         Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; importance pass {importanceSeconds:F2} s");
         Evaluate("F16 export", f16, 0, null);
