@@ -181,6 +181,18 @@ public sealed class ActivationQuantizer : IForwardHooks
         return q;
     }
 
+    readonly Dictionary<((int, InputGroup), ScalarType), Tensor> _castTransforms = new();
+
+    /// <summary>The transform in the activations' dtype (a model run with eval --dtype bf16 meets fp32 transforms),
+    /// converted once per dtype.</summary>
+    Tensor InDtype((int, InputGroup) key, Tensor t, ScalarType dtype)
+    {
+        if (t.dtype == dtype) return t;
+        if (!_castTransforms.TryGetValue((key, dtype), out var cast))
+            _castTransforms[(key, dtype)] = cast = t.to_type(dtype).DetachFromDisposeScope();
+        return cast;
+    }
+
     void AddSuperChannel((int, InputGroup) key, int channel) =>
         _superChannels[key] = (_superChannels.TryGetValue(key, out var a) ? a : Array.Empty<int>()).Append(channel).Distinct().ToArray();
 
@@ -188,12 +200,12 @@ public sealed class ActivationQuantizer : IForwardHooks
     {
         if (site.Projection == Projection.LmHead) return input;
         var key = (site.Layer, GroupOf(site.Projection));
-        Tensor x = _transforms.TryGetValue(key, out var t) ? input.matmul(t) : input;
+        Tensor x = _transforms.TryGetValue(key, out var t) ? input.matmul(InDtype(key, t, input.dtype)) : input;
         if (!_superChannels.TryGetValue(key, out var channels)) return FakeQuant(x);
         // Super-activation-aware: median in, quantize, exact value back.
         using var idx = torch.tensor(channels.Select(c => (long)c).ToArray(), device: x.device);
         Tensor saved = x.index_select(-1, idx);
-        float median = x.flatten().median().item<float>();
+        float median = x.flatten().median().to_type(ScalarType.Float32).item<float>(); // any dtype (eval --dtype bf16)
         if (_o.SuperActivationScalar)
         {
             // The paper: only the super activation itself (the channel's largest |x|, per sequence) is replaced and
@@ -232,7 +244,7 @@ public sealed class ActivationQuantizer : IForwardHooks
     {
         if (bits >= 16) return x;
         double qmax = (1 << (bits - 1)) - 1;
-        double scale = Math.Max(x.abs().max().item<float>() * clip / qmax, 1e-8);
+        double scale = Math.Max(x.abs().max().to_type(ScalarType.Float32).item<float>() * clip / qmax, 1e-8);
         return (x / scale).round().clamp(-qmax - 1, qmax) * scale;
     }
 
