@@ -7,6 +7,7 @@ using SuperQuant.Core;
 // and load it; when the bundled one sits next to the app this process runs itself again (see LibTorchLoader).
 // Help, version and init never touch TorchSharp: they skip the PyTorch probe (a python3 start, ~0.1 s).
 bool needsTorch = args.Length > 0 && args[0] != "init" && !args.Any(a => a is "-h" or "--help" or "-?" or "--version");
+OpenMpTuning.Apply(); // before libtorch (and its OpenMP runtime) loads
 try
 {
     if (needsTorch && SuperQuant.Core.Runtime.LibTorchLoader.Activate(args, new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
