@@ -25,8 +25,7 @@ public static class BenchDetectCommand
         {
             using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
             using LlamaModel model = ModelLoader.Load(source.Path);
-            var rng = new Random(3);
-            int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+            int[] ids = BenchSupport.RandomIds(model, r.GetValue(prompt), seed: 3);
             int n = Math.Max(3, r.GetValue(reps));
             var plain = new List<double>();
             var recorded = new List<double>();

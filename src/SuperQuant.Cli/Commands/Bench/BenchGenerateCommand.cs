@@ -25,8 +25,7 @@ public static class BenchGenerateCommand
         {
             using var source = BenchSupport.CheckpointOrGenerate(r.GetValue(checkpoint));
             using LlamaModel model = ModelLoader.Load(source.Path);
-            var rng = new Random(5);
-            int[] ids = Enumerable.Range(0, Math.Max(1, r.GetValue(prompt))).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+            int[] ids = BenchSupport.RandomIds(model, r.GetValue(prompt), seed: 5);
             int n = Math.Max(1, r.GetValue(count));
             Sampler.Generate(model, ids, 2, 0, 0); // warm-up
             var sw = Stopwatch.StartNew();

@@ -39,6 +39,13 @@ public static class BenchSupport
     /// <summary>Loads and runs a tiny model through the same code paths first, so the libtorch code pages those
     /// kernels touch are resident before the baseline RSS is taken: the figure then measures the model, not the
     /// first use of a 461 MB shared library.</summary>
+    /// <summary><paramref name="length"/> (at least 1) uniform random token ids of <paramref name="model"/>'s vocabulary.</summary>
+    public static int[] RandomIds(SuperQuant.Core.Llama.LlamaModel model, int length, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, Math.Max(1, length)).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+    }
+
     public static void WarmUpKernels(int context)
     {
         string dir = Directory.CreateTempSubdirectory("superquant-warmup-").FullName;
