@@ -17,11 +17,14 @@ public static class ProcessMemory
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    static long Read(string key)
+    /// <summary>Memory the kernel says can be given to a new process without swapping (MemAvailable), 0 when unknown.</summary>
+    public static long Available => Read("MemAvailable:", "/proc/meminfo");
+
+    static long Read(string key, string file = "/proc/self/status")
     {
         try
         {
-            foreach (string line in File.ReadLines("/proc/self/status"))
+            foreach (string line in File.ReadLines(file))
                 if (line.StartsWith(key, StringComparison.Ordinal))
                     return long.Parse(line[key.Length..].Trim().Split(' ')[0]) * 1024;
         }

@@ -26,7 +26,7 @@ public static class ManifestReader
     /// <summary>Largest manifest read: a few KB is normal; anything near this is not a manifest.</summary>
     public const long MaxBytes = 16L << 20;
 
-    static readonly string[] TopKeys = { "version", "device", "models" };
+    static readonly string[] TopKeys = { "version", "device", "memory", "models" };
     static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "max_drop", "baseline" };
     static readonly string[] ExportKeys = { "gguf", "path" };
@@ -61,6 +61,7 @@ public static class ManifestReader
         int version = root.Children.TryGetValue(new YamlScalarNode("version"), out var v) ? Int(full, v, "version") : 1;
         if (version != 1) throw At(full, v!, $"version {version} is not supported (this tool reads version 1)");
         string device = root.Children.TryGetValue(new YamlScalarNode("device"), out var d) ? OneOf(full, d, "device", new[] { "auto", "cpu", "cuda" }) : "auto";
+        string memory = root.Children.TryGetValue(new YamlScalarNode("memory"), out var mem) ? OneOf(full, mem, "memory", Names.MemoryNames.ToArray()) : "auto";
         if (!root.Children.TryGetValue(new YamlScalarNode("models"), out var modelsNode) || modelsNode is not YamlSequenceNode models || models.Children.Count == 0)
             throw new ManifestException(full, (int)root.Start.Line, (int)root.Start.Column, "'models' must be a non-empty list");
         var roots = new Roots(dir, allowOutside ?? Array.Empty<string>(), followSymlinks);
@@ -73,7 +74,7 @@ public static class ManifestReader
             entries.Add(entry);
         }
         CheckFileIdentities(full, entries);
-        return new QuantizeManifest(full, version, device, entries);
+        return new QuantizeManifest(full, version, device, entries) { Memory = memory };
     }
 
     /// <summary>No output of any model may be an input of any model (or the manifest), lie inside a checkpoint folder,

@@ -49,6 +49,8 @@ public static class Names
 
     /// <summary>Weight quantizer variants: ours (`packed`, the default) or the Super Weight paper's code (`paper`).</summary>
     public static IReadOnlyList<string> VariantNames { get; } = new[] { "packed", "paper" };
+    /// <summary>The manifest's top-level memory: whole model, one decoder block at a time, or chosen by size.</summary>
+    public static IReadOnlyList<string> MemoryNames { get; } = new[] { "auto", "model", "layers" };
     /// <summary>Clip methods with the reference code's names (its clip_method); all but zscore/no need variant paper.</summary>
     public static IReadOnlyList<string> ClipNames { get; } = new[] { "no", "zscore", "block_percentage", "tensor_percentage", "iqr" };
     /// <summary>Quantization levels: integers, the reference's shifted grid (scale_shift), normal-float poles (use_normal_float).</summary>

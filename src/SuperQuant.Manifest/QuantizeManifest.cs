@@ -1,7 +1,11 @@
 namespace SuperQuant.Manifest;
 
 /// <summary>A parsed, validated quantize.yaml. Paths are absolute (resolved against the manifest's folder).</summary>
-public sealed record QuantizeManifest(string Path, int Version, string Device, IReadOnlyList<ModelEntry> Models);
+public sealed record QuantizeManifest(string Path, int Version, string Device, IReadOnlyList<ModelEntry> Models)
+{
+    /// <summary>auto | model | layers: hold the whole model, or one decoder block at a time (models larger than RAM).</summary>
+    public string Memory { get; init; } = "auto";
+}
 
 /// <summary>A position in the manifest, for messages.</summary>
 public readonly record struct Position(int Line, int Column);

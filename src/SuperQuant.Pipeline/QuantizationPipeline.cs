@@ -34,6 +34,83 @@ public sealed record PipelineOptions
     public string? CheckpointSha256 { get; init; }
     /// <summary>Raise the type of GGUF matrices holding super weights (super-aware only).</summary>
     public bool RaiseSuperWeightTensors { get; init; }
+    /// <summary>Whole model in memory, or one decoder block at a time (<see cref="MemoryMode"/>).</summary>
+    public MemoryMode Memory { get; init; } = MemoryMode.Auto;
+}
+
+/// <summary>How much of the model a run holds. The artifacts are the same either way (tested byte for byte); only
+/// memory and time differ.</summary>
+public enum MemoryMode
+{
+    /// <summary>Layers for a Hugging Face checkpoint of at least <see cref="MemoryPlan.AutoStreamBytes"/> (or over
+    /// <see cref="MemoryPlan.AutoShare"/> of the memory available now) when the request allows it; else the whole
+    /// model.</summary>
+    Auto,
+    /// <summary>The whole fp32 model in memory (fastest; every method and task).</summary>
+    Model,
+    /// <summary>Layer-streamed: the embedding, head and one decoder block in memory, each block read from disk when a
+    /// pass reaches it and evaluation run layer-major over batches of windows. For models larger than RAM.</summary>
+    Layers,
+}
+
+/// <summary>Chooses the memory mode of a run and says why.</summary>
+public static class MemoryPlan
+{
+    /// <summary>Share of MemAvailable above which auto streams whatever the size: the whole-model path peaks near
+    /// 1.2x the fp32 model.</summary>
+    public const double AutoShare = 0.6;
+
+    /// <summary>fp32 size from which auto streams: measured on a 5.9 GB checkpoint (docs/performance.md), the streamed
+    /// quantize took 0.33x the checkpoint in peak RSS against 1.23x, and less time (44 s vs 55 s); below 1 GiB the
+    /// saving is small and the whole-model path is the one with the longest record.</summary>
+    public const long AutoStreamBytes = 1L << 30;
+
+    public static IReadOnlyList<string> Names => SuperQuant.Manifest.Names.MemoryNames;
+
+    public static MemoryMode Parse(string name) => name switch
+    {
+        "auto" => MemoryMode.Auto, "model" => MemoryMode.Model, "layers" => MemoryMode.Layers,
+        _ => throw new SuperQuantException(ErrorCodes.InvalidArgument, $"memory '{name}' (expected auto, model or layers)"),
+    };
+
+    /// <summary>Whether to stream, and the reason for the log. <paramref name="request"/>: auto keeps a request a
+    /// streamed run cannot do (<see cref="Unsupported"/>) in memory.</summary>
+    public static (bool Streamed, string Why) Decide(MemoryMode mode, string checkpoint, QuantizationRequest? request = null)
+    {
+        if (mode == MemoryMode.Model) return (false, "memory: model");
+        var format = ModelLoader.Detect(checkpoint);
+        if (mode == MemoryMode.Layers) return (true, "memory: layers");
+        if (format != CheckpointFormat.HuggingFace) return (false, $"auto: {format} checkpoints are loaded whole");
+        if (request is not null && Unsupported(request) is string problem) return (false, $"auto: {problem}");
+        long fp32;
+        string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+        using (var ck = HfCheckpoint.Open(folder)) fp32 = 4 * ck.Config.ParameterCount;
+        long available = ProcessMemory.Available;
+        bool stream = fp32 >= AutoStreamBytes || (available > 0 && fp32 > AutoShare * available);
+        return (stream, $"auto: fp32 model {fp32 / 1048576.0:F0} MiB, {available / 1048576.0:F0} MiB available -> {(stream ? "layers" : "whole model")}");
+    }
+
+    /// <summary>Why a layer-streamed run cannot do <paramref name="r"/>, or null.</summary>
+    public static string? Unsupported(QuantizationRequest r) =>
+        r.Tasks.Count > 0 ? "zero-shot tasks score every document with its own pass over the model; remove 'tasks' or use memory: model" :
+        r.Method.Transforms() || r.ActivationBits < 16 ? $"method {r.Method.Name()} W{r.WeightBits}A{r.ActivationBits} calibrates activation transforms over the whole model; layer streaming supports weight-only rtn and super-aware" :
+        null;
+
+    /// <summary>What a layer-streamed run cannot do yet: refused before any work.</summary>
+    public static void CheckSupported(QuantizationRequest r, string why)
+    {
+        if (Unsupported(r) is string problem)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{r.Id}: layer-streamed run ({why}): {problem}");
+    }
+
+    /// <summary>The logits of <paramref name="model"/> for the windows of <paramref name="tokens"/>: window by window
+    /// for a model in memory, layer-major batches for a streamed one.</summary>
+    public static (LogitsFunction Logits, IDisposable? Batches) Windows(LlamaModel model, IReadOnlyList<int> tokens, int context, int stride)
+    {
+        if (!model.Weights.IsStreamed) return (t => model.Forward(t), null);
+        var batches = new LayerMajorLogits(model, tokens, context, stride);
+        return (batches.Logits, batches);
+    }
 }
 
 /// <summary>An artifact as written to its staging file and measured from there.</summary>
@@ -101,8 +178,11 @@ public static class QuantizationPipeline
         {
             string checkpointHash;
             using (log.Step("hash checkpoint")) checkpointHash = o.CheckpointSha256 ?? CheckpointHash.Compute(r.Checkpoint);
+            var (streamed, why) = MemoryPlan.Decide(o.Memory, r.Checkpoint, r);
+            if (streamed) MemoryPlan.CheckSupported(r, why);
+            log.Info($"{r.Id}: {(streamed ? "layer-streamed" : "whole model in memory")} ({why})");
             LlamaModel model;
-            using (log.Step("load")) model = ModelLoader.Load(r.Checkpoint, o.Device);
+            using (log.Step(streamed ? "load (layer-streamed)" : "load")) model = ModelLoader.Load(r.Checkpoint, o.Device, streamed);
             var artifacts = new List<(ArtifactSpec Spec, StagedFile File, string Layout, double Bpw)>();
             ReferenceFile? reference = null;
             string? tempFolder = null;
@@ -215,6 +295,21 @@ public static class QuantizationPipeline
                         Variant = r.Variant == "paper" ? WeightVariant.Paper : WeightVariant.Packed,
                         Clip = PaperBlockQuantizer.ParseClip(r.Clip), Levels = PaperBlockQuantizer.ParseLevels(r.Levels),
                     };
+                    if (streamed)
+                    {
+                        // One block at a time: z is chosen over the blocks as they stream past, then each block is
+                        // read, quantized and written before the next is read.
+                        double zs;
+                        using (log.Step("z search"))
+                            (zs, zSearch) = ModelQuantizer.ChooseZ(model, options, superWeights, calibration, o.Cancel, log.Progress($"{r.Id}: z search"));
+                        zUsed = double.IsPositiveInfinity(zs) ? null : zs;
+                        var sfile = StagedFile.For(packed.Path);
+                        staged.Add(sfile);
+                        using (log.Step("quantize + write packed"))
+                            PackedArtifact.WriteStreamed(sfile.StagingPath, model, options, zs, superWeights, checkpointHash, o.ManifestSha256, log.Progress($"{r.Id}: quantize"), o.Cancel);
+                        artifacts.Add((packed, sfile, Settings(r, zUsed), PackedArtifact.ReadInfo(sfile.StagingPath).BitsPerWeight));
+                        goto packedDone;
+                    }
                     using (log.Step("quantize packed"))
                         result = ModelQuantizer.Quantize(model, options, r.Method.Transforms() ? Array.Empty<SuperWeight>() : superWeights, calibration,
                             log.Progress($"{r.Id}: quantize"), o.Cancel, log.Progress($"{r.Id}: z search"));
@@ -227,11 +322,9 @@ public static class QuantizationPipeline
                         staged.Add(file);
                         using (log.Step("write packed"))
                             PackedArtifact.Write(file.StagingPath, model, result, checkpointHash, o.ManifestSha256, activations);
-                        string settings = $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {Names.BlockSizeName(r.BlockSize)}" +
-                            (r.Variant == "paper" ? $", paper ({r.Clip}, {r.Levels})" : "") +
-                            (zUsed is double z ? $", z {z:G3}" : "");
-                        artifacts.Add((packed, file, settings, result.BitsPerWeight));
+                        artifacts.Add((packed, file, Settings(r, zUsed), result.BitsPerWeight));
                     }
+                packedDone:;
                 }
             }
             finally
@@ -246,7 +339,7 @@ public static class QuantizationPipeline
                     using (log.Step($"evaluate {spec.Kind}"))
                     {
                         o.Cancel.ThrowIfCancellationRequested();
-                        var (engine, quality, taskScores) = Measure(spec, file.StagingPath, r, o, reference, eval, tasks, taskContext, log);
+                        var (engine, quality, taskScores) = Measure(spec, file.StagingPath, r, o, reference, eval, tasks, taskContext, log, streamed);
                         results.Add(new ArtifactResult
                         {
                             Spec = spec, File = file, Engine = engine, Bytes = new FileInfo(file.StagingPath).Length,
@@ -265,6 +358,11 @@ public static class QuantizationPipeline
         }
         finally { cleanup.Dispose(); }
     }
+
+    static string Settings(QuantizationRequest r, double? z) =>
+        $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {Names.BlockSizeName(r.BlockSize)}" +
+        (r.Variant == "paper" ? $", paper ({r.Clip}, {r.Levels})" : "") +
+        (z is double zz ? $", z {zz:G3}" : "");
 
     /// <summary>What a run holds until it ends, released whatever happens: open reference files, then its temp folder.</summary>
     sealed class Cleanup : IDisposable
@@ -285,7 +383,9 @@ public static class QuantizationPipeline
     {
         int[] tokens = calibration[..Math.Min(calibration.Length, 1024)];
         string path = Path.Combine(folder, "calibration.sqref");
-        ReferenceFile.Record(path, "calibration", t => model.Forward(t), tokens, ctx, Math.Max(1, ctx / 2), model.Config.VocabSize);
+        var (logits, batches) = MemoryPlan.Windows(model, tokens, ctx, Math.Max(1, ctx / 2));
+        using (batches)
+            ReferenceFile.Record(path, "calibration", logits, tokens, ctx, Math.Max(1, ctx / 2), model.Config.VocabSize);
         return (ReferenceFile.TryOpen(path, "calibration", model.Config.VocabSize, tokens.Length, ctx, Math.Max(1, ctx / 2))!, tokens);
     }
 
@@ -361,7 +461,9 @@ public static class QuantizationPipeline
         // One baseline per model id: older ones (other checkpoint or data) are this tool's own cache files.
         if (o.ReferenceCacheFolder is not null)
             foreach (string old in Directory.GetFiles(folder, $"reference-{r.Id}-*.sqref")) File.Delete(old);
-        ReferenceFile.Record(path, key, t => model.Forward(t), eval, ctx, stride, model.Config.VocabSize, log.Progress($"{r.Id}: reference").Invoke, o.Cancel);
+        var (logits, batches) = MemoryPlan.Windows(model, eval, ctx, stride);
+        using (batches)
+            ReferenceFile.Record(path, key, logits, eval, ctx, stride, model.Config.VocabSize, log.Progress($"{r.Id}: reference").Invoke, o.Cancel);
         return (ReferenceFile.TryOpen(path, key, model.Config.VocabSize, eval.Length, ctx, stride)
             ?? throw new InvalidOperationException($"the reference just written to {path} does not read back"), false, temp);
     }
@@ -384,7 +486,7 @@ public static class QuantizationPipeline
     /// <summary>Reads an artifact back from disk with the runtime that will load it and compares it with the
     /// reference; without evaluation data it is still loaded and run on one token.</summary>
     static (string Engine, DivergenceResult? Quality, IReadOnlyList<TaskScore> Tasks) Measure(ArtifactSpec spec, string path, QuantizationRequest r, PipelineOptions o,
-        ReferenceFile? reference, int[]? eval, IReadOnlyList<(string Name, IReadOnlyList<ScoredDocument> Docs)> tasks, int taskContext, StepLog log)
+        ReferenceFile? reference, int[]? eval, IReadOnlyList<(string Name, IReadOnlyList<ScoredDocument> Docs)> tasks, int taskContext, StepLog log, bool streamed)
     {
         var progress = log.Progress($"{r.Id}: evaluate {spec.Kind}");
         IReadOnlyList<TaskScore> Score(LogitsFunction logits) => tasks.Select(t =>
@@ -402,12 +504,14 @@ public static class QuantizationPipeline
             if (reference is null || eval is null) { m.Logits(new[] { 0 }); return ("llama.cpp", null, taskScores); }
             return ("llama.cpp", Evaluator.Divergence(reference, m.Logits, eval, (d, t) => progress(d, t), o.Cancel), taskScores);
         }
-        var (model, _) = PackedArtifact.Load(path, o.Device.type == DeviceType.CPU ? null : o.Device);
+        var (model, _) = PackedArtifact.Load(path, o.Device.type == DeviceType.CPU ? null : o.Device, streamed);
         using (model)
         {
             var taskScores = Score(t => model.Forward(t));
             if (reference is null || eval is null) { model.Forward(new[] { 0 }).Dispose(); return ("superquant", null, taskScores); }
-            return ("superquant", Evaluator.Divergence(reference, t => model.Forward(t), eval, (d, t) => progress(d, t), o.Cancel), taskScores);
+            var (logits, batches) = MemoryPlan.Windows(model, eval, reference.Context, reference.Stride);
+            using (batches)
+                return ("superquant", Evaluator.Divergence(reference, logits, eval, (d, t) => progress(d, t), o.Cancel), taskScores);
         }
     }
 }

@@ -34,7 +34,7 @@ public sealed class ActivationQuantizationTests
         using var model = ModelLoader.Load(path);
         var o = new ActivationQuantizationOptions { Method = method, WeightBits = 16, ActivationBits = 16, Alpha = 0.6, RotationBlock = 32 };
         model.Hooks = ActivationQuantizer.Apply(model, o, Tokens);
-        Assert.AreNotEqual(0f, (model.Weights.Layers[0].Wq - original.Weights.Layers[0].Wq).abs().max().item<float>(), "weights were transformed");
+        Assert.AreNotEqual(0f, (model.Weights.Layer(0).Wq - original.Weights.Layer(0).Wq).abs().max().item<float>(), "weights were transformed");
         using var y = original.Forward(Tokens);
         using var yRotated = model.Forward(Tokens);
         float worst = (yRotated - y).abs().max().item<float>();
@@ -134,9 +134,9 @@ public sealed class ActivationQuantizationTests
         using var dir = new TempFolder();
         string path = Planted(dir);
         using var model = ModelLoader.Load(path);
-        using var before = model.Weights.Layers[0].AttnNorm!.clone();
+        using var before = model.Weights.Layer(0).AttnNorm!.clone();
         var hooks = ActivationQuantizer.Apply(model, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant, WeightBits = 16, ActivationBits = 16 }, Tokens);
-        Assert.IsFalse(model.Weights.Layers[0].AttnNorm!.allclose(before), "the attention norm carries 1/s");
+        Assert.IsFalse(model.Weights.Layer(0).AttnNorm!.allclose(before), "the attention norm carries 1/s");
         using var original = ModelLoader.Load(path);
         model.Hooks = hooks;
         using var y = original.Forward(Tokens);

@@ -99,7 +99,7 @@ public sealed class AnalysisTests
             Assert.AreEqual(magnitudes[n - 1], control.SmallestMagnitudeZeroed, 1e-7, scope.ToString());
         }
         Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(model, 1, 17, 45), "the model is left as it was");
-        Assert.AreEqual(0.9f, model.Weights.Layers[0].Wq[0, 3].item<float>());
+        Assert.AreEqual(0.9f, model.Weights.Layer(0).Wq[0, 3].item<float>());
     }
 
     /// <summary>The super weight is not necessarily the largest weight: an ordinary down_proj weight planted larger

@@ -44,7 +44,7 @@ public sealed class ArtifactTests
         {
             foreach (LinearSite site in ModelQuantizer.QuantizedSites(model.Weights))
                 Assert.IsTrue(loaded.Weights[site].equal(model.Weights[site]).all().item<bool>(), $"{site} differs after pack/load");
-            Assert.IsTrue(loaded.Weights.Layers[0].Bq!.equal(model.Weights.Layers[0].Bq!).all().item<bool>());
+            Assert.IsTrue(loaded.Weights.Layer(0).Bq!.equal(model.Weights.Layer(0).Bq!).all().item<bool>());
             Assert.AreEqual(5f, SuperWeightDetector.ReadWeight(loaded, 1, 17, 45));
             Assert.AreEqual(model.Config, loaded.Config);
             using var a = model.Forward(new[] { 4, 8, 15, 16 });
@@ -120,7 +120,7 @@ public sealed class ArtifactTests
             Assert.AreEqual(GgmlType.F16, down2.Type);
             Assert.AreEqual(type switch { GgufFileType.F16 => GgmlType.F16, GgufFileType.Q8_0 => GgmlType.Q8_0, GgufFileType.Q4_0 => GgmlType.Q4_0, _ => GgmlType.Q5_0 }, gate.Type);
             Assert.AreEqual("2,10,20", g.Metadata["superquant.super_weights"]);
-            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layers[0].WGate.data<float>().ToArray(), 64), gate.Elements);
+            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layer(0).WGate.data<float>().ToArray(), 64), gate.Elements);
             CollectionAssert.AreEqual(expected, g.ReadTensor("blk.0.ffn_gate.weight"));
         }
     }

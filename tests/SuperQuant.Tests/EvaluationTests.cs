@@ -133,7 +133,7 @@ public sealed class DtypeTests
         using var reduced = ModelLoader.Load(ckpt);
         var type = name == "bf16" ? ScalarType.BFloat16 : ScalarType.Float16;
         reduced.ConvertTo(type);
-        Assert.AreEqual(type, reduced.Weights.Layers[0].Wq.dtype);
+        Assert.AreEqual(type, reduced.Weights.Layer(0).Wq.dtype);
         Assert.AreEqual(type, reduced.Dtype);
         var rng = new Random(3);
         int[] ids = Enumerable.Range(0, 96).Select(_ => rng.Next(48)).ToArray();

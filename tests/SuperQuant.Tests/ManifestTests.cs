@@ -147,6 +147,10 @@ public sealed class ManifestTests
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
         Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" }));
+        var top = schema.RootElement.GetProperty("properties");
+        CollectionAssert.AreEquivalent(new[] { "version", "device", "memory", "models" }, top.EnumerateObject().Select(p => p.Name).ToArray());
+        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(), top.GetProperty("memory").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(), Enum.GetNames<SuperQuant.Pipeline.MemoryMode>().Select(n => n.ToLowerInvariant()).ToArray(), "every mode has a manifest name");
         CollectionAssert.AreEqual(Names.TaskNames.ToArray(), modelProps.GetProperty("tasks").GetProperty("properties").EnumerateObject().Select(p => p.Name).ToArray());
         CollectionAssert.AreEqual(Names.TaskNames.ToArray(), Models.Text.TaskFile.TaskNames.ToArray(), "the manifest's task names are the task reader's");
         CollectionAssert.AreEqual(Names.VariantNames.ToArray(), modelProps.GetProperty("variant").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());

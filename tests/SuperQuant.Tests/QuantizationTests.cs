@@ -44,6 +44,34 @@ public sealed class QuantizationTests
     }
 
     [TestMethod]
+    [DataRow(4, 128, 64L, 256L)]
+    [DataRow(3, 32, 7L, 100L)]   // rows share bytes: the unpacked-codes path
+    [DataRow(2, 0, 5L, 70L)]
+    [DataRow(8, 64, 3L, 200L)]
+    [DataRow(4, 4096, 9L, 172L)] // block larger than the row
+    public void DequantizingWhileQuantizingEqualsTheSeparatePass(int bits, int block, long rows, long cols)
+    {
+        using var w = torch.randn(rows, cols, generator: torch.manual_seed(11)).mul_(0.05); // host
+        using var apart = FastBlockRtn.Quantize(w, bits, block);
+        using var expected = BlockRtnQuantizer.Dequantize(apart);
+        using var into = torch.empty(rows, cols); // host
+        using var fused = FastBlockRtn.Quantize(w, bits, block, into);
+        Assert.IsTrue(into.equal(expected).all().item<bool>(), "into another buffer");
+        Assert.IsTrue(fused.PackedCodes.equal(apart.PackedCodes).all().item<bool>() && fused.Scales.equal(apart.Scales).all().item<bool>() && fused.Zeros.equal(apart.Zeros).all().item<bool>());
+        using var inPlace = w.clone();
+        using var _ = FastBlockRtn.Quantize(inPlace, bits, block, inPlace);
+        Assert.IsTrue(inPlace.equal(expected).all().item<bool>(), "in place (each row read whole before it is overwritten)");
+        // The model quantizer's fused path, with a super weight restored: the same matrix the artifact loader makes.
+        using var m = w.clone();
+        var o = new WeightQuantizationOptions { Bits = bits, BlockSize = block, Z = double.PositiveInfinity };
+        var sws = new[] { new SuperWeight(0, (int)rows - 1, 3, 0f, 1) };
+        using var q = ModelQuantizer.QuantizeMatrix(m, new LinearSite(0, Projection.Down), o, double.PositiveInfinity, sws, dequantizeInPlace: true, out bool done);
+        Assert.IsTrue(done);
+        using var loaded = BlockRtnQuantizer.Dequantize(q);
+        Assert.IsTrue(m.equal(loaded).all().item<bool>(), "written back = what the loader dequantizes, super weight included");
+    }
+
+    [TestMethod]
     [DataRow(4, 32)]
     [DataRow(3, 64)]
     [DataRow(4, 48 * 0 + 0)]   // per-channel

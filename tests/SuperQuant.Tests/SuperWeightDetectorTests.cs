@@ -25,7 +25,7 @@ public sealed class SuperWeightDetectorTests
         using var dir = new TempFolder();
         var spec = new TinyModelSpec { Layers = 3 };
         using var model = PlantedModel(dir, spec, (1, 17, 45));
-        using var before = model.Weights.Layers[1].WDown.clone();
+        using var before = model.Weights.Layer(1).WDown.clone();
 
         var report = new SuperWeightDetector().Detect(model, Prompt);
 
@@ -38,7 +38,7 @@ public sealed class SuperWeightDetectorTests
         Assert.IsTrue(Math.Abs(act.Value) > 50);
         Assert.AreEqual(45, act.InputChannel);
         Assert.AreEqual(2, report.Iterations, "one pass finds it, a second confirms nothing is left");
-        Assert.IsTrue(model.Weights.Layers[1].WDown.equal(before).all().item<bool>(), "weights restored after detection");
+        Assert.IsTrue(model.Weights.Layer(1).WDown.equal(before).all().item<bool>(), "weights restored after detection");
     }
 
     [TestMethod]

@@ -27,6 +27,14 @@ public static class EvalCommand
         public required IDisposable Owner { get; init; }
         /// <summary>fp32 / bf16 / fp16 for our forward pass; the GGUF's own types for llama.cpp.</summary>
         public string Dtype { get; init; } = "fp32";
+        /// <summary>Our forward pass's model (null for llama.cpp).</summary>
+        public LlamaModel? Model { get; init; }
+
+        /// <summary>The logits of the windows of <paramref name="ids"/>: a layer-streamed model runs them layer-major in
+        /// batches (each batch reads every block once); everything else window by window.</summary>
+        public (LogitsFunction Logits, IDisposable? Batches) For(IReadOnlyList<int> ids, int context, int stride) =>
+            Model is { Weights.IsStreamed: true } streamed ? MemoryPlan.Windows(streamed, ids, context, stride) : (Logits, null);
+
         public void Dispose() => Owner.Dispose();
     }
 
@@ -47,11 +55,12 @@ public static class EvalCommand
         var dtype = new Option<string>("--dtype") { Description = "our forward pass's weights and activations: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (llama.cpp runs a GGUF in its own types)", DefaultValueFactory = _ => "auto" }
             .OneOf("auto", "fp32", "bf16", "fp16");
         var task = new Option<string[]>("--task") { Description = $"zero-shot task as NAME=FILE.jsonl (repeatable; NAME one of {string.Join(", ", TaskFile.TaskNames)}; fields as in each task's public release, see docs/tasks.md): accuracy by log-likelihood as lm-evaluation-harness scores it", AllowMultipleArgumentsPerToken = false };
+        var memory = CliSupport.MemoryOption();
         var taskLimit = new Option<int?>("--task-limit") { Description = "score only the first N documents of each task file" }.InRange(1, TaskFile.MaxDocuments);
         var device = CliSupport.DeviceOption();
         var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
         {
-            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, dtype, device,
+            model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, dtype, device, memory,
         };
         cmd.Validators.Add(r =>
         {
@@ -73,7 +82,8 @@ public static class EvalCommand
                 "fp32" => TorchSharp.torch.ScalarType.Float32, "bf16" => TorchSharp.torch.ScalarType.BFloat16, "fp16" => TorchSharp.torch.ScalarType.Float16,
                 _ => dev.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
             };
-            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type);
+            var mem = MemoryPlan.Parse(r.GetValue(memory) ?? "auto");
+            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
             ctx = Math.Min(ctx, m.MaxContext);
             if (r.GetValue(task) is { Length: > 0 } taskSpecs)
                 return Tasks(m, taskSpecs, r.GetValue(taskLimit), ctx, r.GetValue(tokenizer) ?? Tokens.CheckpointFolder(m.Path), asJson);
@@ -86,7 +96,9 @@ public static class EvalCommand
             var clock = System.Diagnostics.Stopwatch.StartNew();
             if (r.GetValue(reference) is not string refPath)
             {
-                PerplexityResult p = Evaluator.Perplexity(m.Logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
+                var (logits, batches) = m.For(ids, ctx, str);
+                PerplexityResult p;
+                using (batches) p = Evaluator.Perplexity(logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
                 Require(p.Perplexity.Value, m.Path);
                 if (asJson)
                     Console.WriteLine(JsonSerializer.Serialize(new
@@ -105,10 +117,15 @@ public static class EvalCommand
                 }
                 return ExitCodes.Success;
             }
-            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type);
+            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
             if (refModel.VocabSize != m.VocabSize)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--reference has vocabulary {refModel.VocabSize}, the model {m.VocabSize}", refPath);
-            DivergenceResult d = Evaluator.Divergence(refModel.Logits, m.Logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
+            var (refLogits, refBatches) = refModel.For(ids, ctx, str);
+            var (modLogits, modBatches) = m.For(ids, ctx, str);
+            DivergenceResult d;
+            using (refBatches)
+            using (modBatches)
+                d = Evaluator.Divergence(refLogits, modLogits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
             Require(d.ModifiedPerplexity.Value, m.Path);
             if (asJson)
                 Console.WriteLine(JsonSerializer.Serialize(new
@@ -182,7 +199,7 @@ public static class EvalCommand
         if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid, $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
     }
 
-    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev, TorchSharp.torch.ScalarType dtype)
+    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev, TorchSharp.torch.ScalarType dtype, MemoryMode memory)
     {
         var format = ModelLoader.Detect(path);
         if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
@@ -203,15 +220,20 @@ public static class EvalCommand
                 Owner = new Both(llama, () => tok?.Dispose()),
             };
         }
-        LlamaModel m = ModelLoader.Load(path, dev);
-        m.ConvertTo(dtype);
+        bool streamed = format is CheckpointFormat.HuggingFace or CheckpointFormat.Packed && MemoryPlan.Decide(memory, path).Streamed;
+        if (memory == MemoryMode.Layers && !streamed)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{path}: --memory layers reads Hugging Face checkpoints and packed artifacts, not {format} files", path);
+        if (streamed && dtype != TorchSharp.torch.ScalarType.Float32)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, "--dtype bf16/fp16 needs the whole model in memory (--memory model)");
+        LlamaModel m = ModelLoader.Load(path, dev, streamed);
+        if (!streamed) m.ConvertTo(dtype);
         Func<string, int[]>? tokenize = null;
         if (format == CheckpointFormat.Gguf)
             tokenize = ggufVocabulary ? text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); } : NoVocabulary;
         return new Runner
         {
             Path = path, Engine = "superquant", Dtype = dtype switch { TorchSharp.torch.ScalarType.BFloat16 => "bf16", TorchSharp.torch.ScalarType.Float16 => "fp16", _ => "fp32" }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
-            Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m,
+            Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m, Model = m,
         };
     }
 

@@ -32,9 +32,10 @@ public static class GateCommand
         device.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null and not ("auto" or "cpu" or "cuda")) r.AddError($"{ErrorCodes.InvalidArgument}: --device '{ManifestReader.Excerpt(v)}' (expected auto, cpu or cuda)"); });
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var raise = new Option<bool>("--gguf-raise-super") { Description = "super-aware GGUF: ffn_down matrices holding super weights one type higher" };
+        var memory = CliSupport.MemoryOption();
         var cmd = new Command("gate", "Quantize every model in quantize.yaml, measure every file it exports as its runtime loads it (packed: our loader; GGUF: llama.cpp) against the unquantized checkpoint, and apply the quality gate. Writes the artifacts that passed and superquant-report.json/.md/.html.\n" + ExitCodes.HelpText)
         {
-            manifest, reportDir, state, deps, outputs, mode, allow, followLinks, device, lockTimeout, threads, raise,
+            manifest, reportDir, state, deps, outputs, mode, allow, followLinks, device, lockTimeout, threads, raise, memory,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -43,7 +44,7 @@ public static class GateCommand
             var files = new RunFiles(reportFolder, FullOrNull(r.GetValue(state)), FullOrNull(r.GetValue(deps)), FullOrNull(r.GetValue(outputs)));
             CheckRunFiles(m, files);
             using var held = ProjectLock.Acquire(m, TimeSpan.FromSeconds(r.GetValue(lockTimeout)));
-            return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise));
+            return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise), MemoryPlan.Parse(r.GetValue(memory) ?? m.Memory));
         }));
         return cmd;
     }
@@ -78,7 +79,7 @@ public static class GateCommand
             if (check.AddOutput(p, what) is string error) throw new SuperQuantException(ErrorCodes.InvalidArgument, error, p);
     }
 
-    static int Run(QuantizeManifest m, RunFiles files, bool warnOnly, string? deviceOption, int? threads, bool raise)
+    static int Run(QuantizeManifest m, RunFiles files, bool warnOnly, string? deviceOption, int? threads, bool raise, MemoryMode memory)
     {
         string? env = Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable);
         var dev = CliSupport.ResolveDevice(deviceOption ?? (string.IsNullOrEmpty(env) ? m.Device : env), quiet: false);
@@ -113,7 +114,7 @@ public static class GateCommand
             var result = QuantizationPipeline.Run(request, new PipelineOptions
             {
                 Device = dev, ReferenceCacheFolder = files.Cache, Log = new ConsoleLog(), Cancel = CliSupport.Cancellation, Threads = threads,
-                ManifestSha256 = manifestSha, CheckpointSha256 = checkpointHash, RaiseSuperWeightTensors = raise,
+                ManifestSha256 = manifestSha, CheckpointSha256 = checkpointHash, RaiseSuperWeightTensors = raise, Memory = memory,
             });
             var rows = result.Artifacts.Select(a => ArtifactRow.From(a, e.Gate, result.TaskBaselines)).ToList();
             var report = new ModelReport

@@ -36,6 +36,7 @@ public static class InitCommand
                 # Paths are relative to this file. Editor schema: docs/quantize.schema.json in the SuperQuant repository.
                 version: 1
                 device: auto                  # auto | cpu | cuda; override with SUPERQUANT_DEVICE or -p:SuperQuantDevice
+                memory: auto                  # auto | model | layers (one decoder block at a time: models larger than RAM)
                 models:
                   - id: {YamlText.Quote(id)}
                     checkpoint: {YamlText.Quote(ckpt)}        # {(format == CheckpointFormat.HuggingFace ? "Hugging Face folder" : "llama2.c checkpoint")}

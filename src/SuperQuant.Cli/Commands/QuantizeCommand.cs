@@ -49,9 +49,10 @@ public static class QuantizeCommand
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var json = new Option<bool>("--json") { Description = "print a JSON summary" };
         var device = CliSupport.DeviceOption();
+        var memory = CliSupport.MemoryOption();
         var cmd = new Command("quantize", "Quantize a checkpoint to the packed artifact and/or GGUF; with --eval-*, measure each file as its runtime loads it.\n" + ExitCodes.HelpText)
         {
-            model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens, output, gguf, ggufType, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device,
+            model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens, output, gguf, ggufType, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device, memory,
         };
         cmd.Validators.Add(r =>
         {
@@ -90,7 +91,7 @@ public static class QuantizeCommand
             var result = QuantizationPipeline.Run(request, new PipelineOptions
             {
                 Device = CliSupport.ResolveDevice(r.GetValue(device), asJson), Log = log, Cancel = CliSupport.Cancellation,
-                Threads = r.GetValue(threads), RaiseSuperWeightTensors = r.GetValue(raise),
+                Threads = r.GetValue(threads), RaiseSuperWeightTensors = r.GetValue(raise), Memory = MemoryPlan.Parse(r.GetValue(memory) ?? "auto"),
             });
             foreach (var a in result.Artifacts) a.File.Promote(); // no gate here: the user asked for these files
             if (result.ZSearch.Count > 0 && !asJson)

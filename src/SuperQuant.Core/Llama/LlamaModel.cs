@@ -76,7 +76,7 @@ public sealed class LlamaModel : IDisposable
             // One scope per block: its intermediates are freed before the next block runs, so activation memory
             // is one block's worth, not the whole model's.
             using var layerScope = torch.NewDisposeScope();
-            LlamaLayerWeights w = Weights.Layers[l];
+            LlamaLayerWeights w = Weights.Layer(l); // a streamed model reads the block from its source here
             x = x + Attention(l, Norm(x, w.AttnNorm), w, cos, sin, mask, cache);
             x = (x + Mlp(l, Norm(x, w.FfnNorm), w)).MoveToOuterDisposeScope();
             Hooks?.OnBlockOutput(l, x);

@@ -40,6 +40,14 @@ public sealed class LlamaLayerWeights : IDisposable
         foreach (var t in new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, FfnNorm, WGate, WUp, WDown }) t?.Dispose();
     }
 
+    /// <summary>Takes every tensor out of the dispose scope it was made in: a block loaded on demand inside some
+    /// caller's scope must outlive that scope.</summary>
+    public LlamaLayerWeights DetachFromDisposeScopes()
+    {
+        foreach (var t in new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, FfnNorm, WGate, WUp, WDown }) t?.DetachFromDisposeScope();
+        return this;
+    }
+
     /// <summary>Replaces every tensor by <paramref name="f"/> of it, disposing the old one.</summary>
     public void Map(Func<Tensor, Tensor> f)
     {
@@ -49,14 +57,92 @@ public sealed class LlamaLayerWeights : IDisposable
     }
 }
 
+/// <summary>Where a layer-streamed model's decoder blocks come from, one block at a time (a checkpoint read from disk,
+/// a packed artifact, a quantizer in front of either). Each call returns new tensors the caller owns.</summary>
+public interface ILayerSource : IDisposable
+{
+    LlamaLayerWeights Load(int layer);
+}
+
 /// <summary>All weights of a model. Matrices can be read and replaced by <see cref="LinearSite"/>, which is how
-/// ablations zero or scale a single weight and how quantizers swap in dequantized weights.</summary>
+/// ablations zero or scale a single weight and how quantizers swap in dequantized weights.
+/// A layer-streamed model (<see cref="Source"/> set, <see cref="Layers"/> entries null) keeps only the embedding,
+/// the head, the final norm and one decoder block in memory: <see cref="Layer"/> loads block l from the source and
+/// drops the block held before, so a forward pass reads each block once and a model larger than RAM runs in memory
+/// bounded by one block.</summary>
 public sealed class LlamaWeights : IDisposable
 {
     public required Tensor TokenEmbedding;   // [vocab, dim]
     public Tensor? FinalNorm;                // [dim], null for non-parametric norms
     public Tensor? LmHead;                   // [vocab, dim], null when tied to the embedding
-    public required LlamaLayerWeights[] Layers;
+    /// <summary>The decoder blocks; all null in a layer-streamed model.</summary>
+    public required LlamaLayerWeights?[] Layers;
+    /// <summary>Non-null for a layer-streamed model; disposed with the weights.</summary>
+    public ILayerSource? Source { get; init; }
+
+    public bool IsStreamed => Source is not null;
+
+    int _residentIndex = -1;
+    LlamaLayerWeights? _resident;
+    // Single-element edits of a streamed model (detection zeroes candidate super weights), applied on every load.
+    readonly Dictionary<(int Layer, Projection P, long Row, long Col), float> _edits = new();
+
+    /// <summary>Block <paramref name="l"/>: the held one, or (streamed) loaded now in place of the block held before.
+    /// Valid until the next call for another block.</summary>
+    public LlamaLayerWeights Layer(int l)
+    {
+        if (Layers[l] is { } held) return held;
+        if (Source is null) throw new InvalidOperationException($"layer {l} is not loaded");
+        if (_residentIndex != l)
+        {
+            _resident?.Dispose();
+            _resident = null; _residentIndex = -1;
+            // Outside inference mode (a forward pass loads blocks inside it): inference tensors cannot be edited in
+            // place later, and detection and quantizers do.
+            LlamaLayerWeights loaded;
+            using (torch.inference_mode(false)) loaded = Source.Load(l).DetachFromDisposeScopes();
+            using (torch.no_grad())
+                foreach (var ((layer, p, row, col), value) in _edits)
+                    if (layer == l) { using var v = torch.tensor(value, device: loaded.Wq.device); Matrix(loaded, p)[row, col] = v; }
+
+            _resident = loaded; _residentIndex = l;
+        }
+        return _resident!;
+    }
+
+    /// <summary>Drops a streamed model's held block (the next <see cref="Layer"/> call reads it again).</summary>
+    public void ReleaseResident()
+    {
+        _resident?.Dispose();
+        _resident = null; _residentIndex = -1;
+    }
+
+    /// <summary>Sets one element of a decoder matrix: in place when held; a streamed model also remembers it and
+    /// applies it whenever the block is loaded again.</summary>
+    public void SetElement(LinearSite site, long row, long col, float value)
+    {
+        if (site.Projection == Projection.LmHead) throw new ArgumentException("only decoder matrices", nameof(site));
+        if (IsStreamed) _edits[(site.Layer, site.Projection, row, col)] = value;
+        if (IsStreamed && _residentIndex != site.Layer) return;
+        using var _ = torch.no_grad();
+        var m = Matrix(Layer(site.Layer), site.Projection);
+        using var v = torch.tensor(value, device: m.device);
+        m[row, col] = v;
+    }
+
+    public float GetElement(LinearSite site, long row, long col)
+    {
+        using var v = this[site][row, col];
+        using var f = v.to_type(ScalarType.Float32);
+        return f.item<float>();
+    }
+
+    static Tensor Matrix(LlamaLayerWeights w, Projection p) => p switch
+    {
+        Projection.Q => w.Wq, Projection.K => w.Wk, Projection.V => w.Wv, Projection.O => w.Wo,
+        Projection.Gate => w.WGate, Projection.Up => w.WUp, Projection.Down => w.WDown,
+        _ => throw new ArgumentOutOfRangeException(nameof(p)),
+    };
 
     public Tensor OutputWeight => LmHead ?? TokenEmbedding;
 
@@ -77,13 +163,7 @@ public sealed class LlamaWeights : IDisposable
         get
         {
             if (site.Projection == Projection.LmHead) return OutputWeight;
-            var w = Layers[site.Layer];
-            return site.Projection switch
-            {
-                Projection.Q => w.Wq, Projection.K => w.Wk, Projection.V => w.Wv, Projection.O => w.Wo,
-                Projection.Gate => w.WGate, Projection.Up => w.WUp, Projection.Down => w.WDown,
-                _ => throw new ArgumentOutOfRangeException(nameof(site)),
-            };
+            return Matrix(Layer(site.Layer), site.Projection);
         }
         set
         {
@@ -93,7 +173,7 @@ public sealed class LlamaWeights : IDisposable
                 LmHead = value;
                 return;
             }
-            var w = Layers[site.Layer];
+            var w = Layers[site.Layer] ?? throw new InvalidOperationException("a layer-streamed model's matrices are read from its source and cannot be replaced");
             switch (site.Projection)
             {
                 case Projection.Q: w.Wq = value; break;
@@ -115,7 +195,8 @@ public sealed class LlamaWeights : IDisposable
         TokenEmbedding = Swap(TokenEmbedding);
         if (FinalNorm is not null) FinalNorm = Swap(FinalNorm);
         if (LmHead is not null) LmHead = Swap(LmHead);
-        foreach (var l in Layers) l.Map(f);
+        if (IsStreamed) throw new NotSupportedException("a layer-streamed model's blocks are read as stored; convert them as they are loaded");
+        foreach (var l in Layers) l!.Map(f);
     }
 
     public void Dispose()
@@ -123,6 +204,8 @@ public sealed class LlamaWeights : IDisposable
         TokenEmbedding.Dispose();
         FinalNorm?.Dispose();
         LmHead?.Dispose();
-        foreach (var l in Layers) l.Dispose();
+        foreach (var l in Layers) l?.Dispose();
+        _resident?.Dispose();
+        Source?.Dispose();
     }
 }

@@ -140,7 +140,7 @@ public sealed class ActivationQuantizer : IForwardHooks
                     // Fold: the norm's weight divides by s (so its output is x / s) and the weights multiply by s.
                     // Only inputs that come out of a parametric norm can take this; o_proj/down_proj stay plain.
                     Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha);
-                    var layer = model.Weights.Layers[l];
+                    var layer = model.Weights.Layer(l);
                     if (g == InputGroup.Attention) layer.AttnNorm = layer.AttnNorm! / s; else layer.FfnNorm = layer.FfnNorm! / s;
                     foreach (var site in sites) model.Weights[site] = model.Weights[site] * s;
                 }

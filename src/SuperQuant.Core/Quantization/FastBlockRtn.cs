@@ -18,7 +18,10 @@ public static unsafe class FastBlockRtn
     /// <summary>True when the fast path applies: a contiguous fp32 CPU matrix.</summary>
     public static bool Applies(Tensor w) => w.device_type == DeviceType.CPU && w.dtype == ScalarType.Float32 && w.is_contiguous() && w.dim() == 2;
 
-    public static QuantizedMatrix Quantize(Tensor weight, int bits, int blockSize)
+    /// <param name="dequantizedOut">When given (a contiguous fp32 matrix of the same shape, possibly the weight
+    /// itself), each row's dequantized values are written there while its codes are still in cache: what
+    /// <see cref="DequantizeInto"/> would write afterwards, without a second pass over the matrix (tested equal).</param>
+    public static QuantizedMatrix Quantize(Tensor weight, int bits, int blockSize, Tensor? dequantizedOut = null)
     {
         BlockRtnQuantizer.Validate(bits, blockSize);
         long rows = weight.shape[0], cols = weight.shape[1];
@@ -27,7 +30,7 @@ public static unsafe class FastBlockRtn
         Tensor packed = torch.zeros(BitPacking.PackedBytes(rows * cols, bits), ScalarType.Byte);
         Tensor scales = torch.empty(rows, blocks, ScalarType.Float16);
         Tensor zeros = torch.empty(rows, blocks, ScalarType.Float16);
-        QuantizeInto(weight, bits, blockSize, packed, scales, zeros);
+        QuantizeInto(weight, bits, blockSize, packed, scales, zeros, dequantizedOut);
         return new QuantizedMatrix { Bits = bits, BlockSize = block, Rows = rows, Cols = cols, PackedCodes = packed, Scales = scales, Zeros = zeros };
     }
 
@@ -37,10 +40,13 @@ public static unsafe class FastBlockRtn
     /// row is quantized into a small per-thread scratch row that stays in cache and packed straight into the output;
     /// otherwise rows share bytes, and all codes are computed first, then packed.
     /// </summary>
-    public static void QuantizeInto(Tensor weight, int bits, int blockSize, Tensor packedOut, Tensor scalesOut, Tensor zerosOut)
+    public static void QuantizeInto(Tensor weight, int bits, int blockSize, Tensor packedOut, Tensor scalesOut, Tensor zerosOut, Tensor? dequantizedOut = null)
     {
         BlockRtnQuantizer.Validate(bits, blockSize);
         if (!Applies(weight)) throw new ArgumentException("expected a contiguous fp32 CPU matrix", nameof(weight));
+        if (dequantizedOut is not null && (!Applies(dequantizedOut) || !dequantizedOut.shape.SequenceEqual(weight.shape)))
+            throw new ArgumentException("the dequantized output must be a contiguous fp32 CPU matrix of the weight's shape", nameof(dequantizedOut));
+        float* dq = dequantizedOut is null ? null : (float*)Pointer(dequantizedOut);
         long rows = weight.shape[0], cols = weight.shape[1];
         int block = blockSize == 0 ? (int)cols : (int)Math.Min(blockSize, cols);
         long blocks = (cols + block - 1) / block;
@@ -59,6 +65,7 @@ public static unsafe class FastBlockRtn
                 {
                     QuantizeRow(w + r * cols, codeRow, cols, block, bits, s + r * blocks, z + r * blocks);
                     PackRow(codeRow, dst + r * rowBytes, cols, bits, rowBytes);
+                    if (dq is not null) DequantizeRow(codeRow, dq + r * cols, cols, block, s + r * blocks, z + r * blocks);
                 }
                 return scratch;
             }, _ => { });
@@ -66,8 +73,35 @@ public static unsafe class FastBlockRtn
         }
         using Tensor codes = torch.empty(rows, cols, ScalarType.Byte);
         byte* c = (byte*)Pointer(codes);
-        Parallel.For(0, rows, r => QuantizeRow(w + r * cols, c + r * cols, cols, block, bits, s + r * blocks, z + r * blocks));
+        Parallel.For(0, rows, r =>
+        {
+            QuantizeRow(w + r * cols, c + r * cols, cols, block, bits, s + r * blocks, z + r * blocks);
+            if (dq is not null) DequantizeRow(c + r * cols, dq + r * cols, cols, block, s + r * blocks, z + r * blocks);
+        });
         PackRow(c, dst, rows * cols, bits, BitPacking.PackedBytes(rows * cols, bits));
+    }
+
+    /// <summary>(code - zero) * scale for one row, block by block, 8 lanes at a time; the same float32 products as
+    /// <see cref="DequantizeInto"/> and <see cref="BlockRtnQuantizer.Dequantize"/>.</summary>
+    static void DequantizeRow(byte* codes, float* dst, long cols, int block, Half* s, Half* z)
+    {
+        long blocks = (cols + block - 1) / block;
+        for (long b = 0; b < blocks; b++)
+        {
+            float scale = (float)s[b], zero = (float)z[b];
+            long j = b * block, end = Math.Min(cols, j + block);
+            var vs = Vector256.Create(scale);
+            var vz = Vector256.Create(zero);
+            for (; j <= end - 8; j += 8)
+            {
+                // 8 codes -> 8 floats: widen bytes to ushorts to uints, convert, then the same (c - z) * s in fp32.
+                var u16 = Vector128.WidenLower(Vector128.CreateScalarUnsafe(*(ulong*)(codes + j)).AsByte());
+                var (lo, hi) = Vector128.Widen(u16);
+                var c8 = Vector256.Create(Vector128.ConvertToSingle(lo.AsInt32()), Vector128.ConvertToSingle(hi.AsInt32()));
+                ((c8 - vz) * vs).Store(dst + j);
+            }
+            for (; j < end; j++) dst[j] = (codes[j] - zero) * scale;
+        }
     }
 
     /// <summary>

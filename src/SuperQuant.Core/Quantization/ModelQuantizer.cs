@@ -124,23 +124,36 @@ public static class ModelQuantizer
             : Array.Empty<long>();
 
     /// <summary>Quantizes one matrix with the method's clipping and super-weight restoration.</summary>
-    public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights)
+    public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights) =>
+        QuantizeMatrix(w, site, o, z, superWeights, dequantizeInPlace: false, out _);
+
+    /// <summary>As above; with <paramref name="dequantizeInPlace"/> the fast path also overwrites <paramref name="w"/>
+    /// with the dequantized matrix (super weights restored) in the same pass, and <paramref name="dequantized"/> says
+    /// whether it did (else the caller dequantizes).</summary>
+    public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights,
+        bool dequantizeInPlace, out bool dequantized)
     {
         bool aware = o.Method == WeightMethod.SuperAware;
+        dequantized = false;
+        var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
+        var originals = mine.Select(s => ReadOriginal(w, s)).ToArray(); // read before a write-back overwrites them
         QuantizedMatrix q;
         if (o.Variant == WeightVariant.Paper)
             q = Methods.PaperBlockQuantizer.Quantize(w, o.Paper(aware ? z : double.PositiveInfinity)); // the paper clips every row
         else
         {
             using Tensor clipped = ZScoreClip(w, aware && o.Clip == Methods.ClipMethod.ZScore ? z : double.PositiveInfinity, aware ? SuperActivationRows(site, superWeights) : null);
-            q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+            dequantized = dequantizeInPlace && FastBlockRtn.Applies(clipped) && FastBlockRtn.Applies(w);
+            q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize, dequantized ? w : null) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
         }
-        var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         if (mine.Count == 0) return q;
         // host: outlier coordinates and values are artifact data (written to disk); Dequantize moves them.
         var idx = torch.tensor(mine.SelectMany(s => new long[] { s.Row, s.Column }).ToArray(), new long[] { mine.Count, 2 });
         // The super weights' original values, rounded to fp16 (they are stored in fp16).
-        var values = torch.tensor(mine.Select(s => ReadOriginal(w, s)).ToArray()).to_type(ScalarType.Float16); // host: as above
+        var values = torch.tensor(originals).to_type(ScalarType.Float16); // host: as above
+        if (dequantized)
+            using (torch.no_grad())
+                for (int k = 0; k < mine.Count; k++) { using var v = torch.tensor((float)(Half)originals[k]); w[mine[k].Row, mine[k].Column] = v; } // host: w is a CPU matrix here
         return new QuantizedMatrix
         {
             Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, PackedCodes = q.PackedCodes, Scales = q.Scales, Zeros = q.Zeros,
@@ -148,9 +161,63 @@ public static class ModelQuantizer
         };
     }
 
+    /// <summary>What <see cref="QuantizeMatrix"/> will produce for a [rows, cols] matrix at <paramref name="site"/>,
+    /// without reading it (tested equal to the produced matrix's <see cref="QuantizedMatrix.Plan"/>).</summary>
+    public static MatrixPlan PlanMatrix(LinearSite site, long rows, long cols, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
+    {
+        int outliers = o.Method == WeightMethod.SuperAware && site.Projection == Projection.Down ? superWeights.Count(s => s.Layer == site.Layer) : 0;
+        if (o.Variant == WeightVariant.Paper)
+        {
+            var s = o.Paper(double.PositiveInfinity);
+            long block = Methods.PaperBlockQuantizer.EffectiveBlock(s, rows, cols);
+            var layout = s.Levels switch { Methods.LevelKind.ShiftedInteger => MatrixLayout.PaperShifted, Methods.LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat, _ => MatrixLayout.Paper };
+            return new MatrixPlan(rows, cols, o.Bits, (int)Math.Min(block, int.MaxValue), layout, block, new[] { rows * cols / block }, outliers);
+        }
+        int b = o.BlockSize == 0 ? (int)cols : (int)Math.Min(o.BlockSize, cols);
+        return new MatrixPlan(rows, cols, o.Bits, b, MatrixLayout.Row, 0, new[] { rows, (cols + b - 1) / b }, outliers);
+    }
+
+    /// <summary>Quantizes one decoder block of a layer-streamed model (the block just read from its source, fp32):
+    /// each matrix is quantized as <see cref="Quantize"/> does; with <paramref name="dequantize"/> its dequantized
+    /// values are written back in place (a writer that only stores the codes does not need them).</summary>
+    public static Dictionary<LinearSite, QuantizedMatrix> QuantizeLayer(LlamaLayerWeights layer, int l, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights,
+        bool dequantize = true)
+    {
+        var result = new Dictionary<LinearSite, QuantizedMatrix>();
+        try
+        {
+            foreach (var p in new[] { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down })
+            {
+                var site = new LinearSite(l, p);
+                Tensor original = p switch
+                {
+                    Projection.Q => layer.Wq, Projection.K => layer.Wk, Projection.V => layer.Wv, Projection.O => layer.Wo,
+                    Projection.Gate => layer.WGate, Projection.Up => layer.WUp, _ => layer.WDown,
+                };
+                QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights, dequantizeInPlace: dequantize, out bool done);
+                result[site] = q;
+                if (dequantize && !done) DequantizeInPlace(q, original);
+            }
+            return result;
+        }
+        catch
+        {
+            foreach (var q in result.Values) q.Dispose();
+            throw;
+        }
+    }
+
+    static void DequantizeInPlace(QuantizedMatrix q, Tensor original)
+    {
+        if (FastBlockRtn.Applies(original) && !q.IsPaperLayout) { FastBlockRtn.DequantizeInto(q, original); return; }
+        using var dq = BlockRtnQuantizer.Dequantize(q);
+        using var _ = torch.no_grad();
+        original.copy_(dq);
+    }
+
     /// <summary>In place, 4096 rows at a time: a 32000 x 4096 embedding would otherwise need another 0.75x of
     /// itself while it is rounded.</summary>
-    static Tensor RoundToHalf(Tensor t)
+    public static Tensor RoundToHalf(Tensor t)
     {
         using var _ = torch.no_grad();
         for (long row = 0; row < t.shape[0]; row += 4096)
@@ -168,6 +235,20 @@ public static class ModelQuantizer
         return v.item<float>();
     }
 
+    /// <summary>The clip threshold: the given one, none (rtn, clip no), or tuned on the calibration tokens
+    /// (<see cref="ZTuner"/>; a layer-streamed model is read once for it, block by block).</summary>
+    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) ChooseZ(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
+        IReadOnlyList<int>? calibrationTokens, CancellationToken cancel = default, Action<int, int>? searchProgress = null)
+    {
+        o.Validate();
+        if (o.Method != WeightMethod.SuperAware) return (double.PositiveInfinity, Array.Empty<(double, double)>());
+        if (o.Z is double fixedZ) return (fixedZ, Array.Empty<(double, double)>());
+        if (o.Clip == Methods.ClipMethod.None) return (double.PositiveInfinity, Array.Empty<(double, double)>());
+        if (calibrationTokens is null || calibrationTokens.Count < 2)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, "z = auto needs calibration tokens (a calibration text or token-id file)");
+        return ZTuner.Choose(model, calibrationTokens, o, superWeights, searchProgress, cancel);
+    }
+
     /// <summary>Quantizes the model in place. With <c>Z = null</c> and the super-aware method, z is tuned on
     /// <paramref name="calibrationTokens"/> first.</summary>
     public static QuantizationResult Quantize(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
@@ -175,19 +256,7 @@ public static class ModelQuantizer
         Action<int, int>? searchProgress = null)
     {
         o.Validate();
-        double z = double.PositiveInfinity;
-        IReadOnlyList<(double, double)> search = Array.Empty<(double, double)>();
-        if (o.Method == WeightMethod.SuperAware)
-        {
-            if (o.Z is double fixedZ) z = fixedZ;
-            else if (o.Clip == Methods.ClipMethod.None) z = double.PositiveInfinity;
-            else
-            {
-                if (calibrationTokens is null || calibrationTokens.Count < 2)
-                    throw new SuperQuantException(ErrorCodes.InvalidArgument, "z = auto needs calibration tokens (a calibration text or token-id file)");
-                (z, search) = ZTuner.Choose(model, calibrationTokens, o, superWeights, searchProgress, cancel);
-            }
-        }
+        var (z, search) = ChooseZ(model, o, superWeights, calibrationTokens, cancel, searchProgress);
         var sites = QuantizedSites(model.Weights).ToList();
         var matrices = new Dictionary<LinearSite, QuantizedMatrix>();
         progress?.Invoke(0, sites.Count); // starts the ETA clock here, not before the z search
@@ -196,9 +265,10 @@ public static class ModelQuantizer
             cancel.ThrowIfCancellationRequested(); // between matrices: Ctrl+C / MSBuild cancel stop within one matrix
             LinearSite site = sites[i];
             Tensor original = model.Weights[site];
-            QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights);
+            QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights, dequantizeInPlace: true, out bool dequantized);
             matrices[site] = q;
-            if (q.IsPaperLayout)
+            if (dequantized) { } // written back by the kernel, row by row, while the codes were in cache
+            else if (q.IsPaperLayout)
                 using (var dq = BlockRtnQuantizer.Dequantize(q)) original.copy_(dq);
             else if (FastBlockRtn.Applies(original)) FastBlockRtn.DequantizeInto(q, original); // in place: no second copy of the matrix
             else

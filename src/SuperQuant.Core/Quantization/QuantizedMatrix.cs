@@ -25,6 +25,16 @@ public enum MatrixLayout
     PaperNormalFloat,
 }
 
+/// <summary>The storage shape of a quantized matrix, known before it is quantized (<see cref="ModelQuantizer.PlanMatrix"/>):
+/// what a layer-streamed writer lays out in the file header before any weight is read.</summary>
+public sealed record MatrixPlan(long Rows, long Cols, int Bits, int BlockSize, MatrixLayout Layout, long FlatBlock, long[] StatShape, int Outliers)
+{
+    public bool IsPaperLayout => Layout != MatrixLayout.Row;
+    public long BlocksPerRow => (Cols + BlockSize - 1) / BlockSize;
+    /// <summary>As <see cref="QuantizedMatrix.BitsPerWeight"/>.</summary>
+    public double BitsPerWeight => (IsPaperLayout ? Bits + 64.0 / FlatBlock : Bits + 32.0 * BlocksPerRow / Cols) + Outliers * (16.0 + 64.0) / (Rows * Cols);
+}
+
 /// <summary>One quantized matrix: see <see cref="MatrixLayout"/> for the layouts.</summary>
 public sealed class QuantizedMatrix : IDisposable
 {
@@ -58,6 +68,8 @@ public sealed class QuantizedMatrix : IDisposable
     /// <summary>Storage cost in bits per weight: codes + fp16 scale and zero per block + fp16 value and two int32
     /// coordinates per outlier.</summary>
     public double BitsPerWeight => (IsPaperLayout ? Bits + 64.0 / FlatBlock : Bits + 32.0 * BlocksPerRow / Cols) + OutlierCount * (16.0 + 64.0) / (Rows * Cols);
+
+    public MatrixPlan Plan => new(Rows, Cols, Bits, BlockSize, Layout, FlatBlock, Scales.shape, OutlierCount);
 
     public void Dispose()
     {

@@ -139,15 +139,12 @@ public sealed class SuperWeightDetector
 
     public static float ReadWeight(LlamaModel model, int layer, int row, int col)
     {
-        using var v = model.Weights.Layers[layer].WDown[row, col];
-        return v.item<float>();
+        return model.Weights.GetElement(new LinearSite(layer, Projection.Down), row, col);
     }
 
     /// <summary>Sets one element of a down_proj weight in place (the tensor is the model's own).</summary>
     public static void WriteWeight(LlamaModel model, int layer, int row, int col, float value)
     {
-        using var _ = torch.no_grad();
-        using var v = torch.tensor(value, device: model.Device);
-        model.Weights.Layers[layer].WDown[row, col] = v;
+        model.Weights.SetElement(new LinearSite(layer, Projection.Down), row, col, value);
     }
 }

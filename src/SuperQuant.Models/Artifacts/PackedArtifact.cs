@@ -95,93 +95,189 @@ public static class PackedArtifact
 
     public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null, ActivationQuantizer? activations = null)
     {
-        LlamaWeights w = model.Weights;
+        var weights = model.Weights;
+        Write(path, model.Config, weights, result.Options, result.Z, result.SuperWeights, site => result.Matrices[site].Plan,
+            l => (weights.Layers[l] ?? throw new InvalidOperationException("a layer-streamed model is written with WriteStreamed"), result.Matrices.Where(kv => kv.Key.Layer == l).ToDictionary(kv => kv.Key, kv => kv.Value), false),
+            sourceSha256, manifestSha256, activations);
+    }
+
+    /// <summary>Writes the artifact of a layer-streamed model: the header is laid out from the quantizer's plan
+    /// (<see cref="ModelQuantizer.PlanMatrix"/>) before any block is read, then each block is read from the model's
+    /// source, quantized (<see cref="ModelQuantizer.QuantizeLayer"/>), written and dropped. Memory: one block. The
+    /// embedding and head of <paramref name="model"/> are rounded to fp16 in place, as <see cref="ModelQuantizer.Quantize"/>
+    /// does.</summary>
+    public static void WriteStreamed(string path, LlamaModel model, WeightQuantizationOptions options, double z, IReadOnlyList<SuperWeight> superWeights,
+        string sourceSha256, string? manifestSha256 = null, Action<int, int>? progress = null, CancellationToken cancel = default)
+    {
+        LlamaConfig c = model.Config;
+        var source = model.Weights.Source ?? throw new InvalidOperationException("not a layer-streamed model");
+        model.Weights.ReleaseResident(); // the block a previous pass left behind: hold one block, not two
+        ModelQuantizer.RoundToHalf(model.Weights.TokenEmbedding);
+        if (model.Weights.LmHead is { } head) ModelQuantizer.RoundToHalf(head);
+        progress?.Invoke(0, c.NumLayers);
+        Write(path, c, model.Weights, options, z, superWeights, site => PlanOf(c, site, options, superWeights), l =>
+        {
+            cancel.ThrowIfCancellationRequested();
+            var layer = source.Load(l).DetachFromDisposeScopes();
+            try
+            {
+                var matrices = ModelQuantizer.QuantizeLayer(layer, l, options, z, superWeights, dequantize: false); // only codes are written
+                progress?.Invoke(l + 1, c.NumLayers);
+                return (layer, matrices, true);
+            }
+            catch { layer.Dispose(); throw; }
+        }, sourceSha256, manifestSha256, null);
+    }
+
+    static MatrixPlan PlanOf(LlamaConfig c, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
+    {
+        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        var (rows, cols) = site.Projection switch
+        {
+            Projection.Q => (qd, d), Projection.K or Projection.V => (kv, d), Projection.O => (d, qd),
+            Projection.Gate or Projection.Up => (h, d), Projection.Down => (d, h),
+            _ => throw new ArgumentOutOfRangeException(nameof(site)),
+        };
+        return ModelQuantizer.PlanMatrix(site, rows, cols, o, superWeights);
+    }
+
+    static readonly Projection[] BlockProjections = { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down };
+
+    /// <summary>The one writer: tensors in block order (embedding, then per block its norms, biases, quantized matrices
+    /// and transforms, then the final norm and head), each block's data asked of <paramref name="layerData"/> once,
+    /// when the writer reaches it, and released (when owned) when it moves on.</summary>
+    static void Write(string path, LlamaConfig c, LlamaWeights w, WeightQuantizationOptions options, double z, IReadOnlyList<SuperWeight> superWeights,
+        Func<LinearSite, MatrixPlan> plan, Func<int, (LlamaLayerWeights Floats, Dictionary<LinearSite, QuantizedMatrix> Matrices, bool Owned)> layerData,
+        string sourceSha256, string? manifestSha256, ActivationQuantizer? activations)
+    {
         var layout = new List<TensorLayout>();
         var producers = new Dictionary<string, Func<Tensor>>();
         void Add(string name, ScalarType type, long[] shape, Func<Tensor> produce) { layout.Add(new(name, type, shape)); producers[name] = produce; }
-        void AddFloat(string name, Tensor? t, ScalarType type) { if (t is not null) Add(name, type, t.shape, () => t.to_type(type).contiguous()); }
+        // One handle per produced tensor (the writer disposes it): to_type and contiguous may each return a new handle,
+        // and a lost one keeps the converted copy (a 131 MB fp16 embedding) alive until a GC finalizes it.
+        static Tensor Converted(Tensor t, ScalarType type)
+        {
+            using var scope = torch.NewDisposeScope();
+            return t.to_type(type).contiguous().alias().MoveToOuterDisposeScope();
+        }
+        void AddFloat(string name, Tensor? t, ScalarType type) { if (t is not null) Add(name, type, t.shape, () => Converted(t, type)); }
+
+        int current = -1;
+        (LlamaLayerWeights Floats, Dictionary<LinearSite, QuantizedMatrix> Matrices, bool Owned) held = default;
+        void Release()
+        {
+            if (current >= 0 && held.Owned) { held.Floats!.Dispose(); foreach (var q in held.Matrices!.Values) q.Dispose(); }
+            current = -1; held = default;
+        }
+        (LlamaLayerWeights Floats, Dictionary<LinearSite, QuantizedMatrix> Matrices, bool Owned) Block(int l)
+        {
+            if (current != l) { Release(); held = layerData(l); current = l; }
+            return held;
+        }
+        void AddLayerFloat(string name, int l, long[] shape, Func<LlamaLayerWeights, Tensor?> pick, ScalarType type) =>
+            Add(name, type, shape, () => Converted(pick(Block(l).Floats)!, type));
 
         var matrices = new Dictionary<string, MatrixInfo>();
+        double bits = 0, weights = 0;
         bool paper = false;
+        long d = c.HiddenSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        bool rms = c.Norm == NormKind.RmsNorm;
         AddFloat("model.embed_tokens.weight", w.TokenEmbedding, ScalarType.Float16);
-        for (int l = 0; l < w.Layers.Length; l++)
+        for (int l = 0; l < c.NumLayers; l++)
         {
+            int layer = l;
             string p = $"model.layers.{l}.";
-            AddFloat(p + "input_layernorm.weight", w.Layers[l].AttnNorm, ScalarType.Float32);
-            AddFloat(p + "post_attention_layernorm.weight", w.Layers[l].FfnNorm, ScalarType.Float32);
-            AddFloat(p + "self_attn.q_proj.bias", w.Layers[l].Bq, ScalarType.Float32);
-            AddFloat(p + "self_attn.k_proj.bias", w.Layers[l].Bk, ScalarType.Float32);
-            AddFloat(p + "self_attn.v_proj.bias", w.Layers[l].Bv, ScalarType.Float32);
+            if (rms)
+            {
+                AddLayerFloat(p + "input_layernorm.weight", l, new[] { d }, x => x.AttnNorm, ScalarType.Float32);
+                AddLayerFloat(p + "post_attention_layernorm.weight", l, new[] { d }, x => x.FfnNorm, ScalarType.Float32);
+            }
+            if (c.QkvBias)
+            {
+                AddLayerFloat(p + "self_attn.q_proj.bias", l, new[] { qd }, x => x.Bq, ScalarType.Float32);
+                AddLayerFloat(p + "self_attn.k_proj.bias", l, new[] { kv }, x => x.Bk, ScalarType.Float32);
+                AddLayerFloat(p + "self_attn.v_proj.bias", l, new[] { kv }, x => x.Bv, ScalarType.Float32);
+            }
+            foreach (var proj in BlockProjections)
+            {
+                var site = new LinearSite(l, proj);
+                MatrixPlan m = plan(site);
+                string n = site.WeightName;
+                bits += m.BitsPerWeight * m.Rows * m.Cols; weights += (double)m.Rows * m.Cols;
+                QuantizedMatrix Q() => Block(layer).Matrices[site];
+                Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(m.Rows * m.Cols, m.Bits) }, () => Q().PackedCodes.alias());
+                if (m.IsPaperLayout)
+                {
+                    paper = true;
+                    matrices[n] = new MatrixInfo(m.Rows, m.Cols, m.Bits, m.BlockSize, LayoutNames.First(x => x.Layout == m.Layout).Name, m.FlatBlock);
+                    Add(n + ".block_min", ScalarType.Float32, m.StatShape, () => Q().Scales.alias());
+                    Add(n + ".block_max", ScalarType.Float32, m.StatShape, () => Q().Zeros.alias());
+                }
+                else
+                {
+                    matrices[n] = new MatrixInfo(m.Rows, m.Cols, m.Bits, m.BlockSize);
+                    Add(n + ".scales", ScalarType.Float16, m.StatShape, () => Q().Scales.alias());
+                    Add(n + ".zeros", ScalarType.Float16, m.StatShape, () => Q().Zeros.alias());
+                }
+                if (m.Outliers > 0)
+                {
+                    Add(n + ".outlier_idx", ScalarType.Int32, new long[] { m.Outliers, 2 }, () => Q().OutlierIndices!.to_type(ScalarType.Int32));
+                    Add(n + ".outlier_val", ScalarType.Float16, new long[] { m.Outliers }, () => Q().OutlierValues!.alias());
+                }
+            }
+            if (activations is not null)
+                foreach (var ((tl, group), t) in activations.Transforms.Where(kv => kv.Key.Layer == l).OrderBy(kv => kv.Key.Group))
+                    AddFloat($"model.layers.{tl}.act_transform.{GroupName(group)}", t, ScalarType.Float32);
         }
-        AddFloat("model.norm.weight", w.FinalNorm, ScalarType.Float32);
+        // The last block's data is released before the final norm and head are written.
+        Add("model.norm.weight", ScalarType.Float32, new[] { d }, () => { Release(); return Converted(w.FinalNorm!, ScalarType.Float32); });
+        if (!rms) { layout.RemoveAt(layout.Count - 1); producers.Remove("model.norm.weight"); }
         AddFloat("lm_head.weight", w.LmHead, ScalarType.Float16);
-        foreach (var (site, q) in result.Matrices.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Projection))
-        {
-            string n = site.WeightName;
-            Add(n + ".qcodes", ScalarType.Byte, new[] { BitPacking.PackedBytes(q.Rows * q.Cols, q.Bits) }, () => q.PackedCodes.alias());
-            if (q.IsPaperLayout)
-            {
-                paper = true;
-                matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize, LayoutNames.First(l => l.Layout == q.Layout).Name, q.FlatBlock);
-                Add(n + ".block_min", ScalarType.Float32, q.Scales.shape, () => q.Scales.alias());
-                Add(n + ".block_max", ScalarType.Float32, q.Zeros.shape, () => q.Zeros.alias());
-            }
-            else
-            {
-                matrices[n] = new MatrixInfo(q.Rows, q.Cols, q.Bits, q.BlockSize);
-                Add(n + ".scales", ScalarType.Float16, q.Scales.shape, () => q.Scales.alias());
-                Add(n + ".zeros", ScalarType.Float16, q.Zeros.shape, () => q.Zeros.alias());
-            }
-            if (q.OutlierCount > 0)
-            {
-                Add(n + ".outlier_idx", ScalarType.Int32, new long[] { q.OutlierCount, 2 }, () => q.OutlierIndices!.to_type(ScalarType.Int32));
-                Add(n + ".outlier_val", ScalarType.Float16, new long[] { q.OutlierCount }, () => q.OutlierValues!.alias());
-            }
-        }
         ActivationInfo? act = null;
         if (activations is not null)
         {
-            foreach (var ((layer, group), t) in activations.Transforms.OrderBy(kv => kv.Key.Layer).ThenBy(kv => kv.Key.Group))
-                AddFloat($"model.layers.{layer}.act_transform.{GroupName(group)}", t, ScalarType.Float32);
             act = new ActivationInfo
             {
                 Method = ActivationInfo.NameOf(activations.Options.Method), Bits = activations.Options.ActivationBits,
                 PerTensor = activations.Options.PerTensor, Clip = activations.Options.ActivationClip,
                 Asymmetric = activations.Options.Asymmetric, SuperActivationScalar = activations.Options.SuperActivationScalar,
-                SuperChannels = activations.SuperChannels.SelectMany(kv => kv.Value.Select(c => new[] { kv.Key.Layer, (int)kv.Key.Group, c })).ToList(),
+                SuperChannels = activations.SuperChannels.SelectMany(kv => kv.Value.Select(ch => new[] { kv.Key.Layer, (int)kv.Key.Group, ch })).ToList(),
             };
         }
         var info = new PackedInfo
         {
             Method = act is not null && act.Method is "smoothquant" or "hadamard" or "duquant" ? act.Method
-                : result.Options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
+                : options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
             Activations = act,
-            Bits = result.Options.Bits, BlockSize = result.Options.BlockSize,
-            Z = double.IsPositiveInfinity(result.Z) ? null : result.Z,
-            Variant = result.Options.Variant == WeightVariant.Paper ? "paper" : null,
-            Clip = result.Options.Clip == Core.Quantization.Methods.ClipMethod.ZScore ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(result.Options.Clip),
-            Levels = result.Options.Levels == Core.Quantization.Methods.LevelKind.Integer ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(result.Options.Levels),
-            SuperWeights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
+            Bits = options.Bits, BlockSize = options.BlockSize,
+            Z = double.IsPositiveInfinity(z) ? null : z,
+            Variant = options.Variant == WeightVariant.Paper ? "paper" : null,
+            Clip = options.Clip == Core.Quantization.Methods.ClipMethod.ZScore ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(options.Clip),
+            Levels = options.Levels == Core.Quantization.Methods.LevelKind.Integer ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(options.Levels),
+            SuperWeights = superWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
             SourceSha256 = sourceSha256, ManifestSha256 = manifestSha256,
             ToolVersion = typeof(PackedArtifact).Assembly.GetName().Version?.ToString() ?? "0",
-            BitsPerWeight = result.BitsPerWeight,
+            BitsPerWeight = bits / weights,
         };
         var metadata = new Dictionary<string, string>
         {
             ["format"] = FormatName,
             ["format_version"] = (paper ? PaperLayoutFormatVersion : act is null ? FormatVersion : ActivationFormatVersion).ToString(),
-            ["config"] = JsonSerializer.Serialize(model.Config, Json),
+            ["config"] = JsonSerializer.Serialize(c, Json),
             ["matrices"] = JsonSerializer.Serialize(matrices, Json),
             ["superquant"] = JsonSerializer.Serialize(info, Json),
         };
         try
         {
+            // Block tensors are views of the held block's data (alias) or conversions: dispose each after writing;
+            // the held block itself is released when the writer moves on.
             SafetensorsWriter.WriteStreaming(path, layout, name => producers[name](), disposeEach: true, metadata);
         }
         catch (IOException e)
         {
             throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"could not write {path}: {e.Message}", path, e);
         }
+        finally { Release(); }
     }
 
     public static PackedInfo ReadInfo(string path)
@@ -254,37 +350,86 @@ public static class PackedArtifact
     }
 
     /// <summary>Loads the artifact into a model with dequantized fp32 weights.</summary>
-    public static (LlamaModel Model, PackedInfo Info) Load(string path, Device? device = null)
+    public static (LlamaModel Model, PackedInfo Info) Load(string path, Device? device = null) => Load(path, device, streamed: false);
+
+    /// <summary>Loads the artifact; <paramref name="streamed"/> keeps the embedding, head and final norm and reads and
+    /// dequantizes each decoder block when a pass reaches it (the file stays open until the model is disposed).</summary>
+    public static (LlamaModel Model, PackedInfo Info) Load(string path, Device? device, bool streamed)
     {
-        using var f = SafetensorsFile.Open(path);
-        var (c, matrices, info) = ReadHeader(f);
-        Tensor Float(string name) => f.Read(name, ScalarType.Float32);
-        Tensor Matrix(string name)
-        {
-            if (!matrices.TryGetValue(name, out var m)) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{path}: matrix '{name}' is missing", path);
-            using QuantizedMatrix q = ReadMatrix(f, name, m);
-            return BlockRtnQuantizer.Dequantize(q);
-        }
-        Tensor? Optional(string name) => f.Contains(name) ? Float(name) : null;
-        var layers = new LlamaLayerWeights[c.NumLayers];
-        for (int l = 0; l < c.NumLayers; l++)
-        {
-            string p = $"model.layers.{l}.";
-            layers[l] = new LlamaLayerWeights
-            {
-                AttnNorm = Optional(p + "input_layernorm.weight"), FfnNorm = Optional(p + "post_attention_layernorm.weight"),
-                Bq = Optional(p + "self_attn.q_proj.bias"), Bk = Optional(p + "self_attn.k_proj.bias"), Bv = Optional(p + "self_attn.v_proj.bias"),
-                Wq = Matrix(p + "self_attn.q_proj.weight"), Wk = Matrix(p + "self_attn.k_proj.weight"), Wv = Matrix(p + "self_attn.v_proj.weight"),
-                Wo = Matrix(p + "self_attn.o_proj.weight"), WGate = Matrix(p + "mlp.gate_proj.weight"), WUp = Matrix(p + "mlp.up_proj.weight"),
-                WDown = Matrix(p + "mlp.down_proj.weight"),
-            };
-        }
-        var weights = new LlamaWeights { TokenEmbedding = Float("model.embed_tokens.weight"), FinalNorm = Optional("model.norm.weight"), LmHead = Optional("lm_head.weight"), Layers = layers };
         if (device is not null && device.type != DeviceType.CPU)
             throw new SuperQuantException(ErrorCodes.InvalidArgument, "loading packed artifacts onto CUDA is not implemented yet; load on CPU");
-        var model = new LlamaModel(c, weights);
-        if (info.Activations is { } act) model.Hooks = ReadActivations(f, c, info, act);
-        return (model, info);
+        var f = SafetensorsFile.Open(path);
+        try
+        {
+            var (c, matrices, info) = ReadHeader(f);
+            Tensor Float(string name) => f.Read(name, ScalarType.Float32);
+            Tensor? Optional(string name) => f.Contains(name) ? Float(name) : null;
+            var source = new Layers(f, matrices);
+            var layers = new LlamaLayerWeights?[c.NumLayers];
+            if (!streamed)
+                for (int l = 0; l < c.NumLayers; l++) layers[l] = source.Load(l);
+            else
+                for (int l = 0; l < c.NumLayers; l++) source.CheckLayer(l); // a missing matrix fails now, not in the middle of a pass
+            var weights = new LlamaWeights
+            {
+                TokenEmbedding = Float("model.embed_tokens.weight"), FinalNorm = Optional("model.norm.weight"), LmHead = Optional("lm_head.weight"),
+                Layers = layers, Source = streamed ? source : null,
+            };
+            var model = new LlamaModel(c, weights);
+            if (info.Activations is { } act) model.Hooks = ReadActivations(f, c, info, act);
+            if (!streamed) f.Dispose();
+            return (model, info);
+        }
+        catch
+        {
+            f.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Decoder blocks read back from the file and dequantized, one at a time.</summary>
+    sealed class Layers(SafetensorsFile f, Dictionary<string, MatrixInfo> matrices) : ILayerSource
+    {
+        static readonly string[] MatrixNames = { "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight" };
+
+        public void CheckLayer(int l)
+        {
+            foreach (string n in MatrixNames)
+                if (!matrices.ContainsKey($"model.layers.{l}.{n}")) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix 'model.layers.{l}.{n}' is missing", f.Path);
+        }
+
+        public LlamaLayerWeights Load(int l)
+        {
+            var made = new List<Tensor>();
+            Tensor Keep(Tensor t) { made.Add(t); return t; }
+            Tensor? Optional(string name) => f.Contains(name) ? Keep(f.Read(name, ScalarType.Float32)) : null;
+            Tensor Matrix(string name)
+            {
+                if (!matrices.TryGetValue(name, out var m)) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix '{name}' is missing", f.Path);
+                using QuantizedMatrix q = ReadMatrix(f, name, m);
+                return Keep(BlockRtnQuantizer.Dequantize(q));
+            }
+            string p = $"model.layers.{l}.";
+            try
+            {
+                return new LlamaLayerWeights
+                {
+                    AttnNorm = Optional(p + "input_layernorm.weight"), FfnNorm = Optional(p + "post_attention_layernorm.weight"),
+                    Bq = Optional(p + "self_attn.q_proj.bias"), Bk = Optional(p + "self_attn.k_proj.bias"), Bv = Optional(p + "self_attn.v_proj.bias"),
+                    Wq = Matrix(p + "self_attn.q_proj.weight"), Wk = Matrix(p + "self_attn.k_proj.weight"), Wv = Matrix(p + "self_attn.v_proj.weight"),
+                    Wo = Matrix(p + "self_attn.o_proj.weight"), WGate = Matrix(p + "mlp.gate_proj.weight"), WUp = Matrix(p + "mlp.up_proj.weight"),
+                    WDown = Matrix(p + "mlp.down_proj.weight"),
+                };
+            }
+            catch
+            {
+                foreach (var t in made) t.Dispose();
+                throw;
+            }
+        }
+
+        public void Dispose() => f.Dispose();
     }
 
     /// <summary>Rebuilds the activation hooks of a version-2 artifact, checking every transform's shape and every

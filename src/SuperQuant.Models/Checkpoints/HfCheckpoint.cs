@@ -102,11 +102,16 @@ public sealed class HfCheckpoint : IDisposable
     }
 
     /// <summary>Loads all weights as fp32 onto <paramref name="device"/> (CPU when null).</summary>
-    public LlamaModel LoadModel(Device? device = null, Action<int, int>? progress = null)
+    public LlamaModel LoadModel(Device? device = null, Action<int, int>? progress = null) => LoadModel(device, progress, streamed: false);
+
+    /// <summary>Loads the model; <paramref name="streamed"/> keeps only the embedding, head and final norm and reads
+    /// each decoder block from disk when a pass reaches it (<see cref="LlamaWeights.Source"/>). A streamed model
+    /// owns this checkpoint (disposing the model closes it).</summary>
+    public LlamaModel LoadModel(Device? device, Action<int, int>? progress, bool streamed)
     {
         LlamaConfig c = Config;
-        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
-        var layers = new LlamaLayerWeights[c.NumLayers];
+        long d = c.HiddenSize;
+        var layers = new LlamaLayerWeights?[c.NumLayers];
         var loaded = new List<IDisposable>();
         Tensor Dev(Tensor t)
         {
@@ -116,47 +121,120 @@ public sealed class HfCheckpoint : IDisposable
         try
         {
             Tensor embed = Dev(ReadShaped("model.embed_tokens.weight", c.VocabSize, d));
-            for (int l = 0; l < c.NumLayers; l++)
-            {
-                string p = $"model.layers.{l}.";
-                Tensor wq, wk, wv, wgate, wup;
-                if (c.Architecture == "phi3")
+            if (!streamed)
+                for (int l = 0; l < c.NumLayers; l++)
                 {
-                    // Phi-3 fuses q/k/v and gate/up; split into views (no copies).
-                    Tensor qkv = Dev(ReadShaped(p + "self_attn.qkv_proj.weight", qd + 2 * kv, d));
-                    wq = qkv.narrow(0, 0, qd); wk = qkv.narrow(0, qd, kv); wv = qkv.narrow(0, qd + kv, kv);
-                    Tensor gateUp = Dev(ReadShaped(p + "mlp.gate_up_proj.weight", 2 * h, d));
-                    wgate = gateUp.narrow(0, 0, h); wup = gateUp.narrow(0, h, h);
+                    var layer = LoadLayer(l, device);
+                    layers[l] = layer;
+                    loaded.Add(layer);
+                    progress?.Invoke(l + 1, c.NumLayers);
                 }
-                else
-                {
-                    wq = Dev(ReadShaped(p + "self_attn.q_proj.weight", qd, d));
-                    wk = Dev(ReadShaped(p + "self_attn.k_proj.weight", kv, d));
-                    wv = Dev(ReadShaped(p + "self_attn.v_proj.weight", kv, d));
-                    wgate = Dev(ReadShaped(p + "mlp.gate_proj.weight", h, d));
-                    wup = Dev(ReadShaped(p + "mlp.up_proj.weight", h, d));
-                }
-                bool rms = c.Norm == NormKind.RmsNorm;
-                layers[l] = new LlamaLayerWeights
-                {
-                    AttnNorm = rms ? Dev(ReadShaped(p + "input_layernorm.weight", d)) : null,
-                    Wq = wq, Wk = wk, Wv = wv,
-                    Bq = c.QkvBias ? Dev(ReadShaped(p + "self_attn.q_proj.bias", qd)) : null,
-                    Bk = c.QkvBias ? Dev(ReadShaped(p + "self_attn.k_proj.bias", kv)) : null,
-                    Bv = c.QkvBias ? Dev(ReadShaped(p + "self_attn.v_proj.bias", kv)) : null,
-                    Wo = Dev(ReadShaped(p + "self_attn.o_proj.weight", d, qd)),
-                    FfnNorm = rms ? Dev(ReadShaped(p + "post_attention_layernorm.weight", d)) : null,
-                    WGate = wgate, WUp = wup,
-                    WDown = Dev(ReadShaped(p + "mlp.down_proj.weight", d, h)),
-                };
-                progress?.Invoke(l + 1, c.NumLayers);
-            }
             Tensor? finalNorm = c.Norm == NormKind.RmsNorm ? Dev(ReadShaped("model.norm.weight", d)) : null;
             // A checkpoint without lm_head.weight ties the head to the embedding whatever the config says.
             Tensor? head = !c.TieWordEmbeddings && Contains("lm_head.weight") ? Dev(ReadShaped("lm_head.weight", c.VocabSize, d)) : null;
-            var weights = new LlamaWeights { TokenEmbedding = embed, FinalNorm = finalNorm, LmHead = head, Layers = layers };
+            if (streamed)
+                for (int l = 0; l < c.NumLayers; l++) CheckLayerShapes(l); // a wrong shape fails now, not an hour into a pass
+            var weights = new LlamaWeights { TokenEmbedding = embed, FinalNorm = finalNorm, LmHead = head, Layers = layers, Source = streamed ? new Layers(this, device) : null };
             NonFiniteCheck.ThrowIfAny(weights, Folder);
             return new LlamaModel(c with { TieWordEmbeddings = head is null }, weights);
+        }
+        catch
+        {
+            foreach (var t in loaded) t.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The streamed model's source: block l read from the shards (positioned reads, no memory map, so the
+    /// pages read count in the page cache, not in the process), checked for NaN/Inf.</summary>
+    sealed class Layers(HfCheckpoint checkpoint, Device? device) : ILayerSource
+    {
+        public LlamaLayerWeights Load(int layer)
+        {
+            var w = checkpoint.LoadLayer(layer, device);
+            try { NonFiniteCheck.ThrowIfAny(w, layer, checkpoint.Folder); }
+            catch { w.Dispose(); throw; }
+            return w;
+        }
+
+        public void Dispose() => checkpoint.Dispose();
+    }
+
+    (string Name, long[] Shape)[] LayerTensors(int l)
+    {
+        LlamaConfig c = Config;
+        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        string p = $"model.layers.{l}.";
+        var list = new List<(string, long[])>();
+        if (c.Architecture == "phi3") { list.Add((p + "self_attn.qkv_proj.weight", new[] { qd + 2 * kv, d })); list.Add((p + "mlp.gate_up_proj.weight", new[] { 2 * h, d })); }
+        else
+        {
+            list.Add((p + "self_attn.q_proj.weight", new[] { qd, d })); list.Add((p + "self_attn.k_proj.weight", new[] { kv, d }));
+            list.Add((p + "self_attn.v_proj.weight", new[] { kv, d })); list.Add((p + "mlp.gate_proj.weight", new[] { h, d })); list.Add((p + "mlp.up_proj.weight", new[] { h, d }));
+        }
+        list.Add((p + "self_attn.o_proj.weight", new[] { d, qd })); list.Add((p + "mlp.down_proj.weight", new[] { d, h }));
+        if (c.Norm == NormKind.RmsNorm) { list.Add((p + "input_layernorm.weight", new[] { d })); list.Add((p + "post_attention_layernorm.weight", new[] { d })); }
+        if (c.QkvBias) { list.Add((p + "self_attn.q_proj.bias", new[] { qd })); list.Add((p + "self_attn.k_proj.bias", new[] { kv })); list.Add((p + "self_attn.v_proj.bias", new[] { kv })); }
+        return list.ToArray();
+    }
+
+    void CheckLayerShapes(int l)
+    {
+        foreach (var (name, shape) in LayerTensors(l))
+        {
+            if (!_byTensor.TryGetValue(name, out var file))
+                throw new SuperQuantException(ErrorCodes.CheckpointMissingTensor, $"tensor '{name}' is missing from the checkpoint in {Folder}", Folder);
+            var e = file.Entry(name);
+            if (!e.Shape.SequenceEqual(shape))
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                    $"tensor '{name}' has shape [{string.Join(", ", e.Shape)}] but config.json implies [{string.Join(", ", shape)}]", file.Path);
+        }
+    }
+
+    /// <summary>Decoder block <paramref name="l"/> as fp32 tensors on <paramref name="device"/> (CPU when null).</summary>
+    public LlamaLayerWeights LoadLayer(int l, Device? device = null)
+    {
+        LlamaConfig c = Config;
+        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        var loaded = new List<IDisposable>();
+        Tensor Dev(Tensor t)
+        {
+            if (device is null || device.type == DeviceType.CPU) { loaded.Add(t); return t; }
+            Tensor moved = t.to(device); t.Dispose(); loaded.Add(moved); return moved;
+        }
+        try
+        {
+            string p = $"model.layers.{l}.";
+            Tensor wq, wk, wv, wgate, wup;
+            if (c.Architecture == "phi3")
+            {
+                // Phi-3 fuses q/k/v and gate/up; split into views (no copies).
+                Tensor qkv = Dev(ReadShaped(p + "self_attn.qkv_proj.weight", qd + 2 * kv, d));
+                wq = qkv.narrow(0, 0, qd); wk = qkv.narrow(0, qd, kv); wv = qkv.narrow(0, qd + kv, kv);
+                Tensor gateUp = Dev(ReadShaped(p + "mlp.gate_up_proj.weight", 2 * h, d));
+                wgate = gateUp.narrow(0, 0, h); wup = gateUp.narrow(0, h, h);
+            }
+            else
+            {
+                wq = Dev(ReadShaped(p + "self_attn.q_proj.weight", qd, d));
+                wk = Dev(ReadShaped(p + "self_attn.k_proj.weight", kv, d));
+                wv = Dev(ReadShaped(p + "self_attn.v_proj.weight", kv, d));
+                wgate = Dev(ReadShaped(p + "mlp.gate_proj.weight", h, d));
+                wup = Dev(ReadShaped(p + "mlp.up_proj.weight", h, d));
+            }
+            bool rms = c.Norm == NormKind.RmsNorm;
+            return new LlamaLayerWeights
+            {
+                AttnNorm = rms ? Dev(ReadShaped(p + "input_layernorm.weight", d)) : null,
+                Wq = wq, Wk = wk, Wv = wv,
+                Bq = c.QkvBias ? Dev(ReadShaped(p + "self_attn.q_proj.bias", qd)) : null,
+                Bk = c.QkvBias ? Dev(ReadShaped(p + "self_attn.k_proj.bias", kv)) : null,
+                Bv = c.QkvBias ? Dev(ReadShaped(p + "self_attn.v_proj.bias", kv)) : null,
+                Wo = Dev(ReadShaped(p + "self_attn.o_proj.weight", d, qd)),
+                FfnNorm = rms ? Dev(ReadShaped(p + "post_attention_layernorm.weight", d)) : null,
+                WGate = wgate, WUp = wup,
+                WDown = Dev(ReadShaped(p + "mlp.down_proj.weight", d, h)),
+            };
         }
         catch
         {

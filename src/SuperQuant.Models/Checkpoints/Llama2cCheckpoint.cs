@@ -146,7 +146,7 @@ public static class Llama2cCheckpoint
         return new LlamaWeights
         {
             TokenEmbedding = M(w.TokenEmbedding)!, FinalNorm = M(w.FinalNorm), LmHead = M(w.LmHead),
-            Layers = w.Layers.Select(l => new LlamaLayerWeights
+            Layers = w.Layers.Select(l => l!).Select(l => new LlamaLayerWeights
             {
                 AttnNorm = M(l.AttnNorm), Wq = M(l.Wq)!, Wk = M(l.Wk)!, Wv = M(l.Wv)!, Wo = M(l.Wo)!,
                 FfnNorm = M(l.FfnNorm), WGate = M(l.WGate)!, WUp = M(l.WUp)!, WDown = M(l.WDown)!,

@@ -37,15 +37,28 @@ public static class ModelLoader
         return CheckpointFormat.Llama2c;
     }
 
-    public static LlamaModel Load(string path, Device? device = null)
+    public static LlamaModel Load(string path, Device? device = null) => Load(path, device, streamed: false);
+
+    /// <summary><paramref name="streamed"/>: a layer-streamed model (<see cref="LlamaWeights.Source"/>), for Hugging
+    /// Face checkpoints and packed artifacts; other formats are refused (SQ4001).</summary>
+    public static LlamaModel Load(string path, Device? device, bool streamed)
     {
-        switch (Detect(path))
+        var format = Detect(path);
+        if (streamed && format is not (CheckpointFormat.HuggingFace or CheckpointFormat.Packed))
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{path}: layer-streamed loading (memory: layers) reads Hugging Face safetensors checkpoints and packed artifacts, not {format} files", path);
+        switch (format)
         {
             case CheckpointFormat.HuggingFace:
                 string folder = Directory.Exists(path) ? path : Path.GetDirectoryName(Path.GetFullPath(path))!;
+                if (streamed)
+                {
+                    var open = HfCheckpoint.Open(folder);
+                    try { return open.LoadModel(device, null, streamed: true); } // the model owns the open checkpoint
+                    catch { open.Dispose(); throw; }
+                }
                 using (var ckpt = HfCheckpoint.Open(folder)) return ckpt.LoadModel(device);
             case CheckpointFormat.Packed:
-                return PackedArtifact.Load(path, device).Model;
+                return PackedArtifact.Load(path, device, streamed).Model;
             case CheckpointFormat.Gguf:
                 return GgufModelLoader.Load(path, device);
             default:

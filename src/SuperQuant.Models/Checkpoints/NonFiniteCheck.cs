@@ -9,28 +9,40 @@ namespace SuperQuant.Models.Checkpoints;
 /// <summary>NaN or Inf weights make every later number meaningless; refuse them at load with the tensor's name.</summary>
 public static class NonFiniteCheck
 {
+    /// <summary>Every tensor of the model; a layer-streamed model's blocks are checked as they are loaded
+    /// (<see cref="ThrowIfAny(LlamaLayerWeights, int, string)"/>).</summary>
     public static void ThrowIfAny(LlamaWeights w, string source)
     {
-        void Check(string name, torch.Tensor? t)
-        {
-            if (t is null || AllFinite(t)) return;
-            throw new SuperQuantException(ErrorCodes.NonFiniteWeights, $"tensor '{name}' in {source} contains NaN or Inf values", source);
-        }
-        Check("model.embed_tokens.weight", w.TokenEmbedding);
-        Check("model.norm.weight", w.FinalNorm);
+        Check("model.embed_tokens.weight", w.TokenEmbedding, source);
+        Check("model.norm.weight", w.FinalNorm, source);
+        Check("lm_head.weight", w.LmHead, source);
         for (int l = 0; l < w.Layers.Length; l++)
+            if (w.Layers[l] is { } layer) ThrowIfAny(layer, l, source);
+    }
+
+    public static void ThrowIfAny(LlamaLayerWeights w, int l, string source)
+    {
+        string p = $"model.layers.{l}.";
+        Check(p + "input_layernorm.weight", w.AttnNorm, source);
+        Check(p + "post_attention_layernorm.weight", w.FfnNorm, source);
+        Check(p + "self_attn.q_proj.bias", w.Bq, source);
+        Check(p + "self_attn.k_proj.bias", w.Bk, source);
+        Check(p + "self_attn.v_proj.bias", w.Bv, source);
+        foreach (var p2 in new[] { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down })
         {
-            Check($"model.layers.{l}.input_layernorm.weight", w.Layers[l].AttnNorm);
-            Check($"model.layers.{l}.post_attention_layernorm.weight", w.Layers[l].FfnNorm);
-            Check($"model.layers.{l}.self_attn.q_proj.bias", w.Layers[l].Bq);
-            Check($"model.layers.{l}.self_attn.k_proj.bias", w.Layers[l].Bk);
-            Check($"model.layers.{l}.self_attn.v_proj.bias", w.Layers[l].Bv);
+            var site = new LinearSite(l, p2);
+            Check(site.WeightName, p2 switch
+            {
+                Projection.Q => w.Wq, Projection.K => w.Wk, Projection.V => w.Wv, Projection.O => w.Wo,
+                Projection.Gate => w.WGate, Projection.Up => w.WUp, _ => w.WDown,
+            }, source);
         }
-        foreach (LinearSite site in w.LinearSites)
-        {
-            if (site.Projection == Projection.LmHead && w.LmHead is null) continue;
-            Check(site.WeightName, w[site]);
-        }
+    }
+
+    static void Check(string name, torch.Tensor? t, string source)
+    {
+        if (t is null || AllFinite(t)) return;
+        throw new SuperQuantException(ErrorCodes.NonFiniteWeights, $"tensor '{name}' in {source} contains NaN or Inf values", source);
     }
 
     /// <summary>True when no element is NaN or Inf. On CPU fp32 this scans the bits in place: torch's isfinite()

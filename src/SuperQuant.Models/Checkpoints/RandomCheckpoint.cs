@@ -52,6 +52,9 @@ public static class RandomCheckpoint
         {
             var shape = layout.First(t => t.Name == name).Shape;
             bool embedding = name == "model.embed_tokens.weight" || name == "lm_head.weight";
+            // Every handle made here (indexers and conversions return handles of their own) is disposed with this
+            // scope; only the returned tensor leaves it, and the writer disposes that.
+            using var scope = torch.NewDisposeScope();
             Tensor t = name.EndsWith("norm.weight", StringComparison.Ordinal) ? torch.ones(shape, ScalarType.Float32)
                 : heavyTails && !embedding ? StudentT3(shape, gen).mul_(0.02 / Math.Sqrt(3))
                 : torch.randn(shape, ScalarType.Float32, generator: gen).mul_(0.02);
@@ -79,10 +82,7 @@ public static class RandomCheckpoint
                 }
             }
             progress?.Invoke(++done, layout.Count);
-            if (dtype == ScalarType.Float32) return t;
-            Tensor converted = t.to_type(dtype);
-            t.Dispose();
-            return converted;
+            return (dtype == ScalarType.Float32 ? t : t.to_type(dtype)).MoveToOuterDisposeScope();
         }, disposeEach: true, new Dictionary<string, string> { ["format"] = "pt", ["generator"] = "superquant random checkpoint" });
         File.WriteAllText(Path.Combine(folder, "config.json"), ConfigJson(c, dtype));
     }

@@ -107,6 +107,7 @@ public static class GgufWriter
                 bw.Flush();
             }
         });
+        if (model.Weights.IsStreamed) model.Weights.ReleaseResident();
         return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount);
     }
 
@@ -121,20 +122,24 @@ public static class GgufWriter
 
         // A tied embedding is also the output head: its importance is the head's input.
         list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, () => w.TokenEmbedding.alias()));
+        // Shapes come from the first block (LLaMA blocks are uniform); data is asked of w.Layer(l) when the writer
+        // reaches it, so a layer-streamed model is read one block at a time, in order.
+        var first = c.NumLayers > 0 ? w.Layer(0) : null;
         for (int l = 0; l < c.NumLayers; l++)
         {
-            var L = w.Layers[l];
+            var L = first!;
             string p = $"blk.{l}.";
             int layer = l;
-            Vector(p + "attn_norm.weight", L.AttnNorm);
-            Matrix(p + "attn_q.weight", new(l, Projection.Q), () => HalfToInterleaved(w.Layers[layer].Wq, c.NumHeads), L.Wq);
-            Matrix(p + "attn_k.weight", new(l, Projection.K), () => HalfToInterleaved(w.Layers[layer].Wk, c.NumKvHeads), L.Wk);
-            Matrix(p + "attn_v.weight", new(l, Projection.V), () => w.Layers[layer].Wv.alias(), L.Wv);
-            Matrix(p + "attn_output.weight", new(l, Projection.O), () => w.Layers[layer].Wo.alias(), L.Wo);
-            Vector(p + "ffn_norm.weight", L.FfnNorm);
-            Matrix(p + "ffn_gate.weight", new(l, Projection.Gate), () => w.Layers[layer].WGate.alias(), L.WGate);
-            Matrix(p + "ffn_up.weight", new(l, Projection.Up), () => w.Layers[layer].WUp.alias(), L.WUp);
-            Matrix(p + "ffn_down.weight", new(l, Projection.Down), () => w.Layers[layer].WDown.alias(), L.WDown);
+            void LayerVector(string n, Tensor? shapeOf, Func<LlamaLayerWeights, Tensor?> pick) { if (shapeOf is not null) list.Add(new(n, Dims(shapeOf), null, () => pick(w.Layer(layer))!.alias())); }
+            LayerVector(p + "attn_norm.weight", L.AttnNorm, x => x.AttnNorm);
+            Matrix(p + "attn_q.weight", new(l, Projection.Q), () => HalfToInterleaved(w.Layer(layer).Wq, c.NumHeads), L.Wq);
+            Matrix(p + "attn_k.weight", new(l, Projection.K), () => HalfToInterleaved(w.Layer(layer).Wk, c.NumKvHeads), L.Wk);
+            Matrix(p + "attn_v.weight", new(l, Projection.V), () => w.Layer(layer).Wv.alias(), L.Wv);
+            Matrix(p + "attn_output.weight", new(l, Projection.O), () => w.Layer(layer).Wo.alias(), L.Wo);
+            LayerVector(p + "ffn_norm.weight", L.FfnNorm, x => x.FfnNorm);
+            Matrix(p + "ffn_gate.weight", new(l, Projection.Gate), () => w.Layer(layer).WGate.alias(), L.WGate);
+            Matrix(p + "ffn_up.weight", new(l, Projection.Up), () => w.Layer(layer).WUp.alias(), L.WUp);
+            Matrix(p + "ffn_down.weight", new(l, Projection.Down), () => w.Layer(layer).WDown.alias(), L.WDown);
         }
         Vector("output_norm.weight", w.FinalNorm);
         if (w.LmHead is not null) list.Add(new("output.weight", Dims(w.LmHead), new LinearSite(-1, Projection.LmHead), () => w.LmHead.alias()));
