@@ -253,7 +253,7 @@ public static class ModelQuantizer
     /// <paramref name="calibrationTokens"/> first.</summary>
     public static QuantizationResult Quantize(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
         IReadOnlyList<int>? calibrationTokens = null, Action<int, int>? progress = null, CancellationToken cancel = default,
-        Action<int, int>? searchProgress = null)
+        Action<int, int>? searchProgress = null, bool fusedDequantize = true)
     {
         o.Validate();
         var (z, search) = ChooseZ(model, o, superWeights, calibrationTokens, cancel, searchProgress);
@@ -265,7 +265,8 @@ public static class ModelQuantizer
             cancel.ThrowIfCancellationRequested(); // between matrices: Ctrl+C / MSBuild cancel stop within one matrix
             LinearSite site = sites[i];
             Tensor original = model.Weights[site];
-            QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights, dequantizeInPlace: true, out bool dequantized);
+            // fusedDequantize: false keeps the separate dequantize pass (for `bench quant`'s side-by-side; same result).
+            QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights, dequantizeInPlace: fusedDequantize, out bool dequantized);
             matrices[site] = q;
             if (dequantized) { } // written back by the kernel, row by row, while the codes were in cache
             else if (q.IsPaperLayout)
