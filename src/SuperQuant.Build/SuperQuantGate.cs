@@ -27,6 +27,8 @@ public sealed class SuperQuantGate : ToolTask
     public string Gate { get; set; } = "error";
     /// <summary>--device (auto | cpu | cuda); empty = the manifest's device.</summary>
     public string? Device { get; set; }
+    /// <summary>--memory (auto | model | layers); empty = the manifest's memory.</summary>
+    public string? Memory { get; set; }
     /// <summary>--allow-outside, one per folder</summary>
     public ITaskItem[] AllowOutside { get; set; } = Array.Empty<ITaskItem>();
 
@@ -90,6 +92,7 @@ public sealed class SuperQuantGate : ToolTask
         b.AppendSwitchIfNotNull("--outputs-file ", OutputsFile);
         b.AppendSwitchIfNotNull("--gate ", Gate);
         if (!string.IsNullOrEmpty(Device)) b.AppendSwitchIfNotNull("--device ", Device);
+        if (!string.IsNullOrEmpty(Memory)) b.AppendSwitchIfNotNull("--memory ", Memory);
         if (FollowSymlinks) b.AppendTextUnquoted(" --follow-symlinks");
         foreach (var folder in AllowOutside) b.AppendSwitchIfNotNull("--allow-outside ", folder.GetMetadata("FullPath"));
         return b.ToString();

@@ -110,7 +110,7 @@ public static class CliSupport
     /// <summary>--memory auto | model | layers.</summary>
     public static Option<string?> MemoryOption()
     {
-        var o = new Option<string?>("--memory") { Description = "auto | model | layers: hold the whole fp32 model, or one decoder block at a time read from disk (models larger than RAM; same artifacts, slower). Default: the manifest's memory, else auto (layers for Hugging Face checkpoints of 1 GiB or more in fp32, or over 60 % of available memory, when the run allows it: not with tasks or W/A methods)" };
+        var o = new Option<string?>("--memory") { Description = "auto | model | layers: hold the whole fp32 model, or one decoder block at a time read from disk (models larger than RAM; same artifacts, slower). Default: the manifest's memory, else auto (layers for Hugging Face checkpoints of 1 GiB or more in fp32, or over 60 % of available memory, unless the method is W/A)" };
         o.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null and not ("auto" or "model" or "layers")) r.AddError($"{ErrorCodes.InvalidArgument}: --memory '{SuperQuant.Manifest.ManifestReader.Excerpt(v)}' (expected auto, model or layers)"); });
         return o;
     }

@@ -43,7 +43,7 @@ public sealed record PipelineOptions
 public enum MemoryMode
 {
     /// <summary>Layers for a Hugging Face checkpoint of at least <see cref="MemoryPlan.AutoStreamBytes"/> (or over
-    /// <see cref="MemoryPlan.AutoShare"/> of the memory available now) when the request allows it; else the whole
+    /// <see cref="MemoryPlan.AutoShare"/> of the memory available now) unless the method is W/A; else the whole
     /// model.</summary>
     Auto,
     /// <summary>The whole fp32 model in memory (fastest; every method and task).</summary>
@@ -92,15 +92,23 @@ public static class MemoryPlan
 
     /// <summary>Why a layer-streamed run cannot do <paramref name="r"/>, or null.</summary>
     public static string? Unsupported(QuantizationRequest r) =>
-        r.Tasks.Count > 0 ? "zero-shot tasks score every document with its own pass over the model; remove 'tasks' or use memory: model" :
         r.Method.Transforms() || r.ActivationBits < 16 ? $"method {r.Method.Name()} W{r.WeightBits}A{r.ActivationBits} calibrates activation transforms over the whole model; layer streaming supports weight-only rtn and super-aware" :
         null;
 
-    /// <summary>What a layer-streamed run cannot do yet: refused before any work.</summary>
+    /// <summary>What a layer-streamed run cannot do yet (W/A methods): refused before any work.</summary>
     public static void CheckSupported(QuantizationRequest r, string why)
     {
         if (Unsupported(r) is string problem)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{r.Id}: layer-streamed run ({why}): {problem}");
+    }
+
+    /// <summary>The logits of <paramref name="model"/> for a task's requests, in the order the scorer asks for them:
+    /// request by request for a model in memory, layer-major batches for a streamed one.</summary>
+    public static (LogitsFunction Logits, IDisposable? Batches) Requests(LlamaModel model, IReadOnlyList<ScoredDocument> docs, int context)
+    {
+        if (!model.Weights.IsStreamed) return (t => model.Forward(t), null);
+        var batches = new LayerMajorLogits(model, TaskScorer.Inputs(docs, context));
+        return (batches.Logits, batches);
     }
 
     /// <summary>The logits of <paramref name="model"/> for the windows of <paramref name="tokens"/>: window by window
@@ -217,7 +225,8 @@ public static class QuantizationPipeline
                         taskBaselines = tasks.Select(t =>
                         {
                             var p = log.Progress($"{r.Id}: {t.Name} (original)");
-                            return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, x => model.Forward(x), ctx, (d, n) => p(d, n), o.Cancel);
+                            var (logits, batches) = MemoryPlan.Requests(model, t.Docs, ctx);
+                            using (batches) return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, logits, ctx, (d, n) => p(d, n), o.Cancel);
                         }).ToList();
                         foreach (var b in taskBaselines) log.Info($"{r.Id}: {b.Task} original accuracy {b.Accuracy.Value:P2} +/- {b.Accuracy.StandardError:P2} ({b.Documents} documents)");
                     }
@@ -489,10 +498,11 @@ public static class QuantizationPipeline
         ReferenceFile? reference, int[]? eval, IReadOnlyList<(string Name, IReadOnlyList<ScoredDocument> Docs)> tasks, int taskContext, StepLog log, bool streamed)
     {
         var progress = log.Progress($"{r.Id}: evaluate {spec.Kind}");
-        IReadOnlyList<TaskScore> Score(LogitsFunction logits) => tasks.Select(t =>
+        IReadOnlyList<TaskScore> Score(LogitsFunction logits, LlamaModel? ours = null) => tasks.Select(t =>
         {
             var p = log.Progress($"{r.Id}: {t.Name} ({spec.Kind})");
-            return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, logits, taskContext, (d, n) => p(d, n), o.Cancel);
+            var (f, batches) = ours is null ? (logits, null) : MemoryPlan.Requests(ours, t.Docs, taskContext);
+            using (batches) return TaskScorer.Score(t.Name, t.Name == "lambada", t.Docs, f, taskContext, (d, n) => p(d, n), o.Cancel);
         }).ToList();
         if (spec is GgufSpec)
         {
@@ -507,7 +517,7 @@ public static class QuantizationPipeline
         var (model, _) = PackedArtifact.Load(path, o.Device.type == DeviceType.CPU ? null : o.Device, streamed);
         using (model)
         {
-            var taskScores = Score(t => model.Forward(t));
+            var taskScores = Score(t => model.Forward(t), model);
             if (reference is null || eval is null) { model.Forward(new[] { 0 }).Dispose(); return ("superquant", null, taskScores); }
             var (logits, batches) = MemoryPlan.Windows(model, eval, reference.Context, reference.Stride);
             using (batches)

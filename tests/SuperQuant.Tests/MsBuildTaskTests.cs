@@ -17,16 +17,18 @@ public sealed class MsBuildTaskTests
         var task = new SuperQuantGate
         {
             ToolDll = "/opt/my tools/superquant.dll", Manifest = "/home/me/My App/quantize.yaml", ReportDirectory = "/home/me/My App/obj/superquant/",
-            StateFile = "/home/me/My App/obj/s.json", DependencyFile = "/d/deps", OutputsFile = "/d/outs", Gate = "warn", Device = "cpu",
+            StateFile = "/home/me/My App/obj/s.json", DependencyFile = "/d/deps", OutputsFile = "/d/outs", Gate = "warn", Device = "cpu", Memory = "layers",
             FollowSymlinks = true, AllowOutside = new Microsoft.Build.Framework.ITaskItem[] { new Microsoft.Build.Utilities.TaskItem("/shared models") },
         };
         string line = task.CommandLine;
         StringAssert.StartsWith(line, "\"/opt/my tools/superquant.dll\" gate");
         foreach (string part in new[] { "--manifest \"/home/me/My App/quantize.yaml\"", "--report-dir \"/home/me/My App/obj/superquant/\"", "--state \"/home/me/My App/obj/s.json\"",
-                     "--deps-file /d/deps", "--outputs-file /d/outs", "--gate warn", "--device cpu", "--follow-symlinks", "--allow-outside \"/shared models\"" })
+                     "--deps-file /d/deps", "--outputs-file /d/outs", "--gate warn", "--device cpu", "--memory layers", "--follow-symlinks", "--allow-outside \"/shared models\"" })
             StringAssert.Contains(line, part);
         task.Device = "";
+        task.Memory = "";
         Assert.DoesNotContain("--device", task.CommandLine, "empty device: the manifest decides");
+        Assert.DoesNotContain("--memory", task.CommandLine, "empty memory: the manifest decides");
     }
 
     const string FakeTool = """

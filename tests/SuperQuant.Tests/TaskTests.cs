@@ -159,6 +159,42 @@ public sealed class TaskTests
         }
     }
 
+    /// <summary>Tasks on a layer-streamed model (memory: layers): the requests are run in right-padded batches, one
+    /// read of the blocks per batch, and every log-likelihood equals the in-memory model's request by request.</summary>
+    [TestMethod]
+    public void ALayerStreamedModelScoresTasksInBatchesWithTheSameLikelihoods()
+    {
+        using var dir = new TempFolder();
+        var (folder, model) = DemoWithTokenizer(dir);
+        using (model)
+        {
+            var encode = Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId);
+            string arc = Write(dir, "arc_easy", Lines["arc_easy"],
+                """{"question": "What do plants need?", "choices": {"text": ["light", "noise", "plastic", "a very long answer about sand and stones"], "label": ["1", "2", "3", "4"]}, "answerKey": "1"}""",
+                """{"question": "Is the sun a star?", "choices": {"text": ["yes", "no"], "label": ["A", "B"]}, "answerKey": "A"}""");
+            var docs = TaskRequests.Tokenize(TaskFile.Read(arc, "arc_easy"), encode, arc);
+            var requests = docs.SelectMany(d => d.Requests).ToList();
+            Assert.IsTrue(requests.Select(r => TaskScorer.InputOf(r, 512).Length).Distinct().Count() > 1, "requests of different lengths: padding is exercised");
+            using var streamed = ModelLoader.Load(folder, null, streamed: true);
+            Assert.IsTrue(streamed.Weights.IsStreamed);
+            var (logits, batches) = MemoryPlan.Requests(streamed, docs, 512);
+            using (batches)
+            {
+                foreach (var r in requests)
+                {
+                    var (ll, greedy) = TaskScorer.LogLikelihood(logits, r, 512);
+                    var (want, wantGreedy) = TaskScorer.LogLikelihood(t => model.Forward(t), r, 512);
+                    Assert.AreEqual(want, ll, 1e-4 + 1e-5 * Math.Abs(want));
+                    Assert.AreEqual(wantGreedy, greedy);
+                }
+                Assert.AreEqual(1, ((LayerMajorLogits)batches!).Passes, $"{requests.Count} requests in one batch: one read of the blocks");
+            }
+            var (again, batches2) = MemoryPlan.Requests(streamed, docs, 512);
+            using (batches2)
+                Assert.AreEqual(TaskScorer.Score("arc_easy", false, docs, t => model.Forward(t), 512), TaskScorer.Score("arc_easy", false, docs, again, 512));
+        }
+    }
+
     /// <summary>The same task scored through the CLI: our forward pass on the checkpoint, and llama.cpp on its F16
     /// GGUF (the runtime that ships it); the per-document log-likelihoods agree within fp16 rounding, so both give
     /// the same accuracy on a task whose choices are far apart.</summary>
@@ -209,11 +245,13 @@ public sealed class TaskTests
             baseline = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 64).Accuracy.Value;
             SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Sampler.Generate(model, new[] { 1 }, 79, 1.0, seed: 3));
         }
-        foreach (var (drop, name) in new[] { (100.0, "loose"), (0.0, "strict") })
+        // "streamed": the same gate with memory: layers (tasks scored in batches, one read of the blocks per batch).
+        foreach (var (drop, name) in new[] { (100.0, "loose"), (0.0, "strict"), (100.0, "streamed") })
         {
             File.WriteAllText(dir.File("quantize.yaml"), $$"""
                 version: 1
                 device: cpu
+                memory: {{(name == "streamed" ? "layers" : "auto")}}
                 models:
                   - id: demo
                     checkpoint: ckpt
@@ -230,6 +268,7 @@ public sealed class TaskTests
                       max_drop: {{drop}}
                 """);
             var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj-" + name));
+            if (name == "streamed") StringAssert.Contains(r.Output, "demo: layer-streamed (memory: layers)");
             using var report = JsonDocument.Parse(File.ReadAllText(dir.File($"obj-{name}/superquant-report.json")));
             var artifacts = report.RootElement.GetProperty("models")[0].GetProperty("artifacts");
             Assert.AreEqual(2, artifacts.GetArrayLength());

@@ -27,11 +27,8 @@ public static class TaskScorer
     /// <summary>Summed log-likelihood of the continuation and whether each of its tokens was the greedy choice.</summary>
     public static (double LogLikelihood, bool Greedy) LogLikelihood(LogitsFunction model, ScoredRequest r, int maxContext)
     {
-        if (r.Continuation.Length == 0) throw new ArgumentException("empty continuation");
-        int[] all = r.Context.Concat(r.Continuation).ToArray();
-        int keep = Math.Min(all.Length - 1, maxContext);
-        int[] input = all[(all.Length - 1 - keep)..^1];
-        int n = Math.Min(r.Continuation.Length, keep);
+        int[] input = InputOf(r, maxContext);
+        int n = Math.Min(r.Continuation.Length, input.Length);
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         Tensor ids = torch.tensor(input.Select(i => (long)i).ToArray()).unsqueeze(0); // host: the model moves the ids
@@ -43,6 +40,20 @@ public static class TaskScorer
         bool greedy = tail.argmax(-1).eq(target).all().item<bool>();
         return (ll, greedy);
     }
+
+    /// <summary>What the model reads for a request: context + continuation without its last token, cut from the left
+    /// to <paramref name="maxContext"/>.</summary>
+    public static int[] InputOf(ScoredRequest r, int maxContext)
+    {
+        if (r.Continuation.Length == 0) throw new ArgumentException("empty continuation");
+        int[] all = r.Context.Concat(r.Continuation).ToArray();
+        int keep = Math.Min(all.Length - 1, maxContext);
+        return all[(all.Length - 1 - keep)..^1];
+    }
+
+    /// <summary>Every input <see cref="Score"/> will ask the model for, in its order (for batching them ahead).</summary>
+    public static IReadOnlyList<int[]> Inputs(IReadOnlyList<ScoredDocument> docs, int maxContext) =>
+        docs.SelectMany(d => d.Requests).Select(r => InputOf(r, maxContext)).ToList();
 
     public static TaskScore Score(string task, bool lastWord, IReadOnlyList<ScoredDocument> docs, LogitsFunction model, int maxContext,
         EvalProgress? progress = null, CancellationToken cancel = default)
