@@ -191,6 +191,31 @@ public sealed class LayerStreamingTests
         }
     }
 
+    /// <summary>A streamed run reads a block only when a pass reaches it, so a damaged block is found mid-run: it
+    /// must still be the input error (exit 3, SQ2008 naming the tensor) with nothing left behind, as at load.</summary>
+    [TestMethod]
+    public void ANonFiniteBlockFoundMidRunIsAnInputErrorAndLeavesNothing()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 3, Hidden = 64, Intermediate = 128, Vocab = 64 };
+        var w = TinyCheckpointFactory.RandomWeights(spec);
+        w["model.layers.2.mlp.up_proj.weight"][7] = float.PositiveInfinity;
+        string ckpt = Path.Combine(dir.Path, "ckpt");
+        TinyCheckpointFactory.Write(ckpt, spec, w);
+        string outDir = Path.Combine(dir.Path, "out");
+        Directory.CreateDirectory(outDir);
+        var r = CliRunner.Run("quantize", "--model", ckpt, "--memory", "layers", "--prompt-tokens", "1 2 3", "--z", "3",
+            "--out", Path.Combine(outDir, "m.sqpk.safetensors"), "--gguf", Path.Combine(outDir, "m.gguf"), "--gguf-type", "q4_0", "--device", "cpu");
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.StdErr, "SQ2008");
+        StringAssert.Contains(r.StdErr, "model.layers.2.mlp.up_proj.weight");
+        Assert.IsEmpty(Directory.GetFiles(outDir), "no artifact, staged or final");
+        // A block that is fine is not blamed: the same checkpoint in memory fails at load with the same tensor.
+        var whole = CliRunner.Run("quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out", Path.Combine(outDir, "m.sqpk.safetensors"), "--device", "cpu");
+        Assert.AreEqual(3, whole.ExitCode);
+        StringAssert.Contains(whole.StdErr, "model.layers.2.mlp.up_proj.weight");
+    }
+
     [TestMethod]
     public void WhatAStreamedRunCannotDoIsRefusedBeforeAnyWork()
     {

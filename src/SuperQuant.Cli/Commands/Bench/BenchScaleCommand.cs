@@ -17,7 +17,7 @@ public static class BenchScaleCommand
         var size = new Option<double>("--size-gb") { Description = "size of the generated fp32 checkpoint in GB (10^9 bytes)", DefaultValueFactory = _ => 6 };
         var dir = new Option<string?>("--dir") { Description = "folder to generate the checkpoint in (default: a new temp folder; needs about 1.2x the size free)" };
         var keep = new Option<bool>("--keep") { Description = "keep the generated checkpoint and artifact" };
-        var gguf = new Option<bool>("--gguf") { Description = "also write GGUF (super-aware mixed Q4_0/Q8_0)" };
+        var gguf = new Option<bool>("--gguf") { Description = "also write a GGUF (q4_k_m; with --gate it is evaluated by llama.cpp)" };
         var gate = new Option<bool>("--gate") { Description = "also run `superquant gate` on it (quantize + evaluate against the original on 512 tokens) and report its peak RSS" };
         var memory = CliSupport.MemoryOption();
         var zAuto = new Option<bool>("--z-auto") { Description = "tune z on 1,024 calibration tokens (default: z 4)" };
@@ -64,6 +64,7 @@ public static class BenchScaleCommand
                         SuperQuant.Models.Text.TokenIdFile.Write(Path.Combine(root, "eval.txt"), new[] { 1 }.Concat(Enumerable.Range(0, 511).Select(_ => rng.Next(2, 256))));
                         File.WriteAllText(Path.Combine(root, name + ".yaml"), $"version: 1\ndevice: cpu\nmemory: {mem}\nmodels:\n  - id: {model}\n    checkpoint: checkpoint\n" +
                             $"    output: {name}.sqpk.safetensors\n    {(r.GetValue(zAuto) ? "calibration_tokens: calib.txt" : "z: 4")}\n    evaluation_tokens: eval.txt\n    prompt_tokens: \"1 5 9 200 31 7 64 12 90 3\"\n    context: 512\n" +
+                            (r.GetValue(gguf) ? "    export: [packed, {gguf: q4_k_m}]\n" : "") +
                             "    gate:\n      metric: kl\n      max_increase: 1000\n");
                         args = new List<string> { "gate", "--manifest", Path.Combine(root, name + ".yaml"), "--report-dir", Path.Combine(root, name + "-report") };
                     }
