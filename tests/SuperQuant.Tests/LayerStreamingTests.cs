@@ -216,6 +216,29 @@ public sealed class LayerStreamingTests
         StringAssert.Contains(whole.StdErr, "model.layers.2.mlp.up_proj.weight");
     }
 
+    /// <summary>A streamed model reads each block again on every pass: a checkpoint written in place between two
+    /// passes is refused (SQ2001 naming the file), never mixed into one artifact.</summary>
+    [TestMethod]
+    public void ACheckpointWrittenDuringAStreamedRunIsRefused()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128, Vocab = 64 };
+        var (ckpt, _) = Planted(dir, spec);
+        using var model = ModelLoader.Load(ckpt, null, streamed: true);
+        model.Forward(new[] { 1, 2, 3 }).Dispose(); // a first pass reads every block
+        string shard = Path.Combine(ckpt, "model.safetensors");
+        using (var fs = new FileStream(shard, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
+        {
+            fs.Seek(-4, SeekOrigin.End);
+            fs.Write(BitConverter.GetBytes(0.5f)); // one weight of the last tensor, in place
+        }
+        File.SetLastWriteTimeUtc(shard, DateTime.UtcNow.AddSeconds(5)); // as a writer moves it (coarse clocks)
+        model.Weights.ReleaseResident();
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => model.Forward(new[] { 1, 2, 3 }).Dispose());
+        Assert.AreEqual(ErrorCodes.CheckpointFormat, e.Code);
+        StringAssert.Contains(e.Message, "model.safetensors was modified while this run was reading it");
+    }
+
     [TestMethod]
     public void WhatAStreamedRunCannotDoIsRefusedBeforeAnyWork()
     {

@@ -411,6 +411,7 @@ public static class PackedArtifact
                 return Keep(BlockRtnQuantizer.Dequantize(q));
             }
             string p = $"model.layers.{l}.";
+            f.CheckUnchanged();
             try
             {
                 return new LlamaLayerWeights

@@ -151,6 +151,7 @@ public sealed class HfCheckpoint : IDisposable
     {
         public LlamaLayerWeights Load(int layer)
         {
+            checkpoint.CheckUnchanged();
             var w = checkpoint.LoadLayer(layer, device);
             try { NonFiniteCheck.ThrowIfAny(w, layer, checkpoint.Folder); }
             catch { w.Dispose(); throw; }
@@ -241,6 +242,12 @@ public sealed class HfCheckpoint : IDisposable
             foreach (var t in loaded) t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Throws SQ2001 when a shard was written since it was opened (<see cref="SafetensorsFile.CheckUnchanged"/>).</summary>
+    public void CheckUnchanged()
+    {
+        foreach (var s in _shards) s.CheckUnchanged();
     }
 
     public void Dispose()

@@ -30,9 +30,24 @@ public sealed class SafetensorsFile : IDisposable
     public IReadOnlyDictionary<string, SafetensorsEntry> Tensors { get; }
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
+    readonly long _openedLength;
+    readonly DateTime _openedWrite;
+
     SafetensorsFile(string path, SafeFileHandle handle, long dataStart, Dictionary<string, SafetensorsEntry> tensors, Dictionary<string, string> metadata)
     {
         Path = path; _handle = handle; _dataStart = dataStart; Tensors = tensors; Metadata = metadata;
+        _openedLength = RandomAccess.GetLength(handle);
+        _openedWrite = File.GetLastWriteTimeUtc(handle);
+    }
+
+    /// <summary>Throws SQ2001 when the open file was written since it was opened (same inode: its length or
+    /// modification time moved). A layer-streamed run reads each block again on every pass; weights that change
+    /// between passes would make an artifact no single checkpoint produced. (A file replaced by a rename is not
+    /// seen here, and does not matter: the open handle keeps reading the original.)</summary>
+    public void CheckUnchanged()
+    {
+        if (RandomAccess.GetLength(_handle) != _openedLength || File.GetLastWriteTimeUtc(_handle) != _openedWrite)
+            throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{Path} was modified while this run was reading it; run again on a checkpoint nothing writes to", Path);
     }
 
     public static SafetensorsFile Open(string path)
