@@ -43,6 +43,18 @@ public sealed record LlamaConfig
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
     public int KvDim => NumKvHeads * HeadDim;
 
+    /// <summary>[rows, cols] (out, in) of a decoder block's linear layer, or of the output head.</summary>
+    public (long Rows, long Cols) MatrixShape(Projection p)
+    {
+        long d = HiddenSize, h = IntermediateSize, qd = (long)NumHeads * HeadDim, kv = KvDim;
+        return p switch
+        {
+            Projection.Q => (qd, d), Projection.K or Projection.V => (kv, d), Projection.O => (d, qd),
+            Projection.Gate or Projection.Up => (h, d), Projection.Down => (d, h), Projection.LmHead => (VocabSize, d),
+            _ => throw new ArgumentOutOfRangeException(nameof(p)),
+        };
+    }
+
     public void Validate()
     {
         void Require(bool ok, string what)

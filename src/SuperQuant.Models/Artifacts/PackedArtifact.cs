@@ -131,13 +131,7 @@ public static class PackedArtifact
 
     static MatrixPlan PlanOf(LlamaConfig c, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
     {
-        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
-        var (rows, cols) = site.Projection switch
-        {
-            Projection.Q => (qd, d), Projection.K or Projection.V => (kv, d), Projection.O => (d, qd),
-            Projection.Gate or Projection.Up => (h, d), Projection.Down => (d, h),
-            _ => throw new ArgumentOutOfRangeException(nameof(site)),
-        };
+        var (rows, cols) = c.MatrixShape(site.Projection);
         return ModelQuantizer.PlanMatrix(site, rows, cols, o, superWeights);
     }
 

@@ -161,19 +161,26 @@ public sealed class HfCheckpoint : IDisposable
         public void Dispose() => checkpoint.Dispose();
     }
 
+    /// <summary>Every tensor of block <paramref name="l"/> with the shape config.json implies: what
+    /// <see cref="LoadLayer"/> reads and a streamed load checks up front.</summary>
     (string Name, long[] Shape)[] LayerTensors(int l)
     {
         LlamaConfig c = Config;
-        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        long d = c.HiddenSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        long[] Shape(Projection p) { var (rows, cols) = c.MatrixShape(p); return new[] { rows, cols }; }
         string p = $"model.layers.{l}.";
         var list = new List<(string, long[])>();
-        if (c.Architecture == "phi3") { list.Add((p + "self_attn.qkv_proj.weight", new[] { qd + 2 * kv, d })); list.Add((p + "mlp.gate_up_proj.weight", new[] { 2 * h, d })); }
-        else
+        if (c.Architecture == "phi3")
         {
-            list.Add((p + "self_attn.q_proj.weight", new[] { qd, d })); list.Add((p + "self_attn.k_proj.weight", new[] { kv, d }));
-            list.Add((p + "self_attn.v_proj.weight", new[] { kv, d })); list.Add((p + "mlp.gate_proj.weight", new[] { h, d })); list.Add((p + "mlp.up_proj.weight", new[] { h, d }));
+            list.Add((p + "self_attn.qkv_proj.weight", new[] { qd + 2 * kv, d }));
+            list.Add((p + "mlp.gate_up_proj.weight", new[] { 2 * (long)c.IntermediateSize, d }));
         }
-        list.Add((p + "self_attn.o_proj.weight", new[] { d, qd })); list.Add((p + "mlp.down_proj.weight", new[] { d, h }));
+        else
+            foreach (var (name, proj) in new[] { ("self_attn.q_proj.weight", Projection.Q), ("self_attn.k_proj.weight", Projection.K), ("self_attn.v_proj.weight", Projection.V),
+                         ("mlp.gate_proj.weight", Projection.Gate), ("mlp.up_proj.weight", Projection.Up) })
+                list.Add((p + name, Shape(proj)));
+        list.Add((p + "self_attn.o_proj.weight", Shape(Projection.O)));
+        list.Add((p + "mlp.down_proj.weight", Shape(Projection.Down)));
         if (c.Norm == NormKind.RmsNorm) { list.Add((p + "input_layernorm.weight", new[] { d })); list.Add((p + "post_attention_layernorm.weight", new[] { d })); }
         if (c.QkvBias) { list.Add((p + "self_attn.q_proj.bias", new[] { qd })); list.Add((p + "self_attn.k_proj.bias", new[] { kv })); list.Add((p + "self_attn.v_proj.bias", new[] { kv })); }
         return list.ToArray();
@@ -196,45 +203,42 @@ public sealed class HfCheckpoint : IDisposable
     public LlamaLayerWeights LoadLayer(int l, Device? device = null)
     {
         LlamaConfig c = Config;
-        long d = c.HiddenSize, h = c.IntermediateSize, qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim;
+        long qd = (long)c.NumHeads * c.HeadDim, kv = c.KvDim, h = c.IntermediateSize;
+        var shapes = LayerTensors(l).ToDictionary(t => t.Name, t => t.Shape);
         var loaded = new List<IDisposable>();
-        Tensor Dev(Tensor t)
+        string p = $"model.layers.{l}.";
+        Tensor Dev(string name)
         {
+            Tensor t = ReadShaped(p + name, shapes[p + name]);
             if (device is null || device.type == DeviceType.CPU) { loaded.Add(t); return t; }
             Tensor moved = t.to(device); t.Dispose(); loaded.Add(moved); return moved;
         }
+        Tensor? Optional(string name) => shapes.ContainsKey(p + name) ? Dev(name) : null;
         try
         {
-            string p = $"model.layers.{l}.";
             Tensor wq, wk, wv, wgate, wup;
             if (c.Architecture == "phi3")
             {
                 // Phi-3 fuses q/k/v and gate/up; split into views (no copies).
-                Tensor qkv = Dev(ReadShaped(p + "self_attn.qkv_proj.weight", qd + 2 * kv, d));
+                Tensor qkv = Dev("self_attn.qkv_proj.weight");
                 wq = qkv.narrow(0, 0, qd); wk = qkv.narrow(0, qd, kv); wv = qkv.narrow(0, qd + kv, kv);
-                Tensor gateUp = Dev(ReadShaped(p + "mlp.gate_up_proj.weight", 2 * h, d));
+                Tensor gateUp = Dev("mlp.gate_up_proj.weight");
                 wgate = gateUp.narrow(0, 0, h); wup = gateUp.narrow(0, h, h);
             }
             else
             {
-                wq = Dev(ReadShaped(p + "self_attn.q_proj.weight", qd, d));
-                wk = Dev(ReadShaped(p + "self_attn.k_proj.weight", kv, d));
-                wv = Dev(ReadShaped(p + "self_attn.v_proj.weight", kv, d));
-                wgate = Dev(ReadShaped(p + "mlp.gate_proj.weight", h, d));
-                wup = Dev(ReadShaped(p + "mlp.up_proj.weight", h, d));
+                wq = Dev("self_attn.q_proj.weight"); wk = Dev("self_attn.k_proj.weight"); wv = Dev("self_attn.v_proj.weight");
+                wgate = Dev("mlp.gate_proj.weight"); wup = Dev("mlp.up_proj.weight");
             }
-            bool rms = c.Norm == NormKind.RmsNorm;
             return new LlamaLayerWeights
             {
-                AttnNorm = rms ? Dev(ReadShaped(p + "input_layernorm.weight", d)) : null,
+                AttnNorm = Optional("input_layernorm.weight"),
                 Wq = wq, Wk = wk, Wv = wv,
-                Bq = c.QkvBias ? Dev(ReadShaped(p + "self_attn.q_proj.bias", qd)) : null,
-                Bk = c.QkvBias ? Dev(ReadShaped(p + "self_attn.k_proj.bias", kv)) : null,
-                Bv = c.QkvBias ? Dev(ReadShaped(p + "self_attn.v_proj.bias", kv)) : null,
-                Wo = Dev(ReadShaped(p + "self_attn.o_proj.weight", d, qd)),
-                FfnNorm = rms ? Dev(ReadShaped(p + "post_attention_layernorm.weight", d)) : null,
+                Bq = Optional("self_attn.q_proj.bias"), Bk = Optional("self_attn.k_proj.bias"), Bv = Optional("self_attn.v_proj.bias"),
+                Wo = Dev("self_attn.o_proj.weight"),
+                FfnNorm = Optional("post_attention_layernorm.weight"),
                 WGate = wgate, WUp = wup,
-                WDown = Dev(ReadShaped(p + "mlp.down_proj.weight", d, h)),
+                WDown = Dev("mlp.down_proj.weight"),
             };
         }
         catch

@@ -1,0 +1,90 @@
+using SuperQuant.Core;
+using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
+using SuperQuant.Manifest;
+using SuperQuant.Models.Checkpoints;
+
+namespace SuperQuant.Pipeline;
+
+/// <summary>How much of the model a run holds. The artifacts are the same either way (tested byte for byte); only
+/// memory and time differ.</summary>
+public enum MemoryMode
+{
+    /// <summary>Layers for a Hugging Face checkpoint of at least <see cref="MemoryPlan.AutoStreamBytes"/> (or over
+    /// <see cref="MemoryPlan.AutoShare"/> of the memory available now) unless the method is W/A; else the whole
+    /// model.</summary>
+    Auto,
+    /// <summary>The whole fp32 model in memory (fastest; every method and task).</summary>
+    Model,
+    /// <summary>Layer-streamed: the embedding, head and one decoder block in memory, each block read from disk when a
+    /// pass reaches it and evaluation run layer-major over batches of windows. For models larger than RAM.</summary>
+    Layers,
+}
+
+/// <summary>Chooses the memory mode of a run and says why.</summary>
+public static class MemoryPlan
+{
+    /// <summary>Share of MemAvailable above which auto streams whatever the size: the whole-model path peaks near
+    /// 1.2x the fp32 model.</summary>
+    public const double AutoShare = 0.6;
+
+    /// <summary>fp32 size from which auto streams: measured on a 5.9 GB checkpoint (docs/performance.md), the streamed
+    /// quantize took 0.33x the checkpoint in peak RSS against 1.23x, and less time (44 s vs 55 s); below 1 GiB the
+    /// saving is small and the whole-model path is the one with the longest record.</summary>
+    public const long AutoStreamBytes = 1L << 30;
+
+    public static IReadOnlyList<string> Names => SuperQuant.Manifest.Names.MemoryNames;
+
+    public static MemoryMode Parse(string name) => name switch
+    {
+        "auto" => MemoryMode.Auto, "model" => MemoryMode.Model, "layers" => MemoryMode.Layers,
+        _ => throw new SuperQuantException(ErrorCodes.InvalidArgument, $"memory '{name}' (expected auto, model or layers)"),
+    };
+
+    /// <summary>Whether to stream, and the reason for the log. <paramref name="request"/>: auto keeps a request a
+    /// streamed run cannot do (<see cref="Unsupported"/>) in memory.</summary>
+    public static (bool Streamed, string Why) Decide(MemoryMode mode, string checkpoint, QuantizationRequest? request = null)
+    {
+        if (mode == MemoryMode.Model) return (false, "memory: model");
+        var format = ModelLoader.Detect(checkpoint);
+        if (mode == MemoryMode.Layers) return (true, "memory: layers");
+        if (format != CheckpointFormat.HuggingFace) return (false, $"auto: {format} checkpoints are loaded whole");
+        if (request is not null && Unsupported(request) is string problem) return (false, $"auto: {problem}");
+        long fp32;
+        string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+        using (var ck = HfCheckpoint.Open(folder)) fp32 = 4 * ck.Config.ParameterCount;
+        long available = ProcessMemory.Available;
+        bool stream = fp32 >= AutoStreamBytes || (available > 0 && fp32 > AutoShare * available);
+        return (stream, $"auto: fp32 model {fp32 / 1048576.0:F0} MiB, {available / 1048576.0:F0} MiB available -> {(stream ? "layers" : "whole model")}");
+    }
+
+    /// <summary>Why a layer-streamed run cannot do <paramref name="r"/>, or null.</summary>
+    public static string? Unsupported(QuantizationRequest r) =>
+        r.Method.Transforms() || r.ActivationBits < 16 ? $"method {r.Method.Name()} W{r.WeightBits}A{r.ActivationBits} calibrates activation transforms over the whole model; layer streaming supports weight-only rtn and super-aware" :
+        null;
+
+    /// <summary>What a layer-streamed run cannot do yet (W/A methods): refused before any work.</summary>
+    public static void CheckSupported(QuantizationRequest r, string why)
+    {
+        if (Unsupported(r) is string problem)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{r.Id}: layer-streamed run ({why}): {problem}");
+    }
+
+    /// <summary>The logits of <paramref name="model"/> for a task's requests, in the order the scorer asks for them:
+    /// request by request for a model in memory, layer-major batches for a streamed one.</summary>
+    public static (LogitsFunction Logits, IDisposable? Batches) Requests(LlamaModel model, IReadOnlyList<ScoredDocument> docs, int context)
+    {
+        if (!model.Weights.IsStreamed) return (t => model.Forward(t), null);
+        var batches = new LayerMajorLogits(model, TaskScorer.Inputs(docs, context));
+        return (batches.Logits, batches);
+    }
+
+    /// <summary>The logits of <paramref name="model"/> for the windows of <paramref name="tokens"/>: window by window
+    /// for a model in memory, layer-major batches for a streamed one.</summary>
+    public static (LogitsFunction Logits, IDisposable? Batches) Windows(LlamaModel model, IReadOnlyList<int> tokens, int context, int stride)
+    {
+        if (!model.Weights.IsStreamed) return (t => model.Forward(t), null);
+        var batches = new LayerMajorLogits(model, tokens, context, stride);
+        return (batches.Logits, batches);
+    }
+}
