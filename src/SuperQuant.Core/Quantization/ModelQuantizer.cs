@@ -177,26 +177,21 @@ public static class ModelQuantizer
         return new MatrixPlan(rows, cols, o.Bits, b, MatrixLayout.Row, 0, new[] { rows, (cols + b - 1) / b }, outliers);
     }
 
-    /// <summary>Quantizes one decoder block of a layer-streamed model (the block just read from its source, fp32):
-    /// each matrix is quantized as <see cref="Quantize"/> does; with <paramref name="dequantize"/> its dequantized
-    /// values are written back in place (a writer that only stores the codes does not need them).</summary>
-    public static Dictionary<LinearSite, QuantizedMatrix> QuantizeLayer(LlamaLayerWeights layer, int l, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights,
-        bool dequantize = true)
+    /// <summary>Quantizes one decoder block of a layer-streamed model (the block just read from its source, fp32) as
+    /// <see cref="Quantize"/> quantizes each matrix; the block's floats are left as read (a writer stores only the codes).</summary>
+    public static Dictionary<LinearSite, QuantizedMatrix> QuantizeLayer(LlamaLayerWeights layer, int l, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights)
     {
         var result = new Dictionary<LinearSite, QuantizedMatrix>();
         try
         {
             foreach (var p in new[] { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down })
             {
-                var site = new LinearSite(l, p);
                 Tensor original = p switch
                 {
                     Projection.Q => layer.Wq, Projection.K => layer.Wk, Projection.V => layer.Wv, Projection.O => layer.Wo,
                     Projection.Gate => layer.WGate, Projection.Up => layer.WUp, _ => layer.WDown,
                 };
-                QuantizedMatrix q = QuantizeMatrix(original, site, o, z, superWeights, dequantizeInPlace: dequantize, out bool done);
-                result[site] = q;
-                if (dequantize && !done) DequantizeInPlace(q, original);
+                result[new LinearSite(l, p)] = QuantizeMatrix(original, new LinearSite(l, p), o, z, superWeights);
             }
             return result;
         }
@@ -205,14 +200,6 @@ public static class ModelQuantizer
             foreach (var q in result.Values) q.Dispose();
             throw;
         }
-    }
-
-    static void DequantizeInPlace(QuantizedMatrix q, Tensor original)
-    {
-        if (FastBlockRtn.Applies(original) && !q.IsPaperLayout) { FastBlockRtn.DequantizeInto(q, original); return; }
-        using var dq = BlockRtnQuantizer.Dequantize(q);
-        using var _ = torch.no_grad();
-        original.copy_(dq);
     }
 
     /// <summary>In place, 4096 rows at a time: a 32000 x 4096 embedding would otherwise need another 0.75x of

@@ -121,7 +121,7 @@ public static class PackedArtifact
             var layer = source.Load(l).DetachFromDisposeScopes();
             try
             {
-                var matrices = ModelQuantizer.QuantizeLayer(layer, l, options, z, superWeights, dequantize: false); // only codes are written
+                var matrices = ModelQuantizer.QuantizeLayer(layer, l, options, z, superWeights);
                 progress?.Invoke(l + 1, c.NumLayers);
                 return (layer, matrices, true);
             }
