@@ -17,8 +17,60 @@ public static class ProcessMemory
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    /// <summary>Memory the kernel says can be given to a new process without swapping (MemAvailable), 0 when unknown.</summary>
-    public static long Available => Read("MemAvailable:", "/proc/meminfo");
+    /// <summary>Environment variable that sets <see cref="Available"/> (bytes, or with a K/M/G suffix): for machines
+    /// whose real limit neither /proc/meminfo nor the cgroup shows.</summary>
+    public const string AvailableOverride = "SUPERQUANT_AVAILABLE_MEMORY";
+
+    /// <summary>Memory this run can use: the kernel's MemAvailable, capped by the room left under a cgroup memory
+    /// limit (a container's; page cache not counted, the kernel reclaims it), or <see cref="AvailableOverride"/>;
+    /// 0 when unknown.</summary>
+    public static long Available
+    {
+        get
+        {
+            if (Environment.GetEnvironmentVariable(AvailableOverride) is { Length: > 0 } v && TryParseBytes(v, out long given)) return given;
+            long free = Read("MemAvailable:", "/proc/meminfo");
+            long room = CgroupRoom();
+            return free > 0 && room > 0 ? Math.Min(free, room) : Math.Max(free, room);
+        }
+    }
+
+    /// <summary>Bytes, or a number with a K, M or G suffix (powers of 1024).</summary>
+    public static bool TryParseBytes(string s, out long bytes)
+    {
+        s = s.Trim();
+        long unit = s.Length > 0 ? char.ToUpperInvariant(s[^1]) switch { 'K' => 1L << 10, 'M' => 1L << 20, 'G' => 1L << 30, _ => 1 } : 1;
+        string digits = unit == 1 ? s : s[..^1];
+        bytes = 0;
+        if (!double.TryParse(digits, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double n) || !(n > 0) || n * unit > long.MaxValue) return false;
+        bytes = (long)(n * unit);
+        return true;
+    }
+
+    /// <summary>cgroup limit minus the group's anonymous memory (v2: memory.max / memory.stat anon; v1:
+    /// memory.limit_in_bytes / memory.stat rss); 0 without a limit.</summary>
+    static long CgroupRoom()
+    {
+        static long Number(string file)
+        {
+            try { return long.TryParse(File.ReadAllText(file).Trim(), out long v) ? v : 0; }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return 0; }
+        }
+        static long Stat(string file, string key)
+        {
+            try
+            {
+                foreach (string line in File.ReadLines(file))
+                    if (line.StartsWith(key + " ", StringComparison.Ordinal) && long.TryParse(line[(key.Length + 1)..], out long v)) return v;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            return 0;
+        }
+        long limit = Number("/sys/fs/cgroup/memory.max"), used = Stat("/sys/fs/cgroup/memory.stat", "anon");
+        if (limit <= 0) { limit = Number("/sys/fs/cgroup/memory/memory.limit_in_bytes"); used = Stat("/sys/fs/cgroup/memory/memory.stat", "rss"); }
+        if (limit <= 0 || limit >= 1L << 60) return 0; // no limit ("max", or v1's page-rounded long.MaxValue)
+        return Math.Max(1, limit - used);
+    }
 
     static long Read(string key, string file = "/proc/self/status")
     {

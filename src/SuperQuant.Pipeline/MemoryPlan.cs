@@ -45,17 +45,49 @@ public static class MemoryPlan
     /// streamed run cannot do (<see cref="Unsupported"/>) in memory.</summary>
     public static (bool Streamed, string Why) Decide(MemoryMode mode, string checkpoint, QuantizationRequest? request = null)
     {
-        if (mode == MemoryMode.Model) return (false, "memory: model");
         var format = ModelLoader.Detect(checkpoint);
         if (mode == MemoryMode.Layers) return (true, "memory: layers");
-        if (format != CheckpointFormat.HuggingFace) return (false, $"auto: {format} checkpoints are loaded whole");
-        if (request is not null && Unsupported(request) is string problem) return (false, $"auto: {problem}");
-        long fp32;
-        string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
-        using (var ck = HfCheckpoint.Open(folder)) fp32 = 4 * ck.Config.ParameterCount;
         long available = ProcessMemory.Available;
+        long fp32 = Fp32Bytes(checkpoint, format);
+        string? problem = request is null ? null : Unsupported(request);
+        (bool, string) Whole(string why)
+        {
+            // The whole-model path peaks near 1.2x the fp32 model (docs/performance.md): refuse now rather than be
+            // killed by the kernel an hour in, with no code and no message.
+            if (available > 0 && fp32 > 0 && WholeModelPeak * fp32 > available)
+            {
+                string advice = format == CheckpointFormat.HuggingFace && problem is null ? "use memory: layers (or auto)"
+                    : problem is not null ? $"this request needs the whole model ({problem}); use a weight-only method with memory: layers, or a machine with more memory"
+                    : $"{format} checkpoints are loaded whole; convert it to a Hugging Face checkpoint to stream it";
+                throw new SuperQuantException(ErrorCodes.OutOfMemory,
+                    $"{checkpoint}: the whole fp32 model needs about {WholeModelPeak * fp32 / 1048576.0:F0} MiB ({fp32 / 1048576.0:F0} MiB x {WholeModelPeak}), {available / 1048576.0:F0} MiB is available ({why}): {advice}", checkpoint);
+            }
+            return (false, why);
+        }
+        if (mode == MemoryMode.Model) return Whole("memory: model");
+        if (format != CheckpointFormat.HuggingFace) return Whole($"auto: {format} checkpoints are loaded whole");
+        if (problem is not null) return Whole($"auto: {problem}");
         bool stream = fp32 >= AutoStreamBytes || (available > 0 && fp32 > AutoShare * available);
-        return (stream, $"auto: fp32 model {fp32 / 1048576.0:F0} MiB, {available / 1048576.0:F0} MiB available -> {(stream ? "layers" : "whole model")}");
+        string reason = $"auto: fp32 model {fp32 / 1048576.0:F0} MiB, {available / 1048576.0:F0} MiB available -> {(stream ? "layers" : "whole model")}";
+        return stream ? (true, reason) : Whole(reason);
+    }
+
+    /// <summary>Peak RSS of a whole-model run over its fp32 size (measured 1.11-1.26x).</summary>
+    public const double WholeModelPeak = 1.25;
+
+    /// <summary>The model's size in fp32, from its config (0 when not known without loading it).</summary>
+    static long Fp32Bytes(string checkpoint, CheckpointFormat format)
+    {
+        switch (format)
+        {
+            case CheckpointFormat.HuggingFace:
+                string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+                using (var ck = HfCheckpoint.Open(folder)) return 4 * ck.Config.ParameterCount;
+            case CheckpointFormat.Llama2c:
+                return 4 * Llama2cCheckpoint.ReadHeader(checkpoint).ToConfig().ParameterCount;
+            default:
+                return 0; // packed and GGUF files load whole (as fp32): their own size understates that; not checked here
+        }
     }
 
     /// <summary>Why a layer-streamed run cannot do <paramref name="r"/>, or null.</summary>

@@ -239,6 +239,44 @@ public sealed class LayerStreamingTests
         StringAssert.Contains(e.Message, "model.safetensors was modified while this run was reading it");
     }
 
+    /// <summary>A run that would hold more than the machine has fails before any work with SQ0009 and advice, instead of
+    /// being killed by the kernel (no code, no message); auto streams what it can. The available memory is set through
+    /// SUPERQUANT_AVAILABLE_MEMORY (also the knob for machines whose limit the kernel does not show).</summary>
+    [TestMethod]
+    public void ARunThatCannotFitIsRefusedUpFrontAndAutoStreamsWhatItCan()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128, Vocab = 64 };
+        var (ckpt, ids) = Planted(dir, spec);
+        var tight = new Dictionary<string, string> { [ProcessMemory.AvailableOverride] = "64K" };
+        string outFile = dir.File("out/m.sqpk.safetensors");
+        var wa = CliRunner.Run(tight, "quantize", "--model", ckpt, "--method", "smoothquant", "--activation-bits", "8", "--calibration-tokens", ids,
+            "--prompt-tokens", "1 2 3", "--out", outFile, "--device", "cpu");
+        Assert.AreEqual(3, wa.ExitCode, wa.Output);
+        StringAssert.Contains(wa.StdErr, "SQ0009");
+        StringAssert.Contains(wa.StdErr, "needs the whole model");
+        Assert.IsFalse(File.Exists(outFile));
+
+        var auto = CliRunner.Run(tight, "quantize", "--model", ckpt, "--prompt-tokens", "1 2 3", "--z", "3", "--out", outFile, "--device", "cpu");
+        Assert.AreEqual(0, auto.ExitCode, auto.Output);
+        StringAssert.Contains(auto.Output, "layer-streamed (auto:");
+
+        var whole = CliRunner.Run(tight, "quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out", dir.File("w.sqpk.safetensors"), "--device", "cpu");
+        Assert.AreEqual(3, whole.ExitCode, whole.Output);
+        StringAssert.Contains(whole.StdErr, "use memory: layers");
+
+        var llama2c = CliRunner.Run(tight, "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--z", "3", "--out", dir.File("s.sqpk.safetensors"), "--device", "cpu");
+        Assert.AreEqual(3, llama2c.ExitCode, llama2c.Output);
+        StringAssert.Contains(llama2c.StdErr, "Llama2c checkpoints are loaded whole");
+
+        Assert.IsTrue(ProcessMemory.TryParseBytes("8G", out long g) && g == 8L << 30);
+        Assert.IsTrue(ProcessMemory.TryParseBytes("1.5M", out long m) && m == 3L << 19);
+        Assert.IsTrue(ProcessMemory.TryParseBytes("4096", out long b) && b == 4096);
+        Assert.IsFalse(ProcessMemory.TryParseBytes("lots", out _));
+        Assert.IsFalse(ProcessMemory.TryParseBytes("-1G", out _));
+        Assert.IsGreaterThan(0L, ProcessMemory.Available, "this machine reports its memory");
+    }
+
     [TestMethod]
     public void WhatAStreamedRunCannotDoIsRefusedBeforeAnyWork()
     {
