@@ -212,9 +212,9 @@ public sealed class TaskTests
             Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, export);
         }
         string piqa = Write(dir, "piqa", Lines["piqa"], """{"goal": "Dry a towel", "sol1": "hang it in the sun", "sol2": "put it in the freezer for a week", "label": 0}""");
-        double Acc(string m)
+        double Acc(string m, string memory = "auto")
         {
-            var r = CliRunner.Run("eval", "-m", m, "--task", "piqa=" + piqa, "--json", "--device", "cpu");
+            var r = CliRunner.Run("eval", "-m", m, "--task", "piqa=" + piqa, "--json", "--device", "cpu", "--memory", memory);
             Assert.AreEqual(0, r.ExitCode, r.Output);
             using var json = JsonDocument.Parse(r.StdOut);
             var t = json.RootElement.GetProperty("tasks")[0];
@@ -222,6 +222,7 @@ public sealed class TaskTests
             return t.GetProperty("acc").GetDouble();
         }
         Assert.AreEqual(Acc(folder), Acc(dir.File("m.gguf")));
+        Assert.AreEqual(Acc(folder), Acc(folder, "layers"), "the checkpoint streamed block by block, requests in batches");
         var bad = CliRunner.Run("eval", "-m", folder, "--task", "mmlu=" + piqa);
         Assert.AreEqual(3, bad.ExitCode, bad.Output);
         StringAssert.Contains(bad.StdErr, "--task 'mmlu=");

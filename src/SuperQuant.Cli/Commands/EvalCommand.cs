@@ -173,7 +173,10 @@ public static class EvalCommand
                     if (q.Context.Concat(q.Continuation).Any(i => i < 0 || i >= m.VocabSize))
                         throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{file}: the tokenizer produced an id outside the model's vocabulary of {m.VocabSize}", file);
             var progress = new ConsoleProgress(name, enabled: !asJson);
-            var score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, m.Logits, ctx, progress.Report, CliSupport.Cancellation);
+            // A layer-streamed model runs the requests in batches (one read of the blocks per batch).
+            var (logits, batches) = m.Model is { Weights.IsStreamed: true } streamed ? MemoryPlan.Requests(streamed, docs, ctx) : (m.Logits, null);
+            TaskScore score;
+            using (batches) score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, logits, ctx, progress.Report, CliSupport.Cancellation);
             scores.Add(score);
             if (!asJson)
                 Console.WriteLine($"{name,-14} n={score.Documents,-6} acc {score.Accuracy.Value:P2} +/- {score.Accuracy.StandardError:P2}" +
