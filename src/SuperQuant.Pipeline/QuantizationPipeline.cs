@@ -170,20 +170,15 @@ public static class QuantizationPipeline
                 {
                     GgufWriter.CheckSupported(c);
                     var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
-                    SuperAwareGguf? aware = null;
-                    (ReferenceFile File, int[] Tokens)? calibrationReference = null;
+                    CalibrationFolds? folds = null;
                     if (r.Method == QuantMethod.SuperAware && calibration is not null)
                         using (log.Step("calibrate GGUF"))
                         {
-                            aware = new SuperAwareGguf
-                            {
-                                Importance = ImportanceRecorder.Record(model, calibration, ctx, cancel: o.Cancel),
-                                Covariance = ImportanceRecorder.Covariances(model, calibration, ctx, cancel: o.Cancel),
-                                SuperWeights = superWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z), RaiseSuperWeightTensors = o.RaiseSuperWeightTensors,
-                            };
                             tempFolder ??= cleanup.Folder = Directory.CreateTempSubdirectory("superquant-run-").FullName;
-                            calibrationReference = CalibrationReference(model, calibration, ctx, tempFolder);
-                            cleanup.Add(calibrationReference.Value.File);
+                            folds = CalibrationFolds.Record(model, calibration, ctx, tempFolder,
+                                s => s with { SuperWeights = superWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z), RaiseSuperWeightTensors = o.RaiseSuperWeightTensors },
+                                o.Cancel);
+                            cleanup.Add(folds);
                         }
                     foreach (var g in r.Ggufs)
                         using (log.Step($"export {g.Kind}"))
@@ -192,21 +187,20 @@ public static class QuantizationPipeline
                             var file = StagedFile.For(g.Path);
                             staged.Add(file);
                             GgufWriteResult written;
-                            if (aware is not null && calibrationReference is not null)
-                                written = WriteBestCandidate(r, o, model, aware, g, vocabulary, file, calibrationReference.Value, log);
-                            else
+                            if (folds is not null)
                             {
-                                var export = aware?.Export(g.Type, r.Id, vocabulary)
-                                    ?? new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights };
-                                written = GgufWriter.Write(file.StagingPath, model, export);
+                                (written, string choice) = folds.WriteBest(file.StagingPath, model, g.Type, r.Id, vocabulary, o.Threads, o.Cancel);
+                                log.Info($"{r.Id}: {g.Kind}: {choice}");
                             }
+                            else
+                                written = GgufWriter.Write(file.StagingPath, model,
+                                    new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights });
                             log.Info($"{r.Id}: wrote {g.Kind} ({written.FileBytes / 1048576.0:F2} MiB, {written.BitsPerWeight:F2} bits/weight: {written.TypeSummary})");
                             foreach (var t in written.Tensors.Where(t => t.Reason != "mix" && t.Reason != "vector").Take(3))
                                 log.Info($"{r.Id}:   {t.Name}: {t.Reason}");
                             artifacts.Add((g, file, written.TypeSummary, written.BitsPerWeight));
                         }
-                    calibrationReference?.File.Dispose();
-                    if (aware?.Covariance is { } cov) foreach (var h in cov.Values.Distinct(ReferenceEqualityComparer.Instance).Cast<TorchSharp.torch.Tensor>()) h.Dispose(); // by reference: Tensor.Equals compares contents
+                    folds?.Dispose(); // the covariances are large: released before the packed path
                 }
     
                 if (r.Packed is { } packed)
@@ -300,47 +294,6 @@ public static class QuantizationPipeline
         {
             foreach (var d in _items) d.Dispose();
             if (Folder is not null) try { Directory.Delete(Folder, recursive: true); } catch (IOException) { }
-        }
-    }
-
-    /// <summary>The unquantized model's predictions on (at most 1024 of) the calibration tokens, for choosing among
-    /// GGUF candidates without ever looking at the evaluation data.</summary>
-    static (ReferenceFile File, int[] Tokens) CalibrationReference(LlamaModel model, int[] calibration, int ctx, string folder)
-    {
-        int[] tokens = calibration[..Math.Min(calibration.Length, 1024)];
-        string path = Path.Combine(folder, "calibration.sqref");
-        var (logits, batches) = MemoryPlan.Windows(model, tokens, ctx, Math.Max(1, ctx / 2));
-        using (batches)
-            ReferenceFile.Record(path, "calibration", logits, tokens, ctx, Math.Max(1, ctx / 2), model.Config.VocabSize);
-        return (ReferenceFile.TryOpen(path, "calibration", model.Config.VocabSize, tokens.Length, ctx, Math.Max(1, ctx / 2))!, tokens);
-    }
-
-    /// <summary>Writes each super-aware candidate, has llama.cpp measure its KL divergence on the calibration tokens, and
-    /// keeps the lowest (the llama.cpp-identical reference is one of them).</summary>
-    static GgufWriteResult WriteBestCandidate(QuantizationRequest r, PipelineOptions o, LlamaModel model, SuperAwareGguf aware, GgufSpec g,
-        GgufVocabulary? vocabulary, StagedFile file, (ReferenceFile File, int[] Tokens) calibration, StepLog log)
-    {
-        var candidates = aware.Candidates(g.Type, r.Id, vocabulary);
-        var scored = new List<(string Label, string Path, GgufWriteResult Written, double Kl)>();
-        try
-        {
-            for (int i = 0; i < candidates.Count; i++)
-            {
-                o.Cancel.ThrowIfCancellationRequested();
-                string path = $"{file.StagingPath}.candidate{i}";
-                var written = GgufWriter.Write(path, model, candidates[i].Export);
-                using var engine = LlamaCppEngine.Open(path, calibration.File.Context, o.Threads);
-                double kl = Evaluator.Divergence(calibration.File, engine.Logits, calibration.Tokens, cancel: o.Cancel).KlDivergence.Value;
-                scored.Add((candidates[i].Label, path, written, kl));
-            }
-            var best = scored.OrderBy(x => x.Kl).First();
-            log.Info($"{r.Id}: {g.Kind}: calibration KLD " + string.Join(", ", scored.Select(x => $"{x.Label} {x.Kl:G4}")) + $" -> {best.Label}");
-            File.Move(best.Path, file.StagingPath, overwrite: true);
-            return best.Written;
-        }
-        finally
-        {
-            foreach (var x in scored) try { File.Delete(x.Path); } catch (IOException) { }
         }
     }
 

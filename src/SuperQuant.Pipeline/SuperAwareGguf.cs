@@ -63,7 +63,11 @@ public sealed record SuperAwareGguf
             ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
             ("importance-weighted rows", Export(type, name, vocabulary) with { Covariance = null }),
         };
-        if (Covariance is not null) list.Add(("output-error-chosen rows", Export(type, name, vocabulary)));
+        if (Covariance is not null)
+        {
+            list.Add(("output-error-chosen rows", Export(type, name, vocabulary)));
+            list.Add(("error-compensated rows", Export(type, name, vocabulary) with { ErrorCompensation = true }));
+        }
         return list;
     }
 

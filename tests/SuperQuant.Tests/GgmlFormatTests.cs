@@ -46,7 +46,7 @@ public sealed class GgmlFormatTests
                     _ => (float)(-0.02 * Math.Abs(g)),                   // all negative
                 };
             }
-            if (kind == 6) { row[37] = 2.5f; row[700] = -3.1f; }          // super-weight-like outliers
+            if (kind == 6) { row[37] = 2.5f; row[rowLength * 700 / 1024] = -3.1f; }          // super-weight-like outliers
         }
         return x;
     }

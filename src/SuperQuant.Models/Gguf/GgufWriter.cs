@@ -30,6 +30,10 @@ public sealed record GgufExport
     /// are compared by the layer-output error dw H dw^T (cross-channel terms included) instead of the diagonal
     /// sum_j imp_j dw_j^2.</summary>
     public IReadOnlyDictionary<LinearSite, Tensor>? Covariance { get; init; }
+    /// <summary>With <see cref="Covariance"/>: also a GPTQ candidate per row (<see cref="ErrorCompensatedQuantizer"/>:
+    /// codes chosen column by column with each rounding error compensated on the later columns through H⁻¹), compared
+    /// with the others by the same layer-output error.</summary>
+    public bool ErrorCompensation { get; init; }
     /// <summary>Per tensor name, a type that replaces the mix's choice (e.g. a higher type for a super weight's matrix).</summary>
     public IReadOnlyDictionary<string, GgmlType>? TypeOverrides { get; init; }
     /// <summary>Recorded in the metadata (superquant.*).</summary>
@@ -207,6 +211,8 @@ public static class GgufWriter
         bool choose = importance is not null && format.BlockSize > 1;
         // Candidates: (values, importance). The first is always the reference quantization of the original values.
         var candidates = new List<(Tensor Values, float[]? Importance)> { (data, null) };
+        Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
+        Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
         if (choose)
         {
             if (format.UsesImportance) candidates.Add((data, importance));
@@ -214,6 +220,11 @@ public static class GgufWriter
             {
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
+            }
+            if (export.ErrorCompensation && h is not null && format.Levels > 0)
+            {
+                compensation = ErrorCompensatedQuantizer.Prepare(h);
+                candidates.Add((data, format.UsesImportance ? importance : null));
             }
         }
         long rowBytes = format.RowBytes(rowLength);
@@ -227,9 +238,13 @@ public static class GgufWriter
             long n = Math.Min(slab, rows - r);
             int valuesFrom = (int)(r * rowLength), valuesCount = (int)(n * rowLength);
             for (int c = 0; c < candidates.Count; c++)
-                GgmlQuants.Quantize(type, MemoryMarshal.Cast<byte, float>(candidates[c].Values.bytes).Slice(valuesFrom, valuesCount), rowLength,
-                    buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
-            Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
+            {
+                var values = MemoryMarshal.Cast<byte, float>(candidates[c].Values.bytes).Slice(valuesFrom, valuesCount);
+                if (compensation is not null && c == candidates.Count - 1) // the GPTQ candidate is always the last
+                    ErrorCompensatedQuantizer.Quantize(format, values, rowLength, compensation, candidates[c].Importance, buffers[c].AsSpan(0, (int)(n * rowBytes)));
+                else
+                    GgmlQuants.Quantize(type, values, rowLength, buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
+            }
             if (candidates.Count > 1 && h is not null)
                 ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h);
             else if (candidates.Count > 1)

@@ -28,15 +28,15 @@ public static class BenchGgufCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "checkpoint (default: a generated demo model with a planted super weight, dims multiple of 256)" };
         var types = new Option<string>("--types") { Description = "GGUF types to compare", DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k" };
-        var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: 1024 tokens sampled from the model, seed 1)" };
+        var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: --calibration-count tokens sampled from the model)" };
+        var calibCount = new Option<int>("--calibration-count") { Description = "calibration tokens to use (sampled from the model, a sequence per context window, when no file is given)", DefaultValueFactory = _ => 8192 }.InRange(16, 1 << 20);
         var eval = new Option<string?>("--eval-tokens") { Description = "evaluation token-id file (default: 1024 tokens sampled from the model, seed 2)" };
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
         var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
-        var holdout = new Option<bool>("--holdout") { Description = "record importance and covariances on the first half of the calibration tokens and choose among the super-aware candidates on the second half (no token used for both)" };
         var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
-            model, types, calib, eval, context, z, threads, holdout,
+            model, types, calib, calibCount, eval, context, z, threads,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -45,7 +45,7 @@ public static class BenchGgufCommand
             try
             {
                 string ckpt = r.GetValue(model) ?? Demo(temp);
-                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp, r.GetValue(holdout));
+                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
             }
             finally { Directory.Delete(temp, recursive: true); }
             return ExitCodes.Success;
@@ -67,42 +67,33 @@ public static class BenchGgufCommand
         return dir;
     }
 
-    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, string? evalPath, int ctx, double? z, int? threads, string temp, bool holdout = false)
+    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int ctx, double? z, int? threads, string temp)
     {
         string f16 = Path.Combine(temp, "model.f16.gguf");
         int[] calibration, eval;
-        int[]? statistics = null; // the tokens importance and covariances are recorded on (default: the calibration tokens)
-        string refPath = Path.Combine(temp, "reference.sqref"), calPath = Path.Combine(temp, "calibration.sqref");
+        string refPath = Path.Combine(temp, "reference.sqref");
         using (LlamaModel original = ModelLoader.Load(ckpt))
         {
             var c = original.Config;
-            calibration = calibPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 1) : TokenIdFile.Read(calibPath, c.VocabSize, 2);
-            eval = evalPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
             ctx = Math.Min(ctx, c.MaxPositionEmbeddings);
+            calibration = calibPath is null ? SampleCalibration(original, calibCount, ctx) : TokenIdFile.Read(calibPath, c.VocabSize, 2);
+            eval = evalPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
             ReferenceFile.Record(refPath, "bench", t => original.Forward(t), eval, ctx, ctx / 2, c.VocabSize);
-            calibration = calibration[..Math.Min(calibration.Length, 1024)];
-            if (holdout)
-            {
-                statistics = calibration[..(calibration.Length / 2)];
-                calibration = calibration[(calibration.Length / 2)..];
-            }
-            ReferenceFile.Record(calPath, "calibration", t => original.Forward(t), calibration, ctx, ctx / 2, c.VocabSize);
+            calibration = calibration[..Math.Min(calibration.Length, calibCount)];
             GgufWriter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
             Console.WriteLine($"model {ckpt}: {c.ParameterCount / 1e6:F2}M parameters, {c.NumLayers} layers, dim {c.HiddenSize}, ffn {c.IntermediateSize}; " +
                 $"{eval.Length} evaluation tokens (context {ctx}), {calibration.Length} calibration tokens; llama.cpp threads {threads ?? LlamaCppRuntime.DefaultThreads}");
         }
         using var reference = ReferenceFile.TryOpen(refPath, "bench", ReadVocab(f16), eval.Length, ctx, ctx / 2)!;
-        using var calReference = ReferenceFile.TryOpen(calPath, "calibration", ReadVocab(f16), calibration.Length, ctx, ctx / 2)!;
 
         // Everything below starts from the F16 export, as llama.cpp's quantizer does.
         using LlamaModel model = GgufModelLoader.Load(f16);
-        var detection = new SuperWeightDetector().Detect(model, (statistics ?? calibration)[..Math.Min(10, (statistics ?? calibration).Length)]);
-        Dictionary<LinearSite, float[]> importance;
+        var detection = new SuperWeightDetector().Detect(model, calibration[..Math.Min(10, calibration.Length)]);
         var clock = Stopwatch.StartNew();
-        importance = ImportanceRecorder.Record(model, statistics ?? calibration, ctx);
-        var covariance = ImportanceRecorder.Covariances(model, statistics ?? calibration, ctx);
+        // The pipeline's own choice: statistics per calibration half, candidates scored on the other half by llama.cpp.
+        using var folds = CalibrationFolds.Record(model, calibration, ctx, temp, s => s with { SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z) });
         double importanceSeconds = clock.Elapsed.TotalSeconds;
-        Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; importance pass {importanceSeconds:F2} s");
+        Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; statistics and held-out references {importanceSeconds:F2} s");
         Evaluate("F16 export", f16, 0, null);
         Console.WriteLine();
         Console.WriteLine($"{"type",-8} {"quantizer",-34} {"MiB",7} {"bpw",6} {"KLD mean",20} {"KLD p99",9} {"same top",9} {"PPL",16} {"seconds",8}  notes");
@@ -130,38 +121,32 @@ public static class BenchGgufCommand
             }
             Evaluate($"{type.Name()}", ours, ourSeconds, "superquant", refused is null ? SameBytes(ours, theirs) : "llama.cpp refused");
 
-            // The super-aware export's candidates, each measured on the calibration tokens by llama.cpp; the pipeline
-            // ships the lowest (the llama.cpp-identical reference rows are one of them).
-            var aware = new SuperAwareGguf { Importance = importance, Covariance = covariance, SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z) };
-            var candidates = aware.Candidates(type, "bench", null).Skip(1).ToList();
-            var calibrationKl = new Dictionary<string, double>();
-            double referenceCal = CalibrationKl(ours);
-            foreach (var (label, export) in candidates)
+            // The super-aware export's candidates, scored as the pipeline scores them (held-out calibration KLD), each
+            // then shown as built from all the calibration tokens and measured on the evaluation tokens.
+            clock.Restart();
+            var scores = folds.Score(model, type, "bench", null, Path.Combine(temp, "scratch"), threads);
+            double scoreSeconds = clock.Elapsed.TotalSeconds;
+            int best = CalibrationFolds.Choose(scores);
+            var candidates = folds.Full.Candidates(type, "bench", null);
+            for (int i = 1; i < candidates.Count; i++)
             {
                 string path = Path.Combine(temp, $"aware.{type.Name()}.gguf");
                 clock.Restart();
-                GgufWriter.Write(path, model, export);
+                GgufWriter.Write(path, model, candidates[i].Export);
                 double seconds = clock.Elapsed.TotalSeconds + importanceSeconds;
-                calibrationKl[label] = CalibrationKl(path);
-                Evaluate("", path, seconds, "super-aware: " + label.Replace(" rows", ""), $"calibration KLD {calibrationKl[label]:F6} (reference rows {referenceCal:F6})");
+                Evaluate("", path, seconds, "super-aware: " + candidates[i].Label.Replace(" rows", ""),
+                    scores.Count > 0 ? $"held-out KLD {scores[i].HeldOutKl:F6} (reference rows {scores[0].HeldOutKl:F6})" : null);
             }
-            var best = calibrationKl.Where(kv => kv.Value < referenceCal).OrderBy(kv => kv.Value).Select(kv => kv.Key).FirstOrDefault();
-            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {(best ?? "llama.cpp reference rows (no candidate was lower on calibration)")}");
-            if (detection.Found)
+            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s)");
+            if (detection.Found && best > 0)
             {
                 string path = Path.Combine(temp, $"raised.{type.Name()}.gguf");
                 clock.Restart();
-                GgufWriter.Write(path, model, (aware with { RaiseSuperWeightTensors = true }).Candidates(type, "bench", null)[^1].Export);
+                GgufWriter.Write(path, model, (folds.Full with { RaiseSuperWeightTensors = true }).Candidates(type, "bench", null)[best].Export);
                 Evaluate("", path, clock.Elapsed.TotalSeconds + importanceSeconds, "  + raised SW matrix");
             }
             if (refused is null) Evaluate("", theirs, theirSeconds, "llama.cpp quantizer");
             else Console.WriteLine($"{"",-8} {"llama.cpp quantizer",-34} refused: {refused.Split('\n')[0]}");
-        }
-
-        double CalibrationKl(string path)
-        {
-            using var engine = LlamaCppEngine.Open(path, ctx, threads);
-            return Evaluator.Divergence(calReference, engine.Logits, calibration).KlDivergence.Value;
         }
 
         void Evaluate(string type, string path, double seconds, string? quantizer, string? bytes = null)
@@ -172,6 +157,20 @@ public static class BenchGgufCommand
             double bpw = 8.0 * size / model.Config.ParameterCount;
             Console.WriteLine($"{type,-8} {quantizer ?? "",-34} {size / 1048576.0,7:F3} {bpw,6:F3} {d.KlDivergence.Value,10:F6} ± {d.KlDivergence.StandardError,-8:F6} {d.KlP99,9:F5} {d.Top1Agreement.Value,9:P2} {d.ModifiedPerplexity.Value,8:F3} ± {d.ModifiedPerplexity.StandardError,-6:F3} {(seconds > 0 ? seconds.ToString("F2", CultureInfo.InvariantCulture) : ""),8}  {bytes}");
         }
+    }
+
+    /// <summary>Calibration text sampled from the model itself, one sequence of a context window each (seeds 1, 3, 5,
+    /// ...: the evaluation sequence uses seed 2), so a window never spans two samples. The first window equals the
+    /// earlier single 1,024-token sample's start.</summary>
+    static int[] SampleCalibration(LlamaModel model, int count, int ctx)
+    {
+        var tokens = new List<int>(count);
+        for (int i = 0; tokens.Count < count; i++)
+        {
+            int length = Math.Min(count - tokens.Count, count <= 1024 ? count : ctx);
+            tokens.AddRange(Sampler.Generate(model, new[] { model.Config.BosTokenId ?? 1 }, length - 1, 1.0, seed: 1 + 2 * i));
+        }
+        return tokens.ToArray();
     }
 
     static int ReadVocab(string gguf) => (int)GgufFile.Read(gguf).Tensors.First(t => t.Name == "token_embd.weight").Dims[1];

@@ -28,6 +28,20 @@ public abstract class GgmlFormat
 
     public abstract void DequantizeRow(ReadOnlySpan<byte> y, Span<float> x);
 
+    /// <summary>Codes per weight (0: not a grid format, e.g. F16). Every quantized format dequantizes element e of a
+    /// block as <c>scale[e] * (code + CodeShift) - min[e]</c> with code in 0..Levels-1, in exactly that float
+    /// arithmetic; searches that choose the codes themselves (<see cref="ErrorCompensatedQuantizer"/>) read a block's
+    /// grid, pick codes, and write them back without touching its scales (GgmlCodes.cs).</summary>
+    public virtual int Levels => 0;
+    public virtual int CodeShift => 0;
+    /// <summary>The lowest code a search may choose (0 but for Q8_0: see there).</summary>
+    public virtual int LowestCode => 0;
+    /// <summary>Per element of one block: the grid's step and offset.</summary>
+    public virtual void ReadGrid(ReadOnlySpan<byte> block, Span<float> scale, Span<float> min) => throw new NotSupportedException($"{Type} has no code grid");
+    public virtual void ReadCodes(ReadOnlySpan<byte> block, Span<byte> codes) => throw new NotSupportedException($"{Type} has no code grid");
+    /// <summary>Replaces one block's codes, keeping its scales.</summary>
+    public virtual void WriteCodes(Span<byte> block, ReadOnlySpan<byte> codes) => throw new NotSupportedException($"{Type} has no code grid");
+
     public long RowBytes(long n) => n / BlockSize * BlockBytes;
     public bool Supports(long rowLength) => rowLength % BlockSize == 0;
     public double BitsPerWeight => 8.0 * BlockBytes / BlockSize;

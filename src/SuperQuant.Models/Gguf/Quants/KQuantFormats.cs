@@ -15,7 +15,7 @@ public abstract class KQuantFormat : GgmlFormat
 /// 16 sub-blocks of 16: x = d * (scales[j] &amp; 0xF) * q - dmin * (scales[j] &gt;&gt; 4), q in 0..3; four 2-bit codes
 /// per byte, element l + 32k of each 128 in bits 2k of qs[l].
 /// </summary>
-public sealed class Q2_KFormat : KQuantFormat
+public sealed partial class Q2_KFormat : KQuantFormat
 {
     public override GgmlType Type => GgmlType.Q2_K;
     public override int BlockBytes => 16 + 64 + 4;
@@ -131,7 +131,7 @@ public sealed class Q2_KFormat : KQuantFormat
 /// 16 sub-blocks of 16 with signed 6-bit scales (4 low bits in scales[0..7] nibbles, 2 high bits in scales[8..11]);
 /// x = d * (scale - 32) * (q - 4), q in 0..7 with its third bit in hmask.
 /// </summary>
-public sealed class Q3_KFormat : KQuantFormat
+public sealed partial class Q3_KFormat : KQuantFormat
 {
     public override GgmlType Type => GgmlType.Q3_K;
     public override int BlockBytes => 32 + 64 + 12 + 2;
@@ -261,7 +261,7 @@ public sealed class Q3_KFormat : KQuantFormat
 /// 8 sub-blocks of 32 with 6-bit scales and mins (<see cref="KQuantMath.GetScaleMinK4"/>): x = d * sc * q - dmin * m,
 /// q in 0..15; each 64 weights share 32 bytes, the first 32 in the low nibbles.
 /// </summary>
-public sealed class Q4_KFormat : KQuantFormat
+public sealed partial class Q4_KFormat : KQuantFormat
 {
     public override GgmlType Type => GgmlType.Q4_K;
     public override int BlockBytes => 4 + 12 + 128;
@@ -301,7 +301,7 @@ public sealed class Q4_KFormat : KQuantFormat
 /// <code>block_q5_K { ggml_half d; ggml_half dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; }  // 176 bytes, 5.5 bits/weight</code>
 /// As Q4_K with q in 0..31: the fifth bit of element l + 64n (+32) is bit 2n (2n+1) of qh[l].
 /// </summary>
-public sealed class Q5_KFormat : KQuantFormat
+public sealed partial class Q5_KFormat : KQuantFormat
 {
     public override GgmlType Type => GgmlType.Q5_K;
     public override int BlockBytes => 4 + 12 + 32 + 128;
@@ -355,7 +355,7 @@ public sealed class Q5_KFormat : KQuantFormat
 
 /// <summary>The scale/min search Q4_K and Q5_K share (quantize_row_q4_K_ref/_impl, quantize_row_q5_K_ref/_impl);
 /// only the level count, the reference search grid and the code packing differ.</summary>
-internal static class AsymmetricKQuant
+internal static partial class AsymmetricKQuant
 {
     const int QK_K = KQuantFormat.QK_K;
 
@@ -436,7 +436,7 @@ internal static class AsymmetricKQuant
 /// <code>block_q6_K { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; ggml_half d; }  // 210 bytes, 6.5625 bits/weight</code>
 /// 16 sub-blocks of 16 with signed 8-bit scales: x = d * scale * (q - 32), q in 0..63 (4 low bits in ql, 2 high in qh).
 /// </summary>
-public sealed class Q6_KFormat : KQuantFormat
+public sealed partial class Q6_KFormat : KQuantFormat
 {
     public override GgmlType Type => GgmlType.Q6_K;
     public override int BlockBytes => 128 + 64 + 16 + 2;

@@ -7,7 +7,7 @@ namespace SuperQuant.Models.Gguf;
 /// Element j in the low nibble of qs[j], element j + 16 in the high nibble. Reference: d = max / -8 where max is the
 /// value of largest magnitude; with importance weights (quantize_row_q4_0_impl) a weighted make_qx_quants search.
 /// </summary>
-public sealed class Q4_0Format : GgmlFormat
+public sealed partial class Q4_0Format : GgmlFormat
 {
     public const int QK = 32;
     public override GgmlType Type => GgmlType.Q4_0;
@@ -78,7 +78,7 @@ public sealed class Q4_0Format : GgmlFormat
 }
 
 /// <summary><code>block_q4_1 { ggml_half d; ggml_half m; uint8_t qs[16]; }  // 20 bytes: x = q * d + m</code></summary>
-public sealed class Q4_1Format : GgmlFormat
+public sealed partial class Q4_1Format : GgmlFormat
 {
     const int QK = 32;
     public override GgmlType Type => GgmlType.Q4_1;
@@ -145,7 +145,7 @@ public sealed class Q4_1Format : GgmlFormat
 /// The fifth bit of element j is bit j of qh (little-endian uint32); llama.cpp's fallback for Q4_K rows that are not
 /// a multiple of 256.
 /// </summary>
-public sealed class Q5_0Format : GgmlFormat
+public sealed partial class Q5_0Format : GgmlFormat
 {
     const int QK = 32;
     public override GgmlType Type => GgmlType.Q5_0;
@@ -218,7 +218,7 @@ public sealed class Q5_0Format : GgmlFormat
 
 /// <summary><code>block_q5_1 { ggml_half d; ggml_half m; uint8_t qh[4]; uint8_t qs[16]; }  // 24 bytes: x = q * d + m</code>
 /// llama.cpp's fallback for Q5_K rows that are not a multiple of 256.</summary>
-public sealed class Q5_1Format : GgmlFormat
+public sealed partial class Q5_1Format : GgmlFormat
 {
     const int QK = 32;
     public override GgmlType Type => GgmlType.Q5_1;
@@ -291,7 +291,7 @@ public sealed class Q5_1Format : GgmlFormat
 
 /// <summary><code>block_q8_0 { ggml_half d; int8_t qs[32]; }  // 34 bytes, 8.5 bits/weight: x = q * d, d = amax / 127</code>
 /// Importance weights are ignored, as in llama.cpp.</summary>
-public sealed class Q8_0Format : GgmlFormat
+public sealed partial class Q8_0Format : GgmlFormat
 {
     const int QK = 32;
     public override GgmlType Type => GgmlType.Q8_0;

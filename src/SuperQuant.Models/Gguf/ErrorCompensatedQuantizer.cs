@@ -1,0 +1,106 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Models.Gguf;
+
+/// <summary>
+/// GPTQ (Frantar et al., 2022) on ggml's block formats: each row's codes are chosen column by column, and each
+/// column's rounding error is pushed onto the columns not yet quantized through the inverse of the calibration
+/// second moment H = XᵀX/n, so the layer's output XWᵀ, not each weight alone, stays close. ggml blocks run along a
+/// row, so a block's scales are chosen (by the format's own importance-weighted search, on the row's values as updated
+/// so far) when the sweep reaches its first column, and the codes are then picked on that fixed grid: the result is a
+/// valid block of the same type and size, read by llama.cpp like any other. Hand-written: no .NET library does GPTQ,
+/// and none knows ggml's grids (<see cref="GgmlFormat.ReadGrid"/>).
+/// </summary>
+public static class ErrorCompensatedQuantizer
+{
+    /// <summary>GPTQ's damping: 1 % of the mean diagonal keeps the inverse stable when calibration tokens are few
+    /// (H of a 1,536-wide input from 1,024 tokens is singular).</summary>
+    public const double DefaultDamping = 0.01;
+
+    /// <summary>The upper Cholesky factor U of (H + λI)⁻¹ (so (H + λI)⁻¹ = UᵀU), float32 on the host. Columns no
+    /// calibration token reached (H_jj = 0) get H_jj = 1: their weights are rounded plainly and pass no error on.</summary>
+    public static Tensor Prepare(Tensor h, double damping = DefaultDamping)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor H = h.to_type(ScalarType.Float64).cpu().clone(); // host: the rows are host memory
+        Tensor diag = H.diagonal();
+        double shrink = double.TryParse(Environment.GetEnvironmentVariable("SQ_GPTQ_SHRINK"), System.Globalization.CultureInfo.InvariantCulture, out var sv) ? sv : 0;
+        if (shrink > 0) { H.mul_(1 - shrink); H.add_(torch.diag(diag.clone()) * (shrink / (1 - shrink))); diag = H.diagonal(); }
+        if (double.TryParse(Environment.GetEnvironmentVariable("SQ_GPTQ_DAMP"), System.Globalization.CultureInfo.InvariantCulture, out var dv)) damping = dv;
+        Tensor dead = diag <= 0;
+        H.add_(torch.diag(dead.to_type(ScalarType.Float64)));
+        H.add_(torch.eye(H.shape[0], dtype: ScalarType.Float64, device: H.device) * (damping * diag.mean().item<double>()));
+        Tensor inverse = torch.linalg.inv(H);
+        inverse = (inverse + inverse.t()) / 2;
+        Tensor u = torch.linalg.cholesky(inverse).t().contiguous().to_type(ScalarType.Float32);
+        return u.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Quantizes rows of <paramref name="rowLength"/> into <paramref name="output"/> (format bytes).
+    /// <paramref name="u"/> comes from <see cref="Prepare"/>; <paramref name="importance"/> (or empty) steers each
+    /// block's scale search.</summary>
+    public static void Quantize(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance, Span<byte> output)
+    {
+        if (format.Levels == 0) throw new ArgumentException($"{format.Type} has no code grid");
+        int C = checked((int)rowLength), n = rows.Length / C, B = format.BlockSize, blockBytes = format.BlockBytes;
+        long rowBytes = format.RowBytes(C);
+        if (C % B != 0 || rows.Length != (long)n * C || output.Length != n * rowBytes || u.shape[0] != C) throw new ArgumentException("shapes do not match");
+        float shift = format.CodeShift, top = format.Levels - 1, bottom = format.LowestCode;
+        int chunk = Math.Max(B, 128 / B * B);
+        using var scope = torch.NewDisposeScope();
+        Tensor wt = torch.tensor(rows.ToArray(), new long[] { n, C }).t().contiguous(); // [C, n]: a column is contiguous
+        var blockValues = new float[n * B];
+        var block = new byte[n * blockBytes];
+        var scale = new float[n * B];
+        var min = new float[n * B];
+        var codes = new byte[n * B];
+        float[] imp = importance.IsEmpty ? Array.Empty<float>() : importance.ToArray();
+        for (int cs = 0; cs < C; cs += chunk)
+        {
+            int ce = Math.Min(C, cs + chunk);
+            Tensor errors = torch.zeros(ce - cs, n); // host
+            for (int b0 = cs; b0 < ce; b0 += B)
+            {
+                using var blockScope = torch.NewDisposeScope();
+                // The block's scales, from the values as updated by the columns before it.
+                wt.narrow(0, b0, B).t().contiguous().data<float>().CopyTo(blockValues);
+                int from = b0;
+                Parallel.For(0, n, r =>
+                {
+                    var bytes = block.AsSpan(r * blockBytes, blockBytes);
+                    format.QuantizeRow(blockValues.AsSpan(r * B, B), bytes, imp.Length == 0 ? ReadOnlySpan<float>.Empty : imp.AsSpan(from, B));
+                    format.ReadGrid(bytes, scale.AsSpan(r * B, B), min.AsSpan(r * B, B));
+                    format.ReadCodes(bytes, codes.AsSpan(r * B, B));
+                });
+                Tensor S = torch.tensor(scale, new long[] { n, B }).t().contiguous();
+                Tensor M = torch.tensor(min, new long[] { n, B }).t().contiguous();
+                Tensor first = torch.tensor(codes, new long[] { n, B }).t().to_type(ScalarType.Float32).contiguous();
+                Tensor chosen = torch.empty(B, n); // host
+                for (int j = 0; j < B; j++)
+                {
+                    using var columnScope = torch.NewDisposeScope();
+                    int c = b0 + j;
+                    Tensor w = wt[c], s = S[j], m = M[j];
+                    Tensor q = ((w + m) / s).round_().sub_(shift).clamp_(bottom, top);
+                    q = torch.where(s == 0, first[j], q); // a zero step: every code is the same value; keep the search's
+                    Tensor wq = s * (q + shift) - m;
+                    Tensor err = (w - wq) / u[c, c];
+                    if (c + 1 < ce) wt.narrow(0, c + 1, ce - c - 1).sub_(torch.outer(u[c].narrow(0, c + 1, ce - c - 1), err));
+                    errors[c - cs].copy_(err);
+                    chosen[j].copy_(q);
+                }
+                chosen.t().contiguous().to_type(ScalarType.Byte).data<byte>().CopyTo(codes);
+                var target = output;
+                for (int r = 0; r < n; r++)
+                    format.WriteCodes(block.AsSpan(r * blockBytes, blockBytes), codes.AsSpan(r * B, B));
+                for (int r = 0; r < n; r++)
+                    block.AsSpan(r * blockBytes, blockBytes).CopyTo(target.Slice((int)(r * rowBytes + b0 / B * blockBytes), blockBytes));
+            }
+            if (ce < C)
+                wt.narrow(0, ce, C - ce).sub_(u.narrow(0, cs, ce - cs).narrow(1, ce, C - ce).t().matmul(errors));
+            errors.Dispose();
+        }
+    }
+}
