@@ -26,9 +26,6 @@ public static class ErrorCompensatedQuantizer
         using var scope = torch.NewDisposeScope();
         Tensor H = h.to_type(ScalarType.Float64).cpu().clone(); // host: the rows are host memory
         Tensor diag = H.diagonal();
-        double shrink = double.TryParse(Environment.GetEnvironmentVariable("SQ_GPTQ_SHRINK"), System.Globalization.CultureInfo.InvariantCulture, out var sv) ? sv : 0;
-        if (shrink > 0) { H.mul_(1 - shrink); H.add_(torch.diag(diag.clone()) * (shrink / (1 - shrink))); diag = H.diagonal(); }
-        if (double.TryParse(Environment.GetEnvironmentVariable("SQ_GPTQ_DAMP"), System.Globalization.CultureInfo.InvariantCulture, out var dv)) damping = dv;
         Tensor dead = diag <= 0;
         H.add_(torch.diag(dead.to_type(ScalarType.Float64)));
         H.add_(torch.eye(H.shape[0], dtype: ScalarType.Float64, device: H.device) * (damping * diag.mean().item<double>()));

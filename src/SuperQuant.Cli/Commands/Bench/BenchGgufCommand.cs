@@ -27,6 +27,7 @@ public static class BenchGgufCommand
     public static Command Create()
     {
         var model = new Option<string?>("--model", "-m") { Description = "checkpoint (default: a generated demo model with a planted super weight, dims multiple of 256)" };
+        var random = new Option<bool>("--random") { Description = "instead of the demo model: a random LLaMA with heavy-tailed weights and no planted super weight (dim 768, ffn 2048, 3 layers, 12 query / 4 KV heads, vocabulary 1024)" };
         var types = new Option<string>("--types") { Description = "GGUF types to compare", DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k" };
         var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: --calibration-count tokens sampled from the model)" };
         var calibCount = new Option<int>("--calibration-count") { Description = "calibration tokens to use (sampled from the model, a sequence per context window, when no file is given)", DefaultValueFactory = _ => 8192 }.InRange(16, 1 << 20);
@@ -36,7 +37,7 @@ public static class BenchGgufCommand
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
         var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
-            model, types, calib, calibCount, eval, context, z, threads,
+            model, random, types, calib, calibCount, eval, context, z, threads,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -44,7 +45,7 @@ public static class BenchGgufCommand
             string temp = Directory.CreateTempSubdirectory("superquant-bench-gguf-").FullName;
             try
             {
-                string ckpt = r.GetValue(model) ?? Demo(temp);
+                string ckpt = r.GetValue(model) ?? (r.GetValue(random) ? Random(temp) : Demo(temp));
                 Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
             }
             finally { Directory.Delete(temp, recursive: true); }
@@ -64,6 +65,18 @@ public static class BenchGgufCommand
             MaxPositionEmbeddings = 512, TieWordEmbeddings = false,
         };
         RandomCheckpoint.Write(dir, config, seed: 4, superWeight: (1, 300, 1000), heavyTails: true);
+        return dir;
+    }
+
+    static string Random(string temp)
+    {
+        string dir = Path.Combine(temp, "random");
+        var config = new LlamaConfig
+        {
+            Architecture = "llama", HiddenSize = 768, IntermediateSize = 2048, NumLayers = 3, NumHeads = 12, NumKvHeads = 4, VocabSize = 1024,
+            MaxPositionEmbeddings = 512, TieWordEmbeddings = false,
+        };
+        RandomCheckpoint.Write(dir, config, seed: 9, heavyTails: true);
         return dir;
     }
 
