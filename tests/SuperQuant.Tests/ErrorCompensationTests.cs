@@ -213,6 +213,22 @@ public sealed class ErrorCompensationTests
         Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq, $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
     }
 
+    /// <summary>A second moment that is not finite or not positive semi-definite gives no error-compensated candidate
+    /// (the writer then chooses among the others) rather than an exception or a NaN factor.</summary>
+    [TestMethod]
+    public void UnusableSecondMomentsGiveNoFactor()
+    {
+        using var nan = torch.eye(64); // host
+        nan[3, 5] = torch.tensor(float.NaN);
+        Assert.IsNull(ErrorCompensatedQuantizer.TryPrepare(nan));
+        using var negative = -torch.eye(64) * 1000; // host
+        Assert.IsNull(ErrorCompensatedQuantizer.TryPrepare(negative));
+        using var zero = torch.zeros(64, 64); // host: no calibration token reached any column: plain rounding
+        using Tensor? u = ErrorCompensatedQuantizer.TryPrepare(zero);
+        Assert.IsNotNull(u);
+        Assert.IsTrue(u.isfinite().all().item<bool>());
+    }
+
     /// <summary>Uncorrelated inputs (H diagonal) leave nothing to compensate: each weight is rounded to the nearest point
     /// of the grid its block's search chose, so no weight is farther from its value than in the format's own output.</summary>
     [TestMethod]

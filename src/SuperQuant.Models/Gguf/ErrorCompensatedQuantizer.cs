@@ -21,18 +21,29 @@ public static class ErrorCompensatedQuantizer
 
     /// <summary>The upper Cholesky factor U of (H + λI)⁻¹ (so (H + λI)⁻¹ = UᵀU), float32 on the host. Columns no
     /// calibration token reached (H_jj = 0) get H_jj = 1: their weights are rounded plainly and pass no error on.</summary>
-    public static Tensor Prepare(Tensor h, double damping = DefaultDamping)
+    public static Tensor Prepare(Tensor h, double damping = DefaultDamping) =>
+        TryPrepare(h, damping) ?? throw new ArgumentException("the second moment is not finite or not positive semi-definite", nameof(h));
+
+    /// <summary><see cref="Prepare"/>, or null when H has non-finite entries or its damped inverse has no Cholesky
+    /// factor (numerically not positive definite): then there is no error-compensated candidate for that matrix.</summary>
+    public static Tensor? TryPrepare(Tensor h, double damping = DefaultDamping)
     {
         using var scope = torch.NewDisposeScope();
         Tensor H = h.to_type(ScalarType.Float64).cpu().clone(); // host: the rows are host memory
+        if (!H.isfinite().all().item<bool>()) return null;
         Tensor diag = H.diagonal();
         Tensor dead = diag <= 0;
         H.add_(torch.diag(dead.to_type(ScalarType.Float64)));
         H.add_(torch.eye(H.shape[0], dtype: ScalarType.Float64, device: H.device) * (damping * diag.mean().item<double>()));
-        Tensor inverse = torch.linalg.inv(H);
-        inverse = (inverse + inverse.t()) / 2;
-        Tensor u = torch.linalg.cholesky(inverse).t().contiguous().to_type(ScalarType.Float32);
-        return u.MoveToOuterDisposeScope();
+        Tensor u;
+        try
+        {
+            Tensor inverse = torch.linalg.inv(H);
+            inverse = (inverse + inverse.t()) / 2;
+            u = torch.linalg.cholesky(inverse).t().contiguous().to_type(ScalarType.Float32);
+        }
+        catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException) { return null; } // libtorch: singular or not positive definite
+        return u.isfinite().all().item<bool>() && (u.diagonal() > 0).all().item<bool>() ? u.MoveToOuterDisposeScope() : null;
     }
 
     /// <summary>Quantizes rows of <paramref name="rowLength"/> into <paramref name="output"/> (format bytes).

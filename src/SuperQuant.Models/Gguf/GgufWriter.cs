@@ -221,9 +221,9 @@ public static class GgufWriter
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
-            if (export.ErrorCompensation && h is not null && format.Levels > 0)
+            if (export.ErrorCompensation && h is not null && format.Levels > 0 && ErrorCompensatedQuantizer.TryPrepare(h) is { } u)
             {
-                compensation = ErrorCompensatedQuantizer.Prepare(h);
+                compensation = u;
                 candidates.Add((data, format.UsesImportance ? importance : null));
             }
         }
