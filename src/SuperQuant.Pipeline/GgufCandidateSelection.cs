@@ -105,10 +105,11 @@ public sealed class CalibrationFolds : IDisposable
     /// <summary>Each candidate's held-out KLD (token-weighted over both folds), in <see cref="SuperAwareGguf.Candidates"/>
     /// order; the first is llama.cpp's reference rows. Empty when the calibration is too short to split.</summary>
     public IReadOnlyList<(string Label, double HeldOutKl)> Score(LlamaModel model, GgufFileType type, string name, GgufVocabulary? vocabulary,
-        string scratch, int? threads, CancellationToken cancel = default)
+        string scratch, int? threads, CancellationToken cancel = default, Action<int, int>? progress = null)
     {
         if (!CanChoose) return Array.Empty<(string, double)>();
         var labels = Full.Candidates(type, name, vocabulary).Select(c => c.Label).ToList();
+        int files = 1 + 2 * (labels.Count - 1), done = 0;
         var scores = new List<(string, double)>();
         string path = scratch + ".fold";
         try
@@ -120,7 +121,12 @@ public sealed class CalibrationFolds : IDisposable
                 {
                     cancel.ThrowIfCancellationRequested();
                     // The reference rows use no statistics: one file serves both folds.
-                    if (i > 0 || f == 0) GgufWriter.Write(path, model, _folds[f].Statistics.Candidates(type, name, vocabulary)[i].Export);
+                    if (i > 0 || f == 0)
+                    {
+                        progress?.Invoke(done, files);
+                        GgufWriter.Write(path, model, _folds[f].Statistics.Candidates(type, name, vocabulary)[i].Export);
+                        done++;
+                    }
                     using var engine = LlamaCppEngine.Open(path, Context, threads);
                     double kl = Evaluator.Divergence(_folds[f].HeldOut, engine.Logits, _folds[f].Tokens, cancel: cancel).KlDivergence.Value;
                     sum += kl * _folds[f].Tokens.Length;
@@ -128,6 +134,7 @@ public sealed class CalibrationFolds : IDisposable
                 }
                 scores.Add((labels[i], sum / weight));
             }
+            progress?.Invoke(files, files);
         }
         finally { try { File.Delete(path); } catch (IOException) { } }
         return scores;
@@ -144,9 +151,9 @@ public sealed class CalibrationFolds : IDisposable
     /// <summary>Scores the candidates, then writes the chosen one, built from all the calibration statistics, to
     /// <paramref name="path"/>.</summary>
     public (GgufWriteResult Written, string Log) WriteBest(string path, LlamaModel model, GgufFileType type, string name, GgufVocabulary? vocabulary,
-        int? threads, CancellationToken cancel = default)
+        int? threads, CancellationToken cancel = default, Action<int, int>? progress = null)
     {
-        var scores = Score(model, type, name, vocabulary, path, threads, cancel);
+        var scores = Score(model, type, name, vocabulary, path, threads, cancel, progress);
         int best = Choose(scores);
         var candidates = Full.Candidates(type, name, vocabulary);
         var written = GgufWriter.Write(path, model, candidates[best].Export);

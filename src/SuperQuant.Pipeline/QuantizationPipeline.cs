@@ -189,7 +189,8 @@ public static class QuantizationPipeline
                             GgufWriteResult written;
                             if (folds is not null)
                             {
-                                (written, string choice) = folds.WriteBest(file.StagingPath, model, g.Type, r.Id, vocabulary, o.Threads, o.Cancel);
+                                (written, string choice) = folds.WriteBest(file.StagingPath, model, g.Type, r.Id, vocabulary, o.Threads, o.Cancel,
+                                    log.Progress($"{r.Id}: {g.Kind}: candidate files scored on held-out calibration"));
                                 log.Info($"{r.Id}: {g.Kind}: {choice}");
                             }
                             else
