@@ -178,4 +178,16 @@ public sealed class DtypeTests
             Assert.AreEqual(fp32, bf16, 0.10 * fp32, $"{name}: bf16 {bf16} vs fp32 {fp32}");
         }
     }
+
+    /// <summary>The paired KL difference of two files on the same tokens, against a hand-computed case: per-token
+    /// differences 0.5, -0.5, 1.0 have mean 1/3 and sample variance 7/12, so the standard error is sqrt(7/36).</summary>
+    [TestMethod]
+    public void PairedKlDifferenceMatchesAHandComputedCase()
+    {
+        static DivergenceResult R(params float[] kl) => new(new Estimate(kl.Average(), 0), new Estimate(1, 0), new Estimate(1, 0), new Estimate(1, 0), kl.Length) { KlPerToken = kl };
+        var d = R(1, 2, 3).KlDifferenceFrom(R(0.5f, 2.5f, 2));
+        Assert.AreEqual(1.0 / 3, d.Value, 1e-12);
+        Assert.AreEqual(Math.Sqrt(7.0 / 36), d.StandardError, 1e-12);
+        Assert.ThrowsExactly<ArgumentException>(() => R(1, 2).KlDifferenceFrom(R(1, 2, 3)));
+    }
 }

@@ -24,6 +24,26 @@ public sealed record DivergenceResult(
     public Estimate PerplexityDelta { get; init; }
     /// <summary>sqrt(mean(Δp²)), Δp = p_Q(next token) - p_base(next token); standard error by the delta method.</summary>
     public Estimate RmsDeltaP { get; init; }
+    /// <summary>Each scored token's KL divergence, in scoring order (for paired comparisons of two files on the same
+    /// tokens); not written to reports.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public IReadOnlyList<float> KlPerToken { get; init; } = Array.Empty<float>();
+
+    /// <summary>Mean KL divergence of this result minus <paramref name="other"/>'s, token by token on the same tokens,
+    /// with the paired standard error (far smaller than either mean's when the two files err on the same tokens).</summary>
+    public Estimate KlDifferenceFrom(DivergenceResult other)
+    {
+        if (other.KlPerToken.Count != KlPerToken.Count || KlPerToken.Count == 0) throw new ArgumentException("the two results were not scored on the same tokens");
+        int n = KlPerToken.Count;
+        double mean = 0, m2 = 0;
+        for (int i = 0; i < n; i++)
+        {
+            double d = (double)KlPerToken[i] - other.KlPerToken[i], delta = d - mean;
+            mean += delta / (i + 1);
+            m2 += delta * (d - mean);
+        }
+        return new Estimate(mean, n > 1 ? Math.Sqrt(m2 / (n - 1) / n) : 0);
+    }
 }
 
 /// <summary>Collects per-token KL, top-1 agreement, both NLLs and Δp, chunk by chunk; memory is a few floats per
@@ -88,6 +108,7 @@ public sealed class DivergenceAccumulator
             LnPerplexityRatio = new Estimate(_nllDiff.Mean, _nllDiff.StandardError),
             PerplexityDelta = new Estimate(pMod - pRef, Math.Sqrt(Math.Max(varDelta, 0))),
             RmsDeltaP = new Estimate(rms, rms > 0 ? _dp2.StandardError / (2 * rms) : 0),
+            KlPerToken = _klValues.ToArray(),
         };
     }
 

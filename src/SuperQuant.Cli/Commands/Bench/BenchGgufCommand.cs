@@ -31,13 +31,14 @@ public static class BenchGgufCommand
         var types = new Option<string>("--types") { Description = "GGUF types to compare", DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k" };
         var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: --calibration-count tokens sampled from the model)" };
         var calibCount = new Option<int>("--calibration-count") { Description = "calibration tokens to use (sampled from the model, a sequence per context window, when no file is given)", DefaultValueFactory = _ => 8192 }.InRange(16, 1 << 20);
-        var eval = new Option<string?>("--eval-tokens") { Description = "evaluation token-id file (default: 1024 tokens sampled from the model, seed 2)" };
+        var eval = new Option<string?>("--eval-tokens") { Description = "evaluation token-id file (default: --eval-count tokens sampled from the model)" };
+        var evalCount = new Option<int>("--eval-count") { Description = "evaluation tokens sampled from the model when no file is given (seeds 2, 4, ...: never a calibration seed; over 1,024 a sequence per context window)", DefaultValueFactory = _ => 1024 }.InRange(16, 1 << 20);
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
         var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
         var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
-            model, random, types, calib, calibCount, eval, context, z, threads,
+            model, random, types, calib, calibCount, eval, evalCount, context, z, threads,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -46,7 +47,7 @@ public static class BenchGgufCommand
             try
             {
                 string ckpt = r.GetValue(model) ?? (r.GetValue(random) ? Random(temp) : Demo(temp));
-                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
+                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(evalCount), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
             }
             finally { Directory.Delete(temp, recursive: true); }
             return ExitCodes.Success;
@@ -80,7 +81,7 @@ public static class BenchGgufCommand
         return dir;
     }
 
-    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int ctx, double? z, int? threads, string temp)
+    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int evalCount, int ctx, double? z, int? threads, string temp)
     {
         string f16 = Path.Combine(temp, "model.f16.gguf");
         int[] calibration, eval;
@@ -89,8 +90,8 @@ public static class BenchGgufCommand
         {
             var c = original.Config;
             ctx = Math.Min(ctx, c.MaxPositionEmbeddings);
-            calibration = calibPath is null ? SampleCalibration(original, calibCount, ctx) : TokenIdFile.Read(calibPath, c.VocabSize, 2);
-            eval = evalPath is null ? Sampler.Generate(original, new[] { c.BosTokenId ?? 1 }, 1023, 1.0, seed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
+            calibration = calibPath is null ? Sample(original, calibCount, ctx, firstSeed: 1) : TokenIdFile.Read(calibPath, c.VocabSize, 2);
+            eval = evalPath is null ? Sample(original, evalCount, ctx, firstSeed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
             ReferenceFile.Record(refPath, "bench", t => original.Forward(t), eval, ctx, ctx / 2, c.VocabSize);
             calibration = calibration[..Math.Min(calibration.Length, calibCount)];
             GgufWriter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
@@ -132,7 +133,7 @@ public static class BenchGgufCommand
                 GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "bench" });
                 ourSeconds = clock.Elapsed.TotalSeconds;
             }
-            Evaluate($"{type.Name()}", ours, ourSeconds, "superquant", refused is null ? SameBytes(ours, theirs) : "llama.cpp refused");
+            var baseline = Evaluate($"{type.Name()}", ours, ourSeconds, "superquant", refused is null ? SameBytes(ours, theirs) : "llama.cpp refused");
 
             // The super-aware export's candidates, scored as the pipeline scores them (held-out calibration KLD), each
             // then shown as built from all the calibration tokens and measured on the evaluation tokens.
@@ -140,6 +141,7 @@ public static class BenchGgufCommand
             var scores = folds.Score(model, type, "bench", null, Path.Combine(temp, "scratch"), threads);
             double scoreSeconds = clock.Elapsed.TotalSeconds;
             int best = CalibrationFolds.Choose(scores);
+            DivergenceResult? shipped = best == 0 ? baseline : null;
             var candidates = folds.Full.Candidates(type, "bench", null);
             for (int i = 1; i < candidates.Count; i++)
             {
@@ -147,10 +149,15 @@ public static class BenchGgufCommand
                 clock.Restart();
                 GgufWriter.Write(path, model, candidates[i].Export);
                 double seconds = clock.Elapsed.TotalSeconds + importanceSeconds;
-                Evaluate("", path, seconds, "super-aware: " + candidates[i].Label.Replace(" rows", ""),
+                var measured = Evaluate("", path, seconds, "super-aware: " + candidates[i].Label.Replace(" rows", ""),
                     scores.Count > 0 ? $"held-out KLD {scores[i].HeldOutKl:F6} (reference rows {scores[0].HeldOutKl:F6})" : null);
+                if (i == best) shipped = measured;
             }
-            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s)");
+            // The shipped file against llama.cpp's (our reference rows are its bytes; where it refuses the type, ours):
+            // the KLD difference token by token, with its paired standard error.
+            var delta = shipped!.KlDifferenceFrom(baseline);
+            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s); KLD vs {(refused is null ? "llama.cpp's file" : "our reference rows")} " +
+                $"{delta.Value:+0.000000;-0.000000} ± {delta.StandardError:F6} paired ({100 * delta.Value / baseline.KlDivergence.Value:+0.0;-0.0} %)");
             if (detection.Found && best > 0)
             {
                 string path = Path.Combine(temp, $"raised.{type.Name()}.gguf");
@@ -162,26 +169,27 @@ public static class BenchGgufCommand
             else Console.WriteLine($"{"",-8} {"llama.cpp quantizer",-34} refused: {refused.Split('\n')[0]}");
         }
 
-        void Evaluate(string type, string path, double seconds, string? quantizer, string? bytes = null)
+        DivergenceResult Evaluate(string type, string path, double seconds, string? quantizer, string? bytes = null)
         {
             using var engine = LlamaCppEngine.Open(path, ctx, threads);
             var d = Evaluator.Divergence(reference, engine.Logits, eval);
             long size = new FileInfo(path).Length;
             double bpw = 8.0 * size / model.Config.ParameterCount;
             Console.WriteLine($"{type,-8} {quantizer ?? "",-34} {size / 1048576.0,7:F3} {bpw,6:F3} {d.KlDivergence.Value,10:F6} ± {d.KlDivergence.StandardError,-8:F6} {d.KlP99,9:F5} {d.Top1Agreement.Value,9:P2} {d.ModifiedPerplexity.Value,8:F3} ± {d.ModifiedPerplexity.StandardError,-6:F3} {(seconds > 0 ? seconds.ToString("F2", CultureInfo.InvariantCulture) : ""),8}  {bytes}");
+            return d;
         }
     }
 
-    /// <summary>Calibration text sampled from the model itself, one sequence of a context window each (seeds 1, 3, 5,
-    /// ...: the evaluation sequence uses seed 2), so a window never spans two samples. The first window equals the
-    /// earlier single 1,024-token sample's start.</summary>
-    static int[] SampleCalibration(LlamaModel model, int count, int ctx)
+    /// <summary>Text sampled from the model itself at temperature 1: up to 1,024 tokens one sequence, more a sequence per
+    /// context window (so a window never spans two samples), seeds firstSeed, firstSeed + 2, ...: calibration takes the
+    /// odd seeds, evaluation the even ones, so the two never share a sample.</summary>
+    static int[] Sample(LlamaModel model, int count, int ctx, int firstSeed)
     {
         var tokens = new List<int>(count);
         for (int i = 0; tokens.Count < count; i++)
         {
             int length = Math.Min(count - tokens.Count, count <= 1024 ? count : ctx);
-            tokens.AddRange(Sampler.Generate(model, new[] { model.Config.BosTokenId ?? 1 }, length - 1, 1.0, seed: 1 + 2 * i));
+            tokens.AddRange(Sampler.Generate(model, new[] { model.Config.BosTokenId ?? 1 }, length - 1, 1.0, seed: firstSeed + 2 * i));
         }
         return tokens.ToArray();
     }
