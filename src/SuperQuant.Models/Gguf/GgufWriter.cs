@@ -104,12 +104,18 @@ public static class GgufWriter
             }
             Pad(bw);
             bw.Flush();
-            for (int i = 0; i < tensors.Count; i++)
+            // GPTQ's factor of each H, computed once per file: q/k/v share one H, gate/up another.
+            var factors = new Dictionary<Tensor, Tensor?>(ReferenceEqualityComparer.Instance);
+            try
             {
-                WriteTensor(fs, tensors[i], types[i].Type, export);
-                Pad(bw);
-                bw.Flush();
+                for (int i = 0; i < tensors.Count; i++)
+                {
+                    WriteTensor(fs, tensors[i], types[i].Type, export, factors);
+                    Pad(bw);
+                    bw.Flush();
+                }
             }
+            finally { foreach (var u in factors.Values) u?.Dispose(); }
         });
         if (model.Weights.IsStreamed) model.Weights.ReleaseResident();
         return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount);
@@ -200,7 +206,7 @@ public static class GgufWriter
     }
 
     /// <summary>Quantizes one tensor a slab of rows at a time, straight from its float32 memory, into the stream.</summary>
-    static unsafe void WriteTensor(FileStream fs, Planned t, GgmlType type, GgufExport export)
+    static unsafe void WriteTensor(FileStream fs, Planned t, GgmlType type, GgufExport export, Dictionary<Tensor, Tensor?> factors)
     {
         using var scope = torch.NewDisposeScope();
         Tensor data = t.Source().to_type(ScalarType.Float32).cpu().contiguous();
@@ -221,10 +227,11 @@ public static class GgufWriter
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
-            if (export.ErrorCompensation && h is not null && format.Levels > 0 && ErrorCompensatedQuantizer.TryPrepare(h) is { } u)
+            if (export.ErrorCompensation && h is not null && format.Levels > 0)
             {
-                compensation = u;
-                candidates.Add((data, format.UsesImportance ? importance : null));
+                if (!factors.TryGetValue(h, out compensation))
+                    factors[h] = compensation = ErrorCompensatedQuantizer.TryPrepare(h)?.DetachFromDisposeScope();
+                if (compensation is not null) candidates.Add((data, format.UsesImportance ? importance : null));
             }
         }
         long rowBytes = format.RowBytes(rowLength);

@@ -157,7 +157,7 @@ public static class BenchGgufCommand
             // the KLD difference token by token, with its paired standard error.
             var delta = shipped!.KlDifferenceFrom(baseline);
             Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s); KLD vs {(refused is null ? "llama.cpp's file" : "our reference rows")} " +
-                $"{delta.Value:+0.000000;-0.000000} ± {delta.StandardError:F6} paired ({100 * delta.Value / baseline.KlDivergence.Value:+0.0;-0.0} %)");
+                $"{delta.Value.ToString("G3", CultureInfo.InvariantCulture)} ± {delta.StandardError.ToString("G2", CultureInfo.InvariantCulture)} paired ({100 * delta.Value / baseline.KlDivergence.Value:+0.0;-0.0} %)");
             if (detection.Found && best > 0)
             {
                 string path = Path.Combine(temp, $"raised.{type.Name()}.gguf");
