@@ -54,8 +54,8 @@ public sealed record SuperAwareGguf
 
     /// <summary>The files worth measuring for one type, each a complete export: llama.cpp's reference quantization (the
     /// bytes llama.cpp's quantizer writes), rows chosen by the diagonal importance error, and, when covariances were
-    /// recorded, rows chosen by the layer-output error. The pipeline keeps the one with the lowest KL divergence on the
-    /// calibration data, measured by llama.cpp: never worse than llama.cpp's own file there.</summary>
+    /// recorded, rows chosen by the layer-output error and error-compensated (GPTQ) rows. Which one ships is decided
+    /// on held-out calibration halves (<see cref="CalibrationFolds"/>); llama.cpp's rows ship unless beaten there.</summary>
     public IReadOnlyList<(string Label, GgufExport Export)> Candidates(GgufFileType type, string name, GgufVocabulary? vocabulary)
     {
         var list = new List<(string, GgufExport)>

@@ -100,11 +100,12 @@ public static class ErrorCompensatedQuantizer
                     chosen[j].copy_(q);
                 }
                 chosen.t().contiguous().to_type(ScalarType.Byte).data<byte>().CopyTo(codes);
-                var target = output;
                 for (int r = 0; r < n; r++)
-                    format.WriteCodes(block.AsSpan(r * blockBytes, blockBytes), codes.AsSpan(r * B, B));
-                for (int r = 0; r < n; r++)
-                    block.AsSpan(r * blockBytes, blockBytes).CopyTo(target.Slice((int)(r * rowBytes + b0 / B * blockBytes), blockBytes));
+                {
+                    var bytes = block.AsSpan(r * blockBytes, blockBytes);
+                    format.WriteCodes(bytes, codes.AsSpan(r * B, B));
+                    bytes.CopyTo(output.Slice((int)(r * rowBytes + b0 / B * blockBytes), blockBytes));
+                }
             }
             if (ce < C)
                 wt.narrow(0, ce, C - ce).sub_(u.narrow(0, cs, ce - cs).narrow(1, ce, C - ce).t().matmul(errors));
