@@ -28,22 +28,8 @@ public static class CliSupport
 {
     public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    /// <summary>Cancelled by Ctrl+C (and by MSBuild, which interrupts the tool it started).</summary>
-    public static CancellationToken Cancellation => Cts.Token;
-    static readonly CancellationTokenSource Cts = CreateCancellation();
-
-    static CancellationTokenSource CreateCancellation()
-    {
-        var cts = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) =>
-        {
-            if (cts.IsCancellationRequested) return; // a second Ctrl+C ends the process at once
-            e.Cancel = true;
-            Console.Error.WriteLine("cancelling (the current step stops at its next matrix or window; Ctrl+C again to kill)...");
-            cts.Cancel();
-        };
-        return cts;
-    }
+    /// <summary>Cancelled by Ctrl+C, SIGTERM or SIGHUP (<see cref="SignalCancellation"/>).</summary>
+    public static CancellationToken Cancellation => SignalCancellation.Token;
 
     /// <summary>Runs a command body and turns every failure into one stderr line and an exit code: SQ1xxx gate failures
     /// exit 1, other coded failures exit 3, anything else is a bug (exit 4).</summary>
@@ -145,7 +131,7 @@ public static class CliSupport
     {
         o.Validators.Add(r =>
         {
-            int v = r.GetValueOrDefault<int>();
+            if (!Converted(r, out int v)) return;
             if (v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {v} (expected {min}..{max})");
         });
         return o;
@@ -155,7 +141,7 @@ public static class CliSupport
     {
         o.Validators.Add(r =>
         {
-            int? v = r.GetValueOrDefault<int?>();
+            if (!Converted(r, out int? v)) return;
             if (v is int x && (x < min || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x} (expected {min}..{max})");
         });
         return o;
@@ -166,7 +152,7 @@ public static class CliSupport
     {
         o.Validators.Add(r =>
         {
-            double v = r.GetValueOrDefault<double>();
+            if (!Converted(r, out double v)) return;
             if (!double.IsFinite(v) || v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {v.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
         });
         return o;
@@ -176,10 +162,19 @@ public static class CliSupport
     {
         o.Validators.Add(r =>
         {
-            double? v = r.GetValueOrDefault<double?>();
+            if (!Converted(r, out double? v)) return;
             if (v is double x && (!double.IsFinite(x) || x < min || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
         });
         return o;
+    }
+
+    /// <summary>The option's value, or false when its text did not convert to the type ("NaN" or 3000000000 for an
+    /// int): System.CommandLine reports that as a parse error (a usage error, exit 2), but reading the value in a
+    /// validator throws, which ended the process with an unhandled exception.</summary>
+    public static bool Converted<T>(System.CommandLine.Parsing.OptionResult r, out T value)
+    {
+        try { value = r.GetValueOrDefault<T>(); return true; }
+        catch (InvalidOperationException) { value = default!; return false; }
     }
 
     /// <summary>Token ids separated by spaces or commas, each non-negative; the vocabulary bound is checked once the
@@ -198,6 +193,14 @@ public static class CliSupport
         return ids.ToArray();
     }
 
+    /// <summary>The full path of an output option's value; SQ2009 naming the option when it names a folder.</summary>
+    public static string OutputFile(string written, string option)
+    {
+        string full = Path.GetFullPath(written);
+        return OutputPath.NotAFile(written, full) is string problem
+            ? throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{option}: {problem}", full) : full;
+    }
+
     /// <summary>Refuses outputs that are inputs (or inside an input checkpoint folder) or each other, compared as files.</summary>
     public static void CheckOutputs(IEnumerable<(string Path, string What)> inputs, IEnumerable<(string Path, string What)> outputs)
     {
@@ -205,6 +208,39 @@ public static class CliSupport
         foreach (var (p, w) in inputs) check.AddInput(p, w);
         foreach (var (p, w) in outputs)
             if (check.AddOutput(p, w) is string error) throw new SuperQuantException(ErrorCodes.InvalidArgument, error, p);
+    }
+}
+
+/// <summary>
+/// SIGINT (Ctrl+C), SIGTERM (kill, CI timeouts, systemd) and SIGHUP (a closed terminal) all stop a run the same way:
+/// the current step stops at its next matrix or window, staged files are removed, nothing ships, exit 3 (SQ0008).
+/// A second signal ends the process at once, after deleting the files this run created and had not shipped
+/// (<see cref="OwnedFiles"/>); temp files need no sweep, they never had a name (<see cref="AtomicFile"/>).
+/// </summary>
+public static class SignalCancellation
+{
+    static readonly CancellationTokenSource Cts = new();
+    static readonly List<System.Runtime.InteropServices.PosixSignalRegistration> Registrations = new();
+
+    public static CancellationToken Token => Cts.Token;
+
+    public static void Install()
+    {
+        if (Registrations.Count > 0) return;
+        foreach (var signal in new[] { System.Runtime.InteropServices.PosixSignal.SIGINT, System.Runtime.InteropServices.PosixSignal.SIGTERM, System.Runtime.InteropServices.PosixSignal.SIGHUP })
+            Registrations.Add(System.Runtime.InteropServices.PosixSignalRegistration.Create(signal, OnSignal));
+    }
+
+    static void OnSignal(System.Runtime.InteropServices.PosixSignalContext context)
+    {
+        if (Cts.IsCancellationRequested)
+        {
+            OwnedFiles.DeleteAll(); // the default action (terminate) follows
+            return;
+        }
+        context.Cancel = true;
+        Console.Error.WriteLine($"{context.Signal}: cancelling (the current step stops at its next matrix or window; send it again to stop at once)...");
+        Cts.Cancel();
     }
 }
 

@@ -6,6 +6,11 @@ using SuperQuant.Core;
 // Before anything touches TorchSharp: choose the libtorch (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, PyTorch, bundled)
 // and load it; when the bundled one sits next to the app this process runs itself again (see LibTorchLoader).
 // Help, version and init never touch TorchSharp: they skip the PyTorch probe (a python3 start, ~0.1 s).
+// Numbers and names are read and written the same way whatever LANG says (tr-TR lowers "I" to "ı", de-DE writes 0,5).
+System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.DefaultThreadCurrentUICulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.CurrentUICulture = System.Globalization.CultureInfo.InvariantCulture;
 bool needsTorch = args.Length > 0 && args[0] != "init" && !args.Any(a => a is "-h" or "--help" or "-?" or "--version");
 OpenMpTuning.Apply(); // before libtorch (and its OpenMP runtime) loads
 try
@@ -18,6 +23,14 @@ catch (SuperQuantException e)
     return ExitCodes.InputError;
 }
 NativeMemoryTuning.Apply();
+// Process-wide: no file this run writes may be one it read as an input, whatever flag or variable named it.
+SuperQuant.Core.AtomicFile.Guard = SuperQuant.Manifest.InputFiles.RefusalFor;
+SignalCancellation.Install();
+if (PeakRssFile.Problem() is string peakProblem)
+{
+    Console.Error.WriteLine($"error {ErrorCodes.InvalidArgument}: {peakProblem}");
+    return ExitCodes.InputError;
+}
 var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
 foreach (var c in new[]
 {
@@ -25,7 +38,21 @@ foreach (var c in new[]
     GateCommand.Create(), EvalCommand.Create(), GenerateCommand.Create(), SuperQuant.Cli.Commands.Bench.BenchCommand.Create(), DoctorCommand.Create(),
 })
     root.Subcommands.Add(c);
-ParseResult parsed = root.Parse(args);
+ParseResult parsed;
+try { parsed = root.Parse(args); }
+catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException or ArgumentException)
+{
+    // A validator that met a value of the wrong type: still a command line that does not parse.
+    Console.Error.WriteLine($"error {ErrorCodes.InvalidArgument}: {e.Message}");
+    Console.Error.WriteLine("Run 'superquant --help' (or 'superquant COMMAND --help') for usage.");
+    return ExitCodes.Usage;
+}
+if (UsageChecks.EmptyValues(parsed) is { Count: > 0 } empty)
+{
+    foreach (string e in empty) Console.Error.WriteLine($"error {ErrorCodes.InvalidArgument}: {e}");
+    Console.Error.WriteLine("Run 'superquant --help' (or 'superquant COMMAND --help') for usage.");
+    return ExitCodes.Usage;
+}
 if (parsed.Errors.Count > 0)
 {
     // A command line that does not parse (unknown option, missing argument, not a number) is a usage error, exit 2; a
@@ -37,7 +64,5 @@ if (parsed.Errors.Count > 0)
     return domainOnly ? ExitCodes.InputError : ExitCodes.Usage;
 }
 int exitCode = parsed.Invoke();
-// For `bench scale`, which measures a child run's whole-process peak: VmHWM at exit is exact, polling is not.
-if (Environment.GetEnvironmentVariable("SUPERQUANT_PEAK_RSS_FILE") is { Length: > 0 } peakFile)
-    File.WriteAllText(peakFile, ProcessMemory.Peak.ToString(System.Globalization.CultureInfo.InvariantCulture));
-return exitCode;
+int peakExit = CliSupport.Run(() => { PeakRssFile.Write(); return ExitCodes.Success; });
+return exitCode != ExitCodes.Success ? exitCode : peakExit;

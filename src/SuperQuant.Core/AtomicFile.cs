@@ -1,21 +1,40 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
 namespace SuperQuant.Core;
 
 /// <summary>
-/// Every file SuperQuant writes (artifacts, GGUF, reports, state, caches) goes through here: written to
-/// "target.PID.tmp" in the target's folder, flushed, then renamed over the target, so a reader never sees half a file
-/// and a killed writer leaves only a temp file, which the next write of that target removes. A full disk becomes
-/// SQ4004 (<see cref="DiskSpace"/>), checked before writing when the size is known.
+/// Every file SuperQuant writes (artifacts, GGUF, reports, state, caches) goes through here. On Linux the bytes go
+/// into an unnamed file in the target's folder (open(2) with O_TMPFILE): a run killed mid-write, even by SIGKILL,
+/// leaves nothing behind, because the kernel frees a file that never got a name. Once flushed it is linked as
+/// "target.PID.tmp" and renamed over the target, so a reader never sees half a file. Where the file system has no
+/// O_TMPFILE the temp file is named from the start, and a later write of that target removes a killed writer's one.
+/// A full disk becomes SQ4004 (<see cref="DiskSpace"/>), checked before writing when the size is known.
 /// </summary>
 public static class AtomicFile
 {
+    /// <summary>Set once by the process (the CLI: Manifest's InputFiles): why a path may not be written, or null.
+    /// Asked before every write, so no output, whatever option or variable named it, replaces one of the run's inputs.</summary>
+    public static Func<string, string?>? Guard { get; set; }
+
+    /// <summary>Throws SQ2009 when <see cref="Guard"/> refuses <paramref name="full"/>.</summary>
+    public static void CheckAllowed(string full)
+    {
+        if (Guard?.Invoke(full) is string refusal) throw new SuperQuantException(ErrorCodes.InvalidArgument, refusal, full);
+    }
+
     /// <param name="expectedBytes">The size about to be written, for the free-space check; null when unknown.</param>
     public static void Write(string path, long? expectedBytes, Action<FileStream> write)
     {
         string full = Path.GetFullPath(path);
+        CheckAllowed(full);
+        if (Directory.Exists(full))
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {full}: it is a folder, not a file", full);
+        string dir = Path.GetDirectoryName(full)!;
         string temp = full + $".{Environment.ProcessId}.tmp";
         try
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            Directory.CreateDirectory(dir);
             RemoveStale(full, ".tmp");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -25,12 +44,15 @@ public static class AtomicFile
         if (expectedBytes is long bytes) DiskSpace.EnsureRoom(full, bytes);
         try
         {
-            using (var fs = FaultTargets(full) && expectedBytes is long size
-                       ? new KillingFileStream(temp, size / 2)
-                       : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            SafeFileHandle? unnamed = UnnamedFile.Open(dir);
+            long? killAfter = FaultTargets(full) && expectedBytes is long size ? size / 2 : null;
+            using (var fs = unnamed is not null
+                       ? killAfter is long k ? new KillingFileStream(unnamed, k) : new FileStream(unnamed, FileAccess.Write, 1 << 20)
+                       : killAfter is long k2 ? new KillingFileStream(temp, k2) : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 write(fs);
                 fs.Flush(flushToDisk: true);
+                if (unnamed is not null) UnnamedFile.Link(unnamed, temp);
             }
             File.Move(temp, full, overwrite: true);
         }
@@ -49,6 +71,54 @@ public static class AtomicFile
         {
             TryDelete(temp);
             throw;
+        }
+    }
+
+    /// <summary>O_TMPFILE and linkat(2), written by hand: .NET has no API for a file without a name.</summary>
+    static class UnnamedFile
+    {
+        const int OWrOnly = 1, OCloExec = 0x80000, AtFdCwd = -100, AtSymlinkFollow = 0x400, Eexist = 17;
+
+        [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+        static extern int open(string path, int flags, int mode);
+
+        [DllImport("libc", EntryPoint = "linkat", SetLastError = true)]
+        static extern int linkat(int olddirfd, string oldpath, int newdirfd, string newpath, int flags);
+
+        /// <summary>__O_TMPFILE | O_DIRECTORY, whose values differ between x86_64 and the generic (aarch64) headers.</summary>
+        static int? TmpFileFlag => RuntimeInformation.ProcessArchitecture switch
+        {
+            Architecture.X64 => 0x400000 | 0x10000,
+            Architecture.Arm64 => 0x400000 | 0x4000,
+            _ => null,
+        };
+
+        /// <summary>An unnamed writable file in <paramref name="dir"/>, or null where the kernel or file system has none.</summary>
+        public static SafeFileHandle? Open(string dir)
+        {
+            if (!OperatingSystem.IsLinux() || TmpFileFlag is not int flag) return null;
+            try
+            {
+                int fd = open(dir, flag | OWrOnly | OCloExec, Convert.ToInt32("666", 8)); // the umask applies, as for any new file
+                return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return null; }
+        }
+
+        /// <summary>Gives the unnamed file the name <paramref name="temp"/> (replacing a stale one of a killed process
+        /// that had our PID).</summary>
+        public static void Link(SafeFileHandle handle, string temp)
+        {
+            string self = $"/proc/self/fd/{handle.DangerousGetHandle()}";
+            if (linkat(AtFdCwd, self, AtFdCwd, temp, AtSymlinkFollow) == 0) return;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Eexist)
+            {
+                File.Delete(temp);
+                if (linkat(AtFdCwd, self, AtFdCwd, temp, AtSymlinkFollow) == 0) return;
+                errno = Marshal.GetLastPInvokeError();
+            }
+            throw new IOException($"cannot give the written file the name {temp}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
         }
     }
 
@@ -92,9 +162,13 @@ public static class AtomicFile
     }
 
     /// <summary>Counts bytes and, past the given count, flushes and kills the process (no finally block runs).</summary>
-    sealed class KillingFileStream(string path, long killAfter) : FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20)
+    sealed class KillingFileStream : FileStream
     {
+        readonly long _killAfter;
         long _written;
+
+        public KillingFileStream(string path, long killAfter) : base(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20) => _killAfter = killAfter;
+        public KillingFileStream(SafeFileHandle handle, long killAfter) : base(handle, FileAccess.Write, 1 << 20) => _killAfter = killAfter;
 
         public override void Write(ReadOnlySpan<byte> buffer) { base.Write(buffer); Count(buffer.Length); }
         public override void Write(byte[] buffer, int offset, int count) { base.Write(buffer, offset, count); Count(count); }
@@ -103,7 +177,7 @@ public static class AtomicFile
         void Count(int n)
         {
             _written += n;
-            if (_written < killAfter) return;
+            if (_written < _killAfter) return;
             Flush();
             System.Diagnostics.Process.GetCurrentProcess().Kill();
         }

@@ -33,6 +33,22 @@ public readonly record struct FileIdentity(string Key)
     }
 }
 
+/// <summary>Output paths name files: "out/", "out/." or an existing folder would write the artifact as the folder's
+/// own name (or fail after all the work).</summary>
+public static class OutputPath
+{
+    /// <summary>Why <paramref name="written"/> (as the user wrote it; <paramref name="full"/> resolved) does not name a
+    /// file, or null.</summary>
+    public static string? NotAFile(string written, string full)
+    {
+        string last = written.Replace('\\', '/').Split('/')[^1];
+        if (written.EndsWith('/') || written.EndsWith('\\') || last is "." or "..")
+            return $"'{ManifestReader.Excerpt(written)}' names a folder; an output must name a file (e.g. {Path.Combine(written.TrimEnd('/', '\\', '.'), "NAME")})";
+        if (Directory.Exists(full)) return $"{full} is a folder; an output must name a file";
+        return null;
+    }
+}
+
 /// <summary>Every input and output of a run, checked once: no output is an input, lies inside an input folder, or is
 /// another output. Errors come back through <paramref name="fail"/> with the offending output's own location.</summary>
 public sealed class FileIdentityCheck

@@ -37,7 +37,10 @@ public static class ManifestReader
     public static QuantizeManifest Read(string path, IReadOnlyList<string>? allowOutside = null, bool followSymlinks = false)
     {
         string full = System.IO.Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new ManifestException(full, 1, 1, "the manifest path is a folder; expected a quantize.yaml file");
         if (!File.Exists(full)) throw new ManifestException(full, 1, 1, "manifest not found");
+        if (InputFiles.NotARegularFile(full) is string notFile) throw new ManifestException(full, 1, 1, notFile + "; expected a quantize.yaml file");
+        InputFiles.Register(full, "the manifest");
         if (new FileInfo(full).Length > MaxBytes) throw new ManifestException(full, 1, 1, $"the manifest is larger than {MaxBytes >> 20} MiB");
         string dir = System.IO.Path.GetDirectoryName(full)!;
         var yaml = new YamlStream();
@@ -117,6 +120,8 @@ public static class ManifestReader
             if (n is null) return null;
             string p = Resolve(file, dir, n, key, roots.Inputs, roots.FollowSymlinks);
             if (!File.Exists(p) && !Directory.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
+            // A FIFO or a device would block or never end the run (and its content hash): refused here, at the line.
+            if (InputFiles.NotARegularFile(p) is string special && !Directory.Exists(p)) throw At(file, n, $"'{key}': {special}");
             // A checkpoint folder's files (config, shards, tokenizer) are read too: none may link out either.
             if (Directory.Exists(p) && !roots.FollowSymlinks)
                 foreach (string inner in Directory.EnumerateFileSystemEntries(p))
@@ -127,7 +132,7 @@ public static class ManifestReader
         if (id.Length == 0 || id.Length > 128 || id.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')))
             throw At(file, Required("id"), $"id '{Excerpt(id)}' may use ASCII letters, digits, '-', '_' and '.' only (at most 128)");
         var outputNode = Required("output");
-        string output = Resolve(file, dir, outputNode, "output", roots.Project, roots.FollowSymlinks);
+        string output = OutputFile(file, dir, outputNode, "output", roots);
         var gateNode = Map(file, Required("gate"), "'gate'");
         CheckKeys(file, gateNode, GateKeys, "'gate'");
         string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", QualityGate.Metrics.ToArray()) : "kl";
@@ -156,7 +161,7 @@ public static class ManifestReader
                 throw At(file, inc, $"max_increase '{Excerpt(incText)}' must be a finite non-negative number or a percentage like '5%'");
         }
         double? fixedBaseline = null;
-        if (gateNode.Children.TryGetValue(new YamlScalarNode("baseline"), out var bn) && Str(file, bn, "baseline") != "original")
+        if (gateNode.Children.TryGetValue(new YamlScalarNode("baseline"), out var bn) && !Names.Is(Str(file, bn, "baseline"), "original"))
             fixedBaseline = Dbl(file, bn, "baseline (a number or 'original')");
         string? evalText = InputFile("evaluation_text"), evalTokens = InputFile("evaluation_tokens");
         if (evalText is null && evalTokens is null)
@@ -229,8 +234,8 @@ public static class ManifestReader
             if (item is YamlScalarNode s)
             {
                 string v = s.Value ?? "";
-                if (v == "packed") { list.Add(new ExportEntry(null, output, outputAt)); continue; }
-                string hint = v.StartsWith("gguf", StringComparison.Ordinal)
+                if (Names.Is(v, "packed")) { list.Add(new ExportEntry(null, output, outputAt)); continue; }
+                string hint = v.StartsWith("gguf", StringComparison.OrdinalIgnoreCase)
                     ? $"; a GGUF export names its type: {{gguf: TYPE}} with TYPE one of {string.Join(", ", Names.GgufTypeNames)} (method super-aware makes the super-aware GGUF)"
                     : "";
                 throw At(file, item, $"'export' items are 'packed' or {{gguf: TYPE}}, got '{Excerpt(v)}'{hint}");
@@ -242,7 +247,7 @@ public static class ManifestReader
             if (!Names.TryParseGgufType(typeName, out var type))
                 throw At(file, typeNode, $"'gguf' must be one of {string.Join(", ", Names.GgufTypeNames)}, got '{Excerpt(typeName)}'");
             string path = map.Children.TryGetValue(new YamlScalarNode("path"), out var pn)
-                ? Resolve(file, dir, pn, "path", roots.Project, roots.FollowSymlinks)
+                ? OutputFile(file, dir, pn, "path", roots)
                 : DefaultGgufPath(output, type);
             list.Add(new ExportEntry(type, path, at));
         }
@@ -280,7 +285,8 @@ public static class ManifestReader
         var list = new List<TaskEntry>();
         foreach (var (k, v) in map.Children)
         {
-            string name = Str(file, k, "tasks");
+            string written = Str(file, k, "tasks");
+            string name = Names.TaskNames.FirstOrDefault(t => Names.Is(written, t)) ?? written;
             if (!Names.TaskNames.Contains(name)) throw At(file, k, $"unknown task '{Excerpt(name)}' (known: {string.Join(", ", Names.TaskNames)})");
             list.Add(new TaskEntry(name, resolve((name, v)), new Position((int)v.Start.Line, (int)v.Start.Column)));
         }
@@ -288,18 +294,25 @@ public static class ManifestReader
         return list;
     }
 
+    static string OutputFile(string file, string dir, YamlNode n, string key, Roots roots)
+    {
+        string p = Resolve(file, dir, n, key, roots.Project, roots.FollowSymlinks);
+        return OutputPath.NotAFile(Str(file, n, key), p) is string problem ? throw At(file, n, $"'{key}': {problem}") : p;
+    }
+
     static string InputFileAt(string file, string dir, YamlNode n, string key, Roots roots)
     {
         string p = Resolve(file, dir, n, key, roots.Inputs, roots.FollowSymlinks);
         if (!File.Exists(p)) throw At(file, n, $"'{key}': {p} does not exist");
+        if (InputFiles.NotARegularFile(p) is string special) throw At(file, n, $"'{key}': {special}");
         return p;
     }
 
     static double? ZValue(string file, YamlNode n)
     {
         string s = Str(file, n, "z");
-        if (s == "auto") return null;
-        if (s == "none") return double.PositiveInfinity;
+        if (Names.Is(s, "auto")) return null;
+        if (Names.Is(s, "none")) return double.PositiveInfinity;
         return double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double z) && double.IsFinite(z) && z > 0 ? z
             : throw At(file, n, $"z '{Excerpt(s)}' must be a positive finite number, 'auto' or 'none'");
     }
@@ -357,7 +370,9 @@ public static class ManifestReader
     static string OneOf(string file, YamlNode n, string key, string[] allowed)
     {
         string v = Str(file, n, key);
-        return allowed.Contains(v) ? v : throw At(file, n, $"'{key}' must be one of {string.Join(", ", allowed)}, got '{Excerpt(v)}'");
+        // Names compare ordinally, ignoring case (metric: KL, baseline: ORIGINAL), never in the current culture: under
+        // tr-TR a culture-aware "ORIGINAL" lowers to "orıgınal". The canonical spelling is returned.
+        return allowed.FirstOrDefault(a => Names.Is(v, a)) ?? throw At(file, n, $"'{key}' must be one of {string.Join(", ", allowed)}, got '{Excerpt(v)}'");
     }
 
     /// <summary>At most 80 characters of a value in a message: a 30 MB value must not make a 30 MB error.</summary>

@@ -71,7 +71,7 @@ public static class Names
         : block == TensorBlock ? "block size tensor needs variant: paper (flattened blocks)" : $"block size {block} (supported: 32..4096 or channel; larger power-of-two blocks and tensor need variant: paper)";
 
     /// <summary>"channel" -> 0, "tensor" -> <see cref="TensorBlock"/>, an integer 32..2^30 -> itself; else null.</summary>
-    public static int? ParseBlockSize(string? s) => s is "channel" or "per-channel" ? 0 : s == "tensor" ? TensorBlock
+    public static int? ParseBlockSize(string? s) => Is(s, "channel") || Is(s, "per-channel") ? 0 : Is(s, "tensor") ? TensorBlock
         : int.TryParse(s, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int b) && b >= 32 && b <= MaxPaperBlock ? b : null;
 
     public static string BlockSizeName(int block) => block == 0 ? "channel" : block == TensorBlock ? "tensor" : block.ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -80,10 +80,14 @@ public static class Names
     public static string Name(this QuantMethod m) => MethodTable.First(x => x.Method == m).Name;
     public static string Name(this GgufFileType t) => GgufTable.First(x => x.Type == t).Name;
 
+    /// <summary>Whether a name the user wrote is <paramref name="name"/>: ordinal, ignoring case, never in the current
+    /// culture (a tr-TR culture lowers "I" to dotless "ı"). Every name in the manifest, the CLI and MSBuild compares here.</summary>
+    public static bool Is(string? written, string name) => string.Equals(written, name, StringComparison.OrdinalIgnoreCase);
+
     public static bool TryParseMethod(string? s, out QuantMethod method)
     {
         foreach (var (m, n) in MethodTable)
-            if (n == s) { method = m; return true; }
+            if (Is(s, n)) { method = m; return true; }
         method = default;
         return false;
     }
@@ -91,7 +95,7 @@ public static class Names
     public static bool TryParseGgufType(string? s, out GgufFileType type)
     {
         foreach (var t in GgufTable)
-            if (t.Name == s?.ToLowerInvariant()) { type = t.Type; return true; }
+            if (Is(s, t.Name)) { type = t.Type; return true; }
         type = default;
         return false;
     }

@@ -18,10 +18,14 @@ public static class JsonInput
 
     public static JsonDocument Parse(string path, string code)
     {
-        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"{path} not found", path);
+        DataFile.Require(path, "JSON file", code);
         if (new FileInfo(path).Length > MaxBytes) throw new SuperQuantException(code, $"{path} is larger than {MaxBytes >> 20} MiB", path);
-        byte[] bytes = File.ReadAllBytes(path);
-        try { StrictUtf8.GetCharCount(bytes); }
+        ReadOnlyMemory<byte> bytes = File.ReadAllBytes(path);
+        if (DataFile.NotUtf8(bytes.Span[..Math.Min(bytes.Length, 4096)]) is string encoding)
+            throw new SuperQuantException(code, $"{path} is {encoding} text; JSON files must be UTF-8", path);
+        // A UTF-8 byte-order mark is allowed (editors on Windows write one); System.Text.Json refuses it.
+        if (bytes.Span.StartsWith(new byte[] { 0xEF, 0xBB, 0xBF })) bytes = bytes[3..];
+        try { StrictUtf8.GetCharCount(bytes.Span); }
         catch (DecoderFallbackException) { throw new SuperQuantException(code, $"{path} is not valid UTF-8", path); }
         JsonDocument doc;
         try { doc = JsonDocument.Parse(bytes); }

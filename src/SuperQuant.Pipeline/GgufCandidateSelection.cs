@@ -1,3 +1,4 @@
+using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
@@ -112,6 +113,7 @@ public sealed class CalibrationFolds : IDisposable
         int files = 1 + 2 * (labels.Count - 1), done = 0;
         var scores = new List<(string, double)>();
         string path = scratch + ".fold";
+        OwnedFiles.Add(path);
         try
         {
             for (int i = 0; i < labels.Count; i++)
@@ -136,7 +138,11 @@ public sealed class CalibrationFolds : IDisposable
             }
             progress?.Invoke(files, files);
         }
-        finally { try { File.Delete(path); } catch (IOException) { } }
+        finally
+        {
+            try { File.Delete(path); } catch (IOException) { }
+            OwnedFiles.Remove(path);
+        }
         return scores;
     }
 

@@ -101,6 +101,7 @@ public static class QuantizationPipeline
         var cleanup = new Cleanup();
         try
         {
+            RequireSource(r);
             string checkpointHash;
             using (log.Step("hash checkpoint")) checkpointHash = o.CheckpointSha256 ?? CheckpointHash.Compute(r.Checkpoint);
             var (streamed, why) = MemoryPlan.Decide(o.Memory, r.Checkpoint, r);
@@ -150,7 +151,11 @@ public static class QuantizationPipeline
     
                 if (eval is not null)
                     using (log.Step("reference"))
+                    {
                         (reference, referenceCached, tempFolder) = Reference(r, o, model, eval, ctx, stride, checkpointHash, log);
+                        cleanup.Add(reference); // closed before its temp folder is deleted
+                        if (tempFolder is not null) cleanup.Folder = tempFolder; // a baseline outside any cache is this run's to delete
+                    }
     
                 bool detect = r.Method == QuantMethod.SuperAware || r.Method.Transforms() || r.ActivationBits < 16;
                 DetectionReport? detection = null;
@@ -285,16 +290,35 @@ public static class QuantizationPipeline
         (r.Variant == "paper" ? $", paper ({r.Clip}, {r.Levels})" : "") +
         (z is double zz ? $", z {zz:G3}" : "");
 
+    /// <summary>Quantize and gate start from the unquantized checkpoint, which is also the gate's baseline. A GGUF or a
+    /// packed artifact is already quantized: re-quantizing it compounds the rounding and measures against the wrong
+    /// original. eval, generate, detect and analyze accept those files; this is refused here, naming the key or option.</summary>
+    static void RequireSource(QuantizationRequest r)
+    {
+        var format = ModelLoader.Detect(r.Checkpoint);
+        if (format is CheckpointFormat.Gguf or CheckpointFormat.Packed)
+            throw r.OriginOf("checkpoint").Error($"{r.Checkpoint} is a {(format == CheckpointFormat.Gguf ? "GGUF file" : "packed artifact")}, an already quantized runtime file; " +
+                "quantize from the unquantized checkpoint it was made from: a Hugging Face folder (config.json + *.safetensors) or a llama2.c .bin " +
+                "(eval, generate, detect and analyze accept GGUF and packed files)");
+    }
+
     /// <summary>What a run holds until it ends, released whatever happens: open reference files, then its temp folder.</summary>
     sealed class Cleanup : IDisposable
     {
         readonly List<IDisposable> _items = new();
-        public string? Folder { get; set; }
+        string? _folder;
+        public string? Folder
+        {
+            get => _folder;
+            set { _folder = value; if (value is not null) OwnedFiles.Add(value); }
+        }
         public void Add(IDisposable d) => _items.Add(d);
         public void Dispose()
         {
             foreach (var d in _items) d.Dispose();
-            if (Folder is not null) try { Directory.Delete(Folder, recursive: true); } catch (IOException) { }
+            if (Folder is null) return;
+            try { Directory.Delete(Folder, recursive: true); } catch (IOException) { }
+            OwnedFiles.Remove(Folder);
         }
     }
 

@@ -71,7 +71,7 @@ public sealed record QuantizationRequest
     /// <summary>Where a setting came from, by manifest key (the manifest gives its line; the CLI its option).</summary>
     public Func<string, Origin> OriginOf { get; init; } = key => Origin.Option(key switch
     {
-        "block_size" => "--block", "weight_bits" => "--bits", "activation_bits" => "--activation-bits", "z" => "--z",
+        "checkpoint" => "--model", "block_size" => "--block", "weight_bits" => "--bits", "activation_bits" => "--activation-bits", "z" => "--z",
         _ => "--" + key.Replace('_', '-'),
     });
     /// <summary>Zero-shot tasks (manifest `tasks:`), scored with the checkpoint's tokenizer.</summary>

@@ -31,6 +31,7 @@ public sealed class StagedFile
         {
             throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {f.FinalPath}: its folder cannot be created ({e.Message})", f.FinalPath, e);
         }
+        OwnedFiles.Add(f.StagingPath);
         return f;
     }
 
@@ -52,7 +53,9 @@ public sealed class StagedFile
     public void Promote()
     {
         if (Promoted) return;
+        AtomicFile.CheckAllowed(FinalPath);
         File.Move(StagingPath, FinalPath, overwrite: true);
+        OwnedFiles.Remove(StagingPath);
         Promoted = true;
     }
 
@@ -60,5 +63,6 @@ public sealed class StagedFile
     {
         if (Promoted) return;
         try { File.Delete(StagingPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        OwnedFiles.Remove(StagingPath);
     }
 }

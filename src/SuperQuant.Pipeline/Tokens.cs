@@ -21,10 +21,11 @@ public static class Tokens
 
     static string ReadText(string path)
     {
-        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"text file not found: {path}", path);
-        if (new FileInfo(path).Length > TokenIdFile.MaxBytes)
+        using var reader = SuperQuant.Models.DataFile.OpenUtf8(path, "text file", ErrorCodes.TokenFileInvalid);
+        if (reader.BaseStream.Length > TokenIdFile.MaxBytes)
             throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: larger than {TokenIdFile.MaxBytes >> 20} MiB", path);
-        return File.ReadAllText(path);
+        try { return reader.ReadToEnd(); }
+        catch (System.Text.DecoderFallbackException) { throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: not valid UTF-8 text", path); }
     }
 
     /// <summary>Tokenizes with the checkpoint's tokenizer; prepends BOS when the tokenizer did not.</summary>

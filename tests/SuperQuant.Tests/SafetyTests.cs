@@ -183,7 +183,8 @@ public sealed class SafetyTests
         ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("blocker/reports")), "SQ4003", dir.File("blocker/reports"));
         ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("missing.yaml")), "error SQ3001", "manifest not found");
         Directory.CreateDirectory(dir.File("statedir"));
-        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("statedir"), "--report-dir", dir.File("obj")), "SQ4003", dir.File("statedir"));
+        // A folder where a file must go is refused before any work, naming the option.
+        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("statedir"), "--report-dir", dir.File("obj")), "SQ2009", "--state", dir.File("statedir"), "is a folder");
     }
 
     // ---- D5: each of these was exit 4 ----

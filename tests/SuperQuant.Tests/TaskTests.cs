@@ -78,10 +78,13 @@ public sealed class TaskTests
         Expect("lambada", new[] { "", "  " }, "no lambada documents");
         Expect("hellaswag", new[] { Lines["hellaswag"].Replace("\"label\": \"0\"", "\"label\": \"7\"") }, "is not an index into 2 choices");
         Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read(Write(dir, "x", "{}"), "mmlu"));
-        // A device that never ends a line: stopped at 1 MiB, memory bounded.
+        // A device is not a task file (it would never end); a regular file that never ends a line is stopped at 1 MiB.
         var dev = Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read("/dev/zero", "piqa"));
         Assert.AreEqual(ErrorCodes.TaskFileInvalid, dev.Code);
-        StringAssert.Contains(dev.Message, "line longer than 1 MiB");
+        StringAssert.Contains(dev.Message, "character device");
+        var longLine = Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read(Write(dir, "long", new string('x', (1 << 20) + 10)), "piqa"));
+        Assert.AreEqual(ErrorCodes.TaskFileInvalid, longLine.Code);
+        StringAssert.Contains(longLine.Message, "line longer than 1 MiB");
     }
 
     static (string Folder, LlamaModel Model) DemoWithTokenizer(TempFolder dir)

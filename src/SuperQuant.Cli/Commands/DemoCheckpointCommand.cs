@@ -16,10 +16,11 @@ public static class DemoCheckpointCommand
         var hidden = new Option<int>("--hidden") { Description = "hidden size (multiple of 64)", DefaultValueFactory = _ => 256 }.InRange(64, 16384);
         var ffn = new Option<int>("--ffn") { Description = "MLP intermediate size", DefaultValueFactory = _ => 512 }.InRange(16, 65536);
         var layers = new Option<int>("--layers") { Description = "decoder layers", DefaultValueFactory = _ => 2 }.InRange(1, 256);
+        var force = new Option<bool>("--force") { Description = "replace a checkpoint already in the folder (config.json, model.safetensors)" };
         var vocab = new Option<int>("--vocab") { Description = "vocabulary size", DefaultValueFactory = _ => 256 }.InRange(16, 262144);
         var cmd = new Command("demo-checkpoint", "Write a random LLaMA checkpoint (default 1.4M parameters, vocabulary 256; --hidden/--ffn/--layers/--vocab for others, e.g. 768/2048/12/32000 for ~110M, tied embedding) with a super weight planted at (1, 100, 300) (layer 0 when there is one; row and column clamped to the matrix).\n" + ExitCodes.HelpText)
         {
-            output, seed, hidden, ffn, layers, vocab,
+            output, seed, hidden, ffn, layers, vocab, force,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -30,7 +31,12 @@ public static class DemoCheckpointCommand
                 Architecture = "llama", HiddenSize = h, IntermediateSize = f, NumLayers = n, NumHeads = Math.Max(1, h / 64), NumKvHeads = Math.Max(1, h / 64),
                 VocabSize = r.GetValue(vocab), MaxPositionEmbeddings = 512, TieWordEmbeddings = true,
             };
-            string dir = r.GetValue(output)!;
+            string dir = Path.GetFullPath(r.GetValue(output)!);
+            if (File.Exists(dir)) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--out: {dir} is a file; give a folder for config.json and model.safetensors", dir);
+            // A user's checkpoint in that folder is not ours to replace.
+            foreach (string f0 in new[] { "config.json", "model.safetensors" }.Select(x => Path.Combine(dir, x)))
+                if (File.Exists(f0) && !r.GetValue(force))
+                    throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--out: {f0} exists (use --force to replace it)", f0);
             RandomCheckpoint.Write(dir, config, seed: r.GetValue(seed), superWeight: (Math.Min(1, n - 1), Math.Min(100, h - 1), Math.Min(300, f - 1)),
                 progress: new ConsoleProgress("writing").Report);
             Console.WriteLine($"wrote {dir} ({config.ParameterCount / 1e6:F1}M parameters, super weight at layer {Math.Min(1, n - 1)} [{Math.Min(100, h - 1)}, {Math.Min(300, f - 1)}])");

@@ -14,7 +14,9 @@ namespace SuperQuant.Cli.Commands;
 /// <summary>`superquant gate`: run quantize.yaml end to end (what `dotnet build` runs through SuperQuant.Build).</summary>
 public static class GateCommand
 {
-    public sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report);
+    /// <param name="OutputSha256">Each shipped file's SHA-256 when it was promoted: "up to date" needs the inputs
+    /// unchanged and every output still holding those bytes (another manifest, or a hand edit, may have replaced it).</param>
+    public sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report, Dictionary<string, string>? OutputSha256 = null);
     public sealed record State(Dictionary<string, StateEntry> Models);
 
     public static Command Create()
@@ -41,7 +43,7 @@ public static class GateCommand
         {
             QuantizeManifest m = ManifestReader.Read(r.GetValue(manifest)!, r.GetValue(allow) ?? Array.Empty<string>(), r.GetValue(followLinks));
             string reportFolder = Path.GetFullPath(r.GetValue(reportDir) ?? Path.GetDirectoryName(m.Path)!);
-            var files = new RunFiles(reportFolder, FullOrNull(r.GetValue(state)), FullOrNull(r.GetValue(deps)), FullOrNull(r.GetValue(outputs)));
+            var files = new RunFiles(reportFolder, FullOrNull(r.GetValue(state), "--state"), FullOrNull(r.GetValue(deps), "--deps-file"), FullOrNull(r.GetValue(outputs), "--outputs-file"));
             CheckRunFiles(m, files);
             using var held = ProjectLock.Acquire(m, TimeSpan.FromSeconds(r.GetValue(lockTimeout)));
             return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise), MemoryPlan.Parse(r.GetValue(memory) ?? m.Memory));
@@ -49,7 +51,7 @@ public static class GateCommand
         return cmd;
     }
 
-    static string? FullOrNull(string? p) => p is null ? null : Path.GetFullPath(p);
+    static string? FullOrNull(string? p, string option) => p is null ? null : CliSupport.OutputFile(p, option);
 
     sealed record RunFiles(string ReportFolder, string? State, string? Deps, string? Outputs)
     {
@@ -100,13 +102,18 @@ public static class GateCommand
         {
             string checkpointHash = CheckpointHash.Compute(e.Checkpoint); // read once: input hash and artifact provenance
             string hash = InputHash(e, toolVersion, checkpointHash);
-            if (previous.Models.TryGetValue(e.Id, out var old) && old.InputHash == hash && old.Report.Passed && old.Outputs.All(File.Exists))
+            if (previous.Models.TryGetValue(e.Id, out var old) && old.InputHash == hash && old.Report.Passed)
             {
-                Console.WriteLine($"{e.Id}: up to date (inputs unchanged), skipped");
-                reports.Add(old.Report with { Status = "up-to-date" });
-                keep[e.Id] = old;
-                shipped.AddRange(old.Outputs);
-                continue;
+                if (ChangedOutput(old) is string changed)
+                    Console.WriteLine($"{e.Id}: inputs unchanged, but {changed}: re-quantizing");
+                else
+                {
+                    Console.WriteLine($"{e.Id}: up to date (inputs and outputs unchanged), skipped");
+                    reports.Add(old.Report with { Status = "up-to-date" });
+                    keep[e.Id] = old;
+                    shipped.AddRange(old.Outputs);
+                    continue;
+                }
             }
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var request = ManifestRequests.From(m, e);
@@ -144,7 +151,8 @@ public static class GateCommand
             if (report.Passed || warnOnly)
             {
                 foreach (var a in result.Artifacts) a.File.Promote();
-                keep[e.Id] = new StateEntry(hash, result.Artifacts.Select(a => a.File.FinalPath).ToList(), report);
+                var finals = result.Artifacts.Select(a => a.File.FinalPath).ToList();
+                keep[e.Id] = new StateEntry(hash, finals, report, finals.ToDictionary(f => f, Sha256));
                 shipped.AddRange(result.Artifacts.Select(a => a.File.FinalPath));
             }
             else
@@ -173,6 +181,24 @@ public static class GateCommand
     /// <summary>"duquant W4A4, block channel, export packed + gguf q4_k_m": what a report row was quantized with.</summary>
     static string Settings(ModelEntry e) =>
         $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block {Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export {string.Join(" + ", e.Exports.Select(x => x.Kind))}";
+
+    /// <summary>Why the files a state entry shipped are no longer what it shipped (missing, or other bytes), or null.</summary>
+    static string? ChangedOutput(StateEntry old)
+    {
+        if (old.OutputSha256 is null) return "the state holds no output hashes (older tool)";
+        foreach (string f in old.Outputs)
+        {
+            if (!File.Exists(f)) return $"{f} is missing";
+            if (!old.OutputSha256.TryGetValue(f, out var sha) || sha != Sha256(f)) return $"{f} is not the file this model shipped (its content changed)";
+        }
+        return null;
+    }
+
+    static string Sha256(string file)
+    {
+        using var s = File.OpenRead(file);
+        return Convert.ToHexString(SHA256.HashData(s)).ToLowerInvariant();
+    }
 
     /// <summary>Content hash of everything a model's result depends on: its settings, checkpoint, data files and the
     /// tool version. Equal hash = nothing to recompute.</summary>

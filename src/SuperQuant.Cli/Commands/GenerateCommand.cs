@@ -32,7 +32,7 @@ public static class GenerateCommand
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             string path = Path.GetFullPath(r.GetValue(model)!);
-            if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (Path.GetFullPath(o), "--out") });
+            if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
             Microsoft.ML.Tokenizers.Tokenizer? tok = null;

@@ -16,7 +16,7 @@ public static class InitCommand
         var cmd = new Command("init", "Write a commented quantize.yaml for a checkpoint.\n" + ExitCodes.HelpText) { checkpoint, output, force };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
-            string path = Path.GetFullPath(r.GetValue(output)!);
+            string path = CliSupport.OutputFile(r.GetValue(output)!, "--out");
             if (File.Exists(path) && !r.GetValue(force))
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{path} exists (use --force to overwrite)", path);
             string dir = Path.GetDirectoryName(path)!;

@@ -69,9 +69,9 @@ public static class QuantizeCommand
                 r.GetValue(textOpt) is string t ? new TokenSource(t, true, Origin.Option(textOpt.Name))
                 : r.GetValue(idsOpt) is string i ? new TokenSource(i, false, Origin.Option(idsOpt.Name)) : null;
             var artifacts = new List<ArtifactSpec>();
-            if (r.GetValue(output) is string o) artifacts.Add(new PackedSpec(Path.GetFullPath(o), Origin.Option("--out")));
+            if (r.GetValue(output) is string o) artifacts.Add(new PackedSpec(CliSupport.OutputFile(o, "--out"), Origin.Option("--out")));
             if (r.GetValue(gguf) is string g)
-                artifacts.Add(new GgufSpec(Path.GetFullPath(g), r.GetValue(ggufType) is string gt ? Names.ParseGgufType(gt) : DefaultGgufType(wBits), Origin.Option("--gguf-type")));
+                artifacts.Add(new GgufSpec(CliSupport.OutputFile(g, "--gguf"), r.GetValue(ggufType) is string gt ? Names.ParseGgufType(gt) : DefaultGgufType(wBits), Origin.Option("--gguf-type")));
             var request = new QuantizationRequest
             {
                 Id = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(r.GetValue(model)!)),

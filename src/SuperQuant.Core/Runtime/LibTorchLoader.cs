@@ -131,13 +131,14 @@ public static class LibTorchLoader
             psi.Environment[ActiveVariable] = choice.Folder!;
             psi.Environment[ChoiceVariable] = JsonSerializer.Serialize(choice);
             using Process child = Process.Start(psi)!;
-            // Ctrl+C reaches the child through the terminal's process group: stay alive until it is done. SIGTERM (a
-            // build cancelled) is passed on so the child can remove its staged files.
-            ConsoleCancelEventHandler onCancel = (_, e) => e.Cancel = true;
-            Console.CancelKeyPress += onCancel;
+            // SIGINT, SIGTERM (a build cancelled) and SIGHUP are passed on, so the child stops as it would have alone
+            // (staged files removed, exit 3); this process stays alive until the child is done. Ctrl+C in a terminal
+            // reaches both through the process group: the child then sees it twice only if it was sent twice.
+            bool fromTerminal = !Console.IsInputRedirected;
+            using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => { ctx.Cancel = true; if (!fromTerminal) _ = Kill(child.Id, 2); });
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; _ = Kill(child.Id, 15); });
+            using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, ctx => { ctx.Cancel = true; _ = Kill(child.Id, 1); });
             child.WaitForExit();
-            Console.CancelKeyPress -= onCancel;
             return child.ExitCode;
         }
         finally

@@ -18,6 +18,7 @@ public static class CheckpointHash
         foreach (string f in Files(checkpoint))
         {
             sha.AppendData(System.Text.Encoding.UTF8.GetBytes(Path.GetFileName(f) + "\n"));
+            DataFile.Require(f, "checkpoint file", SuperQuant.Core.ErrorCodes.CheckpointFormat); // a FIFO named *.safetensors would block the hash
             using var s = File.OpenRead(f);
             int n;
             while ((n = s.Read(buffer)) > 0) sha.AppendData(buffer, 0, n);

@@ -29,10 +29,12 @@ public sealed class HfCheckpoint : IDisposable
     public static HfCheckpoint Open(string folder)
     {
         if (!Directory.Exists(folder)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"checkpoint folder not found: {folder}", folder);
+        SuperQuant.Manifest.InputFiles.Register(folder, "the checkpoint folder");
         var ckpt = new HfCheckpoint(folder, HfConfigReader.Read(System.IO.Path.Combine(folder, "config.json")));
         try
         {
-            foreach (string shard in ShardFiles(folder))
+            var (shards, index) = ReadShards(folder);
+            foreach (string shard in shards)
             {
                 var file = SafetensorsFile.Open(shard);
                 ckpt._shards.Add(file);
@@ -42,6 +44,7 @@ public sealed class HfCheckpoint : IDisposable
                         throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"tensor '{name}' appears in both {ckpt._byTensor[name].Path} and {shard}", shard);
                 }
             }
+            if (index is not null) CheckIndex(folder, index, ckpt._byTensor);
             return ckpt;
         }
         catch
@@ -51,8 +54,24 @@ public sealed class HfCheckpoint : IDisposable
         }
     }
 
+    /// <summary>The index must say where each tensor is, exactly: an entry naming a tensor its shard does not hold
+    /// (or a tensor no entry names) is a damaged or foreign index, refused rather than half-believed.</summary>
+    static void CheckIndex(string folder, Dictionary<string, string> index, Dictionary<string, SafetensorsFile> byTensor)
+    {
+        string indexPath = System.IO.Path.Combine(folder, "model.safetensors.index.json");
+        foreach (var (tensor, shard) in index)
+            if (!byTensor.TryGetValue(tensor, out var file) || System.IO.Path.GetFileName(file.Path) != shard)
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                    $"{indexPath}: weight_map puts tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(tensor)}' in {shard}, which does not hold it ({index.Count} entries for {byTensor.Count} tensors in the shards)", indexPath);
+        foreach (var (tensor, file) in byTensor)
+            if (!index.ContainsKey(tensor))
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{indexPath}: weight_map does not list tensor '{tensor}' of {System.IO.Path.GetFileName(file.Path)}", indexPath);
+    }
+
     /// <summary>The shard files in order: from model.safetensors.index.json when present, else every *.safetensors.</summary>
-    public static IReadOnlyList<string> ShardFiles(string folder)
+    public static IReadOnlyList<string> ShardFiles(string folder) => ReadShards(folder).Shards;
+
+    static (IReadOnlyList<string> Shards, Dictionary<string, string>? Index) ReadShards(string folder)
     {
         string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
         if (File.Exists(index))
@@ -62,6 +81,7 @@ public sealed class HfCheckpoint : IDisposable
                 if (!doc.RootElement.TryGetProperty("weight_map", out JsonElement map) || map.ValueKind != JsonValueKind.Object)
                     throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: missing object 'weight_map'", index);
                 var files = new SortedSet<string>(StringComparer.Ordinal);
+                var entries = new Dictionary<string, string>(StringComparer.Ordinal);
                 foreach (JsonProperty p in map.EnumerateObject())
                 {
                     string? f = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString() : null;
@@ -69,14 +89,16 @@ public sealed class HfCheckpoint : IDisposable
                     if (string.IsNullOrEmpty(f) || f != System.IO.Path.GetFileName(f))
                         throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: weight_map entry for '{p.Name}' is not a file name in the folder", index);
                     files.Add(f);
+                    if (!entries.TryAdd(p.Name, f))
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: weight_map lists tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(p.Name)}' twice", index);
                 }
-                return files.Select(f => System.IO.Path.Combine(folder, f)).ToList();
+                return (files.Select(f => System.IO.Path.Combine(folder, f)).ToList(), entries);
             }
 
         }
         var all = Directory.GetFiles(folder, "*.safetensors").OrderBy(f => f, StringComparer.Ordinal).ToList();
         if (all.Count == 0) throw new SuperQuantException(ErrorCodes.FileNotFound, $"no *.safetensors files in {folder}", folder);
-        return all;
+        return (all, null);
     }
 
     public bool Contains(string name) => _byTensor.ContainsKey(name);

@@ -46,6 +46,7 @@ public static class Llama2cCheckpoint
     public static Header ReadHeader(string path)
     {
         if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"llama2.c checkpoint not found: {path}", path);
+        DataFile.Require(path, "llama2.c checkpoint", ErrorCodes.CheckpointFormat);
         using var fs = File.OpenRead(path);
         if (fs.Length < HeaderBytes) throw Corrupt(path, $"file is {fs.Length} bytes, shorter than the {HeaderBytes}-byte header");
         var b = new byte[HeaderBytes];

@@ -20,14 +20,29 @@ public static class ModelLoader
     {
         if (Directory.Exists(path))
         {
-            if (HfCheckpoint.IsCheckpointFolder(path)) return CheckpointFormat.HuggingFace;
-            throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{path} is a folder without config.json; expected {Accepted}", path);
+            if (!HfCheckpoint.IsCheckpointFolder(path))
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{path} is a folder without config.json; expected {Accepted}", path);
+            SuperQuant.Manifest.InputFiles.Register(path, "the checkpoint folder");
+            return CheckpointFormat.HuggingFace;
         }
         if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"model not found: {path} (expected {Accepted})", path);
-        Span<byte> head = stackalloc byte[8];
+        DataFile.Require(path, "model", ErrorCodes.CheckpointFormat);
+        Span<byte> head = stackalloc byte[9];
         int n;
-        using (var fs = File.OpenRead(path)) n = fs.ReadAtLeast(head, 8, throwOnEndOfStream: false);
-        if (n >= 4 && BitConverter.ToUInt32(head) == GgufFile.Magic) return CheckpointFormat.Gguf;
+        long length;
+        using (var fs = File.OpenRead(path)) { n = fs.ReadAtLeast(head, head.Length, throwOnEndOfStream: false); length = fs.Length; }
+        bool gguf = n >= 4 && BitConverter.ToUInt32(head) == GgufFile.Magic;
+        // safetensors: an 8-byte little-endian header length, then the JSON header's '{'.
+        bool safetensors = n == 9 && head[8] == (byte)'{' && BitConverter.ToUInt64(head) is ulong h && h >= 2 && h <= (ulong)(length - 8);
+        string ext = Path.GetExtension(path).ToLowerInvariant();
+        // .bin says nothing (llama2.c, PyTorch, GGUF files all use it): read by content. .gguf and .safetensors name a
+        // format, and the content must agree: a GGUF renamed .safetensors (or the reverse) is a mistake, not a model.
+        string? named = ext switch { ".gguf" => "GGUF", ".safetensors" => "safetensors", _ => null };
+        string found = gguf ? "GGUF" : safetensors ? "safetensors" : "llama2.c";
+        if (named is not null && named != found && (gguf || safetensors || named == "GGUF"))
+            throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                $"{path} is named as a {named} file ({ext}) but holds {(gguf || safetensors ? "a " + found + " file" : "no GGUF header")}; expected {Accepted}", path);
+        if (gguf) return CheckpointFormat.Gguf;
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".staged", StringComparison.Ordinal))
         {
             using var f = SafetensorsFile.Open(path);

@@ -1,3 +1,4 @@
+using SuperQuant.Core;
 using System.Text.Json;
 using SuperQuant.Core.Llama;
 using SuperQuant.Models.Safetensors;
@@ -84,7 +85,8 @@ public static class RandomCheckpoint
             progress?.Invoke(++done, layout.Count);
             return (dtype == ScalarType.Float32 ? t : t.to_type(dtype)).MoveToOuterDisposeScope();
         }, disposeEach: true, new Dictionary<string, string> { ["format"] = "pt", ["generator"] = "superquant random checkpoint" });
-        File.WriteAllText(Path.Combine(folder, "config.json"), ConfigJson(c, dtype));
+        byte[] config = System.Text.Encoding.UTF8.GetBytes(ConfigJson(c, dtype));
+        AtomicFile.Write(Path.Combine(folder, "config.json"), config.Length, fs => fs.Write(config));
     }
 
     /// <summary>Student-t with 3 degrees of freedom (variance 3): a normal over the root of a chi-square / 3.</summary>

@@ -65,6 +65,7 @@ public sealed record GgufVocabulary
         var scores = new List<float>();
         var types = new List<int>();
         int unk = 0, bos = 1, eos = 2, pad = -1;
+        DataFile.Require(path, "tokenizer model", SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
         try
         {
             using var input = new CodedInputStream(File.OpenRead(path));

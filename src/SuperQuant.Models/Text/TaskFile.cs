@@ -63,9 +63,8 @@ public static class TaskFile
     public static IReadOnlyList<TaskDocument> Read(string path, string task, int? limit = null)
     {
         var def = Definition(task);
-        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"task file not found: {path}", path);
         var docs = new List<TaskDocument>();
-        using var reader = new StreamReader(path, new UTF8Encoding(false, throwOnInvalidBytes: true));
+        using var reader = DataFile.OpenUtf8(path, "task file", ErrorCodes.TaskFileInvalid);
         int lineNo = 0;
         long total = 0;
         var buffer = new StringBuilder();

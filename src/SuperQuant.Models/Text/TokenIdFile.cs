@@ -18,11 +18,9 @@ public static class TokenIdFile
     /// <param name="minimum">Fewer ids is an error naming the file (evaluation needs 2).</param>
     public static int[] Read(string path, int vocabSize, int minimum = 1)
     {
-        if (!File.Exists(path)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"token-id file not found: {path}", path);
         SuperQuantException Bad(int line, string what) => new(ErrorCodes.TokenFileInvalid, $"{path}({line}): {what}", path);
         var ids = new List<int>();
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        using var reader = new StreamReader(stream, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);
+        using var reader = DataFile.OpenUtf8(path, "token-id file", ErrorCodes.TokenFileInvalid);
         var item = new StringBuilder();
         int line = 1;
         bool comment = false;
@@ -39,7 +37,7 @@ public static class TokenIdFile
         }
         var buffer = new char[1 << 16];
         int n;
-        while ((n = reader.Read(buffer, 0, buffer.Length)) > 0)
+        while ((n = ReadChars(reader, buffer, path)) > 0)
         {
             chars += n;
             if (chars > MaxBytes) throw Bad(line, $"the file is larger than {MaxBytes >> 20} MiB; a token-id file that large is not an evaluation set (is it a device or the wrong file?)");
@@ -59,6 +57,12 @@ public static class TokenIdFile
         if (ids.Count < minimum)
             throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: holds {ids.Count} token id{(ids.Count == 1 ? "" : "s")}; at least {minimum} needed", path);
         return ids.ToArray();
+    }
+
+    static int ReadChars(StreamReader reader, char[] buffer, string path)
+    {
+        try { return reader.Read(buffer, 0, buffer.Length); }
+        catch (DecoderFallbackException) { throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: not valid UTF-8 text (expected token ids as text)", path); }
     }
 
     public static void Write(string path, IEnumerable<int> ids, string? comment = null)

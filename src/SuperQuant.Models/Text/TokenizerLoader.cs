@@ -23,6 +23,7 @@ public static class TokenizerLoader
         if (File.Exists(json) && IsByteLevelBpe(json)) return LoadByteLevelBpe(json);
         if (File.Exists(model))
         {
+            DataFile.Require(model, "tokenizer model", ErrorCodes.TokenizerUnsupported);
             using var s = File.OpenRead(model);
             try { return LlamaTokenizer.Create(s, addBeginOfSentence: true, addEndOfSentence: false); }
             // Microsoft.ML.Tokenizers dereferences missing optional parts of a malformed model (e.g. no normalizer spec):
