@@ -81,6 +81,28 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    public void AShippedFileRewrittenAfterTheBuildIsCheckedAndRestored()
+    {
+        using var dir = Consumer(Yaml("tiny", "0.5"));
+        var (exit, log) = Build(dir);
+        Assert.AreEqual(0, exit, log);
+        string artifact = dir.File("models/tiny.sqpk.safetensors");
+        byte[] shipped = File.ReadAllBytes(artifact);
+        // Another manifest (or a person) writes other bytes at the same path, after our build.
+        Thread.Sleep(1100);
+        File.WriteAllBytes(artifact, shipped.Take(shipped.Length / 2).ToArray());
+        var (exit2, log2) = Build(dir);
+        Assert.AreEqual(0, exit2, log2);
+        StringAssert.Contains(log2, "written since the last quantization");
+        StringAssert.Contains(log2, "not the file this model shipped");
+        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(artifact), "the model's own artifact is back, byte for byte");
+        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors")), "and it is what the output folder got");
+        var (exit3, log3) = Build(dir);
+        Assert.AreEqual(0, exit3, log3);
+        Assert.AreEqual(0, ToolRuns(log3), "then a no-op build skips again");
+    }
+
+    [TestMethod]
     public void ChangingOneModelRequantizesOnlyThatModel()
     {
         using var dir = Consumer(Yaml("first", "0.5") + Yaml("second", "0.5"));
