@@ -89,6 +89,15 @@ public sealed class LlamaCppModel : IDisposable
     public void ResetCache() => _context.NativeHandle.MemoryClear(true);
 
     /// <summary>Token ids of <paramref name="text"/> by the GGUF's own vocabulary (llama.cpp's tokenizer).</summary>
+    /// <summary>Messages formatted by llama.cpp with the file's own chat template (tokenizer.chat_template), as
+    /// LLamaSharp's chat session does; throws when the file has no template llama.cpp recognizes.</summary>
+    public string ApplyChatTemplate(IEnumerable<(string Role, string Content)> messages, bool addAssistant = true)
+    {
+        var template = new LLamaTemplate(_weights, strict: true) { AddAssistant = addAssistant };
+        foreach (var (role, content) in messages) template.Add(role, content);
+        return System.Text.Encoding.UTF8.GetString(template.Apply());
+    }
+
     public int[] Tokenize(string text, bool addBos) => _weights.Tokenize(text, addBos, special: false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
 
     public void Dispose()

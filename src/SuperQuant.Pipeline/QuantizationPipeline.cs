@@ -128,7 +128,11 @@ public static class QuantizationPipeline
                 int ctx = Math.Min(r.Context, c.MaxPositionEmbeddings), stride = Math.Max(1, ctx / 2);
                 eval = r.Evaluation is { } ev ? Tokens.Load(ev, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
                 int[]? calibration = r.Calibration is { } cal ? Tokens.Load(cal, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
-                int[] prompt = Prompt(r, c, tokenizer, calibration, eval);
+                // Detection needs a prompt; an export that quantizes nothing by super weights (rtn, or only F16/BF16
+                // GGUF files) needs neither, so a checkpoint without a tokenizer needs no --prompt-tokens for it.
+                bool detect = (r.Method == QuantMethod.SuperAware && (r.Packed is not null || r.Ggufs.Any(g => !g.Type.IsFloat())))
+                    || r.Method.Transforms() || r.ActivationBits < 16;
+                int[] prompt = detect ? Prompt(r, c, tokenizer, calibration, eval) : Array.Empty<int>();
                 if (r.Tasks.Count > 0)
                     using (log.Step("tasks (original)"))
                     {
@@ -157,7 +161,6 @@ public static class QuantizationPipeline
                         if (tempFolder is not null) cleanup.Folder = tempFolder; // a baseline outside any cache is this run's to delete
                     }
     
-                bool detect = r.Method == QuantMethod.SuperAware || r.Method.Transforms() || r.ActivationBits < 16;
                 DetectionReport? detection = null;
                 if (detect)
                     using (log.Step("detect"))

@@ -6,6 +6,25 @@ namespace SuperQuant.Tests;
 [TestClass]
 public sealed class CliTests
 {
+    /// <summary>An export that detects nothing (rtn, or only F16/BF16 GGUF files) needs no detection prompt, so a
+    /// checkpoint without a tokenizer exports without --prompt-tokens; one that does detect still asks for it.</summary>
+    [TestMethod]
+    public void ExportsThatDetectNothingNeedNoPrompt()
+    {
+        using var dir = new TempFolder();
+        TinyProject.Write(dir.Path);
+        string ckpt = dir.File("ckpt");
+        var rtn = CliRunner.Run("quantize", "-m", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("a.gguf"), "--gguf-type", "q8_0", "-o", dir.File("a.sqpk.safetensors"));
+        Assert.AreEqual(0, rtn.ExitCode, rtn.Output);
+        var f16 = CliRunner.Run("quantize", "-m", ckpt, "--z", "none", "--gguf", dir.File("b.gguf"), "--gguf-type", "f16");
+        Assert.AreEqual(0, f16.ExitCode, f16.Output);
+        Assert.IsTrue(File.Exists(dir.File("a.gguf")) && File.Exists(dir.File("b.gguf")) && File.Exists(dir.File("a.sqpk.safetensors")));
+        var detects = CliRunner.Run("quantize", "-m", ckpt, "--z", "none", "--gguf", dir.File("c.gguf"), "--gguf-type", "q4_k_m");
+        Assert.AreEqual(3, detects.ExitCode, detects.Output);
+        StringAssert.Contains(detects.Output, "--prompt-tokens");
+        Assert.IsFalse(File.Exists(dir.File("c.gguf")));
+    }
+
     [TestMethod]
     public void GenerateThenEvalStories260KFromTheCommandLine()
     {

@@ -164,6 +164,37 @@ public sealed class LlamaCppJudgeTests
         }
     }
 
+    const string ChatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    /// <summary>The chat template travels into the GGUF (tokenizer_config.json's chat_template, or chat_template.jinja,
+    /// which wins), and llama.cpp itself reads it back and formats a conversation with it.</summary>
+    [TestMethod]
+    [DataRow("tokenizer_config")]
+    [DataRow("jinja")]
+    [DataRow("named list")]
+    public void TheChatTemplateReachesLlamaCpp(string source)
+    {
+        using var dir = new TempFolder();
+        string ckpt = dir.File("ckpt");
+        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = 32000, Hidden = 32, Intermediate = 64, Layers = 1 });
+        File.Copy(SharedModels.Llama2Tokenizer, Path.Combine(ckpt, "tokenizer.model"));
+        string config = source switch
+        {
+            "named list" => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = new object[] { new { name = "default", template = ChatMl }, new { name = "tool_use", template = "{{ messages }}" } } }),
+            "jinja" => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = "{{ 'not this one' }}" }),
+            _ => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = ChatMl }),
+        };
+        File.WriteAllText(Path.Combine(ckpt, "tokenizer_config.json"), config);
+        if (source == "jinja") File.WriteAllText(Path.Combine(ckpt, "chat_template.jinja"), ChatMl);
+        using var model = ModelLoader.Load(ckpt);
+        GgufWriter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config) });
+        using var llama = LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
+        Assert.AreEqual(ChatMl, llama.Metadata["tokenizer.chat_template"], "llama.cpp reads the template we wrote");
+        if (source == "named list") Assert.AreEqual("{{ messages }}", llama.Metadata["tokenizer.chat_template.tool_use"]);
+        string prompt = llama.ApplyChatTemplate(new[] { ("system", "Be brief."), ("user", "Hello!") });
+        Assert.AreEqual("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n", prompt);
+    }
+
     /// <summary>A model without a tokenizer and without super weights (what the sample writes): LLamaSharp's normal
     /// loader opens it (an empty metadata string crashed it before), and it runs token ids.</summary>
     [TestMethod]

@@ -33,6 +33,12 @@ public sealed record GgufVocabulary
     public int? PaddingId { get; init; }
     public bool AddBos { get; init; }
     public bool AddEos { get; init; }
+    /// <summary>Chat templates (Jinja) by name; "" is the default (tokenizer.chat_template), others are written as
+    /// tokenizer.chat_template.NAME, as llama.cpp's converter does. LLamaSharp and llama.cpp apply the default one.</summary>
+    public IReadOnlyDictionary<string, string> ChatTemplates { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Largest chat template read: real ones are a few KB.</summary>
+    const long MaxTemplateBytes = 1 << 20;
 
     /// <summary>The vocabulary of a checkpoint folder (or of the folder holding a checkpoint file), or null.</summary>
     public static GgufVocabulary? FromCheckpoint(string checkpoint, LlamaConfig config)
@@ -170,7 +176,39 @@ public sealed record GgufVocabulary
             if (d.RootElement.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
         }
         else if (v.Model == "gpt2" && v.Pre == "llama-bpe") v = v with { AddBos = true };
-        return v;
+        return v with { ChatTemplates = ChatTemplatesIn(folder, tokenizerConfig) };
+    }
+
+    /// <summary>chat_template.jinja (newer transformers save the template there), else tokenizer_config.json's
+    /// "chat_template": a string, or a list of {name, template} (the one named "default" becomes the default).</summary>
+    static Dictionary<string, string> ChatTemplatesIn(string folder, string tokenizerConfig)
+    {
+        var templates = new Dictionary<string, string>(StringComparer.Ordinal);
+        string jinja = Path.Combine(folder, "chat_template.jinja");
+        if (File.Exists(jinja))
+        {
+            using var reader = DataFile.OpenUtf8(jinja, "chat template", SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
+            if (reader.BaseStream.Length > MaxTemplateBytes) throw new InvalidDataException($"{jinja} is larger than {MaxTemplateBytes >> 20} MiB");
+            templates[""] = reader.ReadToEnd();
+            return templates;
+        }
+        if (!File.Exists(tokenizerConfig)) return templates;
+        using var d = JsonInput.Parse(tokenizerConfig, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
+        if (!d.RootElement.TryGetProperty("chat_template", out var t)) return templates;
+        if (t.ValueKind == JsonValueKind.String) templates[""] = t.GetString()!;
+        else if (t.ValueKind == JsonValueKind.Array)
+            foreach (var item in t.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("name", out var n) || n.ValueKind != JsonValueKind.String
+                    || !item.TryGetProperty("template", out var body) || body.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{tokenizerConfig}: a chat_template list item needs string 'name' and 'template'");
+                string name = n.GetString()!;
+                if (name.Length == 0 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '_' or '-')))
+                    throw new InvalidDataException($"{tokenizerConfig}: chat template name '{name}' (letters, digits, '_' and '-')");
+                templates[name == "default" ? "" : name] = body.GetString()!;
+            }
+        else if (t.ValueKind != JsonValueKind.Null) throw new InvalidDataException($"{tokenizerConfig}: chat_template is a JSON {t.ValueKind}, expected a string or a list");
+        return templates;
     }
 
     static GgufVocabulary Pad(GgufVocabulary v, int size)
@@ -200,6 +238,8 @@ public sealed record GgufVocabulary
         if (PaddingId is int p) yield return ("tokenizer.ggml.padding_token_id", GgufValueType.UInt32, (uint)p);
         yield return ("tokenizer.ggml.add_bos_token", GgufValueType.Bool, AddBos);
         yield return ("tokenizer.ggml.add_eos_token", GgufValueType.Bool, AddEos);
+        foreach (var (name, template) in ChatTemplates.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            yield return (name.Length == 0 ? "tokenizer.chat_template" : "tokenizer.chat_template." + name, GgufValueType.String, template);
     }
 }
 
