@@ -96,7 +96,8 @@ public static class AtomicFile
         /// <summary>An unnamed writable file in <paramref name="dir"/>, or null where the kernel or file system has none.</summary>
         public static SafeFileHandle? Open(string dir)
         {
-            if (!OperatingSystem.IsLinux() || TmpFileFlag is not int flag) return null;
+            // Naming the file later goes through /proc/self/fd: without /proc, use a named temp file from the start.
+            if (!OperatingSystem.IsLinux() || TmpFileFlag is not int flag || !Directory.Exists("/proc/self/fd")) return null;
             try
             {
                 int fd = open(dir, flag | OWrOnly | OCloExec, Convert.ToInt32("666", 8)); // the umask applies, as for any new file
