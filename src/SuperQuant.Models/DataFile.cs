@@ -49,7 +49,7 @@ public static class DataFile
     /// <summary>The encoding a text's first bytes show when it is not UTF-8 ("UTF-16LE", ...), else null.</summary>
     public static string? NotUtf8(ReadOnlySpan<byte> head)
     {
-        if (head.StartsWith(new byte[] { 0xFF, 0xFE, 0, 0 }) && head.Length >= 4) return "UTF-32LE";
+        if (head.StartsWith(new byte[] { 0xFF, 0xFE, 0, 0 })) return "UTF-32LE";
         if (head.StartsWith(new byte[] { 0, 0, 0xFE, 0xFF })) return "UTF-32BE";
         if (head.StartsWith(new byte[] { 0xFF, 0xFE })) return "UTF-16LE";
         if (head.StartsWith(new byte[] { 0xFE, 0xFF })) return "UTF-16BE";

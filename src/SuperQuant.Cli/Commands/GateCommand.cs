@@ -153,7 +153,7 @@ public static class GateCommand
                 foreach (var a in result.Artifacts) a.File.Promote();
                 var finals = result.Artifacts.Select(a => a.File.FinalPath).ToList();
                 keep[e.Id] = new StateEntry(hash, finals, report, finals.ToDictionary(f => f, Sha256));
-                shipped.AddRange(result.Artifacts.Select(a => a.File.FinalPath));
+                shipped.AddRange(finals);
             }
             else
             {
@@ -206,11 +206,7 @@ public static class GateCommand
     {
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         sha.AppendData(Encoding.UTF8.GetBytes($"{e.SettingsKey}\n{toolVersion}\n{checkpointHash}\n"));
-        foreach (string f in e.DataFiles)
-        {
-            using var s = File.OpenRead(f);
-            sha.AppendData(SHA256.HashData(s));
-        }
+        foreach (string f in e.DataFiles) sha.AppendData(Convert.FromHexString(Sha256(f)));
         return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
     }
 
