@@ -45,10 +45,7 @@ public static class AtomicFile
         try
         {
             SafeFileHandle? unnamed = UnnamedFile.Open(dir);
-            long? killAfter = FaultTargets(full) && expectedBytes is long size ? size / 2 : null;
-            using (var fs = unnamed is not null
-                       ? killAfter is long k ? new KillingFileStream(unnamed, k) : new FileStream(unnamed, FileAccess.Write, 1 << 20)
-                       : killAfter is long k2 ? new KillingFileStream(temp, k2) : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var fs = OpenTemp(unnamed, temp, full, expectedBytes))
             {
                 write(fs);
                 fs.Flush(flushToDisk: true);
@@ -72,6 +69,15 @@ public static class AtomicFile
             TryDelete(temp);
             throw;
         }
+    }
+
+    static FileStream OpenTemp(SafeFileHandle? unnamed, string temp, string full, long? expectedBytes)
+    {
+#if SUPERQUANT_TEST_HOOKS
+        if (FaultTargets(full) && expectedBytes is long size)
+            return unnamed is not null ? new KillingFileStream(unnamed, size / 2) : new KillingFileStream(temp, size / 2);
+#endif
+        return unnamed is not null ? new FileStream(unnamed, FileAccess.Write, 1 << 20) : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
     }
 
     /// <summary>O_TMPFILE and linkat(2), written by hand: .NET has no API for a file without a name.</summary>
@@ -149,7 +155,9 @@ public static class AtomicFile
         catch (InvalidOperationException) { return false; }
     }
 
-    /// <summary>Fault injection for tests: SUPERQUANT_FAULT=kill-mid-write SIGKILLs the process halfway through a
+#if SUPERQUANT_TEST_HOOKS
+    /// <summary>Fault injection for tests, compiled into the Debug build only (SUPERQUANT_TEST_HOOKS): the Release build
+    /// users install reads no such variable. SUPERQUANT_FAULT=kill-mid-write SIGKILLs the process halfway through a
     /// write; kill-mid-write:TEXT only through a write of a file whose name contains TEXT (e.g. ".sqpk." for artifacts,
     /// "reference-" for the cached baseline).</summary>
     public const string FaultVariable = "SUPERQUANT_FAULT";
@@ -183,4 +191,5 @@ public static class AtomicFile
             System.Diagnostics.Process.GetCurrentProcess().Kill();
         }
     }
+#endif
 }

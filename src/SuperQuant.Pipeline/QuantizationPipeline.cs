@@ -111,7 +111,6 @@ public static class QuantizationPipeline
             using (log.Step(streamed ? "load (layer-streamed)" : "load")) model = ModelLoader.Load(r.Checkpoint, o.Device, streamed);
             var artifacts = new List<(ArtifactSpec Spec, StagedFile File, string Layout, double Bpw)>();
             ReferenceFile? reference = null;
-            string? tempFolder = null;
             bool referenceCached = false;
             int[]? eval = null;
             IReadOnlyList<SuperWeight> superWeights = Array.Empty<SuperWeight>();
@@ -156,9 +155,8 @@ public static class QuantizationPipeline
                 if (eval is not null)
                     using (log.Step("reference"))
                     {
-                        (reference, referenceCached, tempFolder) = Reference(r, o, model, eval, ctx, stride, checkpointHash, log);
+                        (reference, referenceCached) = Reference(r, o, model, eval, ctx, stride, checkpointHash, log, cleanup);
                         cleanup.Add(reference); // closed before its temp folder is deleted
-                        if (tempFolder is not null) cleanup.Folder = tempFolder; // a baseline outside any cache is this run's to delete
                     }
     
                 DetectionReport? detection = null;
@@ -182,8 +180,8 @@ public static class QuantizationPipeline
                     if (r.Method == QuantMethod.SuperAware && calibration is not null)
                         using (log.Step("calibrate GGUF"))
                         {
-                            tempFolder ??= cleanup.Folder = Directory.CreateTempSubdirectory("superquant-run-").FullName;
-                            folds = CalibrationFolds.Record(model, calibration, ctx, tempFolder,
+                            string scratch = cleanup.Folder ??= Directory.CreateTempSubdirectory("superquant-run-").FullName;
+                            folds = CalibrationFolds.Record(model, calibration, ctx, scratch,
                                 s => s with { SuperWeights = superWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z), RaiseSuperWeightTensors = o.RaiseSuperWeightTensors },
                                 o.Cancel);
                             cleanup.Add(folds);
@@ -352,17 +350,18 @@ public static class QuantizationPipeline
 
     /// <summary>The reference file for this checkpoint, data and window plan: from the cache when present and intact,
     /// else recorded now (into the cache, or a temp folder this run deletes).</summary>
-    static (ReferenceFile File, bool Cached, string? Temp) Reference(QuantizationRequest r, PipelineOptions o, LlamaModel model, int[] eval, int ctx, int stride,
-        string checkpointHash, StepLog log)
+    static (ReferenceFile File, bool Cached) Reference(QuantizationRequest r, PipelineOptions o, LlamaModel model, int[] eval, int ctx, int stride,
+        string checkpointHash, StepLog log, Cleanup cleanup)
     {
         string key = ReferenceKey(checkpointHash, eval, ctx, stride);
-        string? temp = null;
-        string folder = o.ReferenceCacheFolder ?? (temp = Directory.CreateTempSubdirectory("superquant-ref-").FullName);
+        // A baseline outside any cache is this run's to delete: handed to the cleanup the moment it exists, so a run
+        // cancelled while recording it (SIGTERM, Ctrl+C) removes it too.
+        string folder = o.ReferenceCacheFolder ?? (cleanup.Folder = Directory.CreateTempSubdirectory("superquant-ref-").FullName);
         string path = Path.Combine(folder, $"reference-{r.Id}-{key[..16]}.sqref");
         if (ReferenceFile.TryOpen(path, key, model.Config.VocabSize, eval.Length, ctx, stride) is { } cached)
         {
             log.Info($"{r.Id}: baseline from cache ({Path.GetFileName(path)})");
-            return (cached, true, temp);
+            return (cached, true);
         }
         Directory.CreateDirectory(folder);
         // One baseline per model id: older ones (other checkpoint or data) are this tool's own cache files.
@@ -372,7 +371,7 @@ public static class QuantizationPipeline
         using (batches)
             ReferenceFile.Record(path, key, logits, eval, ctx, stride, model.Config.VocabSize, log.Progress($"{r.Id}: reference").Invoke, o.Cancel);
         return (ReferenceFile.TryOpen(path, key, model.Config.VocabSize, eval.Length, ctx, stride)
-            ?? throw new InvalidOperationException($"the reference just written to {path} does not read back"), false, temp);
+            ?? throw new InvalidOperationException($"the reference just written to {path} does not read back"), false);
     }
 
     /// <summary>Content key of a baseline: checkpoint bytes, evaluation tokens, window plan and the file format.</summary>

@@ -172,6 +172,7 @@ public sealed class AnalysisTests
     /// by a plain loop over the model's logits; `generate --prompt` streams the prompt and its greedy continuation,
     /// the same text the written ids decode to; both say SQ2006 on a model without a tokenizer.</summary>
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void NextTokenAndTextGeneration()
     {
         using var dir = new TempFolder();

@@ -1,3 +1,4 @@
+using SuperQuant.Tests.Support;
 using SuperQuant.LlamaCpp;
 using SuperQuant.Models.Gguf;
 using TorchSharp;
@@ -185,6 +186,7 @@ public sealed class ErrorCompensationTests
     [DataRow(GgmlType.Q4_K)]
     [DataRow(GgmlType.Q3_K)]
     [DataRow(GgmlType.Q6_K)]
+    [TestCategory(TestCategories.Slow)]
     public void MatchesTextbookGptqAndLowersOutputError(GgmlType type)
     {
         const int rows = 12, n = 512;

@@ -152,6 +152,7 @@ public sealed class DtypeTests
     /// <summary>W/A artifacts carry fp32 online transforms and a per-tensor quantizer that reads scalars back: both run
     /// in a bf16 model (this crashed the process: a bf16 input met an fp32 rotation inside libtorch).</summary>
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void WeightAndActivationArtifactsRunInBf16()
     {
         using var dir = new TempFolder();

@@ -23,6 +23,7 @@ public sealed class GgufSelectionTests
     };
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void ShipsTheCandidateWithTheLowestHeldOutKlBuiltFromAllTheCalibration()
     {
         using var dir = new TempFolder();

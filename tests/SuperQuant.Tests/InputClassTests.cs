@@ -116,6 +116,7 @@ public sealed class InputClassTests
     // ---- 2. Another manifest's artifact is never passed off as up to date ----
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void AnOutputReplacedByAnotherManifestIsRequantized()
     {
         using var dir = Project();

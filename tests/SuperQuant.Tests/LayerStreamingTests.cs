@@ -37,6 +37,7 @@ public sealed class LayerStreamingTests
     [DataRow("rtn", "auto", "packed", "channel", "llama")]
     [DataRow("super-aware", "2.5", "paper", "tensor", "llama")]
     [DataRow("super-aware", "auto", "packed", "32", "qwen2")]
+    [TestCategory(TestCategories.Slow)]
     public void AStreamedRunWritesTheSameBytesAndMeasuresTheSameQuality(string method, string z, string variant, string block, string arch)
     {
         using var dir = new TempFolder();

@@ -72,6 +72,7 @@ public sealed class LlamaCppJudgeTests
     [TestMethod]
     [DataRow(false)]
     [DataRow(true)]
+    [TestCategory(TestCategories.Slow)]
     public void OurQuantizerWritesLlamaCppsBytesForEveryType(bool tied)
     {
         using var dir = new TempFolder();

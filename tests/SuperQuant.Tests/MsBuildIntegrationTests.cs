@@ -57,6 +57,7 @@ public sealed class MsBuildIntegrationTests
     static int ToolRuns(string log) => log.Split('\n').Count(l => l.Contains("superquant.dll\" gate") || l.Contains("superquant.dll gate"));
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void BuildQuantizesGatesCopiesAndThenSkips()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));
@@ -81,6 +82,7 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void AShippedFileRewrittenAfterTheBuildIsCheckedAndRestored()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));
@@ -103,6 +105,7 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void ChangingOneModelRequantizesOnlyThatModel()
     {
         using var dir = Consumer(Yaml("first", "0.5") + Yaml("second", "0.5"));
@@ -119,6 +122,7 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void TightGateFailsTheBuildWithSQ1001AndShipsNothing()
     {
         using var dir = Consumer(Yaml("tiny", "0"));
@@ -136,6 +140,7 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void PublishCarriesTheArtifactsAndANearMissWarnsWithSQ1002()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));
@@ -179,6 +184,7 @@ public sealed class MsBuildIntegrationTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void ACheckpointSymlinkedFromOutsideNeedsAnExplicitOptIn()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));

@@ -84,6 +84,7 @@ public sealed class MsBuildTaskTests
         ProcessRunner.Run("dotnet", dir.Path, env, TimeSpan.FromMinutes(3), args.Concat(new[] { "-nologo", "-v:n", "-p:NuGetAudit=false" }).ToArray());
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void TheTargetsRunTheToolSkipItWhenNothingChangedCopyItsFilesAndCleanThem()
     {
         using var dir = Consumer();

@@ -13,6 +13,7 @@ public sealed class PackagingTests
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void ToolPacksInstallsFromALocalFeedAndRuns()
     {
         string repo = RepoPaths.Root;
@@ -31,9 +32,16 @@ public sealed class PackagingTests
         var doctor = Run(dir.File("app"), env, "tool", "run", "superquant", "doctor", "--json");
         Assert.AreEqual(0, doctor.Exit, doctor.Output);
         StringAssert.Contains(doctor.Output, "\"torch\": \"loaded\"");
+        // The Release build users install has no test hooks: the fault-injection variable that SIGKILLs the Debug build
+        // halfway through a write (ReliabilityTests) does nothing here.
+        var faulted = Run(dir.File("app"), new Dictionary<string, string>(env) { ["SUPERQUANT_FAULT"] = "kill-mid-write" },
+            "tool", "run", "superquant", "demo-checkpoint", "-o", dir.File("ck"), "--hidden", "64", "--ffn", "128", "--vocab", "48");
+        Assert.AreEqual(0, faulted.Exit, faulted.Output);
+        Assert.IsTrue(File.Exists(dir.File("ck/model.safetensors")));
     }
 
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void APackageReferenceAndAManifestAreAllAConsumerNeeds()
     {
         using var dir = new TempFolder();

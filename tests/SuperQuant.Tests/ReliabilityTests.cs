@@ -69,6 +69,7 @@ public sealed class ReliabilityTests
     /// staged file, for the next run to sweep. The next run ships exactly what a clean run ships.
     /// </summary>
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void RunsInterruptedAtRandomPointsThenRerunShipExactlyWhatACleanRunShips()
     {
         const int Runs = 24;
@@ -117,6 +118,38 @@ public sealed class ReliabilityTests
         string summary = string.Join(", ", counts.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}: {kv.Value}"));
         Console.WriteLine($"{Runs} interrupted runs (clean run {cleanSeconds:F2} s): {summary}; every rerun shipped the clean run's bytes");
         Assert.AreEqual(Runs, counts.Values.Sum());
+    }
+
+    /// <summary>`quantize --eval-*` keeps its baseline in a temp folder of its own: a SIGTERM while it is being recorded
+    /// removes it like any other run's file (it used to be handed to the cleanup only once recorded).</summary>
+    [TestMethod]
+    public void AQuantizeStoppedWhileRecordingItsBaselineLeavesNoTempFolder()
+    {
+        using var dir = new TempFolder();
+        SuperWeightPlanter.WriteCheckpoint(dir.File("ckpt"), new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 }, 1, 17, 45);
+        var rng = new Random(5);
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("eval.txt"), Enumerable.Range(0, 200_000).Select(_ => rng.Next(48)));
+        Directory.CreateDirectory(dir.File("tmp"));
+        var r = SignalledRun.Run(new Dictionary<string, string> { ["TMPDIR"] = dir.File("tmp") }, "reference: ", SignalledRun.SIGTERM,
+            "quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--out", dir.File("out/m.sqpk.safetensors"),
+            "--eval-tokens", dir.File("eval.txt"), "--context", "64", "--device", "cpu");
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "SQ0008");
+        Assert.IsEmpty(Directory.GetFileSystemEntries(dir.File("tmp"), "superquant-*"), "the run's temp folder is removed");
+        Assert.IsFalse(File.Exists(dir.File("out/m.sqpk.safetensors")));
+    }
+
+    /// <summary>`generate --out` stopped by SIGTERM stops generating, exits 3 (SQ0008) and writes no id file: a stream
+    /// cut short is not the one asked for.</summary>
+    [TestMethod]
+    public void AGenerateStoppedBySigtermWritesNoFile()
+    {
+        using var dir = new TempFolder();
+        var r = SignalledRun.Run(null, "generate: ", SignalledRun.SIGTERM,
+            "generate", "-m", SharedModels.Stories260K, "--prompt-tokens", "1", "-n", "511", "--out", dir.File("ids.txt"));
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "SQ0008");
+        Assert.IsFalse(File.Exists(dir.File("ids.txt")));
     }
 
     [TestMethod]

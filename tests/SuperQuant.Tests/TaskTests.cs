@@ -235,6 +235,7 @@ public sealed class TaskTests
     /// file's, measured by its runtime (packed: our loader; GGUF: llama.cpp), are in the report; the baseline equals
     /// an in-process score of the checkpoint, and the gate's verdict is the drop compared with max_drop.</summary>
     [TestMethod]
+    [TestCategory(TestCategories.Slow)]
     public void TheGateScoresTasksOnEveryArtifact()
     {
         using var dir = new TempFolder();

@@ -60,7 +60,7 @@ public static class GenerateCommand
             }
             if (stream) Console.Write(r.GetValue(promptText));
             int[] ids = Sampler.Generate(m, promptIds, n, r.GetValue(temperature), r.GetValue(seed), progress.Report,
-                onToken: stream ? Stream : null, stopToken: stream ? (tok as Microsoft.ML.Tokenizers.SentencePieceTokenizer)?.EndOfSentenceId : null);
+                onToken: stream ? Stream : null, stopToken: stream ? (tok as Microsoft.ML.Tokenizers.SentencePieceTokenizer)?.EndOfSentenceId : null, cancel: SignalCancellation.Token);
             if (stream) Console.WriteLine();
             if (r.GetValue(output) is string outPath)
             {

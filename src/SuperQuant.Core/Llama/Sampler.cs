@@ -12,7 +12,7 @@ public static class Sampler
     /// <summary>Appends <paramref name="count"/> tokens to <paramref name="prompt"/>. Temperature 0 is greedy;
     /// otherwise sampling is reproducible for a given <paramref name="seed"/>.</summary>
     public static int[] Generate(LlamaModel model, IReadOnlyList<int> prompt, int count, double temperature, int seed, Action<int, int>? progress = null,
-        bool useCache = true, Action<IReadOnlyList<int>>? onToken = null, int? stopToken = null)
+        bool useCache = true, Action<IReadOnlyList<int>>? onToken = null, int? stopToken = null, CancellationToken cancel = default)
     {
         if (prompt.Count == 0) throw new ArgumentException("the prompt needs at least one token (for llama2.c models, 1 = BOS)");
         var rng = new Random(seed);
@@ -21,6 +21,7 @@ public static class Sampler
         using var cache = useCache && model.Hooks is null ? new KvCache(model.Config.NumLayers, Math.Min(window, prompt.Count + count)) : null;
         for (int step = 0; step < count; step++)
         {
+            cancel.ThrowIfCancellationRequested(); // SIGTERM/Ctrl+C: no output file from a generation cut short
             using var scope = torch.NewDisposeScope();
             Tensor logits;
             if (cache is not null && tokens.Count <= window)
