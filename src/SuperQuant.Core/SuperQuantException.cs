@@ -29,6 +29,9 @@ public static class ErrorCodes
     public const string ArtifactFormat = "SQ4002";
     public const string ArtifactWrite = "SQ4003";
     public const string DiskFull = "SQ4004";
+    /// <summary>Warning: the runtime a GGUF is written for cannot express a feature of the checkpoint (e.g. llama.cpp runs
+    /// Mistral without its sliding window); the gate measures what the runtime computes.</summary>
+    public const string RuntimeDiffers = "SQ4005";
 }
 
 /// <summary>An expected failure with a code and, when known, the offending file and item (tensor, key).</summary>

@@ -9,6 +9,13 @@ public enum NormKind
     NonParametricLayerNorm,
 }
 
+/// <summary>The MLP's gate activation: SwiGLU (silu) or GeGLU with the tanh approximation of GELU (Gemma).</summary>
+public enum Activation { Silu, GeluTanh }
+
+/// <summary>Where q and k are RMS-normalized before RoPE: not at all, per head over head_dim (Qwen3, Gemma 3), or over the
+/// whole projection (OLMo 2).</summary>
+public enum QkNormKind { None, PerHead, Whole }
+
 /// <summary>Llama 3.1's frequency-dependent RoPE scaling ("rope_type": "llama3").</summary>
 public sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, double HighFreqFactor, int OriginalMaxPositionEmbeddings);
 
@@ -37,10 +44,43 @@ public sealed record LlamaConfig
     /// <summary>Mistral's sliding-window attention; null = full causal attention.</summary>
     public int? SlidingWindow { get; init; }
 
+    /// <summary>Gemma stores RMSNorm scales as w and applies (1 + w); 0 elsewhere.</summary>
+    public double NormWeightOffset { get; init; }
+    /// <summary>Norms on each sub-block's input (every family but OLMo 2).</summary>
+    public bool PreNorms { get; init; } = true;
+    /// <summary>Norms on each sub-block's output before the residual add (Gemma 2/3, OLMo 2).</summary>
+    public bool PostNorms { get; init; }
+    public QkNormKind QkNorm { get; init; }
+    /// <summary>Multiplies the token embedding (Gemma: sqrt(hidden_size), rounded to the model's dtype).</summary>
+    public double EmbeddingScale { get; init; } = 1.0;
+    public Activation Activation { get; init; } = Activation.Silu;
+    /// <summary>Gemma 2: attention scores become cap * tanh(scores / cap).</summary>
+    public double? AttnLogitSoftcap { get; init; }
+    /// <summary>Gemma 2: logits become cap * tanh(logits / cap).</summary>
+    public double? FinalLogitSoftcap { get; init; }
+    /// <summary>Gemma: attention scores are scaled by 1/sqrt(this) instead of 1/sqrt(head_dim).</summary>
+    public double? QueryPreAttnScalar { get; init; }
+    /// <summary>Per layer, whether <see cref="SlidingWindow"/> applies (Gemma's local/global interleave); null = every layer.</summary>
+    public bool[]? SlidingLayers { get; init; }
+    /// <summary>RoPE base of the sliding-window layers when it differs from <see cref="RopeTheta"/> (Gemma 3's 10000).</summary>
+    public double? RopeLocalTheta { get; init; }
+    /// <summary>Per layer, whether RoPE is applied (SmolLM3 leaves every 4th layer without); null = every layer.</summary>
+    public bool[]? RopeLayers { get; init; }
+    /// <summary>Linear RoPE scaling (positions divided by this) on the full-attention layers (Gemma 3's rope_scaling).</summary>
+    public double? RopeLinearFactor { get; init; }
+
     /// <summary>Beginning-of-sequence token, prepended to tokenized text when the tokenizer does not add it.</summary>
     public int? BosTokenId { get; init; }
 
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
+    /// <summary>The attention window of layer <paramref name="l"/>, or null for full causal attention.</summary>
+    public int? WindowOf(int l) => SlidingLayers is null || SlidingLayers[l] ? SlidingWindow : null;
+    public bool UsesRope(int l) => RopeLayers is null || RopeLayers[l];
+    /// <summary>Layer <paramref name="l"/>'s RoPE base and linear position scale.</summary>
+    public (double Theta, double LinearFactor) RopeOf(int l) =>
+        WindowOf(l) is not null && SlidingLayers is not null ? (RopeLocalTheta ?? RopeTheta, 1.0) : (RopeTheta, RopeLinearFactor ?? 1.0);
+    /// <summary>The multiplier of q·k: 1/sqrt(query_pre_attn_scalar or head_dim).</summary>
+    public double AttentionScale => 1.0 / Math.Sqrt(QueryPreAttnScalar ?? HeadDim);
     public int KvDim => NumKvHeads * HeadDim;
 
     /// <summary>[rows, cols] (out, in) of a decoder block's linear layer, or of the output head.</summary>
@@ -73,6 +113,12 @@ public sealed record LlamaConfig
         Require(ClipQkv is null || (double.IsFinite(ClipQkv.Value) && ClipQkv > 0), $"clip_qkv ({ClipQkv}) must be a positive finite number");
         Require(RopeScaling is null || (RopeScaling.Factor > 0 && RopeScaling.LowFreqFactor > 0 && RopeScaling.HighFreqFactor > RopeScaling.LowFreqFactor
             && RopeScaling.OriginalMaxPositionEmbeddings > 0 && double.IsFinite(RopeScaling.Factor)), "rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+        Require(SlidingLayers is null || SlidingLayers.Length == NumLayers, $"the sliding-window layer pattern has {SlidingLayers?.Length} entries for {NumLayers} layers");
+        Require(RopeLayers is null || RopeLayers.Length == NumLayers, $"the RoPE layer list has {RopeLayers?.Length} entries for {NumLayers} layers");
+        Require(SlidingLayers is null || SlidingWindow is not null, "a sliding-window layer pattern needs sliding_window");
+        foreach (var (name, v) in new[] { ("attn_logit_softcapping", AttnLogitSoftcap), ("final_logit_softcapping", FinalLogitSoftcap), ("query_pre_attn_scalar", QueryPreAttnScalar), ("rope_local_base_freq", RopeLocalTheta), ("rope_scaling.factor", RopeLinearFactor) })
+            Require(v is null || (double.IsFinite(v.Value) && v > 0), $"{name} ({v}) must be a positive finite number");
+        Require(double.IsFinite(EmbeddingScale) && EmbeddingScale > 0, $"embedding scale ({EmbeddingScale}) must be a positive finite number");
         // Bounds far above any real model: a corrupt header must fail here, not in a terabyte allocation.
         Require(HiddenSize <= 1 << 18 && IntermediateSize <= 1 << 20 && NumLayers <= 4096 && VocabSize <= 1 << 24 && NumHeads <= 4096,
             $"sizes beyond any real model (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, vocabulary {VocabSize}, heads {NumHeads})");
@@ -84,7 +130,9 @@ public sealed record LlamaConfig
         get
         {
             long d = HiddenSize, h = IntermediateSize, qd = (long)NumHeads * HeadDim, kv = KvDim;
-            long perLayer = d * qd + 2 * d * kv + qd * d + 3 * d * h + (Norm == NormKind.RmsNorm ? 2 * d : 0) + (QkvBias ? qd + 2 * kv : 0);
+            long norms = Norm == NormKind.RmsNorm ? (PreNorms ? 2 * d : 0) + (PostNorms ? 2 * d : 0) : 0;
+            long qkNorms = QkNorm switch { QkNormKind.PerHead => 2L * HeadDim, QkNormKind.Whole => qd + kv, _ => 0 };
+            long perLayer = d * qd + 2 * d * kv + qd * d + 3 * d * h + norms + qkNorms + (QkvBias ? qd + 2 * kv : 0);
             return VocabSize * d * (TieWordEmbeddings ? 1 : 2) + NumLayers * perLayer + (Norm == NormKind.RmsNorm ? d : 0);
         }
     }

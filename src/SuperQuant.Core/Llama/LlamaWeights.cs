@@ -32,19 +32,27 @@ public sealed class LlamaLayerWeights : IDisposable
     public Tensor? AttnNorm;
     public required Tensor Wq, Wk, Wv, Wo;
     public Tensor? Bq, Bk, Bv;
+    /// <summary>q/k RMSNorm scales ([head_dim] per head, or [heads*head_dim] / [kv_heads*head_dim] over the projection).</summary>
+    public Tensor? QNorm, KNorm;
+    /// <summary>Norm of the attention output before the residual add (Gemma 2/3, OLMo 2).</summary>
+    public Tensor? AttnPostNorm;
     public Tensor? FfnNorm;
     public required Tensor WGate, WUp, WDown;
+    /// <summary>Norm of the MLP output before the residual add (Gemma 2/3, OLMo 2).</summary>
+    public Tensor? FfnPostNorm;
+
+    Tensor?[] All => new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, QNorm, KNorm, AttnPostNorm, FfnNorm, WGate, WUp, WDown, FfnPostNorm };
 
     public void Dispose()
     {
-        foreach (var t in new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, FfnNorm, WGate, WUp, WDown }) t?.Dispose();
+        foreach (var t in All) t?.Dispose();
     }
 
     /// <summary>Takes every tensor out of the dispose scope it was made in: a block loaded on demand inside some
     /// caller's scope must outlive that scope.</summary>
     public LlamaLayerWeights DetachFromDisposeScopes()
     {
-        foreach (var t in new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, FfnNorm, WGate, WUp, WDown }) t?.DetachFromDisposeScope();
+        foreach (var t in All) t?.DetachFromDisposeScope();
         return this;
     }
 
@@ -53,7 +61,8 @@ public sealed class LlamaLayerWeights : IDisposable
     {
         static Tensor? M(Tensor? t, Func<Tensor, Tensor> f) { if (t is null) return null; var n = f(t); if (!ReferenceEquals(n, t)) t.Dispose(); return n; }
         AttnNorm = M(AttnNorm, f); Wq = M(Wq, f)!; Wk = M(Wk, f)!; Wv = M(Wv, f)!; Wo = M(Wo, f)!; Bq = M(Bq, f); Bk = M(Bk, f); Bv = M(Bv, f);
-        FfnNorm = M(FfnNorm, f); WGate = M(WGate, f)!; WUp = M(WUp, f)!; WDown = M(WDown, f)!;
+        QNorm = M(QNorm, f); KNorm = M(KNorm, f); AttnPostNorm = M(AttnPostNorm, f);
+        FfnNorm = M(FfnNorm, f); WGate = M(WGate, f)!; WUp = M(WUp, f)!; WDown = M(WDown, f)!; FfnPostNorm = M(FfnPostNorm, f);
     }
 }
 

@@ -181,10 +181,22 @@ public static class PackedArtifact
         {
             int layer = l;
             string p = $"model.layers.{l}.";
-            if (rms)
+            if (rms && c.PreNorms)
             {
                 AddLayerFloat(p + "input_layernorm.weight", l, new[] { d }, x => x.AttnNorm, ScalarType.Float32);
                 AddLayerFloat(p + "post_attention_layernorm.weight", l, new[] { d }, x => x.FfnNorm, ScalarType.Float32);
+            }
+            // Our own names for the extra vectors of some families (not Hugging Face's, whose meaning differs by family).
+            if (rms && c.PostNorms)
+            {
+                AddLayerFloat(p + "attn_post_norm.weight", l, new[] { d }, x => x.AttnPostNorm, ScalarType.Float32);
+                AddLayerFloat(p + "ffn_post_norm.weight", l, new[] { d }, x => x.FfnPostNorm, ScalarType.Float32);
+            }
+            if (c.QkNorm != QkNormKind.None)
+            {
+                bool perHead = c.QkNorm == QkNormKind.PerHead;
+                AddLayerFloat(p + "self_attn.q_norm.weight", l, new[] { perHead ? c.HeadDim : qd }, x => x.QNorm, ScalarType.Float32);
+                AddLayerFloat(p + "self_attn.k_norm.weight", l, new[] { perHead ? c.HeadDim : kv }, x => x.KNorm, ScalarType.Float32);
             }
             if (c.QkvBias)
             {
@@ -412,6 +424,8 @@ public static class PackedArtifact
                 {
                     AttnNorm = Optional(p + "input_layernorm.weight"), FfnNorm = Optional(p + "post_attention_layernorm.weight"),
                     Bq = Optional(p + "self_attn.q_proj.bias"), Bk = Optional(p + "self_attn.k_proj.bias"), Bv = Optional(p + "self_attn.v_proj.bias"),
+                    QNorm = Optional(p + "self_attn.q_norm.weight"), KNorm = Optional(p + "self_attn.k_norm.weight"),
+                    AttnPostNorm = Optional(p + "attn_post_norm.weight"), FfnPostNorm = Optional(p + "ffn_post_norm.weight"),
                     Wq = Matrix(p + "self_attn.q_proj.weight"), Wk = Matrix(p + "self_attn.k_proj.weight"), Wv = Matrix(p + "self_attn.v_proj.weight"),
                     Wo = Matrix(p + "self_attn.o_proj.weight"), WGate = Matrix(p + "mlp.gate_proj.weight"), WUp = Matrix(p + "mlp.up_proj.weight"),
                     WDown = Matrix(p + "mlp.down_proj.weight"),

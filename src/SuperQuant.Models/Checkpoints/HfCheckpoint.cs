@@ -203,9 +203,30 @@ public sealed class HfCheckpoint : IDisposable
                 list.Add((p + name, Shape(proj)));
         list.Add((p + "self_attn.o_proj.weight", Shape(Projection.O)));
         list.Add((p + "mlp.down_proj.weight", Shape(Projection.Down)));
-        if (c.Norm == NormKind.RmsNorm) { list.Add((p + "input_layernorm.weight", new[] { d })); list.Add((p + "post_attention_layernorm.weight", new[] { d })); }
+        foreach (var (name, _) in NormNames(c)) list.Add((p + name, new[] { d }));
+        if (c.QkNorm != QkNormKind.None)
+        {
+            bool perHead = c.QkNorm == QkNormKind.PerHead;
+            list.Add((p + "self_attn.q_norm.weight", new[] { perHead ? c.HeadDim : qd }));
+            list.Add((p + "self_attn.k_norm.weight", new[] { perHead ? c.HeadDim : kv }));
+        }
         if (c.QkvBias) { list.Add((p + "self_attn.q_proj.bias", new[] { qd })); list.Add((p + "self_attn.k_proj.bias", new[] { kv })); list.Add((p + "self_attn.v_proj.bias", new[] { kv })); }
         return list.ToArray();
+    }
+
+    enum NormRole { AttnNorm, AttnPostNorm, FfnNorm, FfnPostNorm }
+
+    /// <summary>Each family's names for a block's norms: "post_attention_layernorm" is the MLP's input norm in Llama
+    /// but the attention output's norm in Gemma and OLMo 2.</summary>
+    static (string Name, NormRole Role)[] NormNames(LlamaConfig c)
+    {
+        if (c.Norm != NormKind.RmsNorm) return Array.Empty<(string, NormRole)>();
+        var names = new List<(string, NormRole)>();
+        if (c.PreNorms) names.Add(("input_layernorm.weight", NormRole.AttnNorm));
+        if (c.PostNorms) names.Add(("post_attention_layernorm.weight", NormRole.AttnPostNorm));
+        if (c.PreNorms) names.Add((c.PostNorms ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight", NormRole.FfnNorm));
+        if (c.PostNorms) names.Add(("post_feedforward_layernorm.weight", NormRole.FfnPostNorm));
+        return names.ToArray();
     }
 
     void CheckLayerShapes(int l)
@@ -252,15 +273,19 @@ public sealed class HfCheckpoint : IDisposable
                 wq = Dev("self_attn.q_proj.weight"); wk = Dev("self_attn.k_proj.weight"); wv = Dev("self_attn.v_proj.weight");
                 wgate = Dev("mlp.gate_proj.weight"); wup = Dev("mlp.up_proj.weight");
             }
+            var norms = NormNames(c).ToDictionary(n => n.Role, n => Dev(n.Name));
             return new LlamaLayerWeights
             {
-                AttnNorm = Optional("input_layernorm.weight"),
+                AttnNorm = norms.GetValueOrDefault(NormRole.AttnNorm),
                 Wq = wq, Wk = wk, Wv = wv,
                 Bq = Optional("self_attn.q_proj.bias"), Bk = Optional("self_attn.k_proj.bias"), Bv = Optional("self_attn.v_proj.bias"),
+                QNorm = Optional("self_attn.q_norm.weight"), KNorm = Optional("self_attn.k_norm.weight"),
                 Wo = Dev("self_attn.o_proj.weight"),
-                FfnNorm = Optional("post_attention_layernorm.weight"),
+                AttnPostNorm = norms.GetValueOrDefault(NormRole.AttnPostNorm),
+                FfnNorm = norms.GetValueOrDefault(NormRole.FfnNorm),
                 WGate = wgate, WUp = wup,
                 WDown = Dev("mlp.down_proj.weight"),
+                FfnPostNorm = norms.GetValueOrDefault(NormRole.FfnPostNorm),
             };
         }
         catch

@@ -25,6 +25,10 @@ public static class NonFiniteCheck
         string p = $"model.layers.{l}.";
         Check(p + "input_layernorm.weight", w.AttnNorm, source);
         Check(p + "post_attention_layernorm.weight", w.FfnNorm, source);
+        Check(p + "self_attn.q_norm.weight", w.QNorm, source);
+        Check(p + "self_attn.k_norm.weight", w.KNorm, source);
+        Check(p + "post_norm of the attention", w.AttnPostNorm, source);
+        Check(p + "post_feedforward_layernorm.weight", w.FfnPostNorm, source);
         Check(p + "self_attn.q_proj.bias", w.Bq, source);
         Check(p + "self_attn.k_proj.bias", w.Bk, source);
         Check(p + "self_attn.v_proj.bias", w.Bv, source);

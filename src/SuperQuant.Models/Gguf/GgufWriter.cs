@@ -14,6 +14,9 @@ public sealed record GgufExport
 {
     public required GgufFileType FileType { get; init; }
     public string Name { get; init; } = "model";
+    /// <summary>The context the file will be run (and gated) at, for <see cref="GgufWriteResult.RuntimeDifferences"/>
+    /// (a sliding window only matters past it); null: the model's maximum.</summary>
+    public int? Context { get; init; }
     /// <summary>The tokenizer (<see cref="GgufVocabulary.FromCheckpoint"/>); null writes "no_vocab".</summary>
     public GgufVocabulary? Vocabulary { get; init; }
     /// <summary>Per linear layer, one importance weight per input column (llama.cpp's imatrix: the mean squared
@@ -44,6 +47,8 @@ public sealed record GgufExport
 /// <summary>What was written: each tensor's type (and why), and the totals.</summary>
 public sealed record GgufWriteResult(IReadOnlyList<GgufTensorType> Tensors, long FileBytes, long Parameters)
 {
+    /// <summary>What llama.cpp will compute differently from the checkpoint (<see cref="GgufArchitecture.RuntimeDifferences"/>).</summary>
+    public IReadOnlyList<string> RuntimeDifferences { get; init; } = Array.Empty<string>();
     /// <summary>File size in bits over the parameter count, as llama.cpp reports "BPW".</summary>
     public double BitsPerWeight => 8.0 * FileBytes / Parameters;
     public string TypeSummary => string.Join(", ", Tensors.Where(t => t.Type != GgmlType.F32).GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}"));
@@ -58,19 +63,10 @@ public sealed record GgufWriteResult(IReadOnlyList<GgufTensorType> Tensors, long
 /// </summary>
 public static class GgufWriter
 {
-    public static readonly IReadOnlyList<string> SupportedArchitectures = new[] { "llama", "mistral", "llama2.c" };
-
     sealed record Planned(string Name, long[] Dims, LinearSite? Site, Func<Tensor> Source);
 
     /// <summary>Checks a model can be exported (architecture, RoPE); throws SQ4001 otherwise.</summary>
-    public static void CheckSupported(LlamaConfig c)
-    {
-        if (!SupportedArchitectures.Contains(c.Architecture))
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"GGUF export supports {string.Join(", ", SupportedArchitectures)} models; '{c.Architecture}' is not supported yet");
-        if (c.RopeScaling is not null)
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "GGUF export of llama3 RoPE scaling is not supported yet");
-        if (c.QkvBias) throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "GGUF export of q/k/v biases (llama architecture) is not supported");
-    }
+    public static void CheckSupported(LlamaConfig c) => GgufArchitecture.For(c);
 
     /// <summary>The tensor list and types a file would get, without writing it.</summary>
     public static IReadOnlyList<GgufTensorType> PlanTypes(LlamaModel model, GgufExport export) => PlanTypes(model.Config, Tensors(model), export);
@@ -118,40 +114,72 @@ public static class GgufWriter
             finally { foreach (var u in factors.Values) u?.Dispose(); }
         });
         if (model.Weights.IsStreamed) model.Weights.ReleaseResident();
-        return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount);
+        return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount) { RuntimeDifferences = GgufArchitecture.For(c).RuntimeDifferences(c, export.Context) };
     }
 
+    /// <summary>The file's tensors in llama.cpp's names and layouts, from the model's description: each family's extra
+    /// pieces (biases, q/k norms, post-norms, fused projections, RoPE factors) appear where the block has them.</summary>
     static List<Planned> Tensors(LlamaModel model)
     {
         LlamaConfig c = model.Config;
+        GgufArchitecture arch = GgufArchitecture.For(c);
         var w = model.Weights;
         var list = new List<Planned>();
         static long[] Dims(Tensor t) => t.shape.Reverse().ToArray();
-        void Matrix(string n, LinearSite site, Func<Tensor> source, Tensor shapeOf) => list.Add(new(n, Dims(shapeOf), site, source));
-        void Vector(string n, Tensor? t) { if (t is not null) list.Add(new(n, Dims(t), null, () => t.alias())); }
+        float shift = arch.NormShift;
+        bool permute = arch.Rope == RopePairing.Norm;
+        // Q and K rows go from Hugging Face's rotate-half order to the consecutive pairs of llama.cpp's NORM RoPE.
+        Tensor Q(Tensor t) => permute ? HalfToInterleaved(t, c.NumHeads) : t.alias();
+        Tensor K(Tensor t) => permute ? HalfToInterleaved(t, c.NumKvHeads) : t.alias();
+        Tensor Norm(Tensor t) => shift == 0 ? t.alias() : t.to_type(ScalarType.Float32) + shift;
 
         // A tied embedding is also the output head: its importance is the head's input.
         list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, () => w.TokenEmbedding.alias()));
-        // Shapes come from the first block (LLaMA blocks are uniform); data is asked of w.Layer(l) when the writer
-        // reaches it, so a layer-streamed model is read one block at a time, in order.
+        if (GgufArchitecture.RopeFrequencyFactors(c) is float[] factors)
+            list.Add(new("rope_freqs.weight", new long[] { factors.Length }, null, () => torch.tensor(factors)));
+        // Shapes come from the first block (blocks are uniform); data is asked of w.Layer(l) when the writer reaches
+        // it, so a layer-streamed model is read one block at a time, in order.
         var first = c.NumLayers > 0 ? w.Layer(0) : null;
         for (int l = 0; l < c.NumLayers; l++)
         {
             var L = first!;
             string p = $"blk.{l}.";
             int layer = l;
-            void LayerVector(string n, Tensor? shapeOf, Func<LlamaLayerWeights, Tensor?> pick) { if (shapeOf is not null) list.Add(new(n, Dims(shapeOf), null, () => pick(w.Layer(layer))!.alias())); }
-            LayerVector(p + "attn_norm.weight", L.AttnNorm, x => x.AttnNorm);
-            Matrix(p + "attn_q.weight", new(l, Projection.Q), () => HalfToInterleaved(w.Layer(layer).Wq, c.NumHeads), L.Wq);
-            Matrix(p + "attn_k.weight", new(l, Projection.K), () => HalfToInterleaved(w.Layer(layer).Wk, c.NumKvHeads), L.Wk);
-            Matrix(p + "attn_v.weight", new(l, Projection.V), () => w.Layer(layer).Wv.alias(), L.Wv);
-            Matrix(p + "attn_output.weight", new(l, Projection.O), () => w.Layer(layer).Wo.alias(), L.Wo);
-            LayerVector(p + "ffn_norm.weight", L.FfnNorm, x => x.FfnNorm);
-            Matrix(p + "ffn_gate.weight", new(l, Projection.Gate), () => w.Layer(layer).WGate.alias(), L.WGate);
-            Matrix(p + "ffn_up.weight", new(l, Projection.Up), () => w.Layer(layer).WUp.alias(), L.WUp);
-            Matrix(p + "ffn_down.weight", new(l, Projection.Down), () => w.Layer(layer).WDown.alias(), L.WDown);
+            LlamaLayerWeights At() => w.Layer(layer);
+            void Matrix(string n, Projection proj, long rows, long cols, Func<Tensor> source) => list.Add(new(p + n, new[] { cols, rows }, new LinearSite(layer, proj), source));
+            void Vector(string n, Tensor? shapeOf, Func<LlamaLayerWeights, Tensor?> pick, Func<Tensor, Tensor> map)
+            {
+                if (shapeOf is not null) list.Add(new(p + n, Dims(shapeOf), null, () => map(pick(At())!)));
+            }
+            long d = c.HiddenSize, qd = L.Wq.shape[0], kv = L.Wk.shape[0], h = L.WGate.shape[0];
+            Vector("attn_norm.weight", L.AttnNorm, x => x.AttnNorm, Norm);
+            if (arch.Fused)
+                Matrix("attn_qkv.weight", Projection.Q, qd + 2 * kv, d, () => torch.cat(new[] { At().Wq, At().Wk, At().Wv }, 0));
+            else
+            {
+                Matrix("attn_q.weight", Projection.Q, qd, d, () => Q(At().Wq));
+                Matrix("attn_k.weight", Projection.K, kv, d, () => K(At().Wk));
+                Matrix("attn_v.weight", Projection.V, kv, d, () => At().Wv.alias());
+            }
+            Vector("attn_q.bias", L.Bq, x => x.Bq, b => Q(b.unsqueeze(1)).squeeze(1));
+            Vector("attn_k.bias", L.Bk, x => x.Bk, b => K(b.unsqueeze(1)).squeeze(1));
+            Vector("attn_v.bias", L.Bv, x => x.Bv, b => b.alias());
+            Vector("attn_q_norm.weight", L.QNorm, x => x.QNorm, Norm);
+            Vector("attn_k_norm.weight", L.KNorm, x => x.KNorm, Norm);
+            Matrix("attn_output.weight", Projection.O, d, qd, () => At().Wo.alias());
+            Vector("post_attention_norm.weight", L.AttnPostNorm, x => x.AttnPostNorm, Norm);
+            Vector("ffn_norm.weight", L.FfnNorm, x => x.FfnNorm, Norm);
+            if (arch.Fused)
+                Matrix("ffn_up.weight", Projection.Gate, 2 * h, d, () => torch.cat(new[] { At().WGate, At().WUp }, 0));
+            else
+            {
+                Matrix("ffn_gate.weight", Projection.Gate, h, d, () => At().WGate.alias());
+                Matrix("ffn_up.weight", Projection.Up, h, d, () => At().WUp.alias());
+            }
+            Matrix("ffn_down.weight", Projection.Down, d, h, () => At().WDown.alias());
+            Vector("post_ffw_norm.weight", L.FfnPostNorm, x => x.FfnPostNorm, Norm);
         }
-        Vector("output_norm.weight", w.FinalNorm);
+        if (w.FinalNorm is not null) list.Add(new("output_norm.weight", Dims(w.FinalNorm), null, () => Norm(w.FinalNorm)));
         if (w.LmHead is not null) list.Add(new("output.weight", Dims(w.LmHead), new LinearSite(-1, Projection.LmHead), () => w.LmHead.alias()));
         return list;
     }
@@ -172,27 +200,20 @@ public static class GgufWriter
 
     static List<(string Key, GgufValueType Type, object Value)> Metadata(LlamaConfig c, GgufExport export)
     {
+        GgufArchitecture arch = GgufArchitecture.For(c);
         var meta = new List<(string Key, GgufValueType Type, object Value)>
         {
-            ("general.architecture", GgufValueType.String, "llama"),
+            ("general.architecture", GgufValueType.String, arch.Name),
             ("general.name", GgufValueType.String, string.IsNullOrEmpty(export.Name) ? "model" : export.Name),
             ("general.alignment", GgufValueType.UInt32, (uint)GgufFile.DefaultAlignment),
             ("general.file_type", GgufValueType.UInt32, (uint)export.FileType.LlamaFtype()),
             ("general.quantization_version", GgufValueType.UInt32, 2u),
             ("general.quantized_by", GgufValueType.String, "superquant " + (typeof(GgufWriter).Assembly.GetName().Version?.ToString() ?? "0")),
-            ("llama.context_length", GgufValueType.UInt32, (uint)c.MaxPositionEmbeddings),
-            ("llama.embedding_length", GgufValueType.UInt32, (uint)c.HiddenSize),
-            ("llama.block_count", GgufValueType.UInt32, (uint)c.NumLayers),
-            ("llama.feed_forward_length", GgufValueType.UInt32, (uint)c.IntermediateSize),
-            ("llama.rope.dimension_count", GgufValueType.UInt32, (uint)c.HeadDim),
-            ("llama.attention.head_count", GgufValueType.UInt32, (uint)c.NumHeads),
-            ("llama.attention.head_count_kv", GgufValueType.UInt32, (uint)c.NumKvHeads),
-            ("llama.attention.layer_norm_rms_epsilon", GgufValueType.Float32, (float)c.NormEps),
-            ("llama.rope.freq_base", GgufValueType.Float32, (float)c.RopeTheta),
-            ("llama.vocab_size", GgufValueType.UInt32, (uint)c.VocabSize),
             ("superquant.method", GgufValueType.String, export.Method.Name()),
         };
-        if (c.SlidingWindow is int window) meta.Add(("llama.attention.sliding_window", GgufValueType.UInt32, (uint)window));
+        meta.InsertRange(6, arch.Keys(c));
+        // Without a vocabulary llama.cpp takes the vocabulary size from {arch}.vocab_size (the LLaMA family writes it anyway).
+        if (export.Vocabulary is null && !arch.LlamaKeys) meta.Add(($"{arch.Name}.vocab_size", GgufValueType.UInt32, (uint)c.VocabSize));
         // Only when there is something to say: an empty string breaks LLamaSharp 0.30's metadata reader.
         if (export.SuperWeights.Count > 0)
             meta.Add(("superquant.super_weights", GgufValueType.String, string.Join(";", export.SuperWeights.Select(s => $"{s.Layer},{s.Row},{s.Column}"))));

@@ -1,0 +1,159 @@
+using System.Text.Json;
+using SuperQuant.Models.Safetensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Tests.Support;
+
+/// <summary>
+/// Tiny random Hugging Face checkpoints of each family, written from the families' published config.json keys and
+/// tensor names (transformers' modeling files), independently of our reader's tables. Weights are large enough that
+/// every family feature moves the model's predictions (biases N(0, 0.5), norm scales 1 + N(0, 0.3)); each feature can
+/// be switched off (<see cref="Off"/>) to show that it matters.
+/// </summary>
+public static class FamilyCheckpoint
+{
+    public const int Hidden = 64, Heads = 4, KvHeads = 2, Intermediate = 128, Vocab = 256;
+
+    /// <summary>The families and the feature each test switches off.</summary>
+    public static readonly string[] Families = { "llama3", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma2", "gemma3_text", "smollm3" };
+
+    /// <param name="off">Write the family with its distinguishing feature neutralized (see the switch below).</param>
+    public static void Write(string folder, string family, bool off = false, int seed = 7)
+    {
+        Directory.CreateDirectory(folder);
+        bool gemma = family is "gemma2" or "gemma3_text";
+        int layers = family == "gemma3_text" ? 6 : 4;
+        int headDim = family is "qwen3" or "gemma2" or "gemma3_text" ? 32 : Hidden / Heads;
+        int qd = Heads * headDim, kv = KvHeads * headDim;
+        string modelType = family == "llama3" ? "llama" : family;
+        var c = new Dictionary<string, object?>
+        {
+            ["model_type"] = modelType,
+            ["hidden_size"] = Hidden, ["intermediate_size"] = Intermediate, ["num_hidden_layers"] = layers,
+            ["num_attention_heads"] = Heads, ["num_key_value_heads"] = KvHeads, ["vocab_size"] = Vocab,
+            ["max_position_embeddings"] = 256, ["rope_theta"] = 10000.0, ["tie_word_embeddings"] = gemma || family == "smollm3",
+            ["torch_dtype"] = "float32", ["bos_token_id"] = 1,
+        };
+        if (family != "olmo") c["rms_norm_eps"] = 1e-6;
+        if (headDim != Hidden / Heads) c["head_dim"] = headDim;
+        switch (family)
+        {
+            case "llama3":
+                if (!off) c["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 64 };
+                break;
+            case "mistral": c["sliding_window"] = 4096; break; // beyond any context here: llama.cpp has no window (checked separately)
+            case "olmo": c["clip_qkv"] = off ? null : 1.0; break;
+            case "gemma2":
+                c["hidden_activation"] = "gelu_pytorch_tanh"; c["query_pre_attn_scalar"] = headDim;
+                c["attn_logit_softcapping"] = off ? null : 5.0; c["final_logit_softcapping"] = off ? null : 3.0;
+                c["sliding_window"] = 16;
+                break;
+            case "gemma3_text":
+                c["hidden_activation"] = "gelu_pytorch_tanh"; c["query_pre_attn_scalar"] = headDim;
+                c["sliding_window"] = off ? 4096 : 16; c["sliding_window_pattern"] = 6; c["rope_local_base_freq"] = 10000.0;
+                c["rope_theta"] = 1_000_000.0;
+                break;
+            case "smollm3":
+                c["no_rope_layers"] = Enumerable.Range(0, layers).Select(i => off || (i + 1) % 4 != 0 ? 1 : 0).ToArray();
+                c["rope_theta"] = 100.0; // a short wavelength, so that leaving RoPE out of a layer matters at this size
+                break;
+        }
+        File.WriteAllText(Path.Combine(folder, "config.json"), JsonSerializer.Serialize(c, new JsonSerializerOptions { WriteIndented = true }));
+
+        var gen = new Generator((ulong)seed);
+        bool tied = gemma || family == "smollm3";
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        void Add(string name, long[] shape, string kind)
+        {
+            Tensor t = kind switch
+            {
+                "norm" => gemma ? torch.randn(shape, generator: gen) * 0.3f : 1f + torch.randn(shape, generator: gen) * 0.3f,
+                // q/k norm scales around 2: sharper attention, so that the attention pattern moves the predictions.
+                "qknorm" => (gemma ? 1f : 2f) + torch.randn(shape, generator: gen) * 0.5f,
+                "bias" => torch.randn(shape, generator: gen) * 0.5f,
+                // A tied head reads the embedding back: N(0, 0.25) keeps its logits from being one-hot.
+                "embed" => torch.randn(shape, generator: gen) * (tied ? 0.25f : 1f),
+                _ => torch.randn(shape, generator: gen) * (float)(1.0 / Math.Sqrt(shape[1])),
+            };
+            tensors.Add(new(name, t));
+        }
+        Add("model.embed_tokens.weight", new long[] { Vocab, Hidden }, "embed");
+        for (int l = 0; l < layers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            if (family == "phi3") Add(p + "self_attn.qkv_proj.weight", new long[] { qd + 2 * kv, Hidden }, "w");
+            else
+            {
+                Add(p + "self_attn.q_proj.weight", new long[] { qd, Hidden }, "w");
+                Add(p + "self_attn.k_proj.weight", new long[] { kv, Hidden }, "w");
+                Add(p + "self_attn.v_proj.weight", new long[] { kv, Hidden }, "w");
+            }
+            if (family == "qwen2")
+            {
+                Add(p + "self_attn.q_proj.bias", new long[] { qd }, "bias");
+                Add(p + "self_attn.k_proj.bias", new long[] { kv }, "bias");
+                Add(p + "self_attn.v_proj.bias", new long[] { kv }, "bias");
+                if (off) foreach (var b in tensors.TakeLast(3)) b.Value.zero_();
+            }
+            if (family is "qwen3" or "gemma3_text")
+            {
+                Add(p + "self_attn.q_norm.weight", new long[] { headDim }, "qknorm");
+                Add(p + "self_attn.k_norm.weight", new long[] { headDim }, "qknorm");
+            }
+            if (family == "olmo2")
+            {
+                Add(p + "self_attn.q_norm.weight", new long[] { qd }, "qknorm");
+                Add(p + "self_attn.k_norm.weight", new long[] { kv }, "qknorm");
+            }
+            Add(p + "self_attn.o_proj.weight", new long[] { Hidden, qd }, "w");
+            if (family == "phi3") Add(p + "mlp.gate_up_proj.weight", new long[] { 2 * Intermediate, Hidden }, "w");
+            else
+            {
+                Add(p + "mlp.gate_proj.weight", new long[] { Intermediate, Hidden }, "w");
+                Add(p + "mlp.up_proj.weight", new long[] { Intermediate, Hidden }, "w");
+            }
+            Add(p + "mlp.down_proj.weight", new long[] { Hidden, Intermediate }, "w");
+            if (family == "olmo") continue; // non-parametric LayerNorm: no norm tensors
+            if (family == "olmo2")
+            {
+                Add(p + "post_attention_layernorm.weight", new long[] { Hidden }, "norm");
+                Add(p + "post_feedforward_layernorm.weight", new long[] { Hidden }, "norm");
+                if (off) foreach (var n in tensors.TakeLast(2)) n.Value.fill_(1f);
+                continue;
+            }
+            Add(p + "input_layernorm.weight", new long[] { Hidden }, "norm");
+            Add(p + "post_attention_layernorm.weight", new long[] { Hidden }, "norm");
+            if (gemma)
+            {
+                Add(p + "pre_feedforward_layernorm.weight", new long[] { Hidden }, "norm");
+                Add(p + "post_feedforward_layernorm.weight", new long[] { Hidden }, "norm");
+            }
+        }
+        if (family != "olmo") Add("model.norm.weight", new long[] { Hidden }, "norm");
+        if (!(gemma || family == "smollm3")) Add("lm_head.weight", new long[] { Vocab, Hidden }, "w");
+        if (off && family == "qwen3")
+            foreach (var t in tensors.Where(t => t.Key.Contains("_norm.weight") && t.Key.Contains("self_attn"))) t.Value.fill_(1f);
+        if (off && family == "phi3")
+            foreach (var t in tensors.Where(t => t.Key.EndsWith("gate_up_proj.weight")))
+                t.Value.copy_(torch.cat(new[] { t.Value[Intermediate.., ..], t.Value[..Intermediate, ..] }, 0)); // gate and up swapped
+        SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        foreach (var t in tensors) t.Value.Dispose();
+    }
+
+    /// <summary>What <see cref="Write"/>'s <c>off</c> switches off, per family (for messages).</summary>
+    public static string Off(string family) => family switch
+    {
+        "llama3" => "rope_scaling (llama3)",
+        "mistral" => "nothing (the window is beyond the context)",
+        "qwen2" => "q/k/v biases (zeroed)",
+        "qwen3" => "q/k norm scales (ones)",
+        "phi3" => "the gate/up order of the fused projection",
+        "olmo" => "clip_qkv",
+        "olmo2" => "post-norm scales (ones)",
+        "gemma2" => "attention and final logit soft-capping",
+        "gemma3_text" => "the sliding window (4096)",
+        "smollm3" => "no_rope_layers (RoPE in every layer)",
+        _ => family,
+    };
+}
