@@ -83,3 +83,153 @@ public sealed class FamilyGgufTests
         Console.WriteLine($"{family}: perplexity ours {ours:F5}, llama.cpp F16 {theirs:F5}, q4_k_m {q4:F4}");
     }
 }
+
+/// <summary>A config or checkpoint the family does not allow is a coded input error naming the key or tensor, before
+/// anything is written.</summary>
+[TestClass]
+public sealed class FamilyInputTests
+{
+    static long[]? Same(string n, long[] s) => s;
+
+    public static IEnumerable<object[]> Cases => new[]
+    {
+        new object[] { "llama3", "rope_type", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "dynamic-ntk", ["factor"] = 2.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "num_attention_heads", "SQ2004", (Action<Dictionary<string, object?>>)(c => { c["num_attention_heads"] = 5; c["num_key_value_heads"] = 5; }), (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "model.layers.1.self_attn.k_proj.bias", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.1.self_attn.k_proj.bias" ? null : s) },
+        new object[] { "qwen3", "model.layers.0.self_attn.q_norm.weight", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.0.self_attn.q_norm.weight" ? null : s) },
+        new object[] { "phi3", "model.layers.2.self_attn.qkv_proj.weight", "SQ200", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.2.self_attn.qkv_proj.weight" ? new[] { s[0] - 16, s[1] } : s) },
+        new object[] { "gemma2", "hidden_activation", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["hidden_activation"] = "relu"), (Func<string, long[], long[]?>)Same },
+        new object[] { "gemma3_text", "layer_types", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["layer_types"] = Enumerable.Repeat("sliding_attention", 9).ToArray()), (Func<string, long[], long[]?>)Same },
+        new object[] { "smollm3", "no_rope_layers", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["no_rope_layers"] = new[] { 1, 1 }), (Func<string, long[], long[]?>)Same },
+    };
+
+    [TestMethod]
+    [DynamicData(nameof(Cases))]
+    public void IsACodedErrorNamingTheKeyOrTensorAndWritesNothing(string family, string named, string code, Action<Dictionary<string, object?>> edit, Func<string, long[], long[]?> shape)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family, editConfig: edit, tensorShape: shape);
+        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/m.gguf"), "--gguf-type", "f16", "--device", "cpu");
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, code);
+        StringAssert.Contains(r.Output, named);
+        Assert.DoesNotContain("internal error", r.Output);
+        Assert.IsFalse(Directory.Exists(dir.File("out")) && Directory.EnumerateFileSystemEntries(dir.File("out")).Any(), "nothing is written");
+    }
+}
+
+/// <summary>The super weight detector on the newer blocks (post-norms, soft-capping, q/k norms, fused projections):
+/// a planted super weight is found at its layer, row and column.</summary>
+[TestClass]
+public sealed class FamilySuperWeightTests
+{
+    [TestMethod]
+    [DataRow("gemma2")]
+    [DataRow("gemma3_text")]
+    [DataRow("qwen3")]
+    [DataRow("olmo2")]
+    [DataRow("phi3")]
+    public void APlantedSuperWeightIsFound(string family)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family, superWeight: (1, 17, 45));
+        var r = CliRunner.Run("detect", "-m", dir.File("ckpt"), "--prompt-tokens", "1 5 9 13 21");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "layer 1 [17, 45]");
+    }
+}
+
+/// <summary>Every family streams like llama (memory: layers): the same packed and GGUF bytes as the whole model, the
+/// same super weight, the same measured quality.</summary>
+[TestClass]
+public sealed class FamilyStreamingTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("gemma2")]
+    [DataRow("gemma3_text")]
+    [DataRow("olmo2")]
+    [DataRow("phi3")]
+    [DataRow("qwen3")]
+    [DataRow("smollm3")]
+    public void AStreamedRunWritesTheWholeModelsBytes(string family)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family, superWeight: (1, 17, 45));
+        var rng = new Random(3);
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 300).Select(_ => rng.Next(2, FamilyCheckpoint.Vocab)));
+        string Run(string memory)
+        {
+            var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--memory", memory, "--prompt-tokens", "1 5 9 13", "--method", "super-aware",
+                "--block", "32", "--calibration-tokens", dir.File("ids.txt"), "--eval-tokens", dir.File("ids.txt"), "--context", "40",
+                "--out", dir.File($"{memory}/m.sqpk.safetensors"), "--gguf", dir.File($"{memory}/m.gguf"), "--gguf-type", "q4_0", "--json", "--device", "cpu");
+            Assert.AreEqual(0, r.ExitCode, r.Output);
+            return r.StdOut;
+        }
+        var whole = System.Text.Json.JsonDocument.Parse(Run("model")).RootElement;
+        var streamed = System.Text.Json.JsonDocument.Parse(Run("layers")).RootElement;
+        CollectionAssert.AreEqual(new[] { 1, 17, 45 }, streamed.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray());
+        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/m.sqpk.safetensors")), File.ReadAllBytes(dir.File("layers/m.sqpk.safetensors")), "packed bytes");
+        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/m.gguf")), File.ReadAllBytes(dir.File("layers/m.gguf")), "GGUF bytes");
+        var a = whole.GetProperty("artifacts").EnumerateArray().ToList();
+        var b = streamed.GetProperty("artifacts").EnumerateArray().ToList();
+        for (int i = 0; i < a.Count; i++)
+        {
+            double ka = a[i].GetProperty("kl_mean").GetDouble(), kb = b[i].GetProperty("kl_mean").GetDouble();
+            Assert.AreEqual(ka, kb, 1e-3 * ka + 1e-7, $"{a[i].GetProperty("kind")}: KL whole {ka} vs streamed {kb}");
+        }
+    }
+}
+
+/// <summary>The gate, end to end, on every family: the super-aware q4_k_m GGUF (held-out candidate choice scored by
+/// llama.cpp) and the packed artifact are written, loaded from disk by their runtimes and gated.</summary>
+[TestClass]
+public sealed class FamilyGateTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("llama3")]
+    [DataRow("qwen2")]
+    [DataRow("qwen3")]
+    [DataRow("phi3")]
+    [DataRow("olmo")]
+    [DataRow("olmo2")]
+    [DataRow("gemma2")]
+    [DataRow("gemma3_text")]
+    [DataRow("smollm3")]
+    public void TheSuperAwareGgufOfEveryFamilyIsGatedByLlamaCpp(string family)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family);
+        var rng = new Random(3);
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("cal.txt"), Enumerable.Range(0, 1024).Select(_ => rng.Next(2, FamilyCheckpoint.Vocab)));
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("eval.txt"), Enumerable.Range(0, 256).Select(_ => rng.Next(2, FamilyCheckpoint.Vocab)));
+        File.WriteAllText(dir.File("quantize.yaml"), """
+            version: 1
+            device: cpu
+            models:
+              - id: fam
+                checkpoint: ckpt
+                output: out/fam.sqpk.safetensors
+                method: super-aware
+                weight_bits: 4
+                block_size: 32
+                z: auto
+                calibration_tokens: cal.txt
+                evaluation_tokens: eval.txt
+                prompt_tokens: "1 5 9 13"
+                context: 64
+                export: [packed, {gguf: q4_k_m}]
+                gate:
+                  metric: kl
+                  max_increase: 5
+            """);
+        var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("obj/state.json"), "--report-dir", dir.File("obj"));
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        Console.WriteLine(string.Join('\n', r.Output.Split('\n').Where(l => l.Contains("KL") || l.Contains("super weight") || l.Contains("warning"))));
+        string report = File.ReadAllText(dir.File("obj/superquant-report.json"));
+        StringAssert.Contains(report, "llama.cpp");
+        using var llama = LlamaCppEngine.Open(Directory.GetFiles(dir.File("out"), "*.gguf").Single(), 64);
+        Assert.AreEqual(FamilyCheckpoint.Vocab, llama.VocabSize);
+    }
+}

@@ -46,8 +46,10 @@ public static class GgufModelLoader
         };
         try { config.Validate(); }
         catch (InvalidDataException e) { throw Bad(e.Message); }
+        var read = new HashSet<string>(StringComparer.Ordinal);
         Tensor Read(string name, params long[] shape)
         {
+            read.Add(name);
             var t = g.Tensors.FirstOrDefault(x => x.Name == name) ?? throw Bad($"tensor '{name}' is missing");
             if (!t.Dims.SequenceEqual(shape.Reverse())) throw Bad($"tensor '{name}' has shape [{string.Join(", ", t.Dims.Reverse())}], the config says [{string.Join(", ", shape)}]");
             return torch.tensor(g.ReadTensor(name), shape);
@@ -75,6 +77,12 @@ public static class GgufModelLoader
             TokenEmbedding = Read("token_embd.weight", config.VocabSize, d), FinalNorm = Read("output_norm.weight", d),
             LmHead = config.TieWordEmbeddings ? null : Read("output.weight", config.VocabSize, d), Layers = layers,
         };
+        // A tensor this loader does not apply (llama3's rope_freqs, q/k/v biases) would make it run another model.
+        if (g.Tensors.FirstOrDefault(t => !read.Contains(t.Name)) is { } unread)
+        {
+            weights.Dispose();
+            throw Bad($"tensor '{unread.Name}' is not read by this loader (plain llama blocks only); llama.cpp runs the file: use eval");
+        }
         if (device is not null && device.type != DeviceType.CPU)
         {
             foreach (var layer in layers)

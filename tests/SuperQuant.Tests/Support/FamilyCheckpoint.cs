@@ -19,7 +19,13 @@ public static class FamilyCheckpoint
     public static readonly string[] Families = { "llama3", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma2", "gemma3_text", "smollm3" };
 
     /// <param name="off">Write the family with its distinguishing feature neutralized (see the switch below).</param>
-    public static void Write(string folder, string family, bool off = false, int seed = 7)
+    /// <param name="superWeight">Plant a super weight as real models have one (layer, row, column): BOS (id 1) alone
+    /// carries embedding channel 0, gate and up row <c>column</c> read only that channel, and down_proj[row, column] is
+    /// the one large entry of its column: a super activation at down_proj input <c>column</c> on BOS.</param>
+    /// <param name="editConfig">Changes config.json before it is written (bad-input tests).</param>
+    /// <param name="tensorShape">Changes a tensor's shape, or drops it (null), by name (bad-input tests).</param>
+    public static void Write(string folder, string family, bool off = false, int seed = 7, (int Layer, int Row, int Column)? superWeight = null,
+        Action<Dictionary<string, object?>>? editConfig = null, Func<string, long[], long[]?>? tensorShape = null)
     {
         Directory.CreateDirectory(folder);
         bool gemma = family is "gemma2" or "gemma3_text";
@@ -59,6 +65,7 @@ public static class FamilyCheckpoint
                 c["rope_theta"] = 100.0; // a short wavelength, so that leaving RoPE out of a layer matters at this size
                 break;
         }
+        editConfig?.Invoke(c);
         File.WriteAllText(Path.Combine(folder, "config.json"), JsonSerializer.Serialize(c, new JsonSerializerOptions { WriteIndented = true }));
 
         var gen = new Generator((ulong)seed);
@@ -66,6 +73,8 @@ public static class FamilyCheckpoint
         var tensors = new List<KeyValuePair<string, Tensor>>();
         void Add(string name, long[] shape, string kind)
         {
+            if (tensorShape is not null && tensorShape(name, shape) is not long[] changed) return;
+            shape = tensorShape?.Invoke(name, shape) ?? shape;
             Tensor t = kind switch
             {
                 "norm" => gemma ? torch.randn(shape, generator: gen) * 0.3f : 1f + torch.randn(shape, generator: gen) * 0.3f,
@@ -137,6 +146,25 @@ public static class FamilyCheckpoint
         if (off && family == "phi3")
             foreach (var t in tensors.Where(t => t.Key.EndsWith("gate_up_proj.weight")))
                 t.Value.copy_(torch.cat(new[] { t.Value[Intermediate.., ..], t.Value[..Intermediate, ..] }, 0)); // gate and up swapped
+        if (superWeight is var (sl, sr, sc))
+        {
+            Tensor Get(string n) => tensors.First(t => t.Key == n).Value;
+            Tensor embed = Get("model.embed_tokens.weight");
+            embed[TensorIndex.Colon, 0] = torch.tensor(0f);
+            embed[1, 0] = torch.tensor(8f);
+            string p = $"model.layers.{sl}.mlp.";
+            Tensor gate = family == "phi3" ? Get(p + "gate_up_proj.weight") : Get(p + "gate_proj.weight");
+            Tensor up = family == "phi3" ? gate : Get(p + "up_proj.weight");
+            int upRow = family == "phi3" ? Intermediate + sc : sc;
+            foreach (var (m, row) in new[] { (gate, sc), (up, upRow) })
+            {
+                m[row] = torch.zeros(Hidden);
+                m[row, 0] = torch.tensor(4f);
+            }
+            Tensor down = Get(p + "down_proj.weight");
+            down[TensorIndex.Colon, sc] = torch.tensor(0f);
+            down[sr, sc] = torch.tensor(1f);
+        }
         SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
         foreach (var t in tensors) t.Value.Dispose();
     }
