@@ -205,9 +205,13 @@ public static class QuantizationPipeline
                             log.Info($"{r.Id}: wrote {g.Kind} ({written.FileBytes / 1048576.0:F2} MiB, {written.BitsPerWeight:F2} bits/weight: {written.TypeSummary})");
                             foreach (var t in written.Tensors.Where(t => t.Reason != "mix" && t.Reason != "vector").Take(3))
                                 log.Info($"{r.Id}:   {t.Name}: {t.Reason}");
-                            foreach (string difference in GgufArchitecture.For(c).RuntimeDifferences(c, ctx))
+                            // What llama.cpp cannot express (Mistral's window past the context, ...): a warning, and in the
+                            // report beside the file's layout; the gate measures the file as llama.cpp runs it.
+                            var differences = GgufArchitecture.For(c).RuntimeDifferences(c, ctx);
+                            foreach (string difference in differences)
                                 log.Info($"{g.Path}: warning {ErrorCodes.RuntimeDiffers}: {r.Id}: {difference}; the gate measures the file as llama.cpp runs it");
-                            artifacts.Add((g, file, written.TypeSummary, written.BitsPerWeight));
+                            string layout = written.TypeSummary + string.Concat(differences.Select(d => $"; runtime differs: {d}"));
+                            artifacts.Add((g, file, layout, written.BitsPerWeight));
                         }
                     folds?.Dispose(); // the covariances are large: released before the packed path
                 }
