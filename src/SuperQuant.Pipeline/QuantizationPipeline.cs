@@ -125,8 +125,8 @@ public static class QuantizationPipeline
                 LlamaConfig c = model.Config;
                 string tokenizer = r.TokenizerFolder ?? Tokens.CheckpointFolder(r.Checkpoint);
                 int ctx = Math.Min(r.Context, c.MaxPositionEmbeddings), stride = Math.Max(1, ctx / 2);
-                eval = r.Evaluation is { } ev ? Tokens.Load(ev, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
-                int[]? calibration = r.Calibration is { } cal ? Tokens.Load(cal, tokenizer, c.VocabSize, c.BosTokenId, minimum: 2) : null;
+                eval = r.Evaluation is { } ev ? Tokens.Load(ev, tokenizer, c.VocabSize, minimum: 2) : null;
+                int[]? calibration = r.Calibration is { } cal ? Tokens.Load(cal, tokenizer, c.VocabSize, minimum: 2) : null;
                 // Detection needs a prompt; an export that quantizes nothing by super weights (rtn, or only F16/BF16
                 // GGUF files) needs neither, so a checkpoint without a tokenizer needs no --prompt-tokens for it.
                 bool detect = (r.Method == QuantMethod.SuperAware && (r.Packed is not null || r.Ggufs.Any(g => !g.Type.IsFloat())))
@@ -136,7 +136,7 @@ public static class QuantizationPipeline
                     using (log.Step("tasks (original)"))
                     {
                         Func<string, int[]> encode;
-                        try { encode = Tokens.Encoder(tokenizer, c.VocabSize, c.BosTokenId); }
+                        try { encode = Tokens.Encoder(tokenizer, c.VocabSize); }
                         catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
                         {
                             throw new SuperQuantException(e.Code, $"{r.Tasks[0].Origin.Where}: zero-shot tasks are text and need the checkpoint's tokenizer: {e.Message}", r.Tasks[0].Origin.File, e);
@@ -176,6 +176,9 @@ public static class QuantizationPipeline
                 {
                     GgufWriter.CheckSupported(c);
                     var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
+                    // A GGUF without a vocabulary runs only token ids: say so, naming why, rather than write no_vocab silently.
+                    if (vocabulary is null && GgufVocabulary.MissingReason(r.Checkpoint) is string noVocabulary)
+                        log.Info($"{r.Checkpoint}: warning {ErrorCodes.TokenizerUnsupported}: {r.Id}: the GGUF files carry no vocabulary ({noVocabulary}); llama.cpp will run them on token ids only");
                     CalibrationFolds? folds = null;
                     if (r.Method == QuantMethod.SuperAware && calibration is not null)
                         using (log.Step("calibrate GGUF"))
@@ -207,7 +210,7 @@ public static class QuantizationPipeline
                                 log.Info($"{r.Id}:   {t.Name}: {t.Reason}");
                             // What llama.cpp cannot express (Mistral's window past the context, ...): a warning, and in the
                             // report beside the file's layout; the gate measures the file as llama.cpp runs it.
-                            var differences = GgufArchitecture.For(c).RuntimeDifferences(c, ctx);
+                            var differences = GgufArchitecture.For(c).RuntimeDifferences(c, ctx).Concat(vocabulary?.RuntimeDifferences ?? Array.Empty<string>()).ToList();
                             foreach (string difference in differences)
                                 log.Info($"{g.Path}: warning {ErrorCodes.RuntimeDiffers}: {r.Id}: {difference}; the gate measures the file as llama.cpp runs it");
                             string layout = written.TypeSummary + string.Concat(differences.Select(d => $"; runtime differs: {d}"));
@@ -341,11 +344,11 @@ public static class QuantizationPipeline
                 throw r.PromptOrigin.Error(given.Length == 0 ? "the prompt has no token ids" : $"token id {given[bad]} is outside the model's vocabulary [0, {c.VocabSize})");
             ids = given;
         }
-        else if (r.PromptText is string text) ids = Tokens.Tokenize(text, tokenizer, c.VocabSize, c.BosTokenId, "the prompt");
+        else if (r.PromptText is string text) ids = Tokens.Tokenize(text, tokenizer, c.VocabSize, "the prompt");
         else if ((calibration ?? eval) is { } stream) ids = stream[..Math.Min(10, stream.Length)];
         else
         {
-            try { ids = Tokens.Tokenize(SuperWeightDetector.PaperPrompt, tokenizer, c.VocabSize, c.BosTokenId, "the prompt"); }
+            try { ids = Tokens.Tokenize(SuperWeightDetector.PaperPrompt, tokenizer, c.VocabSize, "the prompt"); }
             catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
             {
                 throw r.PromptOrigin.Error("the checkpoint has no tokenizer: give the detection prompt as token ids, or calibration data");

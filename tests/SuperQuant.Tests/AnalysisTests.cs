@@ -192,14 +192,14 @@ public sealed class AnalysisTests
         var nt = report.NextToken!;
         using (var model = ModelLoader.Load(folder))
         {
-            int[] ids = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000, model.Config.BosTokenId);
+            int[] ids = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000);
             using var logits = model.Forward(ids);
             float[] last = logits[-1].data<float>().ToArray();
             double max = last.Max(), sum = last.Sum(v => Math.Exp(v - max));
             foreach (var t in nt.Original) Assert.AreEqual(Math.Exp(last[t.Id] - max) / sum, t.Probability, 1e-6);
             Assert.AreEqual(Array.IndexOf(last, last.Max()), nt.Original[0].Id, "the top token is the argmax");
             // The scaling sweep by accuracy: at 1x it is the unmodified model's accuracy.
-            var docs = SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(dir.File("piqa.jsonl"), "piqa"), SuperQuant.Pipeline.Tokens.Encoder(folder, 32000, model.Config.BosTokenId), "piqa");
+            var docs = SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(dir.File("piqa.jsonl"), "piqa"), SuperQuant.Pipeline.Tokens.Encoder(folder, 32000), "piqa");
             double original = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 40).Accuracy.Value;
             Assert.AreEqual(original, report.Scaling.Single(x => x.Scale == 1.0).Accuracy!["piqa"], 1e-12);
             Assert.IsTrue(report.Scaling.All(x => x.Accuracy!.ContainsKey("piqa")));
@@ -212,7 +212,7 @@ public sealed class AnalysisTests
         Assert.AreEqual(0, g.ExitCode, g.Output);
         int[] written = TokenIdFile.Read(dir.File("gen.txt"), 32000);
         var tok = TokenizerLoader.Load(folder);
-        int promptLength = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000, 1).Length;
+        int promptLength = SuperQuant.Pipeline.Tokens.Tokenize(prompt, folder, 32000).Length;
         Assert.AreEqual(prompt + tok.Decode(written.Skip(promptLength)), g.StdOut.TrimEnd('\n', '\r'));
 
         using var bare = new TempFolder();

@@ -106,7 +106,7 @@ public sealed class GgufVocabularyTests
         using LlamaModel model = ModelLoader.Load(dir.Path);
         var v = GgufVocabulary.FromCheckpoint(dir.Path, model.Config)!;
         Assert.AreEqual("gpt2", v.Model);
-        Assert.AreEqual("default", v.Pre);
+        Assert.AreEqual("gpt-2", v.Pre, "no Split regex: GPT-2's own ByteLevel regex, llama.cpp's \"gpt-2\" pre-tokenizer");
         CollectionAssert.AreEqual(new[] { "a b", "Ġ ab" }, v.Merges!.ToArray(), "both merge spellings");
         CollectionAssert.AreEqual(new[] { "a", "b", "ab", "Ġ", "Ġab", "<|begin_of_text|>", "<tool>", "[PAD7]" }, v.Tokens.Take(8).ToArray());
         CollectionAssert.AreEqual(new[] { 1, 1, 1, 1, 1, 3, 4, 5 }, v.TokenTypes.Take(8).ToArray());
@@ -122,7 +122,7 @@ public sealed class GgufVocabularyTests
         WriteSentencePieceModel(dir.File("tokenizer.model"));
         var tokenizer = SuperQuant.Models.Text.TokenizerLoader.Load(dir.Path);
         // SentencePiece BPE: a dummy prefix makes "▁the", built by the highest-scoring merges; BOS first.
-        CollectionAssert.AreEqual(new[] { 1, 6 }, tokenizer.EncodeToIds("the").ToArray());
+        CollectionAssert.AreEqual(new[] { 1, 6 }, tokenizer.Encode("the"));
         Assert.AreEqual("the", tokenizer.Decode(new[] { 1, 6 }));
     }
 

@@ -126,7 +126,7 @@ public sealed class TaskTests
         var (folder, model) = DemoWithTokenizer(dir);
         using (model)
         {
-            var encode = Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId);
+            var encode = Tokens.Encoder(folder, model.Config.VocabSize);
             string arc = Write(dir, "arc_easy", Lines["arc_easy"],
                 """{"question": "What do plants need?", "choices": {"text": ["light", "noise", "plastic", "sand"], "label": ["1", "2", "3", "4"]}, "answerKey": "1"}""",
                 """{"question": "Is the sun a star?", "choices": {"text": ["yes", "no"], "label": ["A", "B"]}, "answerKey": "A"}""");
@@ -171,7 +171,7 @@ public sealed class TaskTests
         var (folder, model) = DemoWithTokenizer(dir);
         using (model)
         {
-            var encode = Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId);
+            var encode = Tokens.Encoder(folder, model.Config.VocabSize);
             string arc = Write(dir, "arc_easy", Lines["arc_easy"],
                 """{"question": "What do plants need?", "choices": {"text": ["light", "noise", "plastic", "a very long answer about sand and stones"], "label": ["1", "2", "3", "4"]}, "answerKey": "1"}""",
                 """{"question": "Is the sun a star?", "choices": {"text": ["yes", "no"], "label": ["A", "B"]}, "answerKey": "A"}""");
@@ -246,7 +246,7 @@ public sealed class TaskTests
         double baseline;
         using (model)
         {
-            var docs = TaskRequests.Tokenize(TaskFile.Read(piqa, "piqa"), Tokens.Encoder(folder, 32000, model.Config.BosTokenId), piqa);
+            var docs = TaskRequests.Tokenize(TaskFile.Read(piqa, "piqa"), Tokens.Encoder(folder, 32000), piqa);
             baseline = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 64).Accuracy.Value;
             SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Sampler.Generate(model, new[] { 1 }, 79, 1.0, seed: 3));
         }

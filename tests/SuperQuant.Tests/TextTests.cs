@@ -36,7 +36,7 @@ public sealed class TextTests
         using var dir = new TempFolder();
         WriteByteLevelTokenizer(dir.Path);
         var tok = TokenizerLoader.Load(dir.Path);
-        var ids = tok.EncodeToIds("hello world");
+        var ids = tok.Encode("hello world");
         CollectionAssert.AreEqual(new[] { 11, 15 }, ids.ToArray(), string.Join(",", ids)); // "hello", "Ġworld"
         Assert.AreEqual("hello world", tok.Decode(ids));
     }

@@ -48,7 +48,7 @@ public static class AnalyzeCommand
             string folder = SuperQuant.Pipeline.Tokens.CheckpointFolder(path);
             var source = r.GetValue(text) is string t ? new SuperQuant.Pipeline.TokenSource(t, true, SuperQuant.Pipeline.Origin.Option("--text"))
                 : new SuperQuant.Pipeline.TokenSource(r.GetValue(tokens)!, false, SuperQuant.Pipeline.Origin.Option("--tokens"));
-            int[] stream = SuperQuant.Pipeline.Tokens.Load(source, folder, model.Config.VocabSize, model.Config.BosTokenId, minimum: 2);
+            int[] stream = SuperQuant.Pipeline.Tokens.Load(source, folder, model.Config.VocabSize, minimum: 2);
             int ctx = r.GetValue(context), str = r.GetValue(stride) ?? Math.Max(1, ctx / 2);
             if (ctx < 2 || str < 1 || str >= ctx)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--context must be >= 2 and --stride in 1..context-1 (got {ctx}, {str})");
@@ -73,7 +73,7 @@ public static class AnalyzeCommand
             var taskDocs = new List<(string Name, IReadOnlyList<ScoredDocument> Docs)>();
             if (r.GetValue(task) is { Length: > 0 } specs)
             {
-                var encode = SuperQuant.Pipeline.Tokens.Encoder(folder, model.Config.VocabSize, model.Config.BosTokenId); // SQ2006 without a tokenizer
+                var encode = SuperQuant.Pipeline.Tokens.Encoder(folder, model.Config.VocabSize); // SQ2006 without a tokenizer
                 foreach (string spec in specs)
                 {
                     if (spec.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name))
@@ -82,7 +82,7 @@ public static class AnalyzeCommand
                 }
             }
             int[]? nextIds = r.GetValue(nextToken) is string nextText
-                ? SuperQuant.Pipeline.Tokens.Tokenize(nextText, folder, model.Config.VocabSize, model.Config.BosTokenId, "--next-token") : null;
+                ? SuperQuant.Pipeline.Tokens.Tokenize(nextText, folder, model.Config.VocabSize, "--next-token") : null;
             // The paper's stopword prompts are LAMBADA passages: with --task lambada=FILE their contexts are used.
             var lambadaPrompts = taskDocs.Where(t => t.Name == "lambada").SelectMany(t => t.Docs).Select(d => d.Requests[0].Context)
                 .Where(c => c.Length <= ctx).Take(Math.Max(1, r.GetValue(prompts))).ToList();
@@ -166,7 +166,7 @@ public static class AnalyzeCommand
                 list = new();
                 foreach (string w in strings)
                 {
-                    var enc = tok.EncodeToIds(w, considerPreTokenization: true, considerNormalization: true).Where(i => i != model.Config.BosTokenId).ToList();
+                    var enc = tok.EncodeWithoutSpecials(w).ToList();
                     if (enc.Count == 1) list.Add((enc[0], w.Trim().Length == 0 ? w : w.Trim()));
                 }
                 source = "tokenizer (stopwords that are single tokens)";
@@ -193,7 +193,7 @@ public static class AnalyzeCommand
     static NextTokenSection NextTokenReport(SuperWeightAblation? ablation, LlamaModel model, string folder, string prompt, int[] ids)
     {
         var tok = TokenizerLoader.Load(folder);
-        List<TokenProbability> Rows(IReadOnlyList<(int Id, double P)> list) => list.Select(x => new TokenProbability(x.Id, tok.Decode(new[] { x.Id }) ?? $"#{x.Id}", x.P)).ToList();
+        List<TokenProbability> Rows(IReadOnlyList<(int Id, double P)> list) => list.Select(x => new TokenProbability(x.Id, tok.Decode(new[] { x.Id }) is { Length: > 0 } piece ? piece : $"#{x.Id}", x.P)).ToList();
         if (ablation is null) return new NextTokenSection(prompt, Rows(SuperWeightAblation.TopNextTokens(model, ids, 5)), null, null);
         var result = ablation.NextToken(ids, 5);
         return new NextTokenSection(prompt, Rows(result.Original), Rows(result.Zeroed), result.OriginalTopAfterZeroing);

@@ -39,7 +39,7 @@ public sealed class DetectionOptions
         string text = r.GetValue(Prompt) ?? SuperWeightDetector.PaperPrompt;
         try
         {
-            int[] tokens = SuperQuant.Pipeline.Tokens.Tokenize(text, SuperQuant.Pipeline.Tokens.CheckpointFolder(modelPath), model.Config.VocabSize, model.Config.BosTokenId);
+            int[] tokens = SuperQuant.Pipeline.Tokens.Tokenize(text, SuperQuant.Pipeline.Tokens.CheckpointFolder(modelPath), model.Config.VocabSize);
             return (tokens.Length > model.Config.MaxPositionEmbeddings ? tokens[..model.Config.MaxPositionEmbeddings] : tokens, text);
         }
         catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)

@@ -162,7 +162,7 @@ public static class EvalCommand
     /// with standard errors.</summary>
     static int Tasks(Runner m, string[] specs, int? limit, int ctx, string tokenizerFolder, bool asJson)
     {
-        Func<string, int[]> encode = m.Tokenize ?? Tokens.Encoder(tokenizerFolder, m.VocabSize, m.Bos);
+        Func<string, int[]> encode = m.Tokenize ?? Tokens.Encoder(tokenizerFolder, m.VocabSize);
         var scores = new List<TaskScore>();
         foreach (string spec in specs)
         {
@@ -253,6 +253,6 @@ public static class EvalCommand
             int[] ids = own(File.ReadAllText(file));
             return ids.Length >= 2 ? ids : throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{file}: fewer than 2 tokens", file);
         }
-        return Tokens.Load(new TokenSource(file, true, Origin.Option("--text")), tokenizerFolder, m.VocabSize, m.Bos, minimum: 2);
+        return Tokens.Load(new TokenSource(file, true, Origin.Option("--text")), tokenizerFolder, m.VocabSize, minimum: 2);
     }
 }

@@ -35,12 +35,12 @@ public static class GenerateCommand
             if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
-            Microsoft.ML.Tokenizers.Tokenizer? tok = null;
+            TextTokenizer? tok = null;
             string folder = r.GetValue(tokenizerFolder) ?? SuperQuant.Pipeline.Tokens.CheckpointFolder(path);
             try { tok = TokenizerLoader.Load(folder); }
             catch (SuperQuantException) when (r.GetValue(promptText) is null) { } // ids in, ids out
             int[] promptIds = r.GetValue(promptText) is string text
-                ? SuperQuant.Pipeline.Tokens.Tokenize(text, folder, m.Config.VocabSize, m.Config.BosTokenId, "--prompt")
+                ? SuperQuant.Pipeline.Tokens.Tokenize(text, folder, m.Config.VocabSize, "--prompt")
                 : CliSupport.ParseIds(r.GetValue(prompt), "--prompt-tokens")!;
             if (promptIds.FirstOrDefault(i => i >= m.Config.VocabSize, -1) is int bad and >= 0)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {m.Config.VocabSize})");
@@ -60,7 +60,7 @@ public static class GenerateCommand
             }
             if (stream) Console.Write(r.GetValue(promptText));
             int[] ids = Sampler.Generate(m, promptIds, n, r.GetValue(temperature), r.GetValue(seed), progress.Report,
-                onToken: stream ? Stream : null, stopToken: stream ? (tok as Microsoft.ML.Tokenizers.SentencePieceTokenizer)?.EndOfSentenceId : null, cancel: SignalCancellation.Token);
+                onToken: stream ? Stream : null, stopToken: stream ? tok!.EndOfSequenceId : null, cancel: SignalCancellation.Token);
             if (stream) Console.WriteLine();
             if (r.GetValue(output) is string outPath)
             {

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Google.Protobuf;
 using SuperQuant.Core.Llama;
+using SuperQuant.Models.Text;
 
 namespace SuperQuant.Models.Gguf;
 
@@ -33,6 +34,10 @@ public sealed record GgufVocabulary
     public int? PaddingId { get; init; }
     public bool AddBos { get; init; }
     public bool AddEos { get; init; }
+    /// <summary>What llama.cpp will tokenize differently from the checkpoint's tokenizer (no GGUF key can say it).</summary>
+    public IReadOnlyList<string> RuntimeDifferences { get; init; } = Array.Empty<string>();
+    /// <summary>SentencePiece's dummy prefix (a '▁' before the text); null leaves llama.cpp's default (true).</summary>
+    public bool? AddSpacePrefix { get; init; }
     /// <summary>Chat templates (Jinja) by name; "" is the default (tokenizer.chat_template), others are written as
     /// tokenizer.chat_template.NAME, as llama.cpp's converter does. LLamaSharp and llama.cpp apply the default one.</summary>
     public IReadOnlyDictionary<string, string> ChatTemplates { get; init; } = new Dictionary<string, string>();
@@ -47,7 +52,7 @@ public sealed record GgufVocabulary
         string spm = Path.Combine(folder, "tokenizer.model"), json = Path.Combine(folder, "tokenizer.json");
         try
         {
-            GgufVocabulary? v = File.Exists(spm) ? FromSentencePiece(spm) : File.Exists(json) ? FromByteLevelBpe(json, config) : null;
+            GgufVocabulary? v = File.Exists(spm) ? FromSentencePiece(spm) : File.Exists(json) ? FromTokenizerJson(json) : null;
             if (v is null) return null;
             v = Settings(folder, v);
             if (v.Tokens.Count > config.VocabSize)
@@ -124,21 +129,32 @@ public sealed record GgufVocabulary
         };
     }
 
-    /// <summary>A byte-level BPE tokenizer.json (ByteLevel pre-tokenizer or decoder); null for other kinds.</summary>
-    public static GgufVocabulary? FromByteLevelBpe(string path, LlamaConfig config)
+    /// <summary>A tokenizer.json as llama.cpp's converter writes it: byte-level BPE as model "gpt2" with its merges and
+    /// the pre-tokenizer its split regex is (llama.cpp picks its regex by that name); SentencePiece-style BPE (Gemma 3,
+    /// no tokenizer.model) as model "llama" with pieces, merge-ordered scores and types
+    /// (<see cref="TokenizerLoader.SentencePiecePieces"/>: the same pieces our own tokenizer runs). BOS/EOS are added
+    /// as the post-processor adds them (the converter's SpecialVocab reads the same TemplateProcessing). Null for kinds
+    /// llama.cpp cannot run from this file (the reason is <see cref="MissingReason"/>).</summary>
+    public static GgufVocabulary? FromTokenizerJson(string path)
     {
-        using var doc = JsonInput.Parse(path, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
-        JsonElement root = doc.RootElement;
-        if (!root.TryGetProperty("model", out var model) || model.GetProperty("type").GetString() != "BPE") return null;
-        bool byteLevel = root.ToString().Contains("\"ByteLevel\"", StringComparison.Ordinal);
-        if (!byteLevel) return null;
+        if (TokenizerJson.TryRead(path) is not { } t) return null;
+        int? bos = t.Prefix.Count > 0 ? t.Prefix[0] : null, eos = t.Suffix.Count > 0 ? t.Suffix[^1] : null;
+        if (t.Kind == TokenizerJsonKind.SentencePieceBpe)
+        {
+            var pieces = TokenizerLoader.SentencePiecePieces(t);
+            int? Id(string? token) => token is not null && t.Vocab.TryGetValue(token, out int id) ? id : null;
+            int? pad = t.Added.FirstOrDefault(a => a.Content is "<pad>" or "[PAD]")?.Id;
+            return new GgufVocabulary
+            {
+                Model = "llama", Tokens = pieces.Select(p => p.Text).ToList(), Scores = pieces.Select(p => p.Score).ToArray(), TokenTypes = pieces.Select(p => p.Type).ToArray(),
+                UnknownId = Id(t.UnknownToken), BosId = bos, EosId = eos, PaddingId = pad, AddBos = bos is not null, AddEos = eos is not null,
+                AddSpacePrefix = false, // '▁' only where the text has a space: no dummy prefix (no Prepend normalizer)
+            };
+        }
         var byId = new SortedDictionary<int, (string Text, GgufTokenType Type)>();
-        foreach (var p in model.GetProperty("vocab").EnumerateObject()) byId[p.Value.GetInt32()] = (p.Name, GgufTokenType.Normal);
-        if (root.TryGetProperty("added_tokens", out var added))
-            foreach (var a in added.EnumerateArray())
-                byId[a.GetProperty("id").GetInt32()] = (a.GetProperty("content").GetString()!,
-                    a.TryGetProperty("special", out var sp) && sp.GetBoolean() ? GgufTokenType.Control : GgufTokenType.UserDefined);
-        int count = byId.Count == 0 ? 0 : byId.Keys.Max() + 1;
+        foreach (var (text, id) in t.Vocab) byId[id] = (text, GgufTokenType.Normal);
+        foreach (var a in t.Added) byId[a.Id] = (a.Content, a.Special ? GgufTokenType.Control : GgufTokenType.UserDefined);
+        int count = t.Count;
         var tokens = new string[count];
         var types = new int[count];
         for (int i = 0; i < count; i++)
@@ -146,16 +162,42 @@ public sealed record GgufVocabulary
             var (text, type) = byId.TryGetValue(i, out var e) ? e : ($"[PAD{i}]", GgufTokenType.Unused);
             tokens[i] = text; types[i] = (int)type;
         }
-        var merges = model.TryGetProperty("merges", out var m)
-            ? m.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.Array ? string.Join(' ', x.EnumerateArray().Select(y => y.GetString())) : x.GetString()!).ToList()
-            : new List<string>();
+        string pre = PreTokenizerName(t.SplitRegex);
+        var differences = new List<string>();
+        if (t.Nfc)
+            differences.Add($"{path} normalizes text to Unicode NFC, llama.cpp does not: text with decomposed characters (combining accents) tokenizes differently there unless the app passes string.Normalize() text");
+        if (pre == "default")
+            differences.Add($"llama.cpp has no pre-tokenizer for the split regex of {path}: it splits text with its default rules");
         return new GgufVocabulary
         {
-            Model = "gpt2",
-            // llama.cpp picks its pre-tokenizer regex by name; Llama 3's 128k vocabulary is "llama-bpe".
-            Pre = config.Architecture == "llama" && config.VocabSize >= 128000 ? "llama-bpe" : "default",
-            Tokens = tokens, TokenTypes = types, Merges = merges,
+            Model = "gpt2", Pre = pre, Tokens = tokens, TokenTypes = types, RuntimeDifferences = differences,
+            Merges = t.Merges.Select(m => $"{m.Left} {m.Right}").ToList(),
+            BosId = bos, EosId = eos, AddBos = bos is not null, AddEos = eos is not null,
         };
+    }
+
+    /// <summary>llama.cpp's pre-tokenizer names (src/llama-vocab.cpp) for the split regexes of the families we read. Its
+    /// converter identifies them by hashing a tokenization; the regex is what that hash stands for.</summary>
+    static readonly Dictionary<string, string> PreTokenizers = new(StringComparer.Ordinal)
+    {
+        [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "llama-bpe",
+        [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "qwen2",
+    };
+
+    /// <summary>The pre-tokenizer name llama.cpp knows for <paramref name="regex"/> (null: GPT-2's own ByteLevel regex).</summary>
+    public static string PreTokenizerName(string? regex) =>
+        regex is null ? "gpt-2" : PreTokenizers.TryGetValue(regex, out var name) ? name : "default";
+
+    /// <summary>Why a checkpoint folder's tokenizer cannot travel in a GGUF (for the export's warning), or null when it can
+    /// or there is none.</summary>
+    public static string? MissingReason(string checkpoint)
+    {
+        string folder = Directory.Exists(checkpoint) ? checkpoint : Path.GetDirectoryName(Path.GetFullPath(checkpoint))!;
+        string spm = Path.Combine(folder, "tokenizer.model"), json = Path.Combine(folder, "tokenizer.json");
+        if (File.Exists(spm)) return null;
+        if (File.Exists(json))
+            return TokenizerJson.TryRead(json) is null ? $"{json} is a kind llama.cpp's GGUF vocabulary cannot carry (not BPE)" : null;
+        return checkpoint.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) ? "a llama2.c checkpoint has no tokenizer" : $"no tokenizer.model or tokenizer.json in {folder}";
     }
 
     /// <summary>Special ids and add_bos/add_eos from config.json / tokenizer_config.json where they say so.</summary>
@@ -175,7 +217,6 @@ public sealed record GgufVocabulary
             if (d.RootElement.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddBos = ab.GetBoolean() };
             if (d.RootElement.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
         }
-        else if (v.Model == "gpt2" && v.Pre == "llama-bpe") v = v with { AddBos = true };
         return v with { ChatTemplates = ChatTemplatesIn(folder, tokenizerConfig) };
     }
 
@@ -238,6 +279,7 @@ public sealed record GgufVocabulary
         if (PaddingId is int p) yield return ("tokenizer.ggml.padding_token_id", GgufValueType.UInt32, (uint)p);
         yield return ("tokenizer.ggml.add_bos_token", GgufValueType.Bool, AddBos);
         yield return ("tokenizer.ggml.add_eos_token", GgufValueType.Bool, AddEos);
+        if (AddSpacePrefix is bool prefix) yield return ("tokenizer.ggml.add_space_prefix", GgufValueType.Bool, prefix);
         foreach (var (name, template) in ChatTemplates.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             yield return (name.Length == 0 ? "tokenizer.chat_template" : "tokenizer.chat_template." + name, GgufValueType.String, template);
     }

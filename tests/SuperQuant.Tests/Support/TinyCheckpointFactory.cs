@@ -176,6 +176,10 @@ public static class SharedModels
         return path;
     }
 
+    /// <summary>A real tokenizer folder (tokenizer.json, tokenizer_config.json, reference-ids.jsonl):
+    /// ../shared/models/tokenizers/{llama3.1, qwen3, gemma3}.</summary>
+    public static string Tokenizer(string name) => System.IO.Path.GetDirectoryName(Shared("tokenizers", name, "tokenizer.json"))!;
+
     /// <summary>The real LLaMA-2 SentencePiece tokenizer (32,000 pieces), ../shared/models/llama2-tokenizer.</summary>
     public static string Llama2Tokenizer => Shared("llama2-tokenizer", "tokenizer.model");
 
