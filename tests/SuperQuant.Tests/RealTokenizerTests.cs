@@ -126,3 +126,61 @@ public sealed class GgufTokenizerTests
         Assert.IsEmpty(failures, $"{failures.Count} differ:\n" + string.Join("\n", failures.Take(8)));
     }
 }
+
+/// <summary>A malformed tokenizer.json is SQ2006 naming the file and the field, never exit 4 and never a hang (split
+/// regexes run with a match timeout).</summary>
+[TestClass]
+public sealed class MalformedTokenizerTests
+{
+    const string Good = """
+        {
+          "added_tokens": [ { "id": 6, "content": "<s>", "special": true } ],
+          "normalizer": null,
+          "pre_tokenizer": { "type": "Sequence", "pretokenizers": [ { "type": "Split", "pattern": { "Regex": "\\s?\\p{L}+|\\s+|." }, "behavior": "Isolated", "invert": false }, { "type": "ByteLevel", "add_prefix_space": false, "use_regex": false } ] },
+          "post_processor": { "type": "TemplateProcessing", "single": [ { "SpecialToken": { "id": "<s>", "type_id": 0 } }, { "Sequence": { "id": "A", "type_id": 0 } } ] },
+          "decoder": { "type": "ByteLevel" },
+          "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2, "Ġ": 3, "Ġab": 4, "c": 5 }, "merges": [ "a b", [ "Ġ", "ab" ] ] }
+        }
+        """;
+
+    [TestMethod]
+    [DataRow("ok", "", "")]
+    [DataRow("no vocab", "\"vocab\": { \"a\": 0, \"b\": 1, \"ab\": 2, \"Ġ\": 3, \"Ġab\": 4, \"c\": 5 }, ", "model.vocab")]
+    [DataRow("no merges", ", \"merges\": [ \"a b\", [ \"Ġ\", \"ab\" ] ]", "model.merges")]
+    [DataRow("wrong type", "\"vocab\": { \"a\": 0,", "model.vocab")]
+    [DataRow("bad merge", "[ \"Ġ\", \"ab\" ]", "model.merges[1]")]
+    [DataRow("invalid regex", "\\\\s?\\\\p{L}+|\\\\s+|.", "pre_tokenizer.pattern.Regex")]
+    [DataRow("lone surrogate", "\"c\": 5", "model.vocab")]
+    [DataRow("id out of range", "\"c\": 5", "model.vocab")]
+    [DataRow("catastrophic regex", "\\\\s?\\\\p{L}+|\\\\s+|.", "split regex")]
+    public void IsSQ2006NamingTheField(string name, string find, string field)
+    {
+        string json = name switch
+        {
+            "ok" => Good,
+            "no vocab" => Good.Replace(find, ""),
+            "no merges" => Good.Replace(find, ""),
+            "wrong type" => Good.Replace(find, "\"vocab\": { \"a\": \"zero\","),
+            "bad merge" => Good.Replace(find, "42"),
+            "invalid regex" => Good.Replace(find, "(unclosed["),
+            "lone surrogate" => Good.Replace(find, "\"c\\ud800\": 5"),
+            "id out of range" => Good.Replace(find, "\"c\": 99999999999"),
+            "catastrophic regex" => Good.Replace(find, "(a|aa)+$|\\\\s+|."),
+            _ => throw new ArgumentException(name),
+        };
+        Assert.IsTrue(name == "ok" || json != Good, $"{name}: the mutation did not apply");
+        using var dir = new TempFolder();
+        TinyCheckpointFactory.Write(dir.File("ckpt"), new TinyModelSpec { Vocab = 8 });
+        File.WriteAllText(dir.File("ckpt/tokenizer.json"), json);
+        // A long run of 'a' followed by 'b': (a|aa)+$ backtracks exponentially on it.
+        File.WriteAllText(dir.File("text.txt"), name == "catastrophic regex" ? new string('a', 64) + "b" : "ab ab ab c ab");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var r = CliRunner.Run("eval", "-m", dir.File("ckpt"), "--text", dir.File("text.txt"), "--context", "8");
+        if (name == "ok") { Assert.AreEqual(0, r.ExitCode, r.Output); return; }
+        Assert.AreEqual(3, r.ExitCode, $"{name}: {r.Output}");
+        StringAssert.Contains(r.Output, "SQ2006");
+        StringAssert.Contains(r.Output, field);
+        if (name != "catastrophic regex") StringAssert.Contains(r.Output, "tokenizer.json");
+        Assert.DoesNotContain("internal error", r.Output);
+    }
+}

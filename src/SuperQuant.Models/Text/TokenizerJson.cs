@@ -55,6 +55,16 @@ public sealed record TokenizerJson
     /// when it claims a supported kind but a field is missing or malformed.</summary>
     public static TokenizerJson? TryRead(string path)
     {
+        try { return Read(path); }
+        // System.Text.Json decodes escapes lazily: "\ud800" alone surfaces here, from a name or a string value.
+        catch (InvalidOperationException e) when (e.Message.Contains("surrogate", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("UTF", StringComparison.Ordinal))
+        {
+            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{path}: a string in 'model.vocab', 'model.merges' or 'added_tokens' is not valid Unicode (a lone surrogate escape): {e.Message}", path, e);
+        }
+    }
+
+    static TokenizerJson? Read(string path)
+    {
         using var doc = JsonInput.Parse(path, ErrorCodes.TokenizerUnsupported);
         JsonElement root = doc.RootElement;
         SuperQuantException Bad(string field, string what) =>
