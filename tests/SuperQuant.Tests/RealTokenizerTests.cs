@@ -127,6 +127,36 @@ public sealed class GgufTokenizerTests
     }
 }
 
+/// <summary>Each family's chat template travels in our GGUF and llama.cpp formats a two-turn conversation as the
+/// family's template does (expected strings written out from each template by hand; llama.cpp leaves BOS to the
+/// tokenizer, which adds it where the family does: LlamaCppReadingOurGgufGivesTheReferenceIds).</summary>
+[TestClass]
+public sealed class GgufChatTemplateTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("llama3.1", "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHow are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")]
+    [DataRow("qwen3", "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")]
+    [DataRow("gemma3", "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nHow are you?<end_of_turn>\n<start_of_turn>model\n")]
+    public void LlamaCppFormatsAConversationAsTheFamilysTemplate(string name, string expected)
+    {
+        using var dir = new TempFolder();
+        string folder = SharedModels.Tokenizer(name);
+        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
+        string ckpt = dir.File("ckpt");
+        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 1, Heads = 2, KvHeads = 1, DType = "F16" });
+        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), Path.Combine(ckpt, f));
+        using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
+            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport
+            {
+                FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config),
+            });
+        using var llama = SuperQuant.LlamaCpp.LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
+        string formatted = llama.ApplyChatTemplate(new[] { ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?") });
+        Assert.AreEqual(expected, formatted);
+    }
+}
+
 /// <summary>A malformed tokenizer.json is SQ2006 naming the file and the field, never exit 4 and never a hang (split
 /// regexes run with a match timeout).</summary>
 [TestClass]
