@@ -43,7 +43,7 @@ public static class RandomCheckpoint
     /// so peaked that KL jumps around with the rounding noise): a quantization benchmark whose quality moves with the
     /// quantizer (the Gaussian recipe measured KL ~ 1e-5 even at INT3).</para></summary>
     public static void Write(string folder, LlamaConfig c, ScalarType dtype = ScalarType.Float32, long seed = 0, Action<int, int>? progress = null,
-        (int Layer, int Row, int Column)? superWeight = null, bool heavyTails = false)
+        (int Layer, int Row, int Column)? superWeight = null, bool heavyTails = false, int? eosTokenId = null)
     {
         Directory.CreateDirectory(folder);
         var layout = Layout(c, dtype);
@@ -69,7 +69,7 @@ public static class RandomCheckpoint
                     // Only BOS (id 1) carries the trigger, so, as in real models, the super activation fires at the
                     // sequence's first token and the other positions depend on their input.
                     t[TensorIndex.Colon, 0] = torch.tensor(0f);
-                    t[1, 0] = torch.tensor(8f);
+                    t[c.BosTokenId ?? 1, 0] = torch.tensor(8f);
                 }
                 if (name == p + "gate_proj.weight" || name == p + "up_proj.weight")
                 {
@@ -85,7 +85,7 @@ public static class RandomCheckpoint
             progress?.Invoke(++done, layout.Count);
             return (dtype == ScalarType.Float32 ? t : t.to_type(dtype)).MoveToOuterDisposeScope();
         }, disposeEach: true, new Dictionary<string, string> { ["format"] = "pt", ["generator"] = "superquant random checkpoint" });
-        byte[] config = System.Text.Encoding.UTF8.GetBytes(ConfigJson(c, dtype));
+        byte[] config = System.Text.Encoding.UTF8.GetBytes(ConfigJson(c, dtype, eosTokenId));
         AtomicFile.Write(Path.Combine(folder, "config.json"), config.Length, fs => fs.Write(config));
     }
 
@@ -98,8 +98,10 @@ public static class RandomCheckpoint
         return torch.randn(shape, generator: gen).div_(chi2.div_(3).sqrt_()).MoveToOuterDisposeScope();
     }
 
-    public static string ConfigJson(LlamaConfig c, ScalarType dtype) => JsonSerializer.Serialize(new Dictionary<string, object?>
+    public static string ConfigJson(LlamaConfig c, ScalarType dtype, int? eosTokenId = null) => JsonSerializer.Serialize(new Dictionary<string, object?>
     {
+        ["bos_token_id"] = c.BosTokenId,
+        ["eos_token_id"] = eosTokenId,
         ["model_type"] = "llama",
         ["architectures"] = new[] { "LlamaForCausalLM" },
         ["hidden_size"] = c.HiddenSize,
