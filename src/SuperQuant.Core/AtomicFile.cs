@@ -23,13 +23,22 @@ public static class AtomicFile
         if (Guard?.Invoke(full) is string refusal) throw new SuperQuantException(ErrorCodes.InvalidArgument, refusal, full);
     }
 
+    /// <summary>Refuses to replace anything but a regular file, whatever flag asked for it: a rename over a character
+    /// device, a FIFO or a socket would turn it into a regular file (as root, /dev/null).</summary>
+    public static void CheckReplaceable(string full)
+    {
+        if (Directory.Exists(full))
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {full}: it is a folder, not a file", full);
+        if (FileKind.NotARegularFile(full) is string kind)
+            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"refusing to replace {kind}: an output must be a regular file or a new path", full);
+    }
+
     /// <param name="expectedBytes">The size about to be written, for the free-space check; null when unknown.</param>
     public static void Write(string path, long? expectedBytes, Action<FileStream> write)
     {
         string full = Path.GetFullPath(path);
         CheckAllowed(full);
-        if (Directory.Exists(full))
-            throw new SuperQuantException(ErrorCodes.ArtifactWrite, $"cannot write {full}: it is a folder, not a file", full);
+        CheckReplaceable(full);
         string dir = Path.GetDirectoryName(full)!;
         string temp = full + $".{Environment.ProcessId}.tmp";
         try

@@ -375,7 +375,7 @@ public static class QuantizationPipeline
         Directory.CreateDirectory(folder);
         // One baseline per model id: older ones (other checkpoint or data) are this tool's own cache files.
         if (o.ReferenceCacheFolder is not null)
-            foreach (string old in Directory.GetFiles(folder, $"reference-{r.Id}-*.sqref")) File.Delete(old);
+            foreach (string old in Directory.GetFiles(folder, $"reference-{r.Id}-*.sqref").Where(f => InputFiles.NotARegularFile(f) is null)) File.Delete(old);
         var (logits, batches) = MemoryPlan.Windows(model, eval, ctx, stride);
         using (batches)
             ReferenceFile.Record(path, key, logits, eval, ctx, stride, model.Config.VocabSize, log.Progress($"{r.Id}: reference").Invoke, o.Cancel);

@@ -54,6 +54,7 @@ public sealed class StagedFile
     {
         if (Promoted) return;
         AtomicFile.CheckAllowed(FinalPath);
+        AtomicFile.CheckReplaceable(FinalPath);
         File.Move(StagingPath, FinalPath, overwrite: true);
         OwnedFiles.Remove(StagingPath);
         Promoted = true;

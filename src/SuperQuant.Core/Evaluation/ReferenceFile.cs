@@ -100,7 +100,7 @@ public sealed class ReferenceFile : IDisposable
     /// (a different key or window plan). Never trusted blindly: the size must match the header exactly.</summary>
     public static ReferenceFile? TryOpen(string path, string expectedKey, int vocab, int tokens, int context, int stride)
     {
-        if (!File.Exists(path)) return null;
+        if (!File.Exists(path) || FileKind.NotARegularFile(path) is not null) return null; // a FIFO there would block the open
         FileStream? fs = null;
         try
         {

@@ -109,7 +109,8 @@ public static class LibTorchLocator
     {
         string parent = Path.GetDirectoryName(libFolder.TrimEnd(Path.DirectorySeparatorChar)) ?? libFolder;
         string versionPy = Path.Combine(parent, "version.py");
-        if (File.Exists(versionPy) && new FileInfo(versionPy).Length < 65536)
+        // A FIFO or device there would block or never end: only a small regular file is read.
+        if (File.Exists(versionPy) && FileKind.NotARegularFile(versionPy) is null && new FileInfo(versionPy).Length < 65536)
         {
             string text = File.ReadAllText(versionPy);
             string? version = Regex.Match(text, @"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline) is { Success: true } m ? m.Groups[1].Value : null;
@@ -117,13 +118,16 @@ public static class LibTorchLocator
             return (version, cuda);
         }
         string buildVersion = Path.Combine(parent, "build-version");
-        if (File.Exists(buildVersion) && new FileInfo(buildVersion).Length < 4096)
+        if (File.Exists(buildVersion) && FileKind.NotARegularFile(buildVersion) is null && new FileInfo(buildVersion).Length < 4096)
             return (File.ReadAllText(buildVersion).Trim(), null);
         return (null, null);
     }
 
+    /// <summary>Major.minor of a version string; null when it has none or its numbers do not fit (a corrupt version.py
+    /// reading '99999999999.1' is no version, not a crash).</summary>
     public static Version? ParseVersion(string? text) =>
-        text is not null && Regex.Match(text, @"^(\d+)\.(\d+)") is { Success: true } m ? new Version(int.Parse(m.Groups[1].Value), int.Parse(m.Groups[2].Value)) : null;
+        text is not null && Regex.Match(text, @"^(\d+)\.(\d+)") is { Success: true } m
+            && int.TryParse(m.Groups[1].Value, out int major) && int.TryParse(m.Groups[2].Value, out int minor) ? new Version(major, minor) : null;
 }
 
 /// <summary>The real machine: environment variables, and python3 asked where torch is (found without importing it, so
