@@ -26,11 +26,12 @@ NativeMemoryTuning.Apply();
 // Process-wide: no file this run writes may be one it read as an input, whatever flag or variable named it.
 SuperQuant.Core.AtomicFile.Guard = SuperQuant.Manifest.InputFiles.RefusalFor;
 SignalCancellation.Install();
-if (PeakRssFile.Problem() is string peakProblem)
-{
-    Console.Error.WriteLine($"error {ErrorCodes.InvalidArgument}: {peakProblem}");
-    return ExitCodes.InputError;
-}
+foreach (string? problem in new[] { PeakRssFile.Problem(), SuperQuant.Core.ProcessMemory.OverrideProblem() })
+    if (problem is not null)
+    {
+        Console.Error.WriteLine($"error {ErrorCodes.InvalidArgument}: {problem}");
+        return ExitCodes.InputError;
+    }
 var root = new RootCommand("superquant: super-weight-aware LLM quantization as a build step.\n" + ExitCodes.HelpText);
 foreach (var c in new[]
 {

@@ -98,6 +98,18 @@ public sealed class LlamaCppModel : IDisposable
         return System.Text.Encoding.UTF8.GetString(template.Apply());
     }
 
+    /// <summary>Text of <paramref name="ids"/> by the GGUF's own vocabulary (llama.cpp's detokenizer; multi-token
+    /// characters joined).</summary>
+    public string Detokenize(IEnumerable<int> ids)
+    {
+        var decoder = new StreamingTokenDecoder(System.Text.Encoding.UTF8, _weights);
+        foreach (int id in ids) decoder.Add((LLamaToken)id);
+        return decoder.Read();
+    }
+
+    /// <summary>The tokens that end a generation (end of sequence, end of turn), as the file's vocabulary marks them.</summary>
+    public IReadOnlySet<int> EndOfGeneration => new[] { _weights.Vocab.EOS, _weights.Vocab.EOT }.Where(t => t is not null).Select(t => (int)t!.Value).ToHashSet();
+
     public int[] Tokenize(string text, bool addBos) => _weights.Tokenize(text, addBos, special: false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
 
     public void Dispose()

@@ -278,6 +278,34 @@ public sealed class LayerStreamingTests
         Assert.IsGreaterThan(0L, ProcessMemory.Available, "this machine reports its memory");
     }
 
+    /// <summary>SUPERQUANT_AVAILABLE_MEMORY in every common spelling, and anything else an error listing the forms
+    /// before any work (it used to be ignored without a word; 0.1 read as 0 turned the memory check off).</summary>
+    [TestMethod]
+    [DataRow("8GiB", 8L << 30)]
+    [DataRow("8gib", 8L << 30)]
+    [DataRow("8GB", 8_000_000_000L)]
+    [DataRow("512M", 512L << 20)]
+    [DataRow("2T", 2L << 40)]
+    [DataRow(" 4096 ", 4096L)]
+    [DataRow("abc", -1L)]
+    [DataRow("NaN", -1L)]
+    [DataRow("0.1", -1L)]
+    [DataRow("8 bananas", -1L)]
+    [DataRow("Infinity", -1L)]
+    public void TheAvailableMemoryOverrideIsReadOrRefused(string value, long expected)
+    {
+        bool ok = ProcessMemory.TryParseBytes(value, out long bytes);
+        Assert.AreEqual(expected >= 0, ok, value);
+        if (ok) Assert.AreEqual(expected, bytes, value);
+        else
+        {
+            var r = CliRunner.Run(new Dictionary<string, string> { [ProcessMemory.AvailableOverride] = value }, "doctor");
+            Assert.AreEqual(3, r.ExitCode, r.Output);
+            StringAssert.Contains(r.Output, "SQ2009");
+            StringAssert.Contains(r.Output, "8GiB");
+        }
+    }
+
     [TestMethod]
     public void WhatAStreamedRunCannotDoIsRefusedBeforeAnyWork()
     {

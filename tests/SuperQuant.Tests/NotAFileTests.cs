@@ -76,3 +76,57 @@ public sealed class NotAFileTests
         Assert.AreEqual(new Version(2, 10), LibTorchLocator.ParseVersion("2.10.0+cpu"));
     }
 }
+
+/// <summary>Valid input accepted, and options that cannot apply refused instead of ignored (issue 36, class 7).</summary>
+[TestClass]
+public sealed class OptionsThatApplyTests
+{
+    static string GgufWithVocabulary(TempFolder dir)
+    {
+        string folder = SharedModels.Tokenizer("llama3.1");
+        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
+        string ckpt = dir.File("ckpt");
+        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 1, Heads = 2, KvHeads = 1, DType = "F16" });
+        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), Path.Combine(ckpt, f));
+        var r = CliRunner.Run("quantize", "--model", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type", "q8_0", "--device", "cpu");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        return dir.File("m.gguf");
+    }
+
+    [TestMethod]
+    public void GenerateRunsAGgufWithItsOwnVocabularyAndPrintsText()
+    {
+        using var dir = new TempFolder();
+        string gguf = GgufWithVocabulary(dir);
+        var r = CliRunner.Run("generate", "-m", gguf, "--prompt", "Hello there", "-n", "6", "--temperature", "0.8");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        StringAssert.StartsWith(r.StdOut, "Hello there");
+        Assert.IsGreaterThan("Hello there".Length + 1, r.StdOut.Trim().Length, "a continuation was printed as text");
+    }
+
+    [TestMethod]
+    public void EvalOfAGgufWithMemoryLayersIsRefused()
+    {
+        using var dir = new TempFolder();
+        string gguf = GgufWithVocabulary(dir);
+        File.WriteAllText(dir.File("t.txt"), "Once upon a time there was a little robot.");
+        var r = CliRunner.Run("eval", "-m", gguf, "--text", dir.File("t.txt"), "--context", "8", "--memory", "layers");
+        Assert.AreEqual(3, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "SQ2009");
+        StringAssert.Contains(r.Output, "--memory layers");
+    }
+
+    [TestMethod]
+    [DataRow("--gguf-type", "q4_0")]
+    [DataRow("--gguf-raise-super", null)]
+    public void AGgufOptionWithoutAGgufIsAUsageError(string option, string? value)
+    {
+        using var dir = new TempFolder();
+        var args = new List<string> { "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--out", dir.File("m.sqpk.safetensors"), option };
+        if (value is not null) args.Add(value);
+        var r = CliRunner.Run(args.ToArray());
+        Assert.AreEqual(2, r.ExitCode, r.Output);
+        StringAssert.Contains(r.Output, "--gguf FILE");
+        Assert.IsFalse(File.Exists(dir.File("m.sqpk.safetensors")));
+    }
+}

@@ -212,6 +212,8 @@ public static class EvalCommand
             && SuperQuant.Models.Gguf.GgufFile.Read(path).Metadata.TryGetValue("tokenizer.ggml.model", out var vocabModel) && vocabModel is string vm && vm != "no_vocab";
         int[] NoVocabulary(string _) => throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
             $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a tokenizer", path);
+        if (format == CheckpointFormat.Gguf && memory == MemoryMode.Layers)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{path}: --memory layers streams Hugging Face checkpoints and packed artifacts; a GGUF file is run by llama.cpp, which maps it itself (leave --memory out)", path);
         if (format == CheckpointFormat.Gguf && engine != "torch")
         {
             var llama = LlamaCppEngine.Open(path, context, threads);

@@ -33,6 +33,8 @@ public static class GenerateCommand
         {
             string path = Path.GetFullPath(r.GetValue(model)!);
             if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
+            if (ModelLoader.Detect(path) == CheckpointFormat.Gguf && HasVocabulary(path))
+                return GenerateWithLlamaCpp(path, r.GetValue(promptText), r.GetValue(prompt), r.GetValue(count), r.GetValue(temperature), r.GetValue(seed), r.GetValue(output));
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
             TextTokenizer? tok = null;
@@ -71,5 +73,43 @@ public static class GenerateCommand
             return ExitCodes.Success;
         }));
         return cmd;
+    }
+
+    static bool HasVocabulary(string gguf) =>
+        SuperQuant.Models.Gguf.GgufFile.Read(gguf).Metadata.TryGetValue("tokenizer.ggml.model", out var m) && m is string s && s != "no_vocab";
+
+    /// <summary>A GGUF that carries its vocabulary runs where an app runs it: llama.cpp tokenizes the prompt (BOS as
+    /// the file says), continues it with its KV cache, and detokenizes the continuation.</summary>
+    static int GenerateWithLlamaCpp(string path, string? text, string? idsText, int count, double temperature, int seed, string? outPath)
+    {
+        using var llama = SuperQuant.LlamaCpp.LlamaCppModel.Load(path, 2048);
+        int[] promptIds = text is not null ? llama.Tokenize(text, addBos: true) : CliSupport.ParseIds(idsText, "--prompt-tokens")!;
+        if (promptIds.FirstOrDefault(i => i < 0 || i >= llama.VocabSize, -1) is int bad and >= 0)
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {llama.VocabSize})");
+        int n = Math.Max(0, Math.Min(count, llama.ContextSize - promptIds.Length));
+        var rng = new Random(seed);
+        var ids = new List<int>(promptIds);
+        var end = llama.EndOfGeneration;
+        int[] feed = promptIds;
+        var progress = new ConsoleProgress("generate");
+        for (int i = 0; i < n; i++)
+        {
+            SignalCancellation.Token.ThrowIfCancellationRequested();
+            var logits = llama.Append(feed, ids.Count - feed.Length);
+            double[] row = new double[logits.Length];
+            for (int t = 0; t < row.Length; t++) row[t] = logits[t];
+            int next = Sampler.Pick(row, temperature, rng);
+            ids.Add(next);
+            progress.Report(i + 1, n);
+            if (end.Contains(next)) break;
+            feed = new[] { next };
+        }
+        if (outPath is not null)
+        {
+            TokenIdFile.Write(outPath, ids, $"superquant generate --model {Path.GetFileName(path)} --seed {seed} --temperature {temperature}");
+            Console.Error.WriteLine($"wrote {ids.Count} token ids to {outPath}");
+        }
+        Console.WriteLine(text is not null ? text + llama.Detokenize(ids.Skip(promptIds.Length)) : string.Join(' ', ids));
+        return ExitCodes.Success;
     }
 }

@@ -57,6 +57,9 @@ public static class QuantizeCommand
         cmd.Validators.Add(r =>
         {
             if (r.GetValue(output) is null && r.GetValue(gguf) is null) r.AddError("give --out (packed artifact) and/or --gguf");
+            // Options that shape a GGUF do nothing without one: a usage error, not a silently ignored flag.
+            if (r.GetValue(gguf) is null && r.GetResult(ggufType) is { Implicit: false }) r.AddError("--gguf-type applies to a GGUF export: give --gguf FILE as well");
+            if (r.GetValue(gguf) is null && r.GetResult(raise) is { Implicit: false }) r.AddError("--gguf-raise-super applies to a GGUF export: give --gguf FILE as well");
             if (r.GetValue(calibText) is not null && r.GetValue(calibTokens) is not null) r.AddError("give one of --calibration-text or --calibration-tokens");
             if (r.GetValue(evalText) is not null && r.GetValue(evalTokens) is not null) r.AddError("give one of --eval-text or --eval-tokens");
             if (r.GetValue(prompt) is not null && r.GetValue(promptTokens) is not null) r.AddError("give one of --prompt or --prompt-tokens");

@@ -37,13 +37,17 @@ public static class Sampler
                 logits = model.Forward(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(tokens)[from..]);
             }
             double[] last = logits[-1].to_type(ScalarType.Float64).cpu().data<double>().ToArray();
-            tokens.Add(temperature <= 0 ? ArgMax(last) : Sample(last, temperature, rng));
+            tokens.Add(Pick(last, temperature, rng));
             progress?.Invoke(step + 1, count);
             onToken?.Invoke(tokens);
             if (stopToken is int stop && tokens[^1] == stop) break;
         }
         return tokens.ToArray();
     }
+
+    /// <summary>The next token from one position's logits: the argmax at temperature 0, else a draw from the
+    /// tempered softmax.</summary>
+    public static int Pick(double[] logits, double temperature, Random rng) => temperature <= 0 ? ArgMax(logits) : Sample(logits, temperature, rng);
 
     static int ArgMax(double[] v)
     {
