@@ -241,4 +241,57 @@ public sealed class ReliabilityTests
         Assert.DoesNotContain("baseline from cache", fourth.StdOut);
         Assert.HasCount(1, Directory.GetFiles(dir.File("obj"), "reference-tiny-*.sqref"));
     }
+
+    /// <summary>
+    /// The reference cache is a file the tool reads back, so it is fuzzed like an input: each mutation (an NLL set to
+    /// 1e30, a scrambled code, an argmax out of range, flipped header bytes, a truncation, random bytes) is followed by
+    /// a run that must end with a clean run's verdict and numbers (the cache proves its integrity or is recomputed),
+    /// or exit 3 with a code: never exit 4, never a changed verdict.
+    /// </summary>
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    public void AMutatedReferenceCacheNeverChangesTheVerdict()
+    {
+        using var dir = Project();
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml"))
+            .Replace("weight_bits: 4", "weight_bits: 2").Replace("metric: kl", "metric: perplexity").Replace("max_increase: 1", "max_increase: \"50%\""));
+        string Numbers()
+        {
+            using var d = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json")));
+            var a = d.RootElement.GetProperty("models")[0].GetProperty("artifacts")[0];
+            return $"{a.GetProperty("perplexity").GetDouble():R} {a.GetProperty("reference_perplexity").GetDouble():R} {a.GetProperty("kl_mean").GetDouble():R}";
+        }
+        var clean = CliRunner.Run(Gate(dir));
+        Assert.IsTrue(clean.ExitCode is 0 or 1, clean.Output);
+        string expected = Numbers();
+        string cache = Directory.GetFiles(dir.File("obj"), "reference-tiny-*.sqref").Single();
+        byte[] original = File.ReadAllBytes(cache);
+        int keyLength = BitConverter.ToInt32(original, 64);
+        int header = (68 + keyLength + 7) / 8 * 8, rowBytes = 16 + (2 * 48 + 3) / 4 * 4;
+        var rng = new Random(36);
+        var mutations = new (string Name, Func<byte[], byte[]> Apply)[]
+        {
+            ("NLL of row 3 = 1e30", b => { BitConverter.TryWriteBytes(b.AsSpan(header + 3 * rowBytes + 12), 1e30f); return b; }),
+            ("NLL of row 0 = -1", b => { BitConverter.TryWriteBytes(b.AsSpan(header + 12), -1f); return b; }),
+            ("argmax of row 2 out of range", b => { BitConverter.TryWriteBytes(b.AsSpan(header + 2 * rowBytes + 8), 100000); return b; }),
+            ("codes of row 5 scrambled", b => { rng.NextBytes(b.AsSpan(header + 5 * rowBytes + 16, 2 * 48)); return b; }),
+            ("scale of row 1 NaN", b => { BitConverter.TryWriteBytes(b.AsSpan(header + rowBytes + 4), float.NaN); return b; }),
+            ("hash byte flipped", b => { b[40] ^= 0x5A; return b; }),
+            ("vocabulary in the header", b => { BitConverter.TryWriteBytes(b.AsSpan(8), 47); return b; }),
+            ("truncated by a row", b => b[..^rowBytes]),
+            ("one random byte in the rows", b => { b[header + rng.Next(b.Length - header)] ^= (byte)(1 + rng.Next(255)); return b; }),
+            ("random bytes", b => { rng.NextBytes(b); return b; }),
+        };
+        foreach (var (name, apply) in mutations)
+        {
+            File.WriteAllBytes(cache, apply((byte[])original.Clone()));
+            File.Delete(dir.File("obj/state.json")); // evaluated again, against whatever the cache now holds
+            var r = CliRunner.Run(Gate(dir));
+            Assert.DoesNotContain("internal error", r.Output, name);
+            if (r.ExitCode == 3) { StringAssert.Matches(r.Output, new System.Text.RegularExpressions.Regex("SQ\\d{4}"), name); continue; }
+            Assert.AreEqual(clean.ExitCode, r.ExitCode, $"{name}: the verdict changed\n{r.Output}");
+            Assert.AreEqual(expected, Numbers(), $"{name}: the gated numbers changed");
+            Assert.DoesNotContain("baseline from cache", r.StdOut, $"{name}: the damaged cache was trusted");
+        }
+    }
 }

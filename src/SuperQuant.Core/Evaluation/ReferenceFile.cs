@@ -14,15 +14,19 @@ namespace SuperQuant.Core.Evaluation;
 /// token's and are clamped), plus its exact argmax and exact NLL of the actual next token, so reference perplexity and
 /// top-1 agreement are not affected by the compression. The KL divergence it gives differs from the fp32 one by far less
 /// than any gate limit (tested).
+/// <para>A cache proves its integrity before it is used: the header carries the SHA-256 of every row, checked when the
+/// file is opened (a damaged or edited cache is recomputed, never trusted: a changed NLL would change a perplexity
+/// gate's verdict), and each row is range-checked when read.</para>
 /// <code>
-/// header: "SQRF" u32 version=1 | i32 vocab | i32 tokens | i32 context | i32 stride | i64 scored | i32 keyLength | key (UTF-8), padded to 8
+/// header: "SQRF" u32 version=2 | i32 vocab | i32 tokens | i32 context | i32 stride | i64 scored | byte[32] rows SHA-256 | i32 keyLength | key (UTF-8), padded to 8
 /// row (per scored token): f32 min | f32 scale | i32 argmax | f32 nll | i16[vocab] code - 32768 | pad to 4 bytes
 /// </code>
 /// </summary>
 public sealed class ReferenceFile : IDisposable
 {
     public const uint Magic = 0x46525153; // "SQRF"
-    public const int Version = 1;
+    public const int Version = 2;
+    const int FixedHeader = 4 + 4 + 4 * 4 + 8 + 32 + 4; // through keyLength
     /// <summary>The range kept below each row's maximum logit (llama.cpp's kl-divergence-base uses 16).</summary>
     public const float Range = 16f;
 
@@ -61,8 +65,12 @@ public sealed class ReferenceFile : IDisposable
         {
             using var bw = new BinaryWriter(fs, Encoding.UTF8, leaveOpen: true);
             bw.Write(Magic); bw.Write(Version); bw.Write(vocab); bw.Write(tokens.Count); bw.Write(context); bw.Write(stride); bw.Write(scored);
+            long hashAt = fs.Position;
+            bw.Write(new byte[32]); // the rows' SHA-256, written once they are
             bw.Write(keyBytes.Length); bw.Write(keyBytes);
-            bw.Write(new byte[header - 36 - keyBytes.Length]);
+            bw.Write(new byte[header - FixedHeader - keyBytes.Length]);
+            bw.Flush();
+            using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
             var row = new byte[RowBytesFor(vocab)];
             for (int wi = 0; wi < windows.Count; wi++)
             {
@@ -88,13 +96,18 @@ public sealed class ReferenceFile : IDisposable
                     BitConverter.TryWriteBytes(row.AsSpan(12), (float)nll[i]);
                     codeBytes.Slice(i * 2 * vocab, 2 * vocab).CopyTo(row.AsSpan(16));
                     fs.Write(row);
+                    sha.AppendData(row);
                 }
                 progress?.Invoke(wi + 1, windows.Count);
             }
+            long end = fs.Position;
+            fs.Position = hashAt;
+            fs.Write(sha.GetHashAndReset());
+            fs.Position = end;
         });
     }
 
-    static long HeaderBytes(int keyLength) => (36 + keyLength + 7) / 8 * 8;
+    static long HeaderBytes(int keyLength) => (FixedHeader + keyLength + 7) / 8 * 8;
 
     /// <summary>Opens a recorded file; null when it is missing, damaged, or was recorded for other inputs
     /// (a different key or window plan). Never trusted blindly: the size must match the header exactly.</summary>
@@ -106,11 +119,12 @@ public sealed class ReferenceFile : IDisposable
         {
             fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
             using var br = new BinaryReader(fs, Encoding.UTF8, leaveOpen: true);
-            if (fs.Length < 36 || br.ReadUInt32() != Magic || br.ReadInt32() != Version) { fs.Dispose(); return null; }
+            if (fs.Length < FixedHeader || br.ReadUInt32() != Magic || br.ReadInt32() != Version) { fs.Dispose(); return null; }
             int v = br.ReadInt32(), t = br.ReadInt32(), c = br.ReadInt32(), s = br.ReadInt32();
             long scored = br.ReadInt64();
+            byte[] rowsHash = br.ReadBytes(32);
             int keyLength = br.ReadInt32();
-            if (keyLength < 0 || keyLength > 4096 || 36 + keyLength > fs.Length) { fs.Dispose(); return null; }
+            if (keyLength < 0 || keyLength > 4096 || FixedHeader + keyLength > fs.Length) { fs.Dispose(); return null; }
             string key = Encoding.UTF8.GetString(br.ReadBytes(keyLength));
             long header = HeaderBytes(keyLength);
             if (key != expectedKey || v != vocab || t != tokens || c != context || s != stride || scored != tokens - 1
@@ -118,6 +132,16 @@ public sealed class ReferenceFile : IDisposable
             {
                 fs.Dispose();
                 return null;
+            }
+            // Every row's bytes against the hash recorded with them: one sequential read, a fraction of the time the
+            // evaluation it saves takes.
+            fs.Position = header;
+            using (var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256))
+            {
+                var buffer = new byte[1 << 20];
+                int n;
+                while ((n = fs.Read(buffer)) > 0) sha.AppendData(buffer, 0, n);
+                if (!sha.GetHashAndReset().AsSpan().SequenceEqual(rowsHash)) { fs.Dispose(); return null; }
             }
             return new ReferenceFile(path, fs, key, v, t, c, s, scored, header);
         }
@@ -154,8 +178,8 @@ public sealed class ReferenceFile : IDisposable
             scales[i] = BitConverter.ToSingle(row[4..]);
             argmax[i] = BitConverter.ToInt32(row[8..]);
             nll[i] = BitConverter.ToSingle(row[12..]);
-            if (argmax[i] < 0 || argmax[i] >= Vocab || !float.IsFinite(mins[i]) || !float.IsFinite(scales[i]))
-                throw new InvalidDataException($"{Path}: row {firstRow + i} is damaged");
+            if (argmax[i] < 0 || argmax[i] >= Vocab || !float.IsFinite(mins[i]) || !float.IsFinite(scales[i]) || !(scales[i] >= 0) || !double.IsFinite(nll[i]) || nll[i] < 0)
+                throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{Path}: row {firstRow + i} of the reference cache changed after it was checked; delete it or rerun", Path);
             MemoryMarshal.Cast<byte, short>(row.Slice(16, 2 * Vocab)).CopyTo(codes.AsSpan(i * Vocab, Vocab));
         }
         using var scope = torch.NewDisposeScope();
