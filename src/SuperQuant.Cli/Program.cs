@@ -26,6 +26,8 @@ NativeMemoryTuning.Apply();
 // Process-wide: no file this run writes may be one it read as an input, whatever flag or variable named it.
 SuperQuant.Core.AtomicFile.Guard = SuperQuant.Manifest.InputFiles.RefusalFor;
 SignalCancellation.Install();
+// Process-wide: no GGUF reaches llama.cpp before its header is checked (llama.cpp aborts on some bad values).
+SuperQuant.LlamaCpp.LlamaCppModel.Preflight = SuperQuant.Models.Gguf.GgufPreflight.Check;
 foreach (string? problem in new[] { PeakRssFile.Problem(), SuperQuant.Core.ProcessMemory.OverrideProblem() })
     if (problem is not null)
     {

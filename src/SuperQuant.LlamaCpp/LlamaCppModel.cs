@@ -31,8 +31,13 @@ public sealed class LlamaCppModel : IDisposable
     }
 
     /// <param name="contextSize">The longest window that will be evaluated.</param>
+    /// <summary>Set once by the process (the CLI: Models' GgufPreflight): checks a file before llama.cpp opens it, since
+    /// llama.cpp aborts the process on some malformed headers instead of returning an error.</summary>
+    public static Action<string>? Preflight { get; set; }
+
     public static LlamaCppModel Load(string ggufPath, int contextSize, int? threads = null)
     {
+        Preflight?.Invoke(ggufPath);
         LlamaCppRuntime.EnsureLoaded();
         int t = threads ?? LlamaCppRuntime.DefaultThreads;
         var p = new ModelParams(ggufPath)
