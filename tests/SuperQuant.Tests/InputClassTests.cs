@@ -205,6 +205,18 @@ public sealed class InputClassTests
     };
 
     [TestMethod]
+    public void ALoneSurrogateInATaskFileIsSQ2010NamingTheLine()
+    {
+        using var dir = new TempFolder();
+        File.WriteAllText(dir.File("piqa.jsonl"), """{"goal": "Open a jar", "sol1": "Twist the lid", "sol2": "Eat the lid", "label": 0}""" + "\n"
+            + """{"goal": "Open \ud800 a jar", "sol1": "Twist", "sol2": "Eat", "label": 1}""" + "\n");
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => TaskFile.Read(dir.File("piqa.jsonl"), "piqa"));
+        Assert.AreEqual(ErrorCodes.TaskFileInvalid, e.Code);
+        StringAssert.Contains(e.Message, "piqa.jsonl(2)");
+        StringAssert.Contains(e.Message, "surrogate");
+    }
+
+    [TestMethod]
     public void AUtf16TaskFileIsRefusedInsteadOfScoringNothing()
     {
         using var dir = new TempFolder();

@@ -84,6 +84,8 @@ public static class TaskFile
                 if (json.RootElement.ValueKind != JsonValueKind.Object) throw Bad("not a JSON object");
                 try { docs.Add(Build(task, json.RootElement)); }
                 catch (FormatException e) { throw Bad(e.Message); }
+                // System.Text.Json decodes escapes lazily: a lone surrogate ("\ud800") surfaces when a string is read.
+                catch (InvalidOperationException e) { throw Bad($"a string is not valid Unicode (a lone surrogate escape): {e.Message}"); }
             }
             if (docs.Count > MaxDocuments) throw Bad($"more than {MaxDocuments} documents");
             if (limit is int n && docs.Count >= n) break;
