@@ -114,6 +114,30 @@ public sealed class LibTorchTests
         finally { Directory.Delete(empty, true); }
     }
 
+    /// <summary>A folder whose libtorch files are dangling or looping links names no libtorch: SQ0002, where it used to
+    /// be accepted while the bundled library quietly ran instead.</summary>
+    [TestMethod]
+    [DataRow("dangling")]
+    [DataRow("looping")]
+    public void AFolderOfBrokenLinksIsSQ0002(string kind)
+    {
+        string dir = TempFolder(kind);
+        try
+        {
+            foreach (string lib in new[] { "libtorch_cpu.so", "libc10.so", "libtorch.so" })
+            {
+                string path = Path.Combine(dir, lib);
+                if (kind == "dangling") File.CreateSymbolicLink(path, Path.Combine(dir, "missing-" + lib));
+                else { File.CreateSymbolicLink(path, path + ".loop"); File.CreateSymbolicLink(path + ".loop", path); }
+            }
+            var run = CliRunner.Run(new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = dir }, "doctor");
+            Assert.AreEqual(3, run.ExitCode, run.Output);
+            StringAssert.Contains(run.StdErr, "SQ0002");
+            StringAssert.Contains(run.StdErr, dir);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [TestMethod]
     public void ALibTorchThatCannotLoadIsSQ0001NamingBothVersionsNotACrash()
     {

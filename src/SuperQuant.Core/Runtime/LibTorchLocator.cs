@@ -91,10 +91,25 @@ public static class LibTorchLocator
         foreach (string candidate in new[] { path, Path.Combine(path, "lib") })
         {
             if (!Directory.Exists(candidate)) continue;
-            if (File.Exists(Path.Combine(candidate, "libtorch_cpu.so")) && File.Exists(Path.Combine(candidate, "libc10.so")))
+            if (IsLibrary(Path.Combine(candidate, "libtorch_cpu.so")) && IsLibrary(Path.Combine(candidate, "libc10.so")))
                 return RealPath(candidate);
         }
         return null;
+    }
+
+    /// <summary>A library file that can be loaded: a regular file, or links that end at one. File.Exists is true for a
+    /// dangling link, and a loop of links has no end: a folder of those must be refused here, or the process would
+    /// quietly run another libtorch than the one named.</summary>
+    static bool IsLibrary(string path)
+    {
+        var info = new FileInfo(path);
+        if (!info.Exists && info.LinkTarget is null) return false;
+        try
+        {
+            if (info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is not { Exists: true }) return false;
+        }
+        catch (IOException) { return false; } // too many levels of symbolic links
+        return File.Exists(path) && FileKind.NotARegularFile(path) is null;
     }
 
     static string RealPath(string folder)
