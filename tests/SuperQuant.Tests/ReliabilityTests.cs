@@ -294,4 +294,61 @@ public sealed class ReliabilityTests
             Assert.DoesNotContain("baseline from cache", r.StdOut, $"{name}: the damaged cache was trusted");
         }
     }
+
+    /// <summary>The state file is read back too: edited numbers, a changed hash, a removed checksum, truncation, random
+    /// bytes or a FIFO in its place end in a clean run's verdict and numbers (a state that does not prove itself is
+    /// not believed: the model runs again), never exit 4, never a hang, never numbers no run measured.</summary>
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public void AMutatedStateFileNeverChangesTheVerdictOrTheNumbers()
+    {
+        using var dir = Project();
+        string Report() => File.ReadAllText(dir.File("obj/superquant-report.json"));
+        string Numbers()
+        {
+            using var d = System.Text.Json.JsonDocument.Parse(Report());
+            var a = d.RootElement.GetProperty("models")[0].GetProperty("artifacts")[0];
+            return $"{a.GetProperty("kl_mean").GetDouble():R} {a.GetProperty("passed").GetBoolean()}";
+        }
+        var clean = CliRunner.Run(Gate(dir));
+        Assert.AreEqual(0, clean.ExitCode, clean.Output);
+        string expected = Numbers();
+        var again = CliRunner.Run(Gate(dir));
+        StringAssert.Contains(again.StdOut, "tiny: up to date", "an intact state is believed");
+        string state = dir.File("obj/state.json");
+        string original = File.ReadAllText(state);
+        var rng = new Random(37);
+        var mutations = new (string Name, Action Apply)[]
+        {
+            ("a KL number edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"kl_mean\": )[0-9.eE+-]+", "${1}0.5"))),
+            ("the input hash edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"input_hash\": \")[0-9a-f]", "${1}x"))),
+            ("the checksum removed", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, ",?\\s*\"checksum\": \"[0-9a-f]+\"", ""))),
+            ("truncated", () => File.WriteAllText(state, original[..(original.Length / 2)])),
+            ("random bytes", () => { var b = new byte[original.Length]; rng.NextBytes(b); File.WriteAllBytes(state, b); }),
+            ("a FIFO", () => { File.Delete(state); Assert.AreEqual(0, mkfifo(state, Convert.ToUInt32("644", 8))); }),
+        };
+        foreach (var (name, apply) in mutations)
+        {
+            apply();
+            var r = CliRunner.Run(Gate(dir));
+            Assert.DoesNotContain("internal error", r.Output, name);
+            if (name == "a FIFO")
+            {
+                // Not read (it would block) and not replaced (it is not a regular file): refused before any work.
+                Assert.AreEqual(3, r.ExitCode, r.Output);
+                StringAssert.Contains(r.Output, "SQ4003");
+                StringAssert.Contains(r.Output, "state.json");
+                Assert.DoesNotContain("quantizing", r.StdOut);
+                continue;
+            }
+            Assert.AreEqual(0, r.ExitCode, $"{name}: {r.Output}");
+            Assert.AreEqual(expected, Numbers(), $"{name}: the reported numbers changed");
+            if (name != "the input hash edited" || !r.StdOut.Contains("up to date")) continue;
+            Assert.Fail($"{name}: an edited state was believed");
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int mkfifo(string path, uint mode);
 }

@@ -17,7 +17,14 @@ public static class GateCommand
     /// <param name="OutputSha256">Each shipped file's SHA-256 when it was promoted: "up to date" needs the inputs
     /// unchanged and every output still holding those bytes (another manifest, or a hand edit, may have replaced it).</param>
     public sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report, Dictionary<string, string>? OutputSha256 = null);
-    public sealed record State(Dictionary<string, StateEntry> Models);
+    /// <summary>What the last runs shipped, per model. <paramref name="Checksum"/>: SHA-256 of the models as written, so
+    /// a state edited or damaged in place is not believed (the models run again) rather than reporting numbers no run
+    /// measured.</summary>
+    public sealed record State(Dictionary<string, StateEntry> Models, string? Checksum = null)
+    {
+        public static string ChecksumOf(Dictionary<string, StateEntry> models) =>
+            Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(models, AnalysisReport.Json)))).ToLowerInvariant();
+    }
 
     public static Command Create()
     {
@@ -78,7 +85,10 @@ public static class GateCommand
         foreach (var e in m.Models)
             foreach (var x in e.Exports) check.AddOutput(x.Path, $"model '{e.Id}''s {x.Kind} output"); // checked by the manifest reader
         foreach (var (p, what) in files.All)
+        {
             if (check.AddOutput(p, what) is string error) throw new SuperQuantException(ErrorCodes.InvalidArgument, error, p);
+            AtomicFile.CheckReplaceable(Path.GetFullPath(p)); // a FIFO or device there: refused before any work, not after shipping
+        }
     }
 
     static int Run(QuantizeManifest m, RunFiles files, bool warnOnly, string? deviceOption, int? threads, bool raise, MemoryMode memory)
@@ -169,7 +179,7 @@ public static class GateCommand
         CliSupport.WriteAtomically(files.Html, GateHtml.Render(m.Path, reports));
         Console.WriteLine($"report: {files.Json}");
         if (files.State is not null)
-            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new State(keep), AnalysisReport.Json));
+            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new State(keep, State.ChecksumOf(keep)), AnalysisReport.Json));
         if (files.Deps is not null)
             CliSupport.WriteAtomically(files.Deps, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
                 .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
@@ -215,9 +225,10 @@ public static class GateCommand
     {
         try
         {
-            if (!File.Exists(path) || new FileInfo(path).Length > 64L << 20) return new State(new());
+            // Not a regular file (a FIFO would block the read): not ours, ignored.
+            if (!File.Exists(path) || SuperQuant.Manifest.InputFiles.NotARegularFile(path) is not null || new FileInfo(path).Length > 64L << 20) return new State(new());
             var s = JsonSerializer.Deserialize<State>(File.ReadAllText(path), AnalysisReport.Json);
-            if (s?.Models is null) return new State(new());
+            if (s?.Models is null || s.Checksum != State.ChecksumOf(s.Models)) return new State(new());
             return new State(s.Models.Where(kv => kv.Value is { InputHash: not null, Outputs: not null, Report: not null } && kv.Value.Report.Artifacts is not null)
                 .ToDictionary(kv => kv.Key, kv => kv.Value));
         }
