@@ -84,6 +84,41 @@ public sealed class FamilyGgufTests
     }
 }
 
+/// <summary>llama.cpp's own quantizer, given our F16 export of each family, writes the bytes we write for the same
+/// type: its per-family tensor rules (phi3's attn_qkv, the tied head of gemma and smollm3, 1-D norms and biases kept
+/// F32) and its fallbacks for rows its blocks do not fit, reproduced.</summary>
+[TestClass]
+public sealed class FamilyQuantizerTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("qwen2")]
+    [DataRow("qwen3")]
+    [DataRow("phi3")]
+    [DataRow("olmo2")]
+    [DataRow("gemma2")]
+    [DataRow("gemma3_text")]
+    [DataRow("smollm3")]
+    [DataRow("llama3")]
+    public void LlamaCppsQuantizerWritesOurBytes(string family)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family);
+        using var model = ModelLoader.Load(dir.File("ckpt"));
+        GgufWriter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+        // The values llama.cpp's quantizer sees: each weight matrix as F16 (vectors are F32 in the file either way).
+        using (TorchSharp.torch.no_grad())
+            model.Weights.Map(t => t.dim() >= 2 ? t.to_type(TorchSharp.torch.ScalarType.Float16).to_type(TorchSharp.torch.ScalarType.Float32) : t);
+        foreach (var type in Enum.GetValues<GgufFileType>().Where(t => t != GgufFileType.F16))
+        {
+            string ours = dir.File($"ours.{type.Name()}.gguf"), theirs = dir.File($"llama.{type.Name()}.gguf");
+            GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
+            SuperQuant.LlamaCpp.LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), theirs, type.Name());
+            Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)", SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), $"{family} {type.Name()}");
+        }
+    }
+}
+
 /// <summary>A config or checkpoint the family does not allow is a coded input error naming the key or tensor, before
 /// anything is written.</summary>
 [TestClass]

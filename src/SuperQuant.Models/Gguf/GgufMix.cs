@@ -28,13 +28,15 @@ public static class GgufMix
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
-    enum Category { TokenEmbd, Output, AttnQ, AttnK, AttnV, AttnQkv, AttnOutput, FfnGate, FfnUp, FfnDown, Other }
+    enum Category { TokenEmbd, Output, AttnQ, AttnK, AttnV, AttnOutput, FfnGate, FfnUp, FfnDown, Other }
 
     static Category CategoryOf(string name) =>
         name == "output.weight" ? Category.Output
         : name == "token_embd.weight" ? Category.TokenEmbd
         : name.Contains("attn_v.weight") ? Category.AttnV
-        : name.Contains("attn_qkv.weight") ? Category.AttnQkv
+        // Phi-3's fused q/k/v gets attn_v's rules (and counts as one) in the llama.cpp of LLamaSharp 0.30, whose
+        // quantizer sorts tensors into categories; checked byte for byte by FamilyQuantizerTests.
+        : name.Contains("attn_qkv.weight") ? Category.AttnV
         : name.Contains("attn_k.weight") ? Category.AttnK
         : name.Contains("attn_q.weight") ? Category.AttnQ
         : name.Contains("attn_output.weight") ? Category.AttnOutput
@@ -93,17 +95,6 @@ public static class GgufMix
                     _ => nt,
                 };
                 ++iFfnDown;
-            }
-            else if (cat == Category.AttnQkv)
-            {
-                // Phi-3's fused q/k/v (llama_tensor_get_type's attn_qkv rule).
-                nt = fileType switch
-                {
-                    GgufFileType.Q3_K_M or GgufFileType.Q3_K_L => GgmlType.Q4_K,
-                    GgufFileType.Q4_K_M => GgmlType.Q5_K,
-                    GgufFileType.Q5_K_M => GgmlType.Q6_K,
-                    _ => nt,
-                };
             }
             else if (cat == Category.AttnOutput)
             {
