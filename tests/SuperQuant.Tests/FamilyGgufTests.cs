@@ -119,6 +119,44 @@ public sealed class FamilyQuantizerTests
     }
 }
 
+/// <summary>The W/A methods on the newer blocks: SmoothQuant folds into Gemma's (1 + w) norms correctly (its W8A8
+/// model stays close to the original, as on llama) and is refused where no pre-norm exists (OLMo 2); Hadamard and
+/// DuQuant apply to every family.</summary>
+[TestClass]
+public sealed class FamilyActivationQuantizationTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("gemma2", "smoothquant")]
+    [DataRow("gemma3_text", "smoothquant")]
+    [DataRow("qwen3", "smoothquant")]
+    [DataRow("llama3", "smoothquant")]
+    [DataRow("olmo2", "smoothquant")]
+    [DataRow("olmo2", "hadamard")]
+    [DataRow("gemma2", "duquant")]
+    [DataRow("phi3", "duquant")]
+    public void W8A8IsCloseToTheOriginalOrRefused(string family, string method)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family);
+        var rng = new Random(3);
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 256).Select(_ => rng.Next(2, FamilyCheckpoint.Vocab)));
+        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", method, "--bits", "8", "--activation-bits", "8", "--block", "channel",
+            "--calibration-tokens", dir.File("ids.txt"), "--eval-tokens", dir.File("ids.txt"), "--context", "64", "--prompt-tokens", "1 5 9",
+            "--out", dir.File("m.sqpk.safetensors"), "--json", "--device", "cpu");
+        if (family == "olmo2" && method == "smoothquant")
+        {
+            Assert.AreEqual(3, r.ExitCode, r.Output);
+            StringAssert.Contains(r.Output, "SQ4001");
+            return;
+        }
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        double kl = System.Text.Json.JsonDocument.Parse(r.StdOut).RootElement.GetProperty("artifacts")[0].GetProperty("kl_mean").GetDouble();
+        Console.WriteLine($"{family} {method} W8A8: KL {kl:G4}");
+        Assert.IsLessThan(0.05, kl, $"{family} {method} W8A8: KL {kl}");
+    }
+}
+
 /// <summary>A config or checkpoint the family does not allow is a coded input error naming the key or tensor, before
 /// anything is written.</summary>
 [TestClass]

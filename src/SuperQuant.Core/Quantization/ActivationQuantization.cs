@@ -127,6 +127,9 @@ public sealed class ActivationQuantizer : IForwardHooks
         if (o.Method == ActivationMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
                 $"SmoothQuant folds its scales into the preceding norm's weight; {model.Config.Architecture} uses a non-parametric LayerNorm, which has none (use hadamard or duquant)");
+        if (o.Method == ActivationMethod.SmoothQuant && !model.Config.PreNorms)
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"SmoothQuant folds its scales into the norm before q/k/v and gate/up; {model.Config.Architecture} normalizes after each sub-block instead, so there is none to fold into (use hadamard or duquant)");
         var q = new ActivationQuantizer(o);
         var stats = InputStatistics.Record(model, calibration);
         using var _ = torch.no_grad();
@@ -141,7 +144,10 @@ public sealed class ActivationQuantizer : IForwardHooks
                     // Only inputs that come out of a parametric norm can take this; o_proj/down_proj stay plain.
                     Tensor s = SmoothQuant.Scales(absMax, sites.Select(site => model.Weights[site]), o.Alpha);
                     var layer = model.Weights.Layer(l);
-                    if (g == InputGroup.Attention) layer.AttnNorm = layer.AttnNorm! / s; else layer.FfnNorm = layer.FfnNorm! / s;
+                    // Gemma's norms scale by (offset + w): the folded weight is (offset + w) / s - offset.
+                    double offset = model.Config.NormWeightOffset;
+                    Tensor Fold(Tensor w) => offset == 0 ? w / s : (w + offset) / s - offset;
+                    if (g == InputGroup.Attention) layer.AttnNorm = Fold(layer.AttnNorm!); else layer.FfnNorm = Fold(layer.FfnNorm!);
                     foreach (var site in sites) model.Weights[site] = model.Weights[site] * s;
                 }
                 Tensor? t = o.Method switch
