@@ -294,6 +294,8 @@ public sealed class FamilyGateTests
         var r = Gate(dir, "rtn");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.Output, "warning SQ4005");
+        StringAssert.Contains(r.Output, "warning SQ2006"); // no tokenizer beside the checkpoint: said, not a silent no_vocab
+        StringAssert.Contains(r.Output, "carry no vocabulary");
         StringAssert.Contains(File.ReadAllText(dir.File("obj/superquant-report.json")), "without its sliding window (16 tokens)");
         var g = SuperQuant.Models.Gguf.GgufFile.Read(Directory.GetFiles(dir.File("out"), "*.gguf").Single());
         Assert.AreEqual("llama", g.Metadata["general.architecture"]);
