@@ -77,6 +77,13 @@ public sealed class FamilyGgufTests
                 $"{family}: switching off {FamilyCheckpoint.Off(family)} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
         }
 
+        if (FamilyCheckpoint.SecondOff(family) is string second)
+        {
+            FamilyCheckpoint.Write(dir.File("off2"), family, secondOff: true);
+            double without = LlamaCppPerplexity(Export(dir.File("off2"), dir.File("off2.gguf"), GgufFileType.F16), ids);
+            Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1), $"{family}: switching off {second} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
+        }
+
         double q4 = LlamaCppPerplexity(Export(dir.File("ckpt"), dir.File("q4.gguf"), GgufFileType.Q4_K_M), ids);
         Assert.IsTrue(double.IsFinite(q4) && q4 > 1, $"{family}: q4_k_m perplexity {q4}");
         Assert.IsLessThan(0.5, Math.Abs(q4 / theirs - 1), $"{family}: q4_k_m {q4:F4} vs F16 {theirs:F4}");

@@ -24,8 +24,9 @@ public static class FamilyCheckpoint
     /// the one large entry of its column: a super activation at down_proj input <c>column</c> on BOS.</param>
     /// <param name="editConfig">Changes config.json before it is written (bad-input tests).</param>
     /// <param name="tensorShape">Changes a tensor's shape, or drops it (null), by name (bad-input tests).</param>
+    /// <param name="secondOff">Neutralize the family's second feature instead (<see cref="SecondOff"/>).</param>
     public static void Write(string folder, string family, bool off = false, int seed = 7, (int Layer, int Row, int Column)? superWeight = null,
-        Action<Dictionary<string, object?>>? editConfig = null, Func<string, long[], long[]?>? tensorShape = null)
+        Action<Dictionary<string, object?>>? editConfig = null, Func<string, long[], long[]?>? tensorShape = null, bool secondOff = false)
     {
         Directory.CreateDirectory(folder);
         bool gemma = family is "gemma2" or "gemma3_text";
@@ -53,7 +54,7 @@ public static class FamilyCheckpoint
             case "gemma2":
                 c["hidden_activation"] = "gelu_pytorch_tanh"; c["query_pre_attn_scalar"] = headDim;
                 c["attn_logit_softcapping"] = off ? null : 5.0; c["final_logit_softcapping"] = off ? null : 3.0;
-                c["sliding_window"] = 16;
+                c["sliding_window"] = secondOff ? 4096 : 16;
                 break;
             case "gemma3_text":
                 c["hidden_activation"] = "gelu_pytorch_tanh"; c["query_pre_attn_scalar"] = headDim;
@@ -141,8 +142,8 @@ public static class FamilyCheckpoint
         }
         if (family != "olmo") Add("model.norm.weight", new long[] { Hidden }, "norm");
         if (!(gemma || family == "smollm3")) Add("lm_head.weight", new long[] { Vocab, Hidden }, "w");
-        if (off && family == "qwen3")
-            foreach (var t in tensors.Where(t => t.Key.Contains("_norm.weight") && t.Key.Contains("self_attn"))) t.Value.fill_(1f);
+        if ((off && family == "qwen3") || (secondOff && family is "gemma3_text" or "olmo2"))
+            foreach (var t in tensors.Where(t => t.Key.Contains("_norm.weight") && t.Key.Contains("self_attn"))) t.Value.fill_(gemma ? 0f : 1f); // neutral scale 1
         if (off && family == "phi3")
             foreach (var t in tensors.Where(t => t.Key.EndsWith("gate_up_proj.weight")))
                 t.Value.copy_(torch.cat(new[] { t.Value[Intermediate.., ..], t.Value[..Intermediate, ..] }, 0)); // gate and up swapped
@@ -168,6 +169,15 @@ public static class FamilyCheckpoint
         SafetensorsWriter.Write(Path.Combine(folder, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
         foreach (var t in tensors) t.Value.Dispose();
     }
+
+    /// <summary>The second feature <see cref="Write"/>'s <c>secondOff</c> switches off, for the families that have one.</summary>
+    public static string? SecondOff(string family) => family switch
+    {
+        "gemma2" => "the sliding window (16 -> 4096)",
+        "gemma3_text" => "q/k norm scales (neutral)",
+        "olmo2" => "q/k norm scales over the projection (ones)",
+        _ => null,
+    };
 
     /// <summary>What <see cref="Write"/>'s <c>off</c> switches off, per family (for messages).</summary>
     public static string Off(string family) => family switch
