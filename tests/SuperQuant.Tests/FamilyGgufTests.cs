@@ -107,6 +107,8 @@ public sealed class FamilyQuantizerTests
     [DataRow("gemma3_text")]
     [DataRow("smollm3")]
     [DataRow("llama3")]
+    [DataRow("mistral")]
+    [DataRow("olmo")]
     public void LlamaCppsQuantizerWritesOurBytes(string family)
     {
         using var dir = new TempFolder();
