@@ -12,10 +12,7 @@ public sealed class HostileGgufTests
 {
     static string Original(TempFolder dir)
     {
-        string folder = SharedModels.Tokenizer("llama3.1");
-        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
-        TinyCheckpointFactory.Write(dir.File("ckpt"), new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 2, Heads = 4, KvHeads = 2, DType = "F16" });
-        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), dir.File("ckpt/" + f));
+        TokenizerCheckpoint.Write(dir.File("ckpt"), "llama3.1", layers: 2);
         var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--gguf", dir.File("m.gguf"), "--gguf-type", "f16", "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(1, 16));

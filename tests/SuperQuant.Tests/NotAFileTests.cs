@@ -83,11 +83,7 @@ public sealed class OptionsThatApplyTests
 {
     static string GgufWithVocabulary(TempFolder dir)
     {
-        string folder = SharedModels.Tokenizer("llama3.1");
-        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
-        string ckpt = dir.File("ckpt");
-        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 1, Heads = 2, KvHeads = 1, DType = "F16" });
-        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), Path.Combine(ckpt, f));
+        string ckpt = TokenizerCheckpoint.Write(dir.File("ckpt"), "llama3.1");
         var r = CliRunner.Run("quantize", "--model", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type", "q8_0", "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         return dir.File("m.gguf");

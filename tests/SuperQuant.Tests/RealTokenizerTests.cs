@@ -83,11 +83,7 @@ public sealed class GgufTokenizerTests
 {
     static string ExportWithTokenizer(TempFolder dir, string name)
     {
-        string folder = SharedModels.Tokenizer(name);
-        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
-        string ckpt = dir.File("ckpt");
-        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 1, Heads = 2, KvHeads = 1, DType = "F16" });
-        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), Path.Combine(ckpt, f));
+        string ckpt = TokenizerCheckpoint.Write(dir.File("ckpt"), name);
         using var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt);
         var vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config);
         Assert.IsNotNull(vocabulary);
@@ -141,11 +137,7 @@ public sealed class GgufChatTemplateTests
     public void LlamaCppFormatsAConversationAsTheFamilysTemplate(string name, string expected)
     {
         using var dir = new TempFolder();
-        string folder = SharedModels.Tokenizer(name);
-        var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(folder, "tokenizer.json"))!;
-        string ckpt = dir.File("ckpt");
-        TinyCheckpointFactory.Write(ckpt, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = 1, Heads = 2, KvHeads = 1, DType = "F16" });
-        foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(folder, f), Path.Combine(ckpt, f));
+        string ckpt = TokenizerCheckpoint.Write(dir.File("ckpt"), name);
         using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
             SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport
             {
