@@ -209,7 +209,7 @@ public static class EvalCommand
             throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
         // A GGUF written without a vocabulary ("no_vocab") cannot tokenize: llama.cpp aborts the process if asked to.
         bool ggufVocabulary = format == CheckpointFormat.Gguf
-            && SuperQuant.Models.Gguf.GgufFile.Read(path).Metadata.TryGetValue("tokenizer.ggml.model", out var vocabModel) && vocabModel is string vm && vm != "no_vocab";
+            && SuperQuant.Models.Gguf.GgufFile.Read(path).HasVocabulary;
         int[] NoVocabulary(string _) => throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
             $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a tokenizer", path);
         if (format == CheckpointFormat.Gguf && memory == MemoryMode.Layers)

@@ -33,7 +33,7 @@ public static class GenerateCommand
         {
             string path = Path.GetFullPath(r.GetValue(model)!);
             if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
-            if (ModelLoader.Detect(path) == CheckpointFormat.Gguf && HasVocabulary(path))
+            if (ModelLoader.Detect(path) == CheckpointFormat.Gguf && SuperQuant.Models.Gguf.GgufFile.Read(path).HasVocabulary)
                 return GenerateWithLlamaCpp(path, r.GetValue(promptText), r.GetValue(prompt), r.GetValue(count), r.GetValue(temperature), r.GetValue(seed), r.GetValue(output));
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
@@ -74,9 +74,6 @@ public static class GenerateCommand
         }));
         return cmd;
     }
-
-    static bool HasVocabulary(string gguf) =>
-        SuperQuant.Models.Gguf.GgufFile.Read(gguf).Metadata.TryGetValue("tokenizer.ggml.model", out var m) && m is string s && s != "no_vocab";
 
     /// <summary>A GGUF that carries its vocabulary runs where an app runs it: llama.cpp tokenizes the prompt (BOS as
     /// the file says), continues it with its KV cache, and detokenizes the continuation.</summary>

@@ -23,11 +23,14 @@ public static class NonFiniteCheck
     public static void ThrowIfAny(LlamaLayerWeights w, int l, string source)
     {
         string p = $"model.layers.{l}.";
+        // Post-norm families (Gemma, OLMo 2) call the attention's output norm "post_attention_layernorm", which is the
+        // MLP's input norm elsewhere.
+        bool postNorms = w.AttnPostNorm is not null;
         Check(p + "input_layernorm.weight", w.AttnNorm, source);
-        Check(p + "post_attention_layernorm.weight", w.FfnNorm, source);
+        Check(p + (postNorms ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight"), w.FfnNorm, source);
         Check(p + "self_attn.q_norm.weight", w.QNorm, source);
         Check(p + "self_attn.k_norm.weight", w.KNorm, source);
-        Check(p + "post_norm of the attention", w.AttnPostNorm, source);
+        Check(p + "post_attention_layernorm.weight", w.AttnPostNorm, source);
         Check(p + "post_feedforward_layernorm.weight", w.FfnPostNorm, source);
         Check(p + "self_attn.q_proj.bias", w.Bq, source);
         Check(p + "self_attn.k_proj.bias", w.Bk, source);

@@ -30,6 +30,9 @@ public sealed class GgufFile
     public required long DataStart { get; init; }
     public required string Path { get; init; }
 
+    /// <summary>The file carries a vocabulary llama.cpp can tokenize with (tokenizer.ggml.model other than "no_vocab").</summary>
+    public bool HasVocabulary => Metadata.TryGetValue("tokenizer.ggml.model", out var m) && m is string s && s != "no_vocab";
+
     public static GgufFile Read(string path)
     {
         using var fs = File.OpenRead(path);
