@@ -1,4 +1,5 @@
 using SuperQuant.Core.Evaluation;
+using SuperQuant.Core.Llama;
 using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Models.Gguf;
@@ -18,10 +19,13 @@ public sealed class FamilyGgufTests
 {
     const int Context = 128;
 
-    static int[] Tokens(int n, int seed)
+    /// <summary>Text the checkpoint itself writes (sampled at temperature 1 from BOS): on it a feature switched off
+    /// costs its KL divergence from the model, always a loss, where on random tokens a random model's perplexity measures
+    /// only how confidently wrong it is and a feature's effect may take either sign and vanish.</summary>
+    static int[] ModelText(string checkpoint)
     {
-        var rng = new Random(seed);
-        return new[] { 1 }.Concat(Enumerable.Range(0, n - 1).Select(_ => rng.Next(2, FamilyCheckpoint.Vocab))).ToArray();
+        using var model = ModelLoader.Load(checkpoint);
+        return Sampler.Generate(model, new[] { 1 }, 2 * Context - 1, temperature: 1.0, seed: 11);
     }
 
     static double LlamaCppPerplexity(string gguf, int[] ids)
@@ -52,7 +56,7 @@ public sealed class FamilyGgufTests
     {
         using var dir = new TempFolder();
         FamilyCheckpoint.Write(dir.File("ckpt"), family);
-        int[] ids = Tokens(2 * Context, 11);
+        int[] ids = ModelText(dir.File("ckpt"));
         double ours;
         using (var model = ModelLoader.Load(dir.File("ckpt")))
             ours = Evaluator.Perplexity(t => model.Forward(t), ids, Context, Context / 2).Perplexity.Value;
@@ -88,6 +92,62 @@ public sealed class FamilyGgufTests
         Assert.IsTrue(double.IsFinite(q4) && q4 > 1, $"{family}: q4_k_m perplexity {q4}");
         Assert.IsLessThan(0.5, Math.Abs(q4 / theirs - 1), $"{family}: q4_k_m {q4:F4} vs F16 {theirs:F4}");
         Console.WriteLine($"{family}: perplexity ours {ours:F5}, llama.cpp F16 {theirs:F5}, q4_k_m {q4:F4}");
+    }
+
+    /// <summary>llama.cpp picks LongRoPE's factor list by its context size rounded up to a multiple of 256 (measured:
+    /// LLamaSharp 0.30 opens a 128-token context as 256); a gate context inside the original context but under that
+    /// rounding is reported, and one where both choose the same list is not.</summary>
+    [TestMethod]
+    public void LongRopeFactorChoiceAtARoundedContextIsARuntimeDifference()
+    {
+        using var dir = new TempFolder();
+        foreach (var (original, context, expected) in new[] { (128, 128, true), (256, 128, false), (64, 128, false), (256, 256, false) })
+        {
+            FamilyCheckpoint.Write(dir.File($"c{original}"), "phi3", editConfig: c => { c["max_position_embeddings"] = 2048; c["original_max_position_embeddings"] = original; });
+            var config = HfConfigReader.Read(Path.Combine(dir.File($"c{original}"), "config.json"));
+            var notes = GgufArchitecture.For(config).RuntimeDifferences(config, context);
+            Assert.AreEqual(expected, notes.Any(n => n.Contains("rounds its context up")), $"original {original}, context {context}: {string.Join("; ", notes)}");
+        }
+    }
+
+    /// <summary>Phi-3's RoPE variants, each against llama.cpp: Phi-3.5-mini's LongRoPE inside its original context
+    /// (the short factors, with the attention factor of a 8x extension), the long factors past it, and a partial rotary
+    /// head without LongRoPE; each switched off (factors 1, a whole-head rotation) moves llama.cpp's perplexity.</summary>
+    [TestMethod]
+    // llama.cpp picks the factor list by its context size, padded to a multiple of 256 (128 -> 256): inside the
+    // original context means an original context of 256 here.
+    [DataRow("short factors", 2048, 256, 1.0, "factors 1")]
+    [DataRow("long factors", 1024, 64, 1.0, "factors 1")]
+    [DataRow("partial rotary 0.5", 256, 256, 0.5, "rotary 1")]
+    public void Phi3RopeVariantsRunInLlamaCppAsInOurForwardPass(string variant, int maxPositions, int originalPositions, double partial, string offName)
+    {
+        using var dir = new TempFolder();
+        void Config(Dictionary<string, object?> c, bool off)
+        {
+            c["max_position_embeddings"] = maxPositions;
+            c["original_max_position_embeddings"] = originalPositions;
+            c["partial_rotary_factor"] = off && partial != 1.0 ? 1.0 : partial;
+            int pairs = (int)(FamilyCheckpoint.Hidden / FamilyCheckpoint.Heads * (off && partial != 1.0 ? 1.0 : partial)) / 2;
+            if (partial != 1.0) c.Remove("rope_scaling");
+            else
+                c["rope_scaling"] = new Dictionary<string, object>
+                {
+                    ["type"] = "longrope",
+                    ["short_factor"] = Enumerable.Range(0, pairs).Select(i => off ? 1.0 : 1 + 0.5 * i).ToArray(),
+                    ["long_factor"] = Enumerable.Range(0, pairs).Select(i => off ? 1.0 : Math.Pow(2, i)).ToArray(),
+                };
+        }
+        FamilyCheckpoint.Write(dir.File("ckpt"), "phi3", editConfig: c => Config(c, false));
+        FamilyCheckpoint.Write(dir.File("off"), "phi3", editConfig: c => Config(c, true));
+        int[] ids = ModelText(dir.File("ckpt"));
+        double ours;
+        using (var model = ModelLoader.Load(dir.File("ckpt")))
+            ours = Evaluator.Perplexity(t => model.Forward(t), ids, Context, Context / 2).Perplexity.Value;
+        double theirs = LlamaCppPerplexity(Export(dir.File("ckpt"), dir.File("f16.gguf"), GgufFileType.F16), ids);
+        Assert.IsLessThan(1e-3, Math.Abs(theirs / ours - 1), $"phi3 {variant}: llama.cpp {theirs:F5} on our F16 GGUF vs our forward pass {ours:F5}");
+        double without = LlamaCppPerplexity(Export(dir.File("off"), dir.File("off.gguf"), GgufFileType.F16), ids);
+        Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1), $"phi3 {variant}: {offName} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
+        Console.WriteLine($"phi3 {variant}: ours {ours:F5}, llama.cpp {theirs:F5}, {offName} {without:F5}");
     }
 }
 
@@ -180,6 +240,11 @@ public sealed class FamilyInputTests
         new object[] { "qwen2", "model.layers.1.self_attn.k_proj.bias", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.1.self_attn.k_proj.bias" ? null : s) },
         new object[] { "qwen3", "model.layers.0.self_attn.q_norm.weight", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.0.self_attn.q_norm.weight" ? null : s) },
         new object[] { "phi3", "model.layers.2.self_attn.qkv_proj.weight", "SQ200", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.2.self_attn.qkv_proj.weight" ? new[] { s[0] - 16, s[1] } : s) },
+        new object[] { "phi3", "short_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!)["short_factor"] = new[] { 1.0, 1.0, 1.0, 1.0, 1.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "long_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!).Remove("long_factor")), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "long_factor[2]", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!)["long_factor"] = new object[] { 1.0, 2.0, "x", 4.0, 5.0, 6.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "partial_rotary_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 1.5), (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "partial_rotary_factor", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 0.5), (Func<string, long[], long[]?>)Same },
         new object[] { "gemma2", "hidden_activation", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["hidden_activation"] = "relu"), (Func<string, long[], long[]?>)Same },
         new object[] { "gemma3_text", "layer_types", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["layer_types"] = Enumerable.Repeat("sliding_attention", 9).ToArray()), (Func<string, long[], long[]?>)Same },
         new object[] { "smollm3", "no_rope_layers", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["no_rope_layers"] = new[] { 1, 1 }), (Func<string, long[], long[]?>)Same },

@@ -19,6 +19,15 @@ public enum QkNormKind { None, PerHead, Whole }
 /// <summary>Llama 3.1's frequency-dependent RoPE scaling ("rope_type": "llama3").</summary>
 public sealed record Llama3RopeScaling(double Factor, double LowFreqFactor, double HighFreqFactor, int OriginalMaxPositionEmbeddings);
 
+/// <summary>Phi-3's LongRoPE ("rope_type": "longrope", formerly "su"): each rotated frequency is divided by a per-frequency
+/// factor, the short list while the sequence fits the original context, the long list past it (Hugging Face switches on
+/// the sequence length, llama.cpp on its context size: the same choice for a perplexity at that context), and cos/sin
+/// are multiplied by <see cref="AttentionFactor"/>.</summary>
+public sealed record LongRopeScaling(double[] ShortFactors, double[] LongFactors, int OriginalMaxPositionEmbeddings, double AttentionFactor)
+{
+    public double[] FactorsFor(long sequenceLength) => sequenceLength > OriginalMaxPositionEmbeddings ? LongFactors : ShortFactors;
+}
+
 /// <summary>Shape and numerics of a LLaMA-family decoder. Weights are always held in Hugging Face convention
 /// ([out, in] matrices, rotate-half RoPE); readers of other layouts convert on load.</summary>
 public sealed record LlamaConfig
@@ -34,6 +43,12 @@ public sealed record LlamaConfig
     public int? HeadDimOverride { get; init; }
     public double RopeTheta { get; init; } = 10000.0;
     public Llama3RopeScaling? RopeScaling { get; init; }
+    public LongRopeScaling? LongRope { get; init; }
+    /// <summary>Dimensions of each head RoPE rotates, when fewer than head_dim (Phi-4-mini's partial_rotary_factor 0.75:
+    /// the first RopeDims dimensions rotate in rotate-half pairs, the rest pass through).</summary>
+    public int? RopeDimsOverride { get; init; }
+    /// <summary>The context the model was pretrained at, when the config names it (Phi-3's original_max_position_embeddings).</summary>
+    public int? OriginalMaxPositionEmbeddings { get; init; }
     public double NormEps { get; init; } = 1e-5;
     public NormKind Norm { get; init; } = NormKind.RmsNorm;
     public bool TieWordEmbeddings { get; init; }
@@ -73,6 +88,7 @@ public sealed record LlamaConfig
     public int? BosTokenId { get; init; }
 
     public int HeadDim => HeadDimOverride ?? HiddenSize / NumHeads;
+    public int RopeDims => RopeDimsOverride ?? HeadDim;
     /// <summary>The attention window of layer <paramref name="l"/>, or null for full causal attention.</summary>
     public int? WindowOf(int l) => SlidingLayers is null || SlidingLayers[l] ? SlidingWindow : null;
     public bool UsesRope(int l) => RopeLayers is null || RopeLayers[l];
@@ -113,6 +129,16 @@ public sealed record LlamaConfig
         Require(ClipQkv is null || (double.IsFinite(ClipQkv.Value) && ClipQkv > 0), $"clip_qkv ({ClipQkv}) must be a positive finite number");
         Require(RopeScaling is null || (RopeScaling.Factor > 0 && RopeScaling.LowFreqFactor > 0 && RopeScaling.HighFreqFactor > RopeScaling.LowFreqFactor
             && RopeScaling.OriginalMaxPositionEmbeddings > 0 && double.IsFinite(RopeScaling.Factor)), "rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+        Require(RopeDims > 0 && RopeDims <= HeadDim && RopeDims % 2 == 0, $"rotary dimensions ({RopeDims}) must be even and within head_dim ({HeadDim})");
+        Require(RopeScaling is null || LongRope is null, "rope_scaling is either llama3 or longrope, not both");
+        if (LongRope is { } lr)
+        {
+            Require(lr.ShortFactors.Length == RopeDims / 2 && lr.LongFactors.Length == RopeDims / 2,
+                $"rope_scaling.short_factor and long_factor need {RopeDims / 2} entries each (rotary dimensions / 2), not {lr.ShortFactors.Length} and {lr.LongFactors.Length}");
+            Require(lr.ShortFactors.Concat(lr.LongFactors).All(f => double.IsFinite(f) && f > 0), "rope_scaling.short_factor and long_factor must be positive finite numbers");
+            Require(lr.OriginalMaxPositionEmbeddings > 0, $"original_max_position_embeddings ({lr.OriginalMaxPositionEmbeddings}) must be positive");
+            Require(double.IsFinite(lr.AttentionFactor) && lr.AttentionFactor > 0, $"rope_scaling.attention_factor ({lr.AttentionFactor}) must be a positive finite number");
+        }
         Require(SlidingLayers is null || SlidingLayers.Length == NumLayers, $"the sliding-window layer pattern has {SlidingLayers?.Length} entries for {NumLayers} layers");
         Require(RopeLayers is null || RopeLayers.Length == NumLayers, $"the RoPE layer list has {RopeLayers?.Length} entries for {NumLayers} layers");
         Require(SlidingLayers is null || SlidingWindow is not null, "a sliding-window layer pattern needs sliding_window");

@@ -26,7 +26,7 @@ public sealed class LlamaModel : IDisposable
 
     // [positions, head_dim] cos and sin, rotate-half layout, per (RoPE base, linear scale): Gemma 3's local and global
     // layers differ.
-    readonly Dictionary<(double Theta, double LinearFactor), (Tensor Cos, Tensor Sin)> _rope = new();
+    readonly Dictionary<(double Theta, double LinearFactor, bool Long), (Tensor Cos, Tensor Sin)> _rope = new();
 
     /// <summary>The dtype of the weights and activations: fp32 unless <see cref="ConvertTo"/> changed it.</summary>
     public ScalarType Dtype { get; private set; } = ScalarType.Float32;
@@ -193,50 +193,60 @@ public sealed class LlamaModel : IDisposable
 
     static Tensor ApplyRope(Tensor x, Tensor cos, Tensor sin)
     {
-        // Rotate-half RoPE (Hugging Face layout): pairs are (i, i + hd/2).
-        long half = x.shape[^1] / 2;
-        Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+        // Rotate-half RoPE (Hugging Face layout) over the first rd = cos.shape[-1] dimensions: pairs are (i, i + rd/2);
+        // a partial rotary head (Phi-4-mini) passes the dimensions after rd through unchanged.
+        long rd = cos.shape[^1], hd = x.shape[^1];
+        Tensor r = rd == hd ? x : x.narrow(-1, 0, rd);
+        long half = rd / 2;
+        Tensor x1 = r.narrow(-1, 0, half), x2 = r.narrow(-1, half, half);
         Tensor rotated = torch.cat(new[] { -x2, x1 }, -1);
-        return x * cos + rotated * sin;
+        Tensor y = r * cos + rotated * sin;
+        return rd == hd ? y : torch.cat(new[] { y, x.narrow(-1, rd, hd - rd) }, -1);
     }
 
-    /// <summary>cos and sin [seq, head_dim] for positions past..past+seq of a layer with RoPE base and linear scale
-    /// <paramref name="rope"/>; one table per distinct (base, scale), grown as needed and kept.</summary>
+    /// <summary>cos and sin [seq, rope dims] for positions past..past+seq of a layer with RoPE base and linear scale
+    /// <paramref name="rope"/>; one table per distinct (base, scale, LongRoPE factor list), grown as needed and kept.</summary>
     (Tensor cos, Tensor sin) RopeTables((double Theta, double LinearFactor) rope, long past, long seq)
     {
         long needed = past + seq;
-        if (!_rope.TryGetValue(rope, out var table) || table.Cos.shape[0] < needed)
+        // LongRoPE's factor list follows the sequence length, as Hugging Face's dynamic update does.
+        double[]? factors = Config.LongRope?.FactorsFor(needed);
+        var key = (rope.Theta, rope.LinearFactor, Long: factors is not null && factors == Config.LongRope!.LongFactors);
+        if (!_rope.TryGetValue(key, out var table) || table.Cos.shape[0] < needed)
         {
             table.Cos?.Dispose(); table.Sin?.Dispose();
             long n = Math.Max(needed, Math.Min(Config.MaxPositionEmbeddings, 4096));
-            double[] invFreq = RopeInverseFrequencies(Config, rope.Theta);
-            int hd = Config.HeadDim;
-            var cos = new float[n * hd];
-            var sin = new float[n * hd];
+            double[] invFreq = RopeInverseFrequencies(Config, rope.Theta, factors);
+            double scale = Config.LongRope?.AttentionFactor ?? 1.0;
+            int rd = Config.RopeDims;
+            var cos = new float[n * rd];
+            var sin = new float[n * rd];
             for (long p = 0; p < n; p++)
-                for (int i = 0; i < hd; i++)
+                for (int i = 0; i < rd; i++)
                 {
-                    double angle = p / rope.LinearFactor * invFreq[i % (hd / 2)];
-                    cos[p * hd + i] = (float)Math.Cos(angle);
-                    sin[p * hd + i] = (float)Math.Sin(angle);
+                    double angle = p / rope.LinearFactor * invFreq[i % (rd / 2)];
+                    cos[p * rd + i] = (float)(Math.Cos(angle) * scale);
+                    sin[p * rd + i] = (float)(Math.Sin(angle) * scale);
                 }
-            table = (torch.tensor(cos, new long[] { n, hd }, device: Device).to_type(Dtype).DetachFromDisposeScope(),
-                     torch.tensor(sin, new long[] { n, hd }, device: Device).to_type(Dtype).DetachFromDisposeScope());
-            _rope[rope] = table;
+            table = (torch.tensor(cos, new long[] { n, rd }, device: Device).to_type(Dtype).DetachFromDisposeScope(),
+                     torch.tensor(sin, new long[] { n, rd }, device: Device).to_type(Dtype).DetachFromDisposeScope());
+            _rope[key] = table;
         }
         return (table.Cos.narrow(0, past, seq), table.Sin.narrow(0, past, seq));
     }
 
-    /// <summary>theta^(-2i/hd), with Llama 3.1's smooth low/high-frequency rescaling when configured.</summary>
-    public static double[] RopeInverseFrequencies(LlamaConfig c) => RopeInverseFrequencies(c, c.RopeTheta);
+    /// <summary>theta^(-2i/rd), with Llama 3.1's smooth low/high-frequency rescaling when configured.</summary>
+    public static double[] RopeInverseFrequencies(LlamaConfig c) => RopeInverseFrequencies(c, c.RopeTheta, null);
 
-    static double[] RopeInverseFrequencies(LlamaConfig c, double theta)
+    /// <param name="longRopeFactors">LongRoPE's divisors for this sequence length (one per frequency), or null.</param>
+    static double[] RopeInverseFrequencies(LlamaConfig c, double theta, double[]? longRopeFactors)
     {
-        int hd = c.HeadDim;
-        var inv = new double[hd / 2];
-        for (int i = 0; i < hd / 2; i++)
+        int rd = c.RopeDims;
+        var inv = new double[rd / 2];
+        for (int i = 0; i < rd / 2; i++)
         {
-            double f = 1.0 / Math.Pow(theta, 2.0 * i / hd);
+            double f = 1.0 / Math.Pow(theta, 2.0 * i / rd);
+            if (longRopeFactors is not null) f /= longRopeFactors[i];
             if (c.RopeScaling is { } s)
             {
                 double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;

@@ -31,18 +31,24 @@ public static class HfConfigReader
         int heads = Int(c, "num_attention_heads", configPath) ?? throw Invalid(configPath, "missing 'num_attention_heads'");
         int layers = Int(c, "num_hidden_layers", configPath) ?? throw Invalid(configPath, "missing 'num_hidden_layers'");
         Llama3RopeScaling? scaling = null;
+        LongRopeScaling? longRope = null;
         double? linear = null;
+        int maxPositions = Int(c, "max_position_embeddings", configPath) ?? 2048;
+        int? originalPositions = Int(c, "original_max_position_embeddings", configPath);
+        int? ropeDims = RopeDims(c, type, hidden, heads, configPath);
         if (c.TryGetProperty("rope_scaling", out JsonElement rs) && rs.ValueKind == JsonValueKind.Object)
         {
             string? ropeType = Str(rs, "rope_type", configPath) ?? Str(rs, "type", configPath);
-            if (ropeType == "llama3")
+            if (ropeType is "longrope" or "su" && type == "phi3")
+                longRope = LongRope(rs, maxPositions, originalPositions, configPath);
+            else if (ropeType == "llama3")
                 scaling = new Llama3RopeScaling(Dbl(rs, "factor", configPath) ?? 8, Dbl(rs, "low_freq_factor", configPath) ?? 1,
                     Dbl(rs, "high_freq_factor", configPath) ?? 4, Int(rs, "original_max_position_embeddings", configPath) ?? 8192);
             else if (ropeType == "linear")
                 linear = Dbl(rs, "factor", configPath) ?? throw Invalid(configPath, "rope_scaling of type 'linear' needs 'factor'");
             else if (ropeType != "default")
                 throw new SuperQuantException(ErrorCodes.UnsupportedArchitecture,
-                    $"{configPath}: rope_scaling.rope_type '{ropeType}' is not supported (supported: llama3, linear, default)", configPath);
+                    $"{configPath}: rope_scaling.rope_type '{ropeType}' is not supported (supported: llama3, linear, default{(type == "phi3" ? ", longrope" : "")})", configPath);
         }
         CheckActivation(c, type, gemma, configPath);
 
@@ -92,10 +98,13 @@ public static class HfConfigReader
             NumHeads = heads,
             NumKvHeads = Int(c, "num_key_value_heads", configPath) ?? heads,
             VocabSize = Int(c, "vocab_size", configPath) ?? throw Invalid(configPath, "missing 'vocab_size'"),
-            MaxPositionEmbeddings = Int(c, "max_position_embeddings", configPath) ?? 2048,
+            MaxPositionEmbeddings = maxPositions,
+            OriginalMaxPositionEmbeddings = originalPositions,
             HeadDimOverride = Int(c, "head_dim", configPath) ?? (gemma ? 256 : null),
             RopeTheta = Dbl(c, "rope_theta", configPath) ?? (type == "gemma3_text" ? 1_000_000.0 : 10000.0),
             RopeScaling = scaling,
+            LongRope = longRope,
+            RopeDimsOverride = ropeDims,
             RopeLinearFactor = linear,
             RopeLocalTheta = type == "gemma3_text" ? Dbl(c, "rope_local_base_freq", configPath) ?? 10000.0 : null,
             RopeLayers = type == "smollm3" ? RopeLayers(c, layers, configPath) : null,
@@ -121,6 +130,44 @@ public static class HfConfigReader
         try { config.Validate(); }
         catch (InvalidDataException e) { throw Invalid(configPath, e.Message); }
         return config;
+    }
+
+    /// <summary>Phi-3's LongRoPE as Hugging Face computes it (modeling_rope_utils' _compute_longrope_parameters): the
+    /// original context is the config's original_max_position_embeddings (else rope_scaling's, else the whole context);
+    /// the attention factor is rope_scaling.attention_factor when given, else sqrt(1 + ln(s) / ln(original)) for the
+    /// extension s = max / original (rope_scaling.factor when the config names no original context), 1 when s &lt;= 1.</summary>
+    static LongRopeScaling LongRope(JsonElement rs, int maxPositions, int? originalPositions, string path)
+    {
+        double[] Factors(string key)
+        {
+            if (!Has(rs, key, out JsonElement list) || list.ValueKind != JsonValueKind.Array)
+                throw Invalid(path, $"rope_scaling of type longrope needs '{key}' (a list of numbers, one per rotated frequency)");
+            return list.EnumerateArray().Select((e, i) => e.ValueKind == JsonValueKind.Number ? e.GetDouble()
+                : throw Invalid(path, $"'rope_scaling.{key}[{i}]' must be a number")).ToArray();
+        }
+        double[] shortFactors = Factors("short_factor"), longFactors = Factors("long_factor");
+        int original = originalPositions ?? Int(rs, "original_max_position_embeddings", path) ?? maxPositions;
+        if (original <= 0) throw Invalid(path, $"'original_max_position_embeddings' ({original}) must be positive");
+        double extension = originalPositions is not null || Has(rs, "original_max_position_embeddings", out _)
+            ? (double)maxPositions / original : Dbl(rs, "factor", path) ?? 1.0;
+        double attention = Dbl(rs, "attention_factor", path)
+            ?? (extension <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(extension) / Math.Log(original)));
+        return new LongRopeScaling(shortFactors, longFactors, original, attention);
+    }
+
+    /// <summary>partial_rotary_factor: the share of each head RoPE rotates (Phi-4-mini 0.75), int(head_dim * factor)
+    /// dimensions as Hugging Face takes it. Only Phi-3's attention splits the head so; elsewhere a factor other than 1
+    /// would be a model this forward pass does not compute.</summary>
+    static int? RopeDims(JsonElement c, string type, int hidden, int heads, string path)
+    {
+        double? factor = Dbl(c, "partial_rotary_factor", path);
+        if (factor is null || factor == 1.0) return null;
+        if (type != "phi3")
+            throw new SuperQuantException(ErrorCodes.UnsupportedArchitecture,
+                $"{path}: 'partial_rotary_factor' {factor} is supported for phi3 only; a {type} model rotates the whole head here", path);
+        if (!(factor > 0 && factor < 1)) throw Invalid(path, $"'partial_rotary_factor' ({factor}) must be in (0, 1]");
+        int headDim = Int(c, "head_dim", path) ?? (heads > 0 ? hidden / heads : 0);
+        return (int)(headDim * factor.Value);
     }
 
     /// <summary>The MLP activation must be the one the forward pass computes for the family: a model trained with

@@ -64,6 +64,20 @@ public sealed record GgufArchitecture
         return factors;
     }
 
+    /// <summary>LongRoPE's factor lists as llama.cpp takes them: rope_factors_long.weight and rope_factors_short.weight,
+    /// F32 [rope dims / 2] (convert_hf_to_gguf.py's Phi3MiniModel.generate_extra_tensors); null without LongRoPE.</summary>
+    public static (float[] Long, float[] Short)? LongRopeFactors(LlamaConfig c) =>
+        c.LongRope is { } lr ? (lr.LongFactors.Select(f => (float)f).ToArray(), lr.ShortFactors.Select(f => (float)f).ToArray()) : null;
+
+    /// <summary>The attention factor llama.cpp's converter writes: sqrt(1 + ln(s) / ln(original)) for s = context /
+    /// original context, 1 when s &lt;= 1; it reads no attention_factor from the config (a checkpoint that sets another
+    /// one is reported as a runtime difference).</summary>
+    static double ConverterAttentionFactor(LlamaConfig c, LongRopeScaling lr)
+    {
+        double scale = (double)c.MaxPositionEmbeddings / lr.OriginalMaxPositionEmbeddings;
+        return scale > 1 ? Math.Sqrt(1 + Math.Log(scale) / Math.Log(lr.OriginalMaxPositionEmbeddings)) : 1.0;
+    }
+
     /// <summary>The family's hyperparameters as llama.cpp's converter writes them (prefix "{Name}.").</summary>
     public IEnumerable<(string Key, GgufValueType Type, object Value)> Keys(LlamaConfig c)
     {
@@ -84,7 +98,7 @@ public sealed record GgufArchitecture
             yield return U("attention.key_length", c.HeadDim);
             yield return U("attention.value_length", c.HeadDim);
         }
-        if (LlamaKeys || Fused) yield return U("rope.dimension_count", c.HeadDim);
+        if (LlamaKeys || Fused) yield return U("rope.dimension_count", c.RopeDims);
         if (LlamaKeys) yield return U("vocab_size", c.VocabSize);
         if (c.RopeLinearFactor is double linear)
         {
@@ -94,8 +108,9 @@ public sealed record GgufArchitecture
         if (c.ClipQkv is double clip) yield return F("attention.clamp_kqv", clip);
         if (Fused)
         {
-            yield return U("rope.scaling.original_context_length", c.MaxPositionEmbeddings);
+            yield return U("rope.scaling.original_context_length", c.LongRope?.OriginalMaxPositionEmbeddings ?? c.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings);
             yield return U("attention.sliding_window", c.SlidingWindow ?? 0);
+            if (c.LongRope is { } lr) yield return F("rope.scaling.attn_factor", ConverterAttentionFactor(c, lr));
         }
         if (Name is "gemma2" or "gemma3")
         {
@@ -127,6 +142,11 @@ public sealed record GgufArchitecture
             if (Name == "gemma3" && c.RopeLocalTheta is double local && local != 10000)
                 notes.Add($"{c.Architecture}: rope_local_base_freq {local}: llama.cpp uses 10000 for the sliding-window layers");
         }
+        if (c.LongRope is { } lr && Math.Abs(ConverterAttentionFactor(c, lr) / lr.AttentionFactor - 1) > 1e-6)
+            notes.Add($"{c.Architecture}: rope_scaling.attention_factor {lr.AttentionFactor} differs from the one llama.cpp derives from the context lengths ({ConverterAttentionFactor(c, lr):G6}): cos/sin are scaled by that one in the runtime");
+        // llama.cpp picks LongRoPE's list by its context size, which it rounds up to a multiple of 256.
+        if (c.LongRope is { } l2 && context is int ctx && ctx <= l2.OriginalMaxPositionEmbeddings && (ctx + 255) / 256 * 256 > l2.OriginalMaxPositionEmbeddings)
+            notes.Add($"{c.Architecture}: at context {ctx} the checkpoint uses LongRoPE's short factors (original context {l2.OriginalMaxPositionEmbeddings}); llama.cpp rounds its context up to {(ctx + 255) / 256 * 256} and uses the long ones");
         if (Name == "smollm3" && c.RopeLayers is bool[] rope && !rope.Select((r, i) => r == ((i + 1) % 4 != 0)).All(x => x))
             notes.Add($"{c.Architecture}: llama.cpp leaves RoPE out of every 4th layer; this checkpoint's no_rope_layers differ");
         return notes;

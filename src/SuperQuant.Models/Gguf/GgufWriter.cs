@@ -137,6 +137,11 @@ public static class GgufWriter
         list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, () => w.TokenEmbedding.alias()));
         if (GgufArchitecture.RopeFrequencyFactors(c) is float[] factors)
             list.Add(new("rope_freqs.weight", new long[] { factors.Length }, null, () => torch.tensor(factors)));
+        if (GgufArchitecture.LongRopeFactors(c) is (float[] longFactors, float[] shortFactors))
+        {
+            list.Add(new("rope_factors_long.weight", new long[] { longFactors.Length }, null, () => torch.tensor(longFactors)));
+            list.Add(new("rope_factors_short.weight", new long[] { shortFactors.Length }, null, () => torch.tensor(shortFactors)));
+        }
         // Shapes come from the first block (blocks are uniform); data is asked of w.Layer(l) when the writer reaches
         // it, so a layer-streamed model is read one block at a time, in order.
         var first = c.NumLayers > 0 ? w.Layer(0) : null;

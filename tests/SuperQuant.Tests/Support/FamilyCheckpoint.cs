@@ -30,7 +30,7 @@ public static class FamilyCheckpoint
     {
         Directory.CreateDirectory(folder);
         bool gemma = family is "gemma2" or "gemma3_text";
-        int layers = family == "gemma3_text" ? 6 : 4;
+        int layers = family switch { "gemma3_text" => 6, "smollm3" => 8, _ => 4 }; // smollm3: two layers without RoPE (every 4th)
         int headDim = family is "qwen3" or "gemma2" or "gemma3_text" ? 32 : Hidden / Heads;
         int qd = Heads * headDim, kv = KvHeads * headDim;
         string modelType = family == "llama3" ? "llama" : family;
@@ -48,6 +48,18 @@ public static class FamilyCheckpoint
         {
             case "llama3":
                 if (!off) c["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 64 };
+                break;
+            case "phi3":
+                // Phi-4-mini's RoPE: LongRoPE factors past the original context (64 < the tests' 128), attention factor
+                // sqrt(1 + ln 4 / ln 64), and a partial rotary head (12 of 16 dimensions rotate).
+                c["partial_rotary_factor"] = 0.75; c["original_max_position_embeddings"] = 64;
+                if (!secondOff)
+                    c["rope_scaling"] = new Dictionary<string, object>
+                    {
+                        ["type"] = "longrope",
+                        ["short_factor"] = new[] { 1.0, 1.1, 1.3, 1.6, 2.0, 2.5 },
+                        ["long_factor"] = new[] { 1.0, 1.5, 3.0, 6.0, 12.0, 24.0 },
+                    };
                 break;
             case "mistral": c["sliding_window"] = 4096; break; // beyond any context here: llama.cpp has no window (checked separately)
             case "olmo": c["clip_qkv"] = off ? null : 1.0; break;
@@ -174,6 +186,7 @@ public static class FamilyCheckpoint
     public static string? SecondOff(string family) => family switch
     {
         "gemma2" => "the sliding window (16 -> 4096)",
+        "phi3" => "LongRoPE (no rope_scaling)",
         "gemma3_text" => "q/k norm scales (neutral)",
         "olmo2" => "q/k norm scales over the projection (ones)",
         _ => null,
