@@ -166,6 +166,8 @@ public sealed record GgufVocabulary
         var differences = new List<string>();
         if (t.Nfc)
             differences.Add($"{path} normalizes text to Unicode NFC, llama.cpp does not: text with decomposed characters (combining accents) tokenizes differently there unless the app passes string.Normalize() text");
+        if (pre == "gpt-4o")
+            differences.Add($"llama.cpp's gpt-4o split approximates the o200k regex of {path} (letter case by ASCII ranges): text mixing combining marks or non-Latin letters with punctuation or newlines can tokenize differently there");
         if (pre == "default")
             differences.Add($"llama.cpp has no pre-tokenizer for the split regex of {path}: it splits text with its default rules");
         return new GgufVocabulary
@@ -182,6 +184,8 @@ public sealed record GgufVocabulary
     {
         [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "llama-bpe",
         [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "qwen2",
+        // o200k (Phi-4-mini): llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT4O.
+        [@"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "gpt-4o",
     };
 
     /// <summary>The pre-tokenizer name llama.cpp knows for <paramref name="regex"/> (null: GPT-2's own ByteLevel regex).</summary>
