@@ -28,6 +28,7 @@ public static class LlamaCppQuantizer
         "q3_k_s" => LLamaFtype.MOSTLY_Q3_K_S, "q3_k_m" => LLamaFtype.MOSTLY_Q3_K_M, "q3_k_l" => LLamaFtype.MOSTLY_Q3_K_L,
         "q4_k_s" => LLamaFtype.MOSTLY_Q4_K_S, "q4_k_m" => LLamaFtype.MOSTLY_Q4_K_M, "q5_k_s" => LLamaFtype.MOSTLY_Q5_K_S,
         "q5_k_m" => LLamaFtype.MOSTLY_Q5_K_M, "q6_k" => LLamaFtype.MOSTLY_Q6_K,
+        "iq4_xs" => LLamaFtype.MOSTLY_IQ4_XS, "iq4_nl" => LLamaFtype.MOSTLY_IQ4_NL,
         _ => throw new ArgumentException($"unknown llama.cpp file type '{type}'"),
     };
 }

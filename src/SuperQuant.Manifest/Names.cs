@@ -22,6 +22,8 @@ public enum QuantMethod
 public enum GgufFileType
 {
     F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K,
+    /// <summary>The importance-matrix types: they need calibration data (an imatrix) to be written.</summary>
+    IQ4_XS, IQ4_NL,
 }
 
 /// <summary>The single name table for methods and GGUF file types: CLI parsing, the manifest reader, artifact metadata
@@ -42,7 +44,7 @@ public static class Names
         (GgufFileType.Q5_1, "q5_1", 5, 9), (GgufFileType.Q5_0, "q5_0", 5, 8), (GgufFileType.Q4_K_M, "q4_k_m", 4, 15),
         (GgufFileType.Q4_K_S, "q4_k_s", 4, 14), (GgufFileType.Q4_1, "q4_1", 4, 3), (GgufFileType.Q4_0, "q4_0", 4, 2),
         (GgufFileType.Q3_K_L, "q3_k_l", 3, 13), (GgufFileType.Q3_K_M, "q3_k_m", 3, 12), (GgufFileType.Q3_K_S, "q3_k_s", 3, 11),
-        (GgufFileType.Q2_K, "q2_k", 2, 10),
+        (GgufFileType.Q2_K, "q2_k", 2, 10), (GgufFileType.IQ4_XS, "iq4_xs", 4, 30), (GgufFileType.IQ4_NL, "iq4_nl", 4, 25),
     };
 
     public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
@@ -110,6 +112,10 @@ public static class Names
     public static int NominalBits(this GgufFileType t) => GgufTable.First(x => x.Type == t).Bits;
 
     public static bool IsFloat(this GgufFileType t) => t is GgufFileType.F16 or GgufFileType.BF16;
+
+    /// <summary>The importance-matrix (IQ) types: written only with calibration data, whose importance weights are
+    /// their reference rows (what llama-quantize --imatrix writes).</summary>
+    public static bool NeedsImportance(this GgufFileType t) => t is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL;
 
     /// <summary>llama.cpp's llama_ftype number, written as general.file_type.</summary>
     public static int LlamaFtype(this GgufFileType t) => GgufTable.First(x => x.Type == t).LlamaFtype;

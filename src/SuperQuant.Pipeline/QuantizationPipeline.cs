@@ -189,6 +189,12 @@ public static class QuantizationPipeline
                                 o.Cancel);
                             cleanup.Add(folds);
                         }
+                    // rtn with an importance-matrix type: one imatrix over the calibration data, as llama-imatrix records
+                    // it, weighting every row (what llama-quantize --imatrix writes).
+                    IReadOnlyDictionary<LinearSite, float[]>? imatrix = null;
+                    if (folds is null && r.Ggufs.Any(g => g.Type.NeedsImportance()) && calibration is not null)
+                        using (log.Step("imatrix"))
+                            imatrix = ImportanceRecorder.Record(model, calibration, ctx, cancel: o.Cancel);
                     foreach (var g in r.Ggufs)
                         using (log.Step($"export {g.Kind}"))
                         {
@@ -204,7 +210,8 @@ public static class QuantizationPipeline
                             }
                             else
                                 written = GgufWriter.Write(file.StagingPath, model,
-                                    new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights });
+                                    new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights,
+                                        Importance = g.Type.NeedsImportance() ? imatrix : null });
                             log.Info($"{r.Id}: wrote {g.Kind} ({written.FileBytes / 1048576.0:F2} MiB, {written.BitsPerWeight:F2} bits/weight: {written.TypeSummary})");
                             foreach (var t in written.Tensors.Where(t => t.Reason != "mix" && t.Reason != "vector").Take(3))
                                 log.Info($"{r.Id}:   {t.Name}: {t.Reason}");

@@ -116,6 +116,8 @@ public sealed record QuantizationRequest
                 throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation transforms, which only the packed artifact carries");
             if (Method.Transforms())
                 throw g.Origin.Error($"GGUF export of {Method.Name()} is not supported: its smoothing is folded into the norms for a run-time activation quantizer that llama.cpp does not have; use rtn or super-aware for GGUF");
+            if (g.Type.NeedsImportance() && !calibrated)
+                throw g.Origin.Error($"GGUF type {g.Type.Name()} is an importance-matrix type: its rows are weighted by the mean squared inputs on calibration data (llama-quantize --imatrix); give calibration_text/calibration_tokens (--calibration-*), or export a type that needs none at about that size (q4_k_s, q4_0; q4_k_m is a little larger)");
             if (!g.Type.IsFloat() && g.Type.NominalBits() != WeightBits)
                 throw g.Origin.Error($"GGUF type {g.Type.Name()} stores {g.Type.NominalBits()}-bit weights but weight_bits is {WeightBits}: make them agree (or export f16/bf16)");
         }

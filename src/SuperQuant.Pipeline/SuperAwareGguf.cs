@@ -45,7 +45,7 @@ public sealed record SuperAwareGguf
     /// <summary>One step above the file type's main type (Q8_0 at the top).</summary>
     static GgmlType Raised(GgufFileType t) => GgufMix.DefaultType(t) switch
     {
-        GgmlType.Q2_K => GgmlType.Q4_K, GgmlType.Q3_K => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 => GgmlType.Q6_K,
+        GgmlType.Q2_K => GgmlType.Q4_K, GgmlType.Q3_K => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.IQ4_XS or GgmlType.IQ4_NL => GgmlType.Q6_K,
         _ => GgmlType.Q8_0,
     };
 
@@ -58,15 +58,18 @@ public sealed record SuperAwareGguf
     /// on held-out calibration halves (<see cref="CalibrationFolds"/>); llama.cpp's rows ship unless beaten there.</summary>
     public IReadOnlyList<(string Label, GgufExport Export)> Candidates(GgufFileType type, string name, GgufVocabulary? vocabulary)
     {
+        // An imatrix type's reference rows are llama.cpp's with the importance weights (llama-quantize --imatrix):
+        // the plain and the weighted candidate are one file there, and its grid has no codes for GPTQ to choose.
+        bool imatrixType = type.NeedsImportance();
         var list = new List<(string, GgufExport)>
         {
-            ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
-            ("importance-weighted rows", Export(type, name, vocabulary) with { Covariance = null }),
+            ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = imatrixType ? Importance : null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
         };
+        if (!imatrixType) list.Add(("importance-weighted rows", Export(type, name, vocabulary) with { Covariance = null }));
         if (Covariance is not null)
         {
             list.Add(("output-error-chosen rows", Export(type, name, vocabulary)));
-            list.Add(("error-compensated rows", Export(type, name, vocabulary) with { ErrorCompensation = true }));
+            if (!imatrixType) list.Add(("error-compensated rows", Export(type, name, vocabulary) with { ErrorCompensation = true }));
         }
         return list;
     }

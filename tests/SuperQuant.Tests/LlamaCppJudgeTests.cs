@@ -98,11 +98,19 @@ public sealed class LlamaCppJudgeTests
         using (var original = Llama2cCheckpoint.Load(SharedModels.Stories260K))
             GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
         using var model = GgufModelLoader.Load(dir.File("f16.gguf"));
-        foreach (var type in new[] { GgufFileType.Q4_K_M, GgufFileType.Q6_K, GgufFileType.Q3_K_M, GgufFileType.Q2_K, GgufFileType.Q5_K_S })
+        foreach (var type in new[] { GgufFileType.Q4_K_M, GgufFileType.Q6_K, GgufFileType.Q3_K_M, GgufFileType.Q2_K, GgufFileType.Q5_K_S, GgufFileType.IQ4_XS })
         {
-            GgufWriter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "s" });
+            var result = GgufWriter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "s" });
             LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), dir.File("llama.gguf"), type.Name());
             StringAssert.StartsWith(SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(dir.File("ours.gguf"), dir.File("llama.gguf")), "identical", type.Name());
+            if (type == GgufFileType.IQ4_XS)
+            {
+                // 64-wide rows take IQ4_NL's 32-blocks; 172-wide ffn_down rows fit neither and are F16 in both files.
+                var q = result.Tensors.Single(t => t.Name == "blk.0.attn_q.weight");
+                Assert.AreEqual(GgmlType.IQ4_NL, q.Type);
+                StringAssert.Contains(q.Reason, "falls back to IQ4_NL");
+                Assert.AreEqual(GgmlType.F16, result.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
+            }
         }
         var refused = Assert.ThrowsExactly<LlamaCppException>(() => LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), dir.File("llama.gguf"), "q8_0"));
         StringAssert.Contains(refused.Message, "no tensor type fallback");

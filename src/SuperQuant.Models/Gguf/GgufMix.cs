@@ -14,7 +14,7 @@ public sealed record GgufTensorType(string Name, GgmlType Type, string Reason);
 /// the output head Q6_K, and so on. Checked tensor by tensor against llama.cpp's own output in the tests. Rows that a
 /// type cannot hold fall back as llama.cpp does (Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then
 /// F16); where llama.cpp has no fallback (a 32-block type on a row that is not a multiple of 32) its quantizer refuses
-/// the whole file, and we write that one tensor as F16 instead, saying so.
+/// the whole file, and we write that one tensor as F16 instead, saying so. IQ4_XS falls back to IQ4_NL (32-blocks).
 /// </summary>
 public static class GgufMix
 {
@@ -25,6 +25,7 @@ public static class GgufMix
         GgufFileType.Q5_1 => GgmlType.Q5_1, GgufFileType.Q5_0 => GgmlType.Q5_0,
         GgufFileType.Q4_K_M or GgufFileType.Q4_K_S => GgmlType.Q4_K, GgufFileType.Q4_1 => GgmlType.Q4_1, GgufFileType.Q4_0 => GgmlType.Q4_0,
         GgufFileType.Q3_K_L or GgufFileType.Q3_K_M or GgufFileType.Q3_K_S => GgmlType.Q3_K, GgufFileType.Q2_K => GgmlType.Q2_K,
+        GgufFileType.IQ4_XS => GgmlType.IQ4_XS, GgufFileType.IQ4_NL => GgmlType.IQ4_NL,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
@@ -50,8 +51,11 @@ public static class GgufMix
     /// <param name="tensors">In file order (layers ascending, as llama.cpp iterates them).</param>
     /// <param name="layers">Decoder blocks.</param>
     /// <param name="gqa">Query heads per key/value head.</param>
-    public static IReadOnlyList<GgufTensorType> Plan(IReadOnlyList<GgufTensorShape> tensors, GgufFileType fileType, int layers, int gqa)
+    /// <param name="hasImatrix">Whether importance weights (an imatrix) are given: llama.cpp keeps IQ4's first ffn_down
+    /// layers at IQ4 with one, and raises them to Q5_K without.</param>
+    public static IReadOnlyList<GgufTensorType> Plan(IReadOnlyList<GgufTensorShape> tensors, GgufFileType fileType, int layers, int gqa, bool hasImatrix = false)
     {
+        bool iq4 = fileType is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL;
         GgmlType def = DefaultType(fileType);
         bool quantized = def is not (GgmlType.F16 or GgmlType.BF16);
         bool tied = !tensors.Any(t => t.Name == "output.weight");
@@ -78,6 +82,7 @@ public static class GgufMix
                     GgufFileType.Q3_K_L => GgmlType.Q5_K,
                     GgufFileType.Q4_K_M or GgufFileType.Q5_K_M when UseMoreBits(iAttnV, nAttnV) => GgmlType.Q6_K,
                     GgufFileType.Q4_K_S when iAttnV < 4 => GgmlType.Q5_K,
+                    _ when iq4 && gqa >= 4 => GgmlType.Q5_K,
                     _ => nt,
                 };
                 ++iAttnV;
@@ -92,6 +97,7 @@ public static class GgufMix
                     GgufFileType.Q3_K_L => GgmlType.Q5_K,
                     GgufFileType.Q4_K_M or GgufFileType.Q5_K_M when UseMoreBits(i, n) => GgmlType.Q6_K,
                     GgufFileType.Q4_K_S when i < n / 8 => GgmlType.Q5_K,
+                    _ when iq4 && i < n / 8 && !hasImatrix => GgmlType.Q5_K,
                     _ => nt,
                 };
                 ++iFfnDown;
@@ -117,6 +123,7 @@ public static class GgufMix
         if (t.RowLength % GgmlFormat.Of(type).BlockSize == 0) return new(t.Name, type, "mix");
         GgmlType? next = type switch
         {
+            GgmlType.IQ4_XS => GgmlType.IQ4_NL,
             GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
             GgmlType.Q4_K => GgmlType.Q5_0,
             GgmlType.Q5_K => GgmlType.Q5_1,

@@ -21,7 +21,9 @@ public sealed record GgufExport
     public GgufVocabulary? Vocabulary { get; init; }
     /// <summary>Per linear layer, one importance weight per input column (llama.cpp's imatrix: the mean squared
     /// activation entering that column on calibration data). Null: the reference quantization, byte-identical to
-    /// llama.cpp's quantizer without an imatrix.</summary>
+    /// llama.cpp's quantizer without an imatrix.
+    /// With an imatrix file type (<see cref="Names.NeedsImportance"/>) they are the reference itself: every row is
+    /// importance-weighted as llama-quantize --imatrix weights it, and the mix plans as it does with an imatrix.</summary>
     public IReadOnlyDictionary<LinearSite, float[]>? Importance { get; init; }
     /// <summary>Other value sets to try for a matrix (z-score clipping at several thresholds), each quantized with the
     /// importance weights. With <see cref="Importance"/>, every row is written as the candidate (reference quantization,
@@ -192,7 +194,7 @@ public static class GgufWriter
     static IReadOnlyList<GgufTensorType> PlanTypes(LlamaConfig c, List<Planned> tensors, GgufExport export)
     {
         var shapes = tensors.Select(t => new GgufTensorShape(t.Name, t.Dims[0], t.Dims.Length >= 2)).ToList();
-        var plan = GgufMix.Plan(shapes, export.FileType, c.NumLayers, c.NumHeads / c.NumKvHeads).ToList();
+        var plan = GgufMix.Plan(shapes, export.FileType, c.NumLayers, c.NumHeads / c.NumKvHeads, hasImatrix: export.Importance is not null).ToList();
         if (export.TypeOverrides is { } overrides)
             for (int i = 0; i < plan.Count; i++)
                 if (overrides.TryGetValue(plan[i].Name, out var o))
@@ -241,13 +243,16 @@ public static class GgufWriter
         if (importance is not null && importance.Length != rowLength) throw new ArgumentException($"{t.Name}: importance has {importance.Length} columns, the tensor {rowLength}");
         var format = GgmlFormat.Of(type);
         bool choose = importance is not null && format.BlockSize > 1;
-        // Candidates: (values, importance). The first is always the reference quantization of the original values.
-        var candidates = new List<(Tensor Values, float[]? Importance)> { (data, null) };
+        // Candidates: (values, importance). The first is always the reference quantization of the original values:
+        // llama.cpp's quantizer's rows, with the importance weights where the file type is an imatrix type (what
+        // llama-quantize --imatrix writes), without them elsewhere.
+        bool referenceWeighted = export.FileType.NeedsImportance() && format.UsesImportance;
+        var candidates = new List<(Tensor Values, float[]? Importance)> { (data, referenceWeighted ? importance : null) };
         Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
         Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
         if (choose)
         {
-            if (format.UsesImportance) candidates.Add((data, importance));
+            if (format.UsesImportance && !referenceWeighted) candidates.Add((data, importance));
             foreach (var variant in export.Variants)
             {
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();

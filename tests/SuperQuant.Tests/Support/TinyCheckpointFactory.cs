@@ -180,6 +180,17 @@ public static class SharedModels
     /// ../shared/models/tokenizers/{llama3.1, qwen3, gemma3}.</summary>
     public static string Tokenizer(string name) => System.IO.Path.GetDirectoryName(Shared("tokenizers", name, "tokenizer.json"))!;
 
+    /// <summary>A llama.cpp tool built for comparisons (../shared/tools/llama.cpp/bin: llama-imatrix, llama-quantize,
+    /// llama-perplexity), never used by the product.</summary>
+    public static string LlamaTool(string name)
+    {
+        string? shared = Environment.GetEnvironmentVariable("SUPERQUANT_SHARED_DIR");
+        if (string.IsNullOrEmpty(shared)) shared = System.IO.Path.Combine(RepoPaths.Root, "..", "shared");
+        string path = System.IO.Path.GetFullPath(System.IO.Path.Combine(shared, "tools", "llama.cpp", "bin", name));
+        if (!System.IO.File.Exists(path)) Assert.Fail($"the llama.cpp tool is expected at {path} (the repository's ../shared, or set SUPERQUANT_SHARED_DIR)");
+        return path;
+    }
+
     /// <summary>The real LLaMA-2 SentencePiece tokenizer (32,000 pieces), ../shared/models/llama2-tokenizer.</summary>
     public static string Llama2Tokenizer => Shared("llama2-tokenizer", "tokenizer.model");
 
