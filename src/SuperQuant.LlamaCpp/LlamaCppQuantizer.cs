@@ -29,6 +29,7 @@ public static class LlamaCppQuantizer
         "q4_k_s" => LLamaFtype.MOSTLY_Q4_K_S, "q4_k_m" => LLamaFtype.MOSTLY_Q4_K_M, "q5_k_s" => LLamaFtype.MOSTLY_Q5_K_S,
         "q5_k_m" => LLamaFtype.MOSTLY_Q5_K_M, "q6_k" => LLamaFtype.MOSTLY_Q6_K,
         "iq4_xs" => LLamaFtype.MOSTLY_IQ4_XS, "iq4_nl" => LLamaFtype.MOSTLY_IQ4_NL,
+        "iq3_m" => LLamaFtype.MOSTLY_IQ3_M, "iq3_s" => LLamaFtype.MOSTLY_IQ3_S, "iq3_xxs" => LLamaFtype.MOSTLY_IQ3_XXS, "iq2_m" => LLamaFtype.MOSTLY_IQ2_M,
         _ => throw new ArgumentException($"unknown llama.cpp file type '{type}'"),
     };
 }

@@ -23,7 +23,7 @@ public enum GgufFileType
 {
     F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K,
     /// <summary>The importance-matrix types: they need calibration data (an imatrix) to be written.</summary>
-    IQ4_XS, IQ4_NL,
+    IQ4_XS, IQ4_NL, IQ3_M, IQ3_S, IQ3_XXS, IQ2_M,
 }
 
 /// <summary>The single name table for methods and GGUF file types: CLI parsing, the manifest reader, artifact metadata
@@ -45,6 +45,7 @@ public static class Names
         (GgufFileType.Q4_K_S, "q4_k_s", 4, 14), (GgufFileType.Q4_1, "q4_1", 4, 3), (GgufFileType.Q4_0, "q4_0", 4, 2),
         (GgufFileType.Q3_K_L, "q3_k_l", 3, 13), (GgufFileType.Q3_K_M, "q3_k_m", 3, 12), (GgufFileType.Q3_K_S, "q3_k_s", 3, 11),
         (GgufFileType.Q2_K, "q2_k", 2, 10), (GgufFileType.IQ4_XS, "iq4_xs", 4, 30), (GgufFileType.IQ4_NL, "iq4_nl", 4, 25),
+        (GgufFileType.IQ3_M, "iq3_m", 3, 27), (GgufFileType.IQ3_S, "iq3_s", 3, 26), (GgufFileType.IQ3_XXS, "iq3_xxs", 3, 23), (GgufFileType.IQ2_M, "iq2_m", 2, 29),
     };
 
     public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
@@ -115,7 +116,7 @@ public static class Names
 
     /// <summary>The importance-matrix (IQ) types: written only with calibration data, whose importance weights are
     /// their reference rows (what llama-quantize --imatrix writes).</summary>
-    public static bool NeedsImportance(this GgufFileType t) => t is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL;
+    public static bool NeedsImportance(this GgufFileType t) => t >= GgufFileType.IQ4_XS;
 
     /// <summary>llama.cpp's llama_ftype number, written as general.file_type.</summary>
     public static int LlamaFtype(this GgufFileType t) => GgufTable.First(x => x.Type == t).LlamaFtype;

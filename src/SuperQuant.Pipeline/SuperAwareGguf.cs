@@ -45,7 +45,7 @@ public sealed record SuperAwareGguf
     /// <summary>One step above the file type's main type (Q8_0 at the top).</summary>
     static GgmlType Raised(GgufFileType t) => GgufMix.DefaultType(t) switch
     {
-        GgmlType.Q2_K => GgmlType.Q4_K, GgmlType.Q3_K => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.IQ4_XS or GgmlType.IQ4_NL => GgmlType.Q6_K,
+        GgmlType.Q2_K or GgmlType.IQ2_S => GgmlType.Q4_K, GgmlType.Q3_K or GgmlType.IQ3_S or GgmlType.IQ3_XXS => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.IQ4_XS or GgmlType.IQ4_NL => GgmlType.Q6_K,
         _ => GgmlType.Q8_0,
     };
 

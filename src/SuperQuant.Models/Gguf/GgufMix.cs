@@ -26,6 +26,7 @@ public static class GgufMix
         GgufFileType.Q4_K_M or GgufFileType.Q4_K_S => GgmlType.Q4_K, GgufFileType.Q4_1 => GgmlType.Q4_1, GgufFileType.Q4_0 => GgmlType.Q4_0,
         GgufFileType.Q3_K_L or GgufFileType.Q3_K_M or GgufFileType.Q3_K_S => GgmlType.Q3_K, GgufFileType.Q2_K => GgmlType.Q2_K,
         GgufFileType.IQ4_XS => GgmlType.IQ4_XS, GgufFileType.IQ4_NL => GgmlType.IQ4_NL,
+        GgufFileType.IQ3_M or GgufFileType.IQ3_S => GgmlType.IQ3_S, GgufFileType.IQ3_XXS => GgmlType.IQ3_XXS, GgufFileType.IQ2_M => GgmlType.IQ2_S,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
@@ -56,6 +57,8 @@ public static class GgufMix
     public static IReadOnlyList<GgufTensorType> Plan(IReadOnlyList<GgufTensorShape> tensors, GgufFileType fileType, int layers, int gqa, bool hasImatrix = false)
     {
         bool iq4 = fileType is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL;
+        // llama.cpp's lowest-bit types keep the output at Q5_K and the token embedding at IQ3_S.
+        bool lowBit = fileType is GgufFileType.IQ3_XXS or GgufFileType.IQ2_M;
         GgmlType def = DefaultType(fileType);
         bool quantized = def is not (GgmlType.F16 or GgmlType.BF16);
         bool tied = !tensors.Any(t => t.Name == "output.weight");
@@ -71,7 +74,19 @@ public static class GgufMix
             if (cat == Category.Output || (tied && cat == Category.TokenEmbd))
             {
                 if (t.RowLength % GgmlFormat.Of(nt).BlockSize != 0) nt = GgmlType.Q8_0;
+                else if (lowBit) nt = GgmlType.Q5_K;
                 else if (nt != GgmlType.Q8_0) nt = GgmlType.Q6_K;
+            }
+            else if (cat == Category.TokenEmbd)
+            {
+                if (lowBit) nt = GgmlType.IQ3_S;
+            }
+            else if (fileType == GgufFileType.IQ2_M)
+            {
+                // llama.cpp's IQ2 branch: attn_v, the first eighth of ffn_down and attn_output one type up.
+                if (cat == Category.AttnV) { nt = gqa >= 4 ? GgmlType.Q4_K : GgmlType.IQ3_S; ++iAttnV; }
+                else if (cat == Category.FfnDown) { if (iFfnDown < layers / 8) nt = GgmlType.IQ3_S; ++iFfnDown; }
+                else if (cat == Category.AttnOutput) nt = GgmlType.IQ3_S;
             }
             else if (cat == Category.AttnV)
             {
@@ -83,6 +98,9 @@ public static class GgufMix
                     GgufFileType.Q4_K_M or GgufFileType.Q5_K_M when UseMoreBits(iAttnV, nAttnV) => GgmlType.Q6_K,
                     GgufFileType.Q4_K_S when iAttnV < 4 => GgmlType.Q5_K,
                     _ when iq4 && gqa >= 4 => GgmlType.Q5_K,
+                    GgufFileType.IQ3_XXS => gqa >= 4 ? GgmlType.Q4_K : hasImatrix ? GgmlType.IQ3_XXS : GgmlType.IQ3_S,
+                    GgufFileType.IQ3_S when gqa >= 4 => GgmlType.Q4_K,
+                    GgufFileType.IQ3_M => GgmlType.Q4_K,
                     _ => nt,
                 };
                 ++iAttnV;
@@ -98,6 +116,8 @@ public static class GgufMix
                     GgufFileType.Q4_K_M or GgufFileType.Q5_K_M when UseMoreBits(i, n) => GgmlType.Q6_K,
                     GgufFileType.Q4_K_S when i < n / 8 => GgmlType.Q5_K,
                     _ when iq4 && i < n / 8 && !hasImatrix => GgmlType.Q5_K,
+                    GgufFileType.IQ3_XXS when !hasImatrix => i < n / 8 ? GgmlType.Q4_K : GgmlType.Q3_K,
+                    GgufFileType.IQ3_M when i < n / 8 => GgmlType.Q4_K,
                     _ => nt,
                 };
                 ++iFfnDown;
@@ -109,9 +129,12 @@ public static class GgufMix
                     GgufFileType.Q2_K => GgmlType.Q3_K,
                     GgufFileType.Q3_K_M => GgmlType.Q4_K,
                     GgufFileType.Q3_K_L => GgmlType.Q5_K,
+                    GgufFileType.IQ3_XXS => GgmlType.IQ3_S,
+                    GgufFileType.IQ3_M => GgmlType.Q4_K,
                     _ => nt,
                 };
             }
+            else if (cat is Category.AttnQ or Category.AttnK && fileType == GgufFileType.IQ3_XXS) nt = GgmlType.IQ2_S;
             plan.Add(Fallback(t, nt));
         }
         return plan;
@@ -123,7 +146,7 @@ public static class GgufMix
         if (t.RowLength % GgmlFormat.Of(type).BlockSize == 0) return new(t.Name, type, "mix");
         GgmlType? next = type switch
         {
-            GgmlType.IQ4_XS => GgmlType.IQ4_NL,
+            GgmlType.IQ4_XS or GgmlType.IQ3_XXS or GgmlType.IQ3_S or GgmlType.IQ2_S => GgmlType.IQ4_NL,
             GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
             GgmlType.Q4_K => GgmlType.Q5_0,
             GgmlType.Q5_K => GgmlType.Q5_1,

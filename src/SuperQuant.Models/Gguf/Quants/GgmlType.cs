@@ -4,7 +4,7 @@ namespace SuperQuant.Models.Gguf;
 public enum GgmlType : uint
 {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
-    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30,
+    Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, IQ3_XXS = 18, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23, BF16 = 30,
 }
 
 /// <summary>
@@ -51,7 +51,7 @@ public abstract class GgmlFormat
     {
         new F32Format(), new F16Format(), new BF16Format(), new Q4_0Format(), new Q4_1Format(), new Q5_0Format(), new Q5_1Format(),
         new Q8_0Format(), new Q2_KFormat(), new Q3_KFormat(), new Q4_KFormat(), new Q5_KFormat(), new Q6_KFormat(),
-        new IQ4_NLFormat(), new IQ4_XSFormat(),
+        new IQ4_NLFormat(), new IQ4_XSFormat(), new IQ3_XXSFormat(), new IQ3_SFormat(), new IQ2_SFormat(),
     }.ToDictionary(f => f.Type);
 
     public static GgmlFormat Of(GgmlType type) => All.TryGetValue(type, out var f) ? f : throw new ArgumentOutOfRangeException(nameof(type), type, "unsupported ggml type");
