@@ -29,7 +29,8 @@ public static class ManifestReader
     static readonly string[] TopKeys = { "version", "device", "memory", "models" };
     static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "max_drop", "baseline" };
-    static readonly string[] ExportKeys = { "gguf", "path" };
+    static readonly string[] ExportKeys = { "gguf", "gguf_target", "path" };
+    static readonly string[] TargetKeys = { "size", "bpw" };
 
     /// <param name="allowOutside">Absolute prefixes checkpoint and data paths may also live under (e.g. a shared model folder).</param>
     /// <param name="followSymlinks">Accept symbolic links that lead out of the project (and the allowed folders);
@@ -210,7 +211,14 @@ public static class ManifestReader
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");
         if (entry.Method.NeedsCalibration() && !calibrated)
             throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': {entry.Method.Name()} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
-        foreach (var x in entry.Exports.Where(x => !x.IsPacked))
+        foreach (var x in entry.Exports.Where(x => x.Target is not null))
+        {
+            if (entry.Method is not (QuantMethod.Rtn or QuantMethod.SuperAware))
+                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': a GGUF size budget holds weights only; use method rtn or super-aware");
+            if (!calibrated)
+                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': gguf_target chooses each tensor's type from its measured sensitivity on calibration data: it needs 'calibration_text' or 'calibration_tokens'");
+        }
+        foreach (var x in entry.Exports.Where(x => x.GgufType is not null))
         {
             var t = x.GgufType!.Value;
             if (entry.Method.NeedsRuntimeTransforms(entry.ActivationBits) || entry.Method.Transforms())
@@ -242,7 +250,18 @@ public static class ManifestReader
             }
             var map = Map(file, item, "an export item");
             CheckKeys(file, map, ExportKeys, "an export item");
-            if (!map.Children.TryGetValue(new YamlScalarNode("gguf"), out var typeNode)) throw At(file, item, "an export mapping needs 'gguf: TYPE'");
+            if (map.Children.TryGetValue(new YamlScalarNode("gguf_target"), out var targetNode))
+            {
+                if (map.Children.ContainsKey(new YamlScalarNode("gguf")))
+                    throw At(file, item, "an export names either 'gguf: TYPE' or 'gguf_target: {size: ..} / {bpw: ..}', not both");
+                var target = Target(file, targetNode);
+                string targetPath = map.Children.TryGetValue(new YamlScalarNode("path"), out var tpn)
+                    ? OutputFile(file, dir, tpn, "path", roots)
+                    : DefaultGgufPath(output, "target");
+                list.Add(new ExportEntry(null, targetPath, at) { Target = target });
+                continue;
+            }
+            if (!map.Children.TryGetValue(new YamlScalarNode("gguf"), out var typeNode)) throw At(file, item, "an export mapping needs 'gguf: TYPE' (or 'gguf_target: {size: 1.9GB}')");
             string typeName = Str(file, typeNode, "gguf");
             if (!Names.TryParseGgufType(typeName, out var type))
                 throw At(file, typeNode, $"'gguf' must be one of {string.Join(", ", Names.GgufTypeNames)}, got '{Excerpt(typeName)}'");
@@ -255,13 +274,28 @@ public static class ManifestReader
         return list;
     }
 
+    /// <summary>gguf_target: {size: 1.9GB} or {bpw: 3.5}, exactly one of them.</summary>
+    static GgufTarget Target(string file, YamlNode node)
+    {
+        var map = Map(file, node, "'gguf_target'");
+        CheckKeys(file, map, TargetKeys, "'gguf_target'");
+        if (map.Children.Count != 1) throw At(file, node, "'gguf_target' takes one of 'size' (e.g. 1.9GB) or 'bpw' (bits per weight, e.g. 3.5)");
+        var (key, value) = map.Children.First();
+        string name = ((YamlScalarNode)key).Value!, text = Str(file, value, "gguf_target." + name);
+        return GgufTarget.TryParse($"{name}={text}")
+            ?? throw At(file, value, $"'gguf_target.{name}' is '{Excerpt(text)}': expected {(name == "size" ? "a size, " + SuperQuant.Core.ByteSize.Forms : "a positive number of bits per weight")}");
+    }
+
     /// <summary>models/stories.sqpk.safetensors -> models/stories.q4_k_m.gguf</summary>
-    public static string DefaultGgufPath(string output, GgufFileType type)
+    public static string DefaultGgufPath(string output, GgufFileType type) => DefaultGgufPath(output, type.Name());
+
+    /// <summary>models/stories.sqpk.safetensors -> models/stories.LABEL.gguf</summary>
+    public static string DefaultGgufPath(string output, string label)
     {
         string name = Path.GetFileName(output);
         foreach (string ext in new[] { ".safetensors", ".sqpk" })
             if (name.EndsWith(ext, StringComparison.OrdinalIgnoreCase)) name = name[..^ext.Length];
-        return Path.Combine(Path.GetDirectoryName(output)!, $"{name}.{type.Name()}.gguf");
+        return Path.Combine(Path.GetDirectoryName(output)!, $"{name}.{label}.gguf");
     }
 
     static int[] PromptIds(string file, YamlNode n)

@@ -16,8 +16,10 @@ public sealed record TaskEntry(string Name, string Path, Position At);
 /// <summary>One file a model writes: the packed artifact, or a GGUF of a named type.</summary>
 public sealed record ExportEntry(GgufFileType? GgufType, string Path, Position At)
 {
-    public bool IsPacked => GgufType is null;
-    public string Kind => GgufType is GgufFileType t ? "gguf " + t.Name() : "packed";
+    /// <summary>A GGUF whose per-tensor types are chosen for this size (gguf_target); <see cref="GgufType"/> is null.</summary>
+    public GgufTarget? Target { get; init; }
+    public bool IsPacked => GgufType is null && Target is null;
+    public string Kind => Target is { } target ? $"gguf target {target}" : GgufType is GgufFileType t ? "gguf " + t.Name() : "packed";
 }
 
 public sealed record ModelEntry

@@ -18,7 +18,9 @@ public static class ManifestRequests
             Activations = new ActivationSettings(e.ActivationScale, e.ActivationQuantizer, e.SuperActivation), Context = e.Context, PromptTokens = e.PromptTokens,
             Calibration = Source(e.CalibrationText, e.CalibrationTokens, "calibration_text", "calibration_tokens"),
             Evaluation = Source(e.EvaluationText, e.EvaluationTokens, "evaluation_text", "evaluation_tokens"),
-            Artifacts = e.Exports.Select(x => x.GgufType is GgufFileType t
+            Artifacts = e.Exports.Select(x => x.Target is { } target
+                ? new GgufSpec(x.Path, GgufFileType.Q4_K_M, Origin.Manifest(m.Path, x.At.Line, x.At.Column, "export")) { Target = target }
+                : x.GgufType is GgufFileType t
                 ? (ArtifactSpec)new GgufSpec(x.Path, t, Origin.Manifest(m.Path, x.At.Line, x.At.Column, "export"))
                 : new PackedSpec(x.Path, Origin.Manifest(m.Path, x.At.Line, x.At.Column, "output"))).ToList(),
             Tasks = e.Tasks.Select(t => new TaskSource(t.Name, t.Path, Origin.Manifest(m.Path, t.At.Line, t.At.Column, "tasks." + t.Name))).ToList(),

@@ -175,6 +175,7 @@ public static class QuantizationPipeline
                 if (r.Ggufs.Any())
                 {
                     GgufWriter.CheckSupported(c);
+                    CheckBudgets(r, model);
                     var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
                     // A GGUF without a vocabulary runs only token ids: say so, naming why, rather than write no_vocab silently.
                     if (vocabulary is null && GgufVocabulary.MissingReason(r.Checkpoint) is string noVocabulary)
@@ -192,9 +193,22 @@ public static class QuantizationPipeline
                     // rtn with an importance-matrix type: one imatrix over the calibration data, as llama-imatrix records
                     // it, weighting every row (what llama-quantize --imatrix writes).
                     IReadOnlyDictionary<LinearSite, float[]>? imatrix = null;
-                    if (folds is null && r.Ggufs.Any(g => g.Type.NeedsImportance()) && calibration is not null)
+                    if (r.Ggufs.Any(g => (folds is null && g.Type.NeedsImportance()) || g.Target is not null) && calibration is not null)
                         using (log.Step("imatrix"))
                             imatrix = ImportanceRecorder.Record(model, calibration, ctx, cancel: o.Cancel);
+                    // Size budgets: one sensitivity measurement serves every target of the model.
+                    IReadOnlyList<GgufBudget.TensorChoice>? sensitivity = null;
+                    if (r.Ggufs.Any(g => g.Target is not null) && calibration is not null && imatrix is not null)
+                        using (log.Step("tensor sensitivity"))
+                        {
+                            var covariance = ImportanceRecorder.Covariances(model, calibration, ctx, cancel: o.Cancel);
+                            try
+                            {
+                                sensitivity = GgufBudget.Measure(model, imatrix, covariance, calibration, ctx, cancel: o.Cancel,
+                                    progress: log.Progress($"{r.Id}: tensor sensitivity (each type's error, each tensor's effect on the logits)"));
+                            }
+                            finally { foreach (var h in covariance.Values.Distinct(ReferenceEqualityComparer.Instance)) ((Tensor)h!).Dispose(); }
+                        }
                     foreach (var g in r.Ggufs)
                         using (log.Step($"export {g.Kind}"))
                         {
@@ -202,7 +216,16 @@ public static class QuantizationPipeline
                             var file = StagedFile.For(g.Path);
                             staged.Add(file);
                             GgufWriteResult written;
-                            if (folds is not null)
+                            string perTensor = "";
+                            if (g.Target is { } target)
+                            {
+                                var (budgeted, plan) = GgufBudget.Write(file.StagingPath, model, target, sensitivity!, imatrix!, r.Id, vocabulary, ctx);
+                                written = budgeted;
+                                log.Info($"{r.Id}: {g.Kind}: {budgeted.FileBytes:N0} bytes for {target.BytesFor(c.ParameterCount):N0}, predicted KL {plan.PredictedKl:G3}");
+                                foreach (var t in plan.Tensors) log.Info($"{r.Id}:   {t.Name}: {t.Chosen}");
+                                perTensor = "; per tensor: " + string.Join(", ", plan.Tensors.Select(t => $"{t.Name} {t.Chosen}"));
+                            }
+                            else if (folds is not null)
                             {
                                 (written, string choice) = folds.WriteBest(file.StagingPath, model, g.Type, r.Id, vocabulary, o.Threads, o.Cancel,
                                     log.Progress($"{r.Id}: {g.Kind}: candidate files scored on held-out calibration"));
@@ -220,7 +243,7 @@ public static class QuantizationPipeline
                             var differences = GgufArchitecture.For(c).RuntimeDifferences(c, ctx).Concat(vocabulary?.RuntimeDifferences ?? Array.Empty<string>()).ToList();
                             foreach (string difference in differences)
                                 log.Info($"{g.Path}: warning {ErrorCodes.RuntimeDiffers}: {r.Id}: {difference}; the gate measures the file as llama.cpp runs it");
-                            string layout = written.TypeSummary + string.Concat(differences.Select(d => $"; runtime differs: {d}"));
+                            string layout = written.TypeSummary + perTensor + string.Concat(differences.Select(d => $"; runtime differs: {d}"));
                             artifacts.Add((g, file, layout, written.BitsPerWeight));
                         }
                     folds?.Dispose(); // the covariances are large: released before the packed path
@@ -336,6 +359,23 @@ public static class QuantizationPipeline
             if (Folder is null) return;
             try { Directory.Delete(Folder, recursive: true); } catch (IOException) { }
             OwnedFiles.Remove(Folder);
+        }
+    }
+
+    /// <summary>A size budget no file of this model can meet is refused before any work, saying what would fit.</summary>
+    static void CheckBudgets(QuantizationRequest r, LlamaModel model)
+    {
+        if (!r.Ggufs.Any(g => g.Target is not null)) return;
+        var (min, max) = GgufBudget.Bounds(model);
+        foreach (var g in r.Ggufs)
+        {
+            if (g.Target is not { } target) continue;
+            long bytes = target.BytesFor(model.Config.ParameterCount);
+            double bpw(long b) => 8.0 * b / model.Config.ParameterCount;
+            if (bytes < min)
+                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is smaller than the smallest file this model can be written as ({min:N0} bytes, {bpw(min):F2} bits/weight: every matrix at its smallest type); give at least that");
+            if (bytes > max)
+                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is larger than the model with every tensor at F16 ({max:N0} bytes, {bpw(max):F2} bits/weight); export gguf f16 instead, or a budget up to that");
         }
     }
 

@@ -34,7 +34,10 @@ public sealed record PackedSpec(string Path, Origin Origin) : ArtifactSpec(Path,
 /// <summary>A GGUF file of a named type, run by llama.cpp.</summary>
 public sealed record GgufSpec(string Path, GgufFileType Type, Origin Origin) : ArtifactSpec(Path, Origin)
 {
-    public override string Kind => "gguf " + Type.Name();
+    /// <summary>A size budget: per-tensor types chosen for it (<see cref="GgufBudget"/>); <see cref="Type"/> is then
+    /// unused.</summary>
+    public GgufTarget? Target { get; init; }
+    public override string Kind => Target is { } t ? $"gguf target {t}" : "gguf " + Type.Name();
 }
 
 /// <summary>
@@ -116,6 +119,12 @@ public sealed record QuantizationRequest
                 throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation transforms, which only the packed artifact carries");
             if (Method.Transforms())
                 throw g.Origin.Error($"GGUF export of {Method.Name()} is not supported: its smoothing is folded into the norms for a run-time activation quantizer that llama.cpp does not have; use rtn or super-aware for GGUF");
+            if (g.Target is not null)
+            {
+                if (!calibrated)
+                    throw g.Origin.Error($"a GGUF size budget ({g.Target}) chooses each tensor's type from its measured sensitivity on calibration data: give calibration_text/calibration_tokens (--calibration-*), or a named type (gguf: TYPE, --gguf-type)");
+                continue;
+            }
             if (g.Type.NeedsImportance() && !calibrated)
                 throw g.Origin.Error($"GGUF type {g.Type.Name()} is an importance-matrix type: its rows are weighted by the mean squared inputs on calibration data (llama-quantize --imatrix); give calibration_text/calibration_tokens (--calibration-*), or export a type that needs none at about that size (q4_k_s, q4_0; q4_k_m is a little larger)");
             if (!g.Type.IsFloat() && g.Type.NominalBits() != WeightBits)

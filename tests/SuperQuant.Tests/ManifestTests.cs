@@ -58,6 +58,40 @@ public sealed class ManifestTests
     }
 
     [TestMethod]
+    public void GgufTargetsAreASizeOrBitsPerWeight()
+    {
+        using var dir = Project(Valid.Replace("export: [packed, {gguf: q3_k_m}]",
+            "calibration_tokens: ids.txt\n    export: [packed, {gguf_target: {size: 1.5MB}}, {gguf_target: {bpw: 3.25}, path: out/b.gguf}]"));
+        var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
+        var targets = e.Exports.Where(x => x.Target is not null).ToList();
+        Assert.AreEqual(new GgufTarget(1_500_000, null), targets[0].Target);
+        Assert.AreEqual(dir.File("out/m.target.gguf"), targets[0].Path);
+        Assert.AreEqual(new GgufTarget(null, 3.25), targets[1].Target);
+        Assert.AreEqual(dir.File("out/b.gguf"), targets[1].Path);
+        Assert.IsFalse(targets.Any(t => t.IsPacked));
+        Assert.AreEqual(1_500_000L, new GgufTarget(null, 3.0).BytesFor(4_000_000), "3 bits/weight of 4M parameters is 1.5 MB");
+    }
+
+    [TestMethod]
+    [DataRow("{gguf_target: {size: lots}}", "gguf_target.size")]
+    [DataRow("{gguf_target: {bpw: -1}}", "gguf_target.bpw")]
+    [DataRow("{gguf_target: {size: 1GB, bpw: 3}}", "one of 'size'")]
+    [DataRow("{gguf_target: {bytes: 1GB}}", "bytes")]
+    [DataRow("{gguf: q4_k_m, gguf_target: {bpw: 3}}", "not both")]
+    public void ABadGgufTargetIsAnErrorAtItsLine(string item, string expected)
+    {
+        var e = Invalid(Valid.Replace("export: [packed, {gguf: q3_k_m}]", $"calibration_tokens: ids.txt\n    export: [{item}]"));
+        StringAssert.Contains(e.Message, expected);
+    }
+
+    [TestMethod]
+    public void AGgufTargetNeedsCalibrationData()
+    {
+        var e = Invalid(Valid.Replace("export: [packed, {gguf: q3_k_m}]", "export: [{gguf_target: {bpw: 3.5}}]"));
+        StringAssert.Contains(e.Message, "calibration");
+    }
+
+    [TestMethod]
     public void AccuracyGateByHand()
     {
         var g = new QualityGate("accuracy", 2, false, null);   // max_drop 2 points

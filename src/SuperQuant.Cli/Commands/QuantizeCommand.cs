@@ -38,6 +38,8 @@ public static class QuantizeCommand
         var calibTokens = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file" };
         var output = new Option<string?>("--out", "-o") { Description = "write the packed artifact (.sqpk.safetensors) here" };
         var gguf = new Option<string?>("--gguf") { Description = "write a GGUF for llama.cpp / LLamaSharp here" };
+        var ggufTarget = new Option<string?>("--gguf-target") { Description = "GGUF size budget instead of a named type: size=1.9GB or bpw=3.5; each tensor's type is chosen from its measured sensitivity on the calibration data (needs --calibration-*)" };
+        ggufTarget.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null && GgufTarget.TryParse(v) is null) r.AddError($"{ErrorCodes.InvalidArgument}: --gguf-target '{ManifestReader.Excerpt(v)}' (expected {GgufTarget.Forms})"); });
         var ggufType = new Option<string?>("--gguf-type") { Description = $"GGUF file type ({string.Join(", ", Names.GgufTypeNames)}); default from --bits: 8 q8_0, 6 q6_k, 5 q5_k_m, 4 q4_k_m, 3 q3_k_m, 2 q2_k" };
         ggufType.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null && !Names.TryParseGgufType(v, out _)) r.AddError($"{ErrorCodes.InvalidArgument}: --gguf-type '{ManifestReader.Excerpt(v)}' (expected one of {string.Join(", ", Names.GgufTypeNames)})"); });
         var raise = new Option<bool>("--gguf-raise-super") { Description = "super-aware GGUF: write the ffn_down matrices holding super weights one type higher (a little larger file)" };
@@ -52,7 +54,7 @@ public static class QuantizeCommand
         var memory = CliSupport.MemoryOption();
         var cmd = new Command("quantize", "Quantize a checkpoint to the packed artifact and/or GGUF; with --eval-*, measure each file as its runtime loads it.\n" + ExitCodes.HelpText)
         {
-            model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens, output, gguf, ggufType, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device, memory,
+            model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens, output, gguf, ggufType, ggufTarget, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device, memory,
         };
         cmd.Validators.Add(r =>
         {
@@ -60,6 +62,8 @@ public static class QuantizeCommand
             // Options that shape a GGUF do nothing without one: a usage error, not a silently ignored flag.
             if (r.GetValue(gguf) is null && r.GetResult(ggufType) is { Implicit: false }) r.AddError("--gguf-type applies to a GGUF export: give --gguf FILE as well");
             if (r.GetValue(gguf) is null && r.GetResult(raise) is { Implicit: false }) r.AddError("--gguf-raise-super applies to a GGUF export: give --gguf FILE as well");
+            if (r.GetValue(gguf) is null && r.GetResult(ggufTarget) is { Implicit: false }) r.AddError("--gguf-target applies to a GGUF export: give --gguf FILE as well");
+            if (r.GetResult(ggufType) is { Implicit: false } && r.GetResult(ggufTarget) is { Implicit: false }) r.AddError("give one of --gguf-type (a named type) or --gguf-target (a size budget)");
             if (r.GetValue(calibText) is not null && r.GetValue(calibTokens) is not null) r.AddError("give one of --calibration-text or --calibration-tokens");
             if (r.GetValue(evalText) is not null && r.GetValue(evalTokens) is not null) r.AddError("give one of --eval-text or --eval-tokens");
             if (r.GetValue(prompt) is not null && r.GetValue(promptTokens) is not null) r.AddError("give one of --prompt or --prompt-tokens");
@@ -74,7 +78,9 @@ public static class QuantizeCommand
             var artifacts = new List<ArtifactSpec>();
             if (r.GetValue(output) is string o) artifacts.Add(new PackedSpec(CliSupport.OutputFile(o, "--out"), Origin.Option("--out")));
             if (r.GetValue(gguf) is string g)
-                artifacts.Add(new GgufSpec(CliSupport.OutputFile(g, "--gguf"), r.GetValue(ggufType) is string gt ? Names.ParseGgufType(gt) : DefaultGgufType(wBits), Origin.Option("--gguf-type")));
+                artifacts.Add(r.GetValue(ggufTarget) is string target
+                    ? new GgufSpec(CliSupport.OutputFile(g, "--gguf"), DefaultGgufType(wBits), Origin.Option("--gguf-target")) { Target = GgufTarget.TryParse(target) }
+                    : new GgufSpec(CliSupport.OutputFile(g, "--gguf"), r.GetValue(ggufType) is string gt ? Names.ParseGgufType(gt) : DefaultGgufType(wBits), Origin.Option("--gguf-type")));
             var request = new QuantizationRequest
             {
                 Id = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(r.GetValue(model)!)),

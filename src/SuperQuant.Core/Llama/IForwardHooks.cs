@@ -7,6 +7,10 @@ namespace SuperQuant.Core.Llama;
 /// to only observe. The tensors belong to the pass: keep a reduction (a max, a channel), not the tensor.</summary>
 public interface IForwardHooks
 {
+    /// <summary>The token embeddings of <paramref name="tokens"/> ([batch, tokens]), shape [batch, tokens, hidden],
+    /// before any embedding scale.</summary>
+    Tensor OnEmbedding(Tensor tokens, Tensor embedded) => embedded;
+
     /// <summary>Input of the linear layer at <paramref name="site"/>, shape [batch, tokens, in].</summary>
     Tensor OnLinearInput(LinearSite site, Tensor input) => input;
 

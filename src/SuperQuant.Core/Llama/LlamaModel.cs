@@ -72,6 +72,7 @@ public sealed class LlamaModel : IDisposable
             throw new ArgumentException($"{past + seq} positions exceed the model's {Config.MaxPositionEmbeddings}; start a new cache");
 
         Tensor x = Weights.TokenEmbedding.index_select(0, tokens.flatten()).view(tokens.shape[0], seq, Config.HiddenSize);
+        if (Hooks is not null) x = Hooks.OnEmbedding(tokens, x);
         if (Config.EmbeddingScale != 1.0) x = x * Config.EmbeddingScale;
         for (int l = 0; l < Config.NumLayers; l++)
         {

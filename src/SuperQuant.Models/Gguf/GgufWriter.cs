@@ -41,6 +41,11 @@ public sealed record GgufExport
     public bool ErrorCompensation { get; init; }
     /// <summary>Per tensor name, a type that replaces the mix's choice (e.g. a higher type for a super weight's matrix).</summary>
     public IReadOnlyDictionary<string, GgmlType>? TypeOverrides { get; init; }
+    /// <summary>Why <see cref="TypeOverrides"/> chose (for the report); null: a super weight's raised matrix.</summary>
+    public string? OverrideReason { get; init; }
+    /// <summary>With <see cref="Importance"/>: every row importance-weighted, as llama-quantize --imatrix writes it,
+    /// for every type (the imatrix types always are); no candidates are compared.</summary>
+    public bool ImatrixRows { get; init; }
     /// <summary>Recorded in the metadata (superquant.*).</summary>
     public QuantMethod Method { get; init; } = QuantMethod.Rtn;
     public IReadOnlyList<SuperWeight> SuperWeights { get; init; } = Array.Empty<SuperWeight>();
@@ -66,6 +71,20 @@ public sealed record GgufWriteResult(IReadOnlyList<GgufTensorType> Tensors, long
 public static class GgufWriter
 {
     sealed record Planned(string Name, long[] Dims, LinearSite? Site, Func<Tensor> Source);
+
+    /// <summary>One tensor of the file as a per-tensor type choice sees it: its name, ggml dims (row length first), the
+    /// linear layer whose input it reads (null for the token embedding and vectors), and its values in the file's
+    /// layout (float32 [rows, row length]; q/k rows permuted for NORM RoPE, fused projections concatenated).</summary>
+    public sealed record TensorView(string Name, long[] Dims, LinearSite? Site, Func<Tensor> Values)
+    {
+        public bool IsMatrix => Dims.Length >= 2;
+        public long RowLength => Dims[0];
+        public long Rows => Dims.Aggregate(1L, (a, b) => a * b) / Dims[0];
+    }
+
+    /// <summary>The tensors a file of <paramref name="model"/> holds, in file order.</summary>
+    public static IReadOnlyList<TensorView> Layout(LlamaModel model) =>
+        Tensors(model).Select(t => new TensorView(t.Name, t.Dims, t.Site, () => t.Source().to_type(ScalarType.Float32).cpu().contiguous())).ToList();
 
     /// <summary>Checks a model can be exported (architecture, RoPE); throws SQ4001 otherwise.</summary>
     public static void CheckSupported(LlamaConfig c) => GgufArchitecture.For(c);
@@ -200,7 +219,7 @@ public static class GgufWriter
                 if (overrides.TryGetValue(plan[i].Name, out var o))
                 {
                     var f = GgufMix.Fallback(shapes[i], o);
-                    plan[i] = f with { Reason = f.Reason == "mix" ? "super weight: raised from " + plan[i].Type : f.Reason };
+                    plan[i] = f with { Reason = f.Reason != "mix" ? f.Reason : export.OverrideReason ?? "super weight: raised from " + plan[i].Type };
                 }
         return plan;
     }
@@ -246,7 +265,7 @@ public static class GgufWriter
         // Candidates: (values, importance). The first is always the reference quantization of the original values:
         // llama.cpp's quantizer's rows, with the importance weights where the file type is an imatrix type (what
         // llama-quantize --imatrix writes), without them elsewhere.
-        bool referenceWeighted = export.FileType.NeedsImportance() && format.UsesImportance;
+        bool referenceWeighted = (export.ImatrixRows || export.FileType.NeedsImportance()) && format.UsesImportance;
         var candidates = new List<(Tensor Values, float[]? Importance)> { (data, referenceWeighted ? importance : null) };
         Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
         Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
