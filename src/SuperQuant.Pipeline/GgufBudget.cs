@@ -189,13 +189,14 @@ public static class GgufBudget
         return kept;
     }
 
+    /// <summary>Host tensors in and out: the ggml formats work on host floats.</summary>
     static Tensor Dequantized(Tensor values, GgmlType type, float[]? importance)
     {
         var format = GgmlFormat.Of(type);
         long rowLength = values.shape[1];
-        float[] x = values.data<float>().ToArray();
+        float[] x = values.data<float>().ToArray(); // host: values come from Layout (.cpu()) or a .cpu() copy
         byte[] q = GgmlQuants.Quantize(type, x, rowLength, format.UsesImportance ? importance : null);
-        return torch.tensor(GgmlQuants.Dequantize(type, q, x.Length), values.shape);
+        return torch.tensor(GgmlQuants.Dequantize(type, q, x.Length), values.shape); // host
     }
 
     /// <summary>dw H dw^T summed over rows (the squared layer-output error on the calibration inputs), the imatrix
@@ -203,7 +204,7 @@ public static class GgufBudget
     static double Error(Tensor dw, Tensor? h, float[]? importance, Tensor? frequency)
     {
         if (h is not null) return (dw.matmul(h) * dw).sum().item<float>();
-        if (importance is not null) return (dw.pow(2) * torch.tensor(importance)).sum().item<float>();
+        if (importance is not null) return (dw.pow(2) * torch.tensor(importance)).sum().item<float>(); // host: dw and H are host tensors
         if (frequency is not null) return (dw.pow(2).sum(new long[] { 1 }) * frequency).sum().item<float>();
         return dw.pow(2).sum().item<float>();
     }
@@ -212,7 +213,7 @@ public static class GgufBudget
     {
         var counts = new float[vocab];
         foreach (int t in tokens) if (t >= 0 && t < vocab) counts[t]++;
-        return torch.tensor(counts) / Math.Max(1, tokens.Count);
+        return torch.tensor(counts) / Math.Max(1, tokens.Count); // host
     }
 
     /// <summary>Log-probabilities of the unquantized model on the probe windows (kept for every gain measurement).</summary>
