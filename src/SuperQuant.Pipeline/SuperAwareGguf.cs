@@ -59,8 +59,10 @@ public sealed record SuperAwareGguf
     public IReadOnlyList<(string Label, GgufExport Export)> Candidates(GgufFileType type, string name, GgufVocabulary? vocabulary)
     {
         // An imatrix type's reference rows are llama.cpp's with the importance weights (llama-quantize --imatrix):
-        // the plain and the weighted candidate are one file there, and its grid has no codes for GPTQ to choose.
+        // the plain and the weighted candidate are one file there. GPTQ chooses codes on a scalar grid (the k-quants,
+        // IQ4's non-linear one), not on the IQ3/IQ2 lattices' vectors.
         bool imatrixType = type.NeedsImportance();
+        bool codeGrid = GgmlFormat.Of(GgufMix.DefaultType(type)).Levels > 0;
         var list = new List<(string, GgufExport)>
         {
             ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = imatrixType ? Importance : null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
@@ -69,7 +71,7 @@ public sealed record SuperAwareGguf
         if (Covariance is not null)
         {
             list.Add(("output-error-chosen rows", Export(type, name, vocabulary)));
-            if (!imatrixType) list.Add(("error-compensated rows", Export(type, name, vocabulary) with { ErrorCompensation = true }));
+            if (codeGrid) list.Add(("error-compensated rows", Export(type, name, vocabulary) with { ErrorCompensation = true }));
         }
         return list;
     }

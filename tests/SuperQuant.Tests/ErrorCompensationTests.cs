@@ -16,6 +16,7 @@ public sealed class ErrorCompensationTests
     public static IEnumerable<object[]> GridTypes => new[]
     {
         GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q8_0, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K,
+        GgmlType.IQ4_NL, GgmlType.IQ4_XS,
     }.Select(t => new object[] { t });
 
     static string LlamaCppName(GgmlType t) => t.ToString().ToLowerInvariant().Replace("_k", "_K");
@@ -49,7 +50,7 @@ public sealed class ErrorCompensationTests
             {
                 Assert.IsLessThan(f.Levels, (int)codes[e]);
                 seen.Add(codes[e]);
-                float v = scale[e] * (codes[e] + f.CodeShift) - min[e];
+                float v = scale[e] * f.CodeValue(codes[e]) - min[e];
                 if (BitConverter.SingleToInt32Bits(v) != BitConverter.SingleToInt32Bits(theirs[b * B + e]) && !(v == 0 && theirs[b * B + e] == 0))
                     Assert.Fail($"{type} block {b} element {e}: grid gives {v:R}, llama.cpp {theirs[b * B + e]:R} (code {codes[e]})");
             }
@@ -123,9 +124,14 @@ public sealed class ErrorCompensationTests
                 for (int j = 0; j < B; j++)
                 {
                     int c = b0 + j;
-                    if (scale[j] != 0)
+                    if (scale[j] != 0 && f.EvenGrid)
                         codes[j] = (byte)Math.Clamp(Math.Round((row[c] + min[j]) / scale[j], MidpointRounding.ToEven) - f.CodeShift, f.LowestCode, f.Levels - 1);
-                    double q = scale[j] * (codes[j] + f.CodeShift) - min[j];
+                    else if (scale[j] != 0) // a non-linear grid: the nearest value
+                    {
+                        double t = (row[c] + min[j]) / scale[j];
+                        codes[j] = (byte)Enumerable.Range(0, f.Levels).MinBy(k => Math.Abs(t - f.CodeValue(k)));
+                    }
+                    double q = scale[j] * f.CodeValue(codes[j]) - min[j];
                     double err = (row[c] - q) / U(c, c);
                     for (int k = c + 1; k < n; k++) row[k] -= err * U(c, k);
                 }
@@ -186,6 +192,8 @@ public sealed class ErrorCompensationTests
     [DataRow(GgmlType.Q4_K)]
     [DataRow(GgmlType.Q3_K)]
     [DataRow(GgmlType.Q6_K)]
+    [DataRow(GgmlType.IQ4_XS)]
+    [DataRow(GgmlType.IQ4_NL)]
     [TestCategory(TestCategories.Slow)]
     public void MatchesTextbookGptqAndLowersOutputError(GgmlType type)
     {

@@ -56,6 +56,8 @@ public static class ErrorCompensatedQuantizer
         long rowBytes = format.RowBytes(C);
         if (C % B != 0 || rows.Length != (long)n * C || output.Length != n * rowBytes || u.shape[0] != C) throw new ArgumentException("shapes do not match");
         float shift = format.CodeShift, top = format.Levels - 1, bottom = format.LowestCode;
+        // A non-linear grid (IQ4): the code whose value is nearest, on the value table.
+        using Tensor? table = format.EvenGrid ? null : torch.tensor(Enumerable.Range(0, format.Levels).Select(format.CodeValue).ToArray()); // host
         int chunk = Math.Max(B, 128 / B * B);
         using var scope = torch.NewDisposeScope();
         Tensor wt = torch.tensor(rows.ToArray(), new long[] { n, C }).t().contiguous(); // [C, n]: a column is contiguous
@@ -91,9 +93,20 @@ public static class ErrorCompensatedQuantizer
                     using var columnScope = torch.NewDisposeScope();
                     int c = b0 + j;
                     Tensor w = wt[c], s = S[j], m = M[j];
-                    Tensor q = ((w + m) / s).round_().sub_(shift).clamp_(bottom, top);
-                    q = torch.where(s == 0, first[j], q); // a zero step: every code is the same value; keep the search's
-                    Tensor wq = s * (q + shift) - m;
+                    Tensor q, wq;
+                    if (table is null)
+                    {
+                        q = ((w + m) / s).round_().sub_(shift).clamp_(bottom, top);
+                        q = torch.where(s == 0, first[j], q); // a zero step: every code is the same value; keep the search's
+                        wq = s * (q + shift) - m;
+                    }
+                    else
+                    {
+                        Tensor target = (w + m) / s;
+                        q = (target.unsqueeze(1) - table.unsqueeze(0)).abs_().argmin(1).to_type(ScalarType.Float32);
+                        q = torch.where(s == 0, first[j], q);
+                        wq = s * table.index_select(0, q.to_type(ScalarType.Int64)) - m;
+                    }
                     Tensor err = (w - wq) / u[c, c];
                     if (c + 1 < ce) wt.narrow(0, c + 1, ce - c - 1).sub_(torch.outer(u[c].narrow(0, c + 1, ce - c - 1), err));
                     errors[c - cs].copy_(err);

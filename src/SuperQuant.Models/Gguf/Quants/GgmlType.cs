@@ -34,6 +34,10 @@ public abstract class GgmlFormat
     /// grid, pick codes, and write them back without touching its scales (GgmlCodes.cs).</summary>
     public virtual int Levels => 0;
     public virtual int CodeShift => 0;
+    /// <summary>The grid value of a code: code + CodeShift on the evenly spaced grids; a table on the non-linear ones
+    /// (IQ4's kvalues_iq4nl), where a block element is scale[e] * CodeValue(code) - min[e].</summary>
+    public virtual float CodeValue(int code) => code + CodeShift;
+    public virtual bool EvenGrid => true;
     /// <summary>The lowest code a search may choose (0 but for Q8_0: see there).</summary>
     public virtual int LowestCode => 0;
     /// <summary>Per element of one block: the grid's step and offset.</summary>

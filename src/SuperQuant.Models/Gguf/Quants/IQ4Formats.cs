@@ -167,6 +167,18 @@ public sealed class IQ4_NLFormat : GgmlFormat
         }
     }
 
+    // The code grid (for error-compensated rows): one scale d per block, values kvalues_iq4nl, nibbles as Q4_0's.
+    public override int Levels => 16;
+    public override float CodeValue(int code) => IQ4Grid.Values[code];
+    public override bool EvenGrid => false;
+    public override void ReadGrid(ReadOnlySpan<byte> b, Span<float> scale, Span<float> min)
+    {
+        scale[..QK].Fill(ReadHalf(b));
+        min[..QK].Clear();
+    }
+    public override void ReadCodes(ReadOnlySpan<byte> b, Span<byte> c) => LegacyCodes.ReadNibbles(b[2..], c);
+    public override void WriteCodes(Span<byte> b, ReadOnlySpan<byte> c) => LegacyCodes.WriteNibbles(b[2..], c);
+
     public override void DequantizeRow(ReadOnlySpan<byte> y, Span<float> x)
     {
         for (int i = 0; i < x.Length / QK; i++)
@@ -204,6 +216,30 @@ public sealed class IQ4_XSFormat : GgmlFormat
                 importance.IsEmpty ? ReadOnlySpan<float>.Empty : importance.Slice(ib * QK, QK));
             BitConverter.TryWriteBytes(blk.Slice(2, 2), scalesH);
         }
+    }
+
+    // The code grid: per 32 weights the scale d * (ls - 32), values kvalues_iq4nl; each 32's nibbles as IQ4_NL's.
+    public override int Levels => 16;
+    public override float CodeValue(int code) => IQ4Grid.Values[code];
+    public override bool EvenGrid => false;
+    public override void ReadGrid(ReadOnlySpan<byte> b, Span<float> scale, Span<float> min)
+    {
+        float d = ReadHalf(b);
+        ushort scalesH = BitConverter.ToUInt16(b.Slice(2, 2));
+        for (int ib = 0; ib < QK / 32; ++ib)
+        {
+            int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) | (((scalesH >> (2 * ib)) & 3) << 4);
+            scale.Slice(32 * ib, 32).Fill(d * (ls - 32));
+        }
+        min[..QK].Clear();
+    }
+    public override void ReadCodes(ReadOnlySpan<byte> b, Span<byte> c)
+    {
+        for (int ib = 0; ib < QK / 32; ++ib) LegacyCodes.ReadNibbles(b.Slice(8 + 16 * ib, 16), c.Slice(32 * ib, 32));
+    }
+    public override void WriteCodes(Span<byte> b, ReadOnlySpan<byte> c)
+    {
+        for (int ib = 0; ib < QK / 32; ++ib) LegacyCodes.WriteNibbles(b.Slice(8 + 16 * ib, 16), c.Slice(32 * ib, 32));
     }
 
     public override void DequantizeRow(ReadOnlySpan<byte> y, Span<float> x)
