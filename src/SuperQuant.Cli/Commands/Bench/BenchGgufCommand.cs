@@ -108,6 +108,12 @@ public static class BenchGgufCommand
         using var folds = CalibrationFolds.Record(model, calibration, ctx, temp, s => s with { SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z) });
         double importanceSeconds = clock.Elapsed.TotalSeconds;
         Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; statistics and held-out references {importanceSeconds:F2} s");
+        // Size budgets: one sensitivity measurement on the same calibration statistics serves every type's size.
+        clock.Restart();
+        var imatrix = folds.Full.Importance!;
+        var sensitivity = GgufBudget.Measure(model, imatrix, folds.Full.Covariance, calibration, ctx);
+        double budgetSeconds = clock.Elapsed.TotalSeconds;
+        Console.WriteLine($"size-budget sensitivity (each tensor, each type): {budgetSeconds:F2} s");
         Evaluate("F16 export", f16, 0, null);
         Console.WriteLine();
         Console.WriteLine($"{"type",-8} {"quantizer",-34} {"MiB",7} {"bpw",6} {"KLD mean",20} {"KLD p99",9} {"same top",9} {"PPL",16} {"seconds",8}  notes");
@@ -167,6 +173,16 @@ public static class BenchGgufCommand
             }
             if (refused is null) Evaluate("", theirs, theirSeconds, "llama.cpp quantizer");
             else Console.WriteLine($"{"",-8} {"llama.cpp quantizer",-34} refused: {refused.Split('\n')[0]}");
+            // llama-quantize --imatrix with the same calibration statistics (its bytes: IQTypeTests), and our size budget
+            // at that file's size.
+            string imatrixPath = Path.Combine(temp, $"imatrix.{type.Name()}.gguf");
+            clock.Restart();
+            var imatrixFile = GgufWriter.Write(imatrixPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrix, ImatrixRows = true });
+            Evaluate("", imatrixPath, clock.Elapsed.TotalSeconds + importanceSeconds, "llama.cpp rows + imatrix");
+            string budgetPath = Path.Combine(temp, $"budget.{type.Name()}.gguf");
+            clock.Restart();
+            var (budgeted, _) = GgufBudget.Write(budgetPath, model, new GgufTarget(imatrixFile.FileBytes, null), sensitivity, imatrix, "bench", null, ctx);
+            Evaluate("", budgetPath, clock.Elapsed.TotalSeconds + importanceSeconds + budgetSeconds, "size budget at that size", budgeted.TypeSummary);
         }
 
         DivergenceResult Evaluate(string type, string path, double seconds, string? quantizer, string? bytes = null)
