@@ -59,10 +59,11 @@ public sealed record SuperAwareGguf
     public IReadOnlyList<(string Label, GgufExport Export)> Candidates(GgufFileType type, string name, GgufVocabulary? vocabulary)
     {
         // An imatrix type's reference rows are llama.cpp's with the importance weights (llama-quantize --imatrix):
-        // the plain and the weighted candidate are one file there. GPTQ chooses codes on a scalar grid (the k-quants,
-        // IQ4's non-linear one), not on the IQ3/IQ2 lattices' vectors.
+        // the plain and the weighted candidate are one file there. GPTQ chooses codes on every grid: scalar (the
+        // k-quants, IQ4's non-linear one) or lattice (IQ3/IQ2, a group of weights at a time).
         bool imatrixType = type.NeedsImportance();
-        bool codeGrid = GgmlFormat.Of(GgufMix.DefaultType(type)).Levels > 0;
+        var main = GgmlFormat.Of(GgufMix.DefaultType(type));
+        bool codeGrid = main.Levels > 0 || main.IsLattice;
         var list = new List<(string, GgufExport)>
         {
             ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = imatrixType ? Importance : null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),

@@ -223,6 +223,39 @@ public sealed class ErrorCompensationTests
         Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq, $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
     }
 
+    /// <summary>The lattice formats (IQ3_XXS, IQ3_S, IQ2_S) choose a grid point per group of weights, so the textbook
+    /// per-weight GPTQ does not apply; on correlated inputs their error-compensated rows must still have a far lower
+    /// layer-output error than the format's own importance-weighted search (llama.cpp with an imatrix), and their bytes
+    /// must be blocks llama.cpp reads as we do.</summary>
+    [TestMethod]
+    [DataRow(GgmlType.IQ3_XXS)]
+    [DataRow(GgmlType.IQ3_S)]
+    [DataRow(GgmlType.IQ2_S)]
+    [TestCategory(TestCategories.Slow)]
+    public void LatticeGptqLowersOutputErrorInBlocksLlamaCppReads(GgmlType type)
+    {
+        const int rows = 12, n = 512;
+        var f = GgmlFormat.Of(type);
+        float[] w = GgmlFormatTests.TestMatrix(21, rows, n);
+        var (H, h) = Correlated(n, 2048, 3);
+        using var _ = h;
+        float[] importance = Enumerable.Range(0, n).Select(j => (float)H[j, j]).ToArray();
+        byte[] ours = new byte[f.RowBytes(n) * rows];
+        using (Tensor u = ErrorCompensatedQuantizer.Prepare(h))
+            ErrorCompensatedQuantizer.Quantize(f, w, n, u, importance, ours);
+        var a = new float[w.Length];
+        var theirs = new float[w.Length];
+        f.DequantizeRow(ours, a);
+        GgmlReference.Dequantize(type.ToString().ToLowerInvariant(), ours, theirs);
+        for (int i = 0; i < a.Length; i++)
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(theirs[i])) Assert.Fail($"{type}: element {i}: ours {a[i]:R}, llama.cpp {theirs[i]:R}");
+        double gptq = OutputError(f, ours, w, H, rows, n);
+        double weighted = OutputError(f, GgmlQuants.Quantize(type, w, n, importance), w, H, rows, n);
+        double reference = OutputError(f, GgmlQuants.Quantize(type, w, n), w, H, rows, n);
+        Console.WriteLine($"{type}: output error GPTQ {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
+        Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq, $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
+    }
+
     /// <summary>A second moment that is not finite or not positive semi-definite gives no error-compensated candidate
     /// (the writer then chooses among the others) rather than an exception or a NaN factor.</summary>
     [TestMethod]

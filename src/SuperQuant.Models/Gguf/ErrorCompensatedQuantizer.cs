@@ -51,6 +51,7 @@ public static class ErrorCompensatedQuantizer
     /// block's scale search.</summary>
     public static void Quantize(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance, Span<byte> output)
     {
+        if (format.Lattice is not null) { QuantizeLattice(format, rows, rowLength, u, importance, output); return; }
         if (format.Levels == 0) throw new ArgumentException($"{format.Type} has no code grid");
         int C = checked((int)rowLength), n = rows.Length / C, B = format.BlockSize, blockBytes = format.BlockBytes;
         long rowBytes = format.RowBytes(C);
@@ -123,6 +124,94 @@ public static class ErrorCompensatedQuantizer
             if (ce < C)
                 wt.narrow(0, ce, C - ce).sub_(u.narrow(0, cs, ce - cs).narrow(1, ce, C - ce).t().matmul(errors));
             errors.Dispose();
+        }
+    }
+
+    /// <summary>GPTQ on the lattice formats (IQ3_XXS, IQ3_S, IQ2_S), whose codes are grid points of 4 or 8 weights with
+    /// sign bits, not one code per weight: a superblock's scales come from the format's own search on the values as
+    /// updated so far; then octet by octet (8 columns), each row's octet takes the signs of its updated values (IQ3_XXS:
+    /// even parity, flipping the least important weight, as ggml does) and the grid points nearest to their magnitudes
+    /// at the octet's scale; then the octet's 8 columns pass their errors on, one column at a time, as in
+    /// <see cref="Quantize"/>. Choosing a group and then compensating its columns is GPTQ's usual form for vector codes.</summary>
+    static void QuantizeLattice(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance, Span<byte> output)
+    {
+        var lattice = format.Lattice!;
+        int C = checked((int)rowLength), n = rows.Length / C, B = format.BlockSize, blockBytes = format.BlockBytes, dims = lattice.Dims;
+        long rowBytes = format.RowBytes(C);
+        if (C % B != 0 || rows.Length != (long)n * C || output.Length != n * rowBytes || u.shape[0] != C) throw new ArgumentException("shapes do not match");
+        float[] values = format.LatticeValues;
+        int maxLevel = format.LatticeMaxLevel, octets = B / 8;
+        using var scope = torch.NewDisposeScope();
+        Tensor wt = torch.tensor(rows.ToArray(), new long[] { n, C }).t().contiguous(); // host: [C, n], a column is contiguous
+        var blockValues = new float[n * B];
+        var block = new byte[n * blockBytes];
+        var octetScale = new float[n * octets];
+        var current = new float[8 * n];
+        var chosen = new float[8 * n];
+        float[] imp = importance.IsEmpty ? Array.Empty<float>() : importance.ToArray();
+        for (int b0 = 0; b0 < C; b0 += B)
+        {
+            using var blockScope = torch.NewDisposeScope();
+            Tensor errors = torch.zeros(B, n); // host
+            wt.narrow(0, b0, B).t().contiguous().data<float>().CopyTo(blockValues); // host
+            int from = b0;
+            Parallel.For(0, n, r =>
+            {
+                var bytes = block.AsSpan(r * blockBytes, blockBytes);
+                format.QuantizeRow(blockValues.AsSpan(r * B, B), bytes, imp.Length == 0 ? ReadOnlySpan<float>.Empty : imp.AsSpan(from, B));
+                format.ReadOctetScales(bytes, octetScale.AsSpan(r * octets, octets));
+            });
+            for (int o = 0; o < octets; o++)
+            {
+                int c0 = b0 + 8 * o;
+                wt.narrow(0, c0, 8).contiguous().data<float>().CopyTo(current); // host: [8, n]
+                Parallel.For(0, n, r =>
+                {
+                    Span<float> a = stackalloc float[8], w = stackalloc float[8];
+                    Span<int> indices = stackalloc int[2];
+                    float s = octetScale[r * octets + o];
+                    int signs = 0;
+                    for (int i = 0; i < 8; i++)
+                    {
+                        float v = current[i * n + r];
+                        w[i] = imp.Length == 0 ? 1f : imp[c0 + i];
+                        a[i] = Math.Abs(v);
+                        if (v < 0) signs |= 1 << i;
+                    }
+                    if (s == 0)
+                    {
+                        for (int i = 0; i < 8; i++) chosen[i * n + r] = 0;
+                        return; // a zero scale: every point is zero; the search's bytes stay
+                    }
+                    if (format.EvenSignParity && (System.Numerics.BitOperations.PopCount((uint)signs) & 1) != 0)
+                    {
+                        int least = 0;
+                        for (int i = 1; i < 8; i++) if (w[i] * a[i] * a[i] < w[least] * a[least] * a[least]) least = i;
+                        a[least] = -a[least];
+                        signs ^= 1 << least;
+                    }
+                    for (int k = 0; k < 8 / dims; k++)
+                    {
+                        indices[k] = lattice.Nearest(a.Slice(k * dims, dims), w.Slice(k * dims, dims), s, values, maxLevel);
+                        for (int i = 0; i < dims; i++)
+                            chosen[(k * dims + i) * n + r] = s * values[lattice.Levels[indices[k]][i]] * ((signs & (1 << (k * dims + i))) != 0 ? -1f : 1f);
+                    }
+                    format.WriteOctet(block.AsSpan(r * blockBytes, blockBytes), o, indices[..(8 / dims)], signs);
+                });
+                Tensor q = torch.tensor(chosen, new long[] { 8, n }); // host
+                for (int i = 0; i < 8; i++)
+                {
+                    int c = c0 + i;
+                    Tensor err = (wt[c] - q[i]) / u[c, c];
+                    int end = b0 + B;
+                    if (c + 1 < end) wt.narrow(0, c + 1, end - c - 1).sub_(torch.outer(u[c].narrow(0, c + 1, end - c - 1), err));
+                    errors[c - b0].copy_(err);
+                }
+            }
+            for (int r = 0; r < n; r++)
+                block.AsSpan(r * blockBytes, blockBytes).CopyTo(output.Slice((int)(r * rowBytes + b0 / B * blockBytes), blockBytes));
+            if (b0 + B < C)
+                wt.narrow(0, b0 + B, C - b0 - B).sub_(u.narrow(0, b0, B).narrow(1, b0 + B, C - b0 - B).t().matmul(errors));
         }
     }
 }

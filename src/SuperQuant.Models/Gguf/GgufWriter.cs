@@ -277,7 +277,7 @@ public static class GgufWriter
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
-            if (export.ErrorCompensation && h is not null && format.Levels > 0)
+            if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
             {
                 if (!factors.TryGetValue(h, out compensation))
                     factors[h] = compensation = ErrorCompensatedQuantizer.TryPrepare(h)?.DetachFromDisposeScope();

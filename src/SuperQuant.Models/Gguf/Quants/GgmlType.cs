@@ -38,6 +38,18 @@ public abstract class GgmlFormat
     /// (IQ4's kvalues_iq4nl), where a block element is scale[e] * CodeValue(code) - min[e].</summary>
     public virtual float CodeValue(int code) => code + CodeShift;
     public virtual bool EvenGrid => true;
+
+    /// <summary>Lattice formats (IQ3_XXS, IQ3_S, IQ2_S): weights come in octets of 8 sharing a scale and sign bits, each
+    /// octet one or two grid points. For error-compensated rows: the octets' scales, the dequantized value of a level,
+    /// and writing one octet's choice (nearest grid point and signs) into a block, keeping its scales.</summary>
+    internal virtual IQLattice? Lattice => null;
+    public bool IsLattice => Lattice is not null;
+    internal virtual float[] LatticeValues => Array.Empty<float>();
+    internal virtual int LatticeMaxLevel => 0;
+    /// <summary>Whether an octet's 8 signs must have even parity (IQ3_XXS stores 7 and derives the 8th).</summary>
+    internal virtual bool EvenSignParity => false;
+    internal virtual void ReadOctetScales(ReadOnlySpan<byte> block, Span<float> scale) => throw new NotSupportedException($"{Type} is not a lattice format");
+    internal virtual void WriteOctet(Span<byte> block, int octet, ReadOnlySpan<int> gridIndices, int signs) => throw new NotSupportedException($"{Type} is not a lattice format");
     /// <summary>The lowest code a search may choose (0 but for Q8_0: see there).</summary>
     public virtual int LowestCode => 0;
     /// <summary>Per element of one block: the grid's step and offset.</summary>

@@ -20,6 +20,26 @@ public sealed class IQ2_SFormat : GgmlFormat
     const int Qs = 2, SignsAt = Qs + QK / 8, Qh = 2 + QK / 4, ScalesAt = Qh + QK / 32;
     static readonly byte[] GridValues = { 8, 25, 43 };
 
+    internal override IQLattice? Lattice => IQLattice.IQ2_S;
+    internal override float[] LatticeValues { get; } = { 8, 25, 43 };
+    internal override int LatticeMaxLevel => 2;
+    internal override void ReadOctetScales(ReadOnlySpan<byte> b, Span<float> scale)
+    {
+        float d = ReadHalf(b);
+        for (int ib32 = 0; ib32 < QK / 32; ++ib32)
+        {
+            scale.Slice(4 * ib32, 2).Fill(d * (0.5f + (b[ScalesAt + ib32] & 0xf)) * 0.25f);
+            scale.Slice(4 * ib32 + 2, 2).Fill(d * (0.5f + (b[ScalesAt + ib32] >> 4)) * 0.25f);
+        }
+    }
+    internal override void WriteOctet(Span<byte> b, int octet, ReadOnlySpan<int> gridIndices, int signs)
+    {
+        b[Qs + octet] = (byte)(gridIndices[0] & 255);
+        int shift = 2 * (octet % 4);
+        b[Qh + octet / 4] = (byte)((b[Qh + octet / 4] & ~(3 << shift)) | ((gridIndices[0] >> 8) << shift));
+        b[SignsAt + octet] = (byte)signs;
+    }
+
     public override void QuantizeRow(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> importance)
     {
         var lattice = IQLattice.IQ2_S;

@@ -18,6 +18,30 @@ public sealed class IQ3_XXSFormat : GgmlFormat
     public override int BlockBytes => 2 + 3 * QK / 8;
     public override bool UsesImportance => true;
 
+    internal override IQLattice? Lattice => IQLattice.IQ3_XXS;
+    internal override float[] LatticeValues { get; } = { 4, 12, 20, 28, 36, 44, 52, 62 };
+    internal override int LatticeMaxLevel => 7;
+    internal override bool EvenSignParity => true;
+    internal override void ReadOctetScales(ReadOnlySpan<byte> b, Span<float> scale)
+    {
+        float d = ReadHalf(b);
+        for (int ib = 0; ib < QK / 32; ++ib)
+        {
+            uint aux = BitConverter.ToUInt32(b.Slice(2 + QK / 4 + 4 * ib, 4));
+            scale.Slice(4 * ib, 4).Fill(d * (0.5f + (aux >> 28)) * 0.5f);
+        }
+    }
+    internal override void WriteOctet(Span<byte> b, int octet, ReadOnlySpan<int> gridIndices, int signs)
+    {
+        int ib = octet / 4, l = octet % 4;
+        b[2 + 8 * ib + 2 * l] = (byte)gridIndices[0];
+        b[2 + 8 * ib + 2 * l + 1] = (byte)gridIndices[1];
+        var at = b.Slice(2 + QK / 4 + 4 * ib, 4);
+        uint aux = BitConverter.ToUInt32(at);
+        aux = (aux & ~(127u << (7 * l))) | ((uint)(signs & 127) << (7 * l));
+        BitConverter.TryWriteBytes(at, aux);
+    }
+
     static readonly byte[][] DequantGrid = IQLattice.PackedGrid(GgmlType.IQ3_XXS)
         .Select(k => Enumerable.Range(0, 4).Select(i => { int l = (k >> (3 * i)) & 7; return (byte)(l == 7 ? 62 : 8 * l + 4); }).ToArray()).ToArray();
 
@@ -141,6 +165,31 @@ public sealed class IQ3_SFormat : GgmlFormat
     public override int BlockBytes => 2 + QK / 4 + QK / 32 + QK / 8 + QK / 64;
     public override bool UsesImportance => true;
     const int Qs = 2, Qh = 2 + QK / 4, SignsAt = Qh + QK / 32, ScalesAt = SignsAt + QK / 8;
+
+    internal override IQLattice? Lattice => IQLattice.IQ3_S;
+    internal override float[] LatticeValues { get; } = { 1, 3, 5, 7, 9, 11, 13, 15 };
+    internal override int LatticeMaxLevel => 7;
+    internal override void ReadOctetScales(ReadOnlySpan<byte> b, Span<float> scale)
+    {
+        float d = ReadHalf(b);
+        for (int ib = 0; ib < QK / 32; ++ib)
+        {
+            int sc = b[ScalesAt + ib / 2];
+            scale.Slice(4 * ib, 4).Fill(d * (1 + 2 * (ib % 2 == 0 ? sc & 0xf : sc >> 4)));
+        }
+    }
+    internal override void WriteOctet(Span<byte> b, int octet, ReadOnlySpan<int> gridIndices, int signs)
+    {
+        // Octet o holds grid points 2o and 2o + 1; their 9th bits are bits (2o) % 8 and (2o + 1) % 8 of qh[o / 4].
+        for (int k = 0; k < 2; ++k)
+        {
+            int point = 2 * octet + k;
+            b[Qs + point] = (byte)(gridIndices[k] & 255);
+            byte mask = (byte)(1 << (point % 8));
+            b[Qh + point / 8] = (byte)((b[Qh + point / 8] & ~mask) | ((gridIndices[k] >> 8) << (point % 8)));
+        }
+        b[SignsAt + octet] = (byte)signs;
+    }
 
     public override void QuantizeRow(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> importance)
     {

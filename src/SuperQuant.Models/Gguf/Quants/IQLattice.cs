@@ -225,6 +225,38 @@ internal sealed class IQLattice
         return gridIndex;
     }
 
+    /// <summary>The grid point nearest (weighted) to the magnitudes <paramref name="target"/> when a level l stands for
+    /// scale * <paramref name="levelValues"/>[l] (the format's dequantized values, which the search's 2l + 1 only
+    /// approximates): each level rounded to its nearest value, then, off the grid, the pattern's neighbours compared by
+    /// that exact error. For error-compensated rows, which choose one group at a time.</summary>
+    public int Nearest(ReadOnlySpan<float> target, ReadOnlySpan<float> weight, float scale, float[] levelValues, int maxLevel)
+    {
+        Span<sbyte> L = stackalloc sbyte[Dims];
+        for (int i = 0; i < Dims; ++i)
+        {
+            int best = 0;
+            for (int l = 1; l <= maxLevel; ++l)
+                if (Math.Abs(scale * levelValues[l] - target[i]) < Math.Abs(scale * levelValues[best] - target[i])) best = l;
+            L[i] = (sbyte)best;
+        }
+        int index = _map[Pattern(L)];
+        if (index >= 0) return index;
+        int offset = -index - 1, count = _neighbours[offset];
+        float bestD2 = float.MaxValue;
+        for (int j = 1; j <= count; ++j)
+        {
+            var pg = Levels[_neighbours[offset + j]];
+            float d2 = 0;
+            for (int i = 0; i < Dims; ++i)
+            {
+                float diff = scale * levelValues[pg[i]] - target[i];
+                d2 += weight[i] * diff * diff;
+            }
+            if (d2 < bestD2) { bestD2 = d2; index = _neighbours[offset + j]; }
+        }
+        return index;
+    }
+
     int Pattern(ReadOnlySpan<sbyte> L)
     {
         int u = 0;
