@@ -147,9 +147,11 @@ public static class BenchGgufCommand
             var scores = folds.Score(model, type, "bench", null, Path.Combine(temp, "scratch"), threads);
             double scoreSeconds = clock.Elapsed.TotalSeconds;
             int best = CalibrationFolds.Choose(scores);
-            DivergenceResult? shipped = best == 0 ? baseline : null;
+            // An imatrix type's reference candidate is llama.cpp's rows with the imatrix, not the file above.
+            bool weightedReference = type.NeedsImportance();
+            DivergenceResult? shipped = best == 0 && !weightedReference ? baseline : null;
             var candidates = folds.Full.Candidates(type, "bench", null);
-            for (int i = 1; i < candidates.Count; i++)
+            for (int i = weightedReference ? 0 : 1; i < candidates.Count; i++)
             {
                 string path = Path.Combine(temp, $"aware.{type.Name()}.gguf");
                 clock.Restart();
