@@ -101,3 +101,40 @@ public sealed class GgufBudgetCommandTests
         Assert.AreEqual(2, both.ExitCode, both.Output);
     }
 }
+
+/// <summary>Every family takes a size budget: fused projections (phi3) and tied embeddings (gemma, smollm3) have their
+/// errors injected where the forward pass uses them, and llama.cpp loads and runs the file.</summary>
+[TestClass]
+public sealed class FamilyBudgetTests
+{
+    [TestMethod]
+    [TestCategory(TestCategories.Slow)]
+    [DataRow("phi3")]
+    [DataRow("gemma2")]
+    [DataRow("qwen3")]
+    public void ABudgetFileOfEachFamilyLandsAndRuns(string family)
+    {
+        using var dir = new TempFolder();
+        FamilyCheckpoint.Write(dir.File("ckpt"), family);
+        using var model = ModelLoader.Load(dir.File("ckpt"));
+        int[] calibration = Sampler.Generate(model, new[] { 1 }, 255, 1.0, seed: 5);
+        var imatrix = ImportanceRecorder.Record(model, calibration, 128);
+        var measured = GgufBudget.Measure(model, imatrix, ImportanceRecorder.Covariances(model, calibration, 128), calibration, 128);
+        Assert.IsTrue(measured.All(t => double.IsFinite(t.Gain) && t.Gain >= 0), string.Join(", ", measured.Select(t => $"{t.Name} {t.Gain}")));
+        var (min, max) = GgufBudget.Bounds(model);
+        var target = new GgufTarget((min + max) / 3, null);
+        var (written, plan) = GgufBudget.Write(dir.File("b.gguf"), model, target, measured, imatrix, "m", null, 128);
+        Assert.IsTrue(written.FileBytes <= target.Bytes && written.FileBytes >= 0.99 * target.Bytes, $"{family}: {written.FileBytes} for {target.Bytes}");
+        using var engine = LlamaCppEngine.Open(dir.File("b.gguf"), 128);
+        using var reference = LlamaCppEngine.Open(Export(model, dir.File("f16.gguf")), 128);
+        double kl = Evaluator.Divergence(reference.Logits, engine.Logits, calibration, 128, 64).KlDivergence.Value;
+        Console.WriteLine($"{family}: {written.FileBytes} B ({written.TypeSummary}), KL {kl:G3}, predicted {plan.PredictedKl:G3}");
+        Assert.IsTrue(double.IsFinite(kl) && kl < 1, $"{family}: KL {kl}");
+    }
+
+    static string Export(LlamaModel model, string path)
+    {
+        GgufWriter.Write(path, model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+        return path;
+    }
+}
