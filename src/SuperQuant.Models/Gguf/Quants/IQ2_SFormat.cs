@@ -60,16 +60,7 @@ public sealed class IQ2_SFormat : GgmlFormat
             {
                 var xb = xbl.Slice(16 * ib, 16);
                 IQLattice.Weights(xb, importance.IsEmpty ? ReadOnlySpan<float>.Empty : importance.Slice(QK * ibl + 16 * ib, 16), sigma2, weight, waux, plainSigma2Share: 0.25f);
-                for (int k = 0; k < 2; ++k)
-                {
-                    int s = 0;
-                    for (int i = 0; i < 8; ++i)
-                    {
-                        if (xb[8 * k + i] >= 0) xval[8 * k + i] = xb[8 * k + i];
-                        else { xval[8 * k + i] = -xb[8 * k + i]; s |= 1 << i; }
-                    }
-                    blockSigns[k] = (byte)s;
-                }
+                IQLattice.SplitSigns(xb, xval, blockSigns);
                 float max = xval[0];
                 for (int i = 1; i < 16; ++i) max = Math.Max(max, xval[i]);
                 L.Clear();

@@ -64,16 +64,7 @@ public sealed class IQ3_SFormat : GgmlFormat
             {
                 var xb = xbl.Slice(32 * ib, 32);
                 IQLattice.Weights(xb, importance.IsEmpty ? ReadOnlySpan<float>.Empty : importance.Slice(QK * ibl + 32 * ib, 32), sigma2, weight, waux);
-                for (int k = 0; k < 4; ++k)
-                {
-                    int s = 0;
-                    for (int i = 0; i < 8; ++i)
-                    {
-                        if (xb[8 * k + i] >= 0) xval[8 * k + i] = xb[8 * k + i];
-                        else { xval[8 * k + i] = -xb[8 * k + i]; s |= 1 << i; }
-                    }
-                    blockSigns[k] = (byte)s;
-                }
+                IQLattice.SplitSigns(xb, xval, blockSigns);
                 float max = xval[0];
                 for (int i = 1; i < 32; ++i) max = Math.Max(max, xval[i]);
                 L.Clear();

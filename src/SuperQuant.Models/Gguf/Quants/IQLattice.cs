@@ -206,22 +206,31 @@ internal sealed class IQLattice
         int index = _map[Pattern(L)];
         onGrid = index >= 0;
         if (onGrid) return index;
-        int offset = -index - 1, count = _neighbours[offset];
+        int gridIndex = BestNeighbour(-index - 1, xval, weight, scale, SearchPositions);
+        for (int i = 0; i < Dims; ++i) L[i] = (sbyte)Levels[gridIndex][i];
+        return gridIndex;
+    }
+
+    /// <summary>The search's position of each level: 2l + 1.</summary>
+    static readonly float[] SearchPositions = { 1, 3, 5, 7, 9, 11, 13, 15 };
+
+    /// <summary>Among the neighbours listed at <paramref name="offset"/>, the grid point with the lowest weighted squared
+    /// error when level l stands for scale * <paramref name="levelValues"/>[l] (the first such point on ties).</summary>
+    int BestNeighbour(int offset, ReadOnlySpan<float> target, ReadOnlySpan<float> weight, float scale, ReadOnlySpan<float> levelValues)
+    {
+        int count = _neighbours[offset], gridIndex = -1;
         float bestD2 = float.MaxValue;
-        int gridIndex = -1;
         for (int j = 1; j <= count; ++j)
         {
             var pg = Levels[_neighbours[offset + j]];
             float d2 = 0;
             for (int i = 0; i < Dims; ++i)
             {
-                float q = 2 * pg[i] + 1;
-                float diff = scale * q - xval[i];
+                float diff = scale * levelValues[pg[i]] - target[i];
                 d2 += weight[i] * diff * diff;
             }
             if (d2 < bestD2) { bestD2 = d2; gridIndex = _neighbours[offset + j]; }
         }
-        for (int i = 0; i < Dims; ++i) L[i] = (sbyte)Levels[gridIndex][i];
         return gridIndex;
     }
 
@@ -240,21 +249,22 @@ internal sealed class IQLattice
             L[i] = (sbyte)best;
         }
         int index = _map[Pattern(L)];
-        if (index >= 0) return index;
-        int offset = -index - 1, count = _neighbours[offset];
-        float bestD2 = float.MaxValue;
-        for (int j = 1; j <= count; ++j)
+        return index >= 0 ? index : BestNeighbour(-index - 1, target, weight, scale, levelValues);
+    }
+
+    /// <summary>Splits a block into magnitudes <paramref name="xval"/> and one byte of sign bits per 8 weights.</summary>
+    public static void SplitSigns(ReadOnlySpan<float> xb, Span<float> xval, Span<byte> signs)
+    {
+        for (int k = 0; k < xb.Length / 8; ++k)
         {
-            var pg = Levels[_neighbours[offset + j]];
-            float d2 = 0;
-            for (int i = 0; i < Dims; ++i)
+            int s = 0;
+            for (int i = 0; i < 8; ++i)
             {
-                float diff = scale * levelValues[pg[i]] - target[i];
-                d2 += weight[i] * diff * diff;
+                if (xb[8 * k + i] >= 0) xval[8 * k + i] = xb[8 * k + i];
+                else { xval[8 * k + i] = -xb[8 * k + i]; s |= 1 << i; }
             }
-            if (d2 < bestD2) { bestD2 = d2; index = _neighbours[offset + j]; }
+            signs[k] = (byte)s;
         }
-        return index;
     }
 
     int Pattern(ReadOnlySpan<sbyte> L)
