@@ -174,7 +174,7 @@ public static class QuantizationPipeline
                 // GGUF first: it is quantized from the original weights, which the packed path overwrites in place.
                 if (r.Ggufs.Any())
                 {
-                    GgufWriter.CheckSupported(c);
+                    GgufExporter.CheckSupported(c);
                     CheckBudgets(r, model);
                     var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
                     // A GGUF without a vocabulary runs only token ids: say so, naming why, rather than write no_vocab silently.
@@ -232,7 +232,7 @@ public static class QuantizationPipeline
                                 log.Info($"{r.Id}: {g.Kind}: {choice}");
                             }
                             else
-                                written = GgufWriter.Write(file.StagingPath, model,
+                                written = GgufExporter.Write(file.StagingPath, model,
                                     new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = superWeights,
                                         Importance = g.Type.NeedsImportance() ? imatrix : null });
                             log.Info($"{r.Id}: wrote {g.Kind} ({written.FileBytes / 1048576.0:F2} MiB, {written.BitsPerWeight:F2} bits/weight: {written.TypeSummary})");

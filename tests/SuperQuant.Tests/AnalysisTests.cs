@@ -248,7 +248,7 @@ public sealed class AnalysisTests
         File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"a\", \"sol1\": \"b\", \"sol2\": \"c\", \"label\": 0}\n");
         File.WriteAllText(dir.File("t.txt"), "Once upon a time");
         using (var stories = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("s.gguf"), stories, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "s" });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("s.gguf"), stories, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "s" });
         foreach (var args in new[]
         {
             // A no_vocab GGUF: llama.cpp would abort the process if asked to tokenize.

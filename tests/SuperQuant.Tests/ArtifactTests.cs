@@ -103,7 +103,7 @@ public sealed class ArtifactTests
         foreach (GgufFileType type in new[] { GgufFileType.F16, GgufFileType.Q8_0, GgufFileType.Q4_0, GgufFileType.Q4_K_M })
         {
             string path = dir.File($"m-{type}.gguf");
-            var written = GgufWriter.Write(path, model, new GgufExport { FileType = type, Name = "stories260K", SuperWeights = sw }).Tensors;
+            var written = GgufExporter.Write(path, model, new GgufExport { FileType = type, Name = "stories260K", SuperWeights = sw }).Tensors;
             var g = GgufFile.Read(path);
             Assert.AreEqual("llama", g.Metadata["general.architecture"]);
             Assert.AreEqual("no_vocab", g.Metadata["tokenizer.ggml.model"], "llama.cpp requires the key; no_vocab loads without a vocabulary");
@@ -130,7 +130,7 @@ public sealed class ArtifactTests
     {
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
-        GgufWriter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
+        GgufExporter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
         var g = GgufFile.Read(dir.File("f16.gguf"));
         // llama2.c files store wq in the interleaved order llama.cpp uses: the GGUF tensor must equal the file's.
         var raw = new RunCReferenceWeights(SharedModels.Stories260K);
@@ -158,7 +158,7 @@ public sealed class ArtifactTests
         TinyCheckpointFactory.Write(dir.Path, new TinyModelSpec { ModelType = "qwen2" });
         using var m = ModelLoader.Load(dir.Path);
         // Every model_type we read has a GGUF architecture now; a description of one llama.cpp does not know is refused.
-        var e = Assert.ThrowsExactly<SuperQuantException>(() => GgufWriter.CheckSupported(m.Config with { Architecture = "falcon" }));
+        var e = Assert.ThrowsExactly<SuperQuantException>(() => GgufExporter.CheckSupported(m.Config with { Architecture = "falcon" }));
         Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
         StringAssert.Contains(e.Message, "'falcon'");
         Assert.IsFalse(File.Exists(dir.File("q.gguf")));
@@ -197,7 +197,7 @@ public sealed class GgufIndependentParserTests
         using var dir = new TempFolder();
         using LlamaModel model = Llama2cCheckpoint.Load(SharedModels.Stories260K);
         string path = dir.File("stories.gguf");
-        GgufWriter.Write(path, model, new GgufExport { FileType = GgufFileType.Q4_K_M, Name = "stories260K" });
+        GgufExporter.Write(path, model, new GgufExport { FileType = GgufFileType.Q4_K_M, Name = "stories260K" });
         var ours = GgufFile.Read(path);
 
         using var doc = AssertSameMetadata(path);

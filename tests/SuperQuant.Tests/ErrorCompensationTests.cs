@@ -8,7 +8,7 @@ namespace SuperQuant.Tests;
 
 /// <summary>
 /// The code grids of ggml's formats (what error-compensated quantization writes into) against llama.cpp's own blocks,
-/// and <see cref="ErrorCompensatedQuantizer"/> against a textbook GPTQ written here as plain loops in double precision.
+/// and <see cref="Gptq"/> against a textbook GPTQ written here as plain loops in double precision.
 /// </summary>
 [TestClass]
 public sealed class ErrorCompensationTests
@@ -102,7 +102,7 @@ public sealed class ErrorCompensationTests
         var H = (double[,])H0.Clone();
         double mean = 0;
         for (int i = 0; i < n; i++) mean += H[i, i] / n;
-        for (int i = 0; i < n; i++) { if (H[i, i] <= 0) H[i, i] = 1; H[i, i] += ErrorCompensatedQuantizer.DefaultDamping * mean; }
+        for (int i = 0; i < n; i++) { if (H[i, i] <= 0) H[i, i] = 1; H[i, i] += Gptq.DefaultDamping * mean; }
         double[,] inv = Inverse(Cholesky(H), n);
         double[,] L = Cholesky(inv); // inv = L Lᵀ, so U = Lᵀ
         double U(int i, int j) => L[j, i];
@@ -204,8 +204,8 @@ public sealed class ErrorCompensationTests
         using var _ = h;
         float[] importance = Enumerable.Range(0, n).Select(j => (float)H[j, j]).ToArray();
         byte[] ours = new byte[f.RowBytes(n) * rows];
-        using (Tensor u = ErrorCompensatedQuantizer.Prepare(h))
-            ErrorCompensatedQuantizer.Quantize(f, w, n, u, importance, ours);
+        using (Tensor u = Gptq.Prepare(h))
+            Gptq.Quantize(f, w, n, u, importance, ours);
         byte[] plain = PlainGptq(f, w, rows, n, H, importance);
 
         var a = new float[w.Length];
@@ -241,8 +241,8 @@ public sealed class ErrorCompensationTests
         using var _ = h;
         float[] importance = Enumerable.Range(0, n).Select(j => (float)H[j, j]).ToArray();
         byte[] ours = new byte[f.RowBytes(n) * rows];
-        using (Tensor u = ErrorCompensatedQuantizer.Prepare(h))
-            ErrorCompensatedQuantizer.Quantize(f, w, n, u, importance, ours);
+        using (Tensor u = Gptq.Prepare(h))
+            Gptq.Quantize(f, w, n, u, importance, ours);
         var a = new float[w.Length];
         var theirs = new float[w.Length];
         f.DequantizeRow(ours, a);
@@ -263,11 +263,11 @@ public sealed class ErrorCompensationTests
     {
         using var nan = torch.eye(64); // host
         nan[3, 5] = torch.tensor(float.NaN);
-        Assert.IsNull(ErrorCompensatedQuantizer.TryPrepare(nan));
+        Assert.IsNull(Gptq.TryPrepare(nan));
         using var negative = -torch.eye(64) * 1000; // host
-        Assert.IsNull(ErrorCompensatedQuantizer.TryPrepare(negative));
+        Assert.IsNull(Gptq.TryPrepare(negative));
         using var zero = torch.zeros(64, 64); // host: no calibration token reached any column: plain rounding
-        using Tensor? u = ErrorCompensatedQuantizer.TryPrepare(zero);
+        using Tensor? u = Gptq.TryPrepare(zero);
         Assert.IsNotNull(u);
         Assert.IsTrue(u.isfinite().all().item<bool>());
     }
@@ -285,8 +285,8 @@ public sealed class ErrorCompensationTests
         float[] diag = Enumerable.Range(0, n).Select(_ => (float)(0.5 + rng.NextDouble())).ToArray();
         byte[] ours = new byte[f.RowBytes(n) * rows];
         using (Tensor h = torch.diag(torch.tensor(diag))) // host
-        using (Tensor u = ErrorCompensatedQuantizer.Prepare(h))
-            ErrorCompensatedQuantizer.Quantize(f, w, n, u, diag, ours);
+        using (Tensor u = Gptq.Prepare(h))
+            Gptq.Quantize(f, w, n, u, diag, ours);
         // The format's own quantization of each block on its own (the scale search sees one block at a time in both).
         byte[] plainRounding = new byte[ours.Length];
         int B = f.BlockSize;

@@ -37,7 +37,7 @@ public sealed class FamilyGgufTests
     static string Export(string ckpt, string gguf, GgufFileType type)
     {
         using var model = ModelLoader.Load(ckpt);
-        GgufWriter.Write(gguf, model, new GgufExport { FileType = type, Name = "family" });
+        GgufExporter.Write(gguf, model, new GgufExport { FileType = type, Name = "family" });
         return gguf;
     }
 
@@ -174,14 +174,14 @@ public sealed class FamilyQuantizerTests
         using var dir = new TempFolder();
         FamilyCheckpoint.Write(dir.File("ckpt"), family);
         using var model = ModelLoader.Load(dir.File("ckpt"));
-        GgufWriter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+        GgufExporter.Write(dir.File("f16.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         // The values llama.cpp's quantizer sees: each weight matrix as F16 (vectors are F32 in the file either way).
         using (TorchSharp.torch.no_grad())
             model.Weights.Map(t => t.dim() >= 2 ? t.to_type(TorchSharp.torch.ScalarType.Float16).to_type(TorchSharp.torch.ScalarType.Float32) : t);
         foreach (var type in Enum.GetValues<GgufFileType>().Where(t => t != GgufFileType.F16 && !IQTypeTests.LlamaCppRefusesWithoutImatrix(t)))
         {
             string ours = dir.File($"ours.{type.Name()}.gguf"), theirs = dir.File($"llama.{type.Name()}.gguf");
-            GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
+            GgufExporter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
             SuperQuant.LlamaCpp.LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), theirs, type.Name());
             Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)", SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), $"{family} {type.Name()}");
         }

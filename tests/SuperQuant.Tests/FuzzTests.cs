@@ -101,7 +101,7 @@ public sealed class FuzzTests
         TinyCheckpointFactory.Write(dir.File("ckpt"), spec);
         using var model = ModelLoader.Load(dir.File("ckpt"));
         string seedPath = dir.File("seed.gguf");
-        GgufWriter.Write(seedPath, model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.Q4_0, Name = "fuzz" });
+        GgufExporter.Write(seedPath, model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.Q4_0, Name = "fuzz" });
         Fuzz("gguf", File.ReadAllBytes(seedPath), ".gguf", p =>
         {
             var g = GgufFile.Read(p);

@@ -32,7 +32,7 @@ public sealed class GgufBudgetTests
         };
         RandomCheckpoint.Write(dir.File("ckpt"), config, seed: 21, heavyTails: true);
         using (var original = ModelLoader.Load(dir.File("ckpt")))
-            GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+            GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         using var model = GgufModelLoader.Load(dir.File("f16.gguf")); // the values llama.cpp's quantizer sees
         // Text the model writes: calibration and held-out evaluation from different seeds.
         int[] calibration = Enumerable.Range(0, 8).SelectMany(s => Sampler.Generate(model, new[] { 1 }, Context - 1, 1.0, seed: 100 + s)).ToArray();
@@ -49,7 +49,7 @@ public sealed class GgufBudgetTests
         }
         foreach (var named in new[] { GgufFileType.Q3_K_M, GgufFileType.Q4_K_M, GgufFileType.IQ4_XS })
         {
-            var theirs = GgufWriter.Write(dir.File($"{named.Name()}.gguf"), model, new GgufExport { FileType = named, Name = "m", Importance = imatrix, ImatrixRows = true });
+            var theirs = GgufExporter.Write(dir.File($"{named.Name()}.gguf"), model, new GgufExport { FileType = named, Name = "m", Importance = imatrix, ImatrixRows = true });
             var (ours, plan) = GgufBudget.Write(dir.File($"budget-{named.Name()}.gguf"), model, new GgufTarget(theirs.FileBytes, null), measured, imatrix, "m", null, Context);
             double klTheirs = Kl(dir.File($"{named.Name()}.gguf")), klOurs = Kl(dir.File($"budget-{named.Name()}.gguf"));
             Console.WriteLine($"{named.Name()}: {theirs.FileBytes:N0} B KL {klTheirs:G4} ({theirs.TypeSummary}) | budget {ours.FileBytes:N0} B KL {klOurs:G4} predicted {plan.PredictedKl:G4} ({ours.TypeSummary})");
@@ -134,7 +134,7 @@ public sealed class FamilyBudgetTests
 
     static string Export(LlamaModel model, string path)
     {
-        GgufWriter.Write(path, model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+        GgufExporter.Write(path, model, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         return path;
     }
 }

@@ -59,7 +59,7 @@ public sealed class GgufSelectionTests
         int best = CalibrationFolds.Choose(scores);
         Assert.AreEqual(scores.Min(s => s.HeldOutKl), scores[best].HeldOutKl);
         StringAssert.EndsWith(log, "-> " + labels[best]);
-        GgufWriter.Write(dir.File("expected.gguf"), model, folds.Full.Candidates(GgufFileType.Q4_K_M, "m", null)[best].Export);
+        GgufExporter.Write(dir.File("expected.gguf"), model, folds.Full.Candidates(GgufFileType.Q4_K_M, "m", null)[best].Export);
         CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("expected.gguf")), File.ReadAllBytes(dir.File("best.gguf")), "the shipped file is not the winner built from all the calibration tokens");
     }
 
@@ -83,7 +83,7 @@ public sealed class GgufSelectionTests
     {
         RandomCheckpoint.Write(dir.File("ckpt"), Config, seed: seed, heavyTails: true);
         using (var original = ModelLoader.Load(dir.File("ckpt")))
-            GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+            GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         return GgufModelLoader.Load(dir.File("f16.gguf"));
     }
 }

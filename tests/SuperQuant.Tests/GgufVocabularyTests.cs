@@ -71,7 +71,7 @@ public sealed class GgufVocabularyTests
         using LlamaModel model = ModelLoader.Load(dir.Path);
         var vocabulary = GgufVocabulary.FromCheckpoint(dir.Path, model.Config);
         Assert.IsNotNull(vocabulary);
-        GgufWriter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+        GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
 
         var g = GgufFile.Read(dir.File("m.gguf"));
         Assert.AreEqual("llama", g.Metadata["tokenizer.ggml.model"]);
@@ -111,7 +111,7 @@ public sealed class GgufVocabularyTests
         CollectionAssert.AreEqual(new[] { "a", "b", "ab", "Ġ", "Ġab", "<|begin_of_text|>", "<tool>", "[PAD7]" }, v.Tokens.Take(8).ToArray());
         CollectionAssert.AreEqual(new[] { 1, 1, 1, 1, 1, 3, 4, 5 }, v.TokenTypes.Take(8).ToArray());
         Assert.IsTrue(v.AddBos, "tokenizer_config.json says so");
-        GgufWriter.Write(dir.File("b.gguf"), model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "b", Vocabulary = v });
+        GgufExporter.Write(dir.File("b.gguf"), model, new GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "b", Vocabulary = v });
         GgufIndependentParserTests.AssertSameMetadata(dir.File("b.gguf"));
     }
 

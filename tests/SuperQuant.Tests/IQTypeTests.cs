@@ -75,7 +75,7 @@ public sealed class IQTypeTests
         using var dir = new TempFolder();
         RandomCheckpoint.Write(dir.File("ckpt"), Config, seed: 5, heavyTails: true);
         using (var original = ModelLoader.Load(dir.File("ckpt")))
-            GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+            GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         var rng = new Random(9);
         File.WriteAllText(dir.File("ids.txt"), string.Join(' ', Enumerable.Range(0, 1024).Select(_ => rng.Next(2, Config.VocabSize))));
         Run("llama-imatrix", $"-m {dir.File("f16.gguf")} -f {dir.File("ids.txt")} -c 128 -b 128 -o {dir.File("imatrix.gguf")} --no-ppl -t 2", ("LLAMA_TOKEN_IDS", "1"));
@@ -84,14 +84,14 @@ public sealed class IQTypeTests
         Assert.AreEqual(Config.NumLayers * 7, imatrix.Count, "one entry per linear layer");
 
         using var model = GgufModelLoader.Load(dir.File("f16.gguf")); // the F16 values llama.cpp's tools see
-        var written = GgufWriter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "m", Importance = imatrix });
+        var written = GgufExporter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "m", Importance = imatrix });
         Assert.AreEqual($"identical ({GgufFile.Read(dir.File("ours.gguf")).Tensors.Count} tensors)",
             SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(dir.File("ours.gguf"), dir.File("theirs.gguf")), typeName);
         if (type is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL)
         {
             // With an imatrix the first ffn_down layers keep the file's type; without one llama.cpp (and we) raise them.
             Assert.AreEqual(GgufMix.DefaultType(type), written.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
-            var plain = GgufWriter.PlanTypes(model, new GgufExport { FileType = type, Name = "m" });
+            var plain = GgufExporter.PlanTypes(model, new GgufExport { FileType = type, Name = "m" });
             Assert.AreEqual(GgmlType.Q5_K, plain.Single(t => t.Name == "blk.0.ffn_down.weight").Type);
         }
         Console.WriteLine($"{typeName}: {written.TypeSummary}, {written.BitsPerWeight:F2} bits/weight");

@@ -48,7 +48,7 @@ public sealed class LlamaCppJudgeTests
         if (which != "stories260K") RandomCheckpoint.Write(ckpt, KQuantConfig(tied: true) with { NumLayers = 3 }, seed: 2, heavyTails: true);
         using var model = ModelLoader.Load(ckpt);
         string gguf = dir.File("m.gguf");
-        GgufWriter.Write(gguf, model, new GgufExport { FileType = Names.ParseGgufType(type), Name = "m" });
+        GgufExporter.Write(gguf, model, new GgufExport { FileType = Names.ParseGgufType(type), Name = "m" });
         int[] ids = which == "stories260K" ? TokenIdFile.Read(Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), 512) : Tokens(300, 256, 5);
         int ctx = which == "stories260K" ? 512 : 128; // stories260K is judged from BOS, as it is used
         using var llama = LlamaCppEngine.Open(gguf, ctx);
@@ -78,12 +78,12 @@ public sealed class LlamaCppJudgeTests
         using var dir = new TempFolder();
         RandomCheckpoint.Write(dir.File("ckpt"), KQuantConfig(tied), seed: 3, heavyTails: true);
         using (var original = ModelLoader.Load(dir.File("ckpt")))
-            GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
+            GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         using var model = GgufModelLoader.Load(dir.File("f16.gguf")); // F16-exact values, as llama.cpp's quantizer sees them
         foreach (var type in Enum.GetValues<GgufFileType>().Where(t => t != GgufFileType.F16 && !IQTypeTests.LlamaCppRefusesWithoutImatrix(t)))
         {
             string ours = dir.File($"ours.{type.Name()}.gguf"), theirs = dir.File($"llama.{type.Name()}.gguf");
-            GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
+            GgufExporter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
             LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), theirs, type.Name());
             Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)", SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), type.Name());
         }
@@ -96,11 +96,11 @@ public sealed class LlamaCppJudgeTests
     {
         using var dir = new TempFolder();
         using (var original = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            GgufWriter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
+            GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "s" });
         using var model = GgufModelLoader.Load(dir.File("f16.gguf"));
         foreach (var type in new[] { GgufFileType.Q4_K_M, GgufFileType.Q6_K, GgufFileType.Q3_K_M, GgufFileType.Q2_K, GgufFileType.Q5_K_S, GgufFileType.IQ4_XS })
         {
-            var result = GgufWriter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "s" });
+            var result = GgufExporter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "s" });
             LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), dir.File("llama.gguf"), type.Name());
             StringAssert.StartsWith(SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(dir.File("ours.gguf"), dir.File("llama.gguf")), "identical", type.Name());
             if (type == GgufFileType.IQ4_XS)
@@ -114,7 +114,7 @@ public sealed class LlamaCppJudgeTests
         }
         var refused = Assert.ThrowsExactly<LlamaCppException>(() => LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), dir.File("llama.gguf"), "q8_0"));
         StringAssert.Contains(refused.Message, "no tensor type fallback");
-        var written = GgufWriter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
+        var written = GgufExporter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
         var down = written.Tensors.Single(t => t.Name == "blk.0.ffn_down.weight");
         Assert.AreEqual(GgmlType.F16, down.Type);
         StringAssert.Contains(down.Reason, "llama.cpp's quantizer refuses");
@@ -134,7 +134,7 @@ public sealed class LlamaCppJudgeTests
         using var dir = new TempFolder();
         string gguf = dir.File("m.gguf");
         using (var model = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            GgufWriter.Write(gguf, model, new GgufExport { FileType = Names.ParseGgufType(type), Name = "s" });
+            GgufExporter.Write(gguf, model, new GgufExport { FileType = Names.ParseGgufType(type), Name = "s" });
         int[] ids = TokenIdFile.Read(Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), 512);
         using var dequantized = GgufModelLoader.Load(gguf);
         var ours = Evaluator.Perplexity(t => dequantized.Forward(t), ids, 256, 128);
@@ -156,7 +156,7 @@ public sealed class LlamaCppJudgeTests
         using var model = ModelLoader.Load(ckpt);
         var vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config);
         Assert.IsNotNull(vocabulary);
-        GgufWriter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+        GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
         var ml = TokenizerLoader.Load(ckpt);
         using var llama = LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
         foreach (string text in new[]
@@ -196,7 +196,7 @@ public sealed class LlamaCppJudgeTests
         File.WriteAllText(Path.Combine(ckpt, "tokenizer_config.json"), config);
         if (source == "jinja") File.WriteAllText(Path.Combine(ckpt, "chat_template.jinja"), ChatMl);
         using var model = ModelLoader.Load(ckpt);
-        GgufWriter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config) });
+        GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config) });
         using var llama = LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
         Assert.AreEqual(ChatMl, llama.Metadata["tokenizer.chat_template"], "llama.cpp reads the template we wrote");
         if (source == "named list") Assert.AreEqual("{{ messages }}", llama.Metadata["tokenizer.chat_template.tool_use"]);
@@ -211,7 +211,7 @@ public sealed class LlamaCppJudgeTests
     {
         using var dir = new TempFolder();
         using (var model = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            GgufWriter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
+            GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
         foreach (var (key, value) in GgufFile.Read(dir.File("m.gguf")).Metadata)
             if (value is string s) Assert.AreNotEqual("", s, $"{key} is an empty string");
         LlamaCppRuntime.EnsureLoaded();

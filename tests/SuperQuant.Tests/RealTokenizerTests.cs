@@ -87,7 +87,7 @@ public sealed class GgufTokenizerTests
         using var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt);
         var vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config);
         Assert.IsNotNull(vocabulary);
-        SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+        SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
         return dir.File("m.gguf");
     }
 
@@ -150,8 +150,8 @@ public sealed class Gpt4oSplitTests
         Assert.IsTrue(vocabulary.RuntimeDifferences.Any(d => d.Contains("gpt-4o")), string.Join("; ", vocabulary.RuntimeDifferences));
         using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
         {
-            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
-            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("default.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary with { Pre = "default" } });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("default.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary with { Pre = "default" } });
         }
         var hf = new Tokenizers.DotNet.Tokenizer(vocabPath: json);
         string[] cases = { "HelloWORLDWide camelCaseString XMLHttpRequest", "I'M HERE, you're there", "a/b/\n/c ///\n", "ÜberCAFÉ naïveTEXT", "x1234567 3.14" };
@@ -195,7 +195,7 @@ public sealed class GgufChatTemplateTests
         using var dir = new TempFolder();
         string ckpt = TokenizerCheckpoint.Write(dir.File("ckpt"), name);
         using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
-            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport
             {
                 FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config),
             });

@@ -316,7 +316,7 @@ public sealed class SafetyTests
     {
         using var dir = new TempFolder();
         using (var model = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            SuperQuant.Models.Gguf.GgufWriter.Write(dir.File("model.bin"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("model.bin"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
         Assert.AreEqual(CheckpointFormat.Gguf, ModelLoader.Detect(dir.File("model.bin")), "a GGUF named .bin is still a GGUF");
         var ok = CliRunner.Run("eval", "-m", dir.File("model.bin"), "--tokens", Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), "--json");
         ExitsWith(0, ok, "\"engine\": \"llama.cpp\"");

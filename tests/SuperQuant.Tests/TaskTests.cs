@@ -212,7 +212,7 @@ public sealed class TaskTests
             {
                 FileType = Manifest.GgufFileType.F16, Name = "m", Vocabulary = Models.Gguf.GgufVocabulary.FromCheckpoint(folder, model.Config),
             };
-            Models.Gguf.GgufWriter.Write(dir.File("m.gguf"), model, export);
+            Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, export);
         }
         string piqa = Write(dir, "piqa", Lines["piqa"], """{"goal": "Dry a towel", "sol1": "hang it in the sun", "sol2": "put it in the freezer for a week", "label": 0}""");
         double Acc(string m, string memory = "auto")

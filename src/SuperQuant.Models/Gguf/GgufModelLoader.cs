@@ -62,8 +62,8 @@ public static class GgufModelLoader
             layers[l] = new LlamaLayerWeights
             {
                 AttnNorm = Read(p + "attn_norm.weight", d),
-                Wq = GgufWriter.InterleavedToHalf(Read(p + "attn_q.weight", qd, d), config.NumHeads),
-                Wk = GgufWriter.InterleavedToHalf(Read(p + "attn_k.weight", kv, d), config.NumKvHeads),
+                Wq = GgufTensorLayout.InterleavedToHalf(Read(p + "attn_q.weight", qd, d), config.NumHeads),
+                Wk = GgufTensorLayout.InterleavedToHalf(Read(p + "attn_k.weight", kv, d), config.NumKvHeads),
                 Wv = Read(p + "attn_v.weight", kv, d),
                 Wo = Read(p + "attn_output.weight", d, qd),
                 FfnNorm = Read(p + "ffn_norm.weight", d),

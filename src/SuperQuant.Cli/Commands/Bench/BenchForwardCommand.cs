@@ -132,7 +132,7 @@ public static class BenchForwardCommand
             {
                 SuperQuant.Manifest.GgufFileType type = SuperQuant.Manifest.Names.ParseGgufType(name);
                 string path = Path.Combine(dir, $"model.{name}.gguf");
-                GgufWriter.Write(path, model, new GgufExport { FileType = type, Name = "bench" });
+                GgufExporter.Write(path, model, new GgufExport { FileType = type, Name = "bench" });
                 using var engine = LlamaCppEngine.Open(path, ids.Length, torch.get_num_threads());
                 engine.Logits(ids).Dispose(); // warm-up
                 var times = new List<double>();

@@ -94,7 +94,7 @@ public static class BenchGgufCommand
             eval = evalPath is null ? Sample(original, evalCount, ctx, firstSeed: 2) : TokenIdFile.Read(evalPath, c.VocabSize, 2);
             ReferenceFile.Record(refPath, "bench", t => original.Forward(t), eval, ctx, ctx / 2, c.VocabSize);
             calibration = calibration[..Math.Min(calibration.Length, calibCount)];
-            GgufWriter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
+            GgufExporter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
             Console.WriteLine($"model {ckpt}: {c.ParameterCount / 1e6:F2}M parameters, {c.NumLayers} layers, dim {c.HiddenSize}, ffn {c.IntermediateSize}; " +
                 $"{eval.Length} evaluation tokens (context {ctx}), {calibration.Length} calibration tokens; llama.cpp threads {threads ?? LlamaCppRuntime.DefaultThreads}");
         }
@@ -136,7 +136,7 @@ public static class BenchGgufCommand
             for (int pass = 0; pass < 2; pass++)
             {
                 clock.Restart();
-                GgufWriter.Write(ours, model, new GgufExport { FileType = type, Name = "bench" });
+                GgufExporter.Write(ours, model, new GgufExport { FileType = type, Name = "bench" });
                 ourSeconds = clock.Elapsed.TotalSeconds;
             }
             var baseline = Evaluate($"{type.Name()}", ours, ourSeconds, "superquant", refused is null ? SameBytes(ours, theirs) : "llama.cpp refused");
@@ -155,7 +155,7 @@ public static class BenchGgufCommand
             {
                 string path = Path.Combine(temp, $"aware.{type.Name()}.gguf");
                 clock.Restart();
-                GgufWriter.Write(path, model, candidates[i].Export);
+                GgufExporter.Write(path, model, candidates[i].Export);
                 double seconds = clock.Elapsed.TotalSeconds + importanceSeconds;
                 var measured = Evaluate("", path, seconds, "super-aware: " + candidates[i].Label.Replace(" rows", ""),
                     scores.Count > 0 ? $"held-out KLD {scores[i].HeldOutKl:F6} (reference rows {scores[0].HeldOutKl:F6})" : null);
@@ -170,7 +170,7 @@ public static class BenchGgufCommand
             {
                 string path = Path.Combine(temp, $"raised.{type.Name()}.gguf");
                 clock.Restart();
-                GgufWriter.Write(path, model, (folds.Full with { RaiseSuperWeightTensors = true }).Candidates(type, "bench", null)[best].Export);
+                GgufExporter.Write(path, model, (folds.Full with { RaiseSuperWeightTensors = true }).Candidates(type, "bench", null)[best].Export);
                 Evaluate("", path, clock.Elapsed.TotalSeconds + importanceSeconds, "  + raised SW matrix");
             }
             if (refused is null) Evaluate("", theirs, theirSeconds, "llama.cpp quantizer");
@@ -179,7 +179,7 @@ public static class BenchGgufCommand
             // at that file's size.
             string imatrixPath = Path.Combine(temp, $"imatrix.{type.Name()}.gguf");
             clock.Restart();
-            var imatrixFile = GgufWriter.Write(imatrixPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrix, ImatrixRows = true });
+            var imatrixFile = GgufExporter.Write(imatrixPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrix, ImatrixRows = true });
             Evaluate("", imatrixPath, clock.Elapsed.TotalSeconds + importanceSeconds, "llama.cpp rows + imatrix");
             string budgetPath = Path.Combine(temp, $"budget.{type.Name()}.gguf");
             clock.Restart();

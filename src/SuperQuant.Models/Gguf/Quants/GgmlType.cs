@@ -30,7 +30,7 @@ public abstract class GgmlFormat
 
     /// <summary>Codes per weight (0: not a grid format, e.g. F16). Every quantized format dequantizes element e of a
     /// block as <c>scale[e] * (code + CodeShift) - min[e]</c> with code in 0..Levels-1, in exactly that float
-    /// arithmetic; searches that choose the codes themselves (<see cref="ErrorCompensatedQuantizer"/>) read a block's
+    /// arithmetic; searches that choose the codes themselves (<see cref="Gptq"/>) read a block's
     /// grid, pick codes, and write them back without touching its scales (GgmlCodes.cs).</summary>
     public virtual int Levels => 0;
     public virtual int CodeShift => 0;

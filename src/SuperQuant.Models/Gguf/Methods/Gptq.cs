@@ -13,7 +13,7 @@ namespace SuperQuant.Models.Gguf;
 /// valid block of the same type and size, read by llama.cpp like any other. Hand-written: no .NET library does GPTQ,
 /// and none knows ggml's grids (<see cref="GgmlFormat.ReadGrid"/>).
 /// </summary>
-public static class ErrorCompensatedQuantizer
+public static class Gptq
 {
     /// <summary>GPTQ's damping: 1 % of the mean diagonal keeps the inverse stable when calibration tokens are few
     /// (H of a 1,536-wide input from 1,024 tokens is singular).</summary>

@@ -126,7 +126,7 @@ public sealed class CalibrationFolds : IDisposable
                     if (i > 0 || f == 0)
                     {
                         progress?.Invoke(done, files);
-                        GgufWriter.Write(path, model, _folds[f].Statistics.Candidates(type, name, vocabulary)[i].Export);
+                        GgufExporter.Write(path, model, _folds[f].Statistics.Candidates(type, name, vocabulary)[i].Export);
                         done++;
                     }
                     using var engine = LlamaCppEngine.Open(path, Context, threads);
@@ -162,7 +162,7 @@ public sealed class CalibrationFolds : IDisposable
         var scores = Score(model, type, name, vocabulary, path, threads, cancel, progress);
         int best = Choose(scores);
         var candidates = Full.Candidates(type, name, vocabulary);
-        var written = GgufWriter.Write(path, model, candidates[best].Export);
+        var written = GgufExporter.Write(path, model, candidates[best].Export);
         string log = scores.Count == 0
             ? $"calibration too short to hold out half ({2 * MinimumHalf} tokens needed) -> {candidates[best].Label}"
             : "held-out calibration KLD " + string.Join(", ", scores.Select(s => $"{s.Label} {s.HeldOutKl:G4}")) + $" -> {candidates[best].Label}";

@@ -38,15 +38,8 @@ public sealed record SuperAwareGguf
         Importance = Importance, Covariance = Covariance,
         Variants = ZCandidates.Where(double.IsFinite).Select(z => (Func<LinearSite, Tensor, Tensor>)((site, w) => Clip(site, w, z))).ToList(),
         TypeOverrides = RaiseSuperWeightTensors && !type.IsFloat()
-            ? SuperWeights.Select(s => s.Layer).Distinct().ToDictionary(l => $"blk.{l}.ffn_down.weight", _ => Raised(type))
+            ? SuperWeights.Select(s => s.Layer).Distinct().ToDictionary(l => $"blk.{l}.ffn_down.weight", _ => GgufTensorTypes.RaisedOneStep(type))
             : null,
-    };
-
-    /// <summary>One step above the file type's main type (Q8_0 at the top).</summary>
-    static GgmlType Raised(GgufFileType t) => GgufMix.DefaultType(t) switch
-    {
-        GgmlType.Q2_K or GgmlType.IQ2_S => GgmlType.Q4_K, GgmlType.Q3_K or GgmlType.IQ3_S or GgmlType.IQ3_XXS => GgmlType.Q5_K, GgmlType.Q4_K or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.IQ4_XS or GgmlType.IQ4_NL => GgmlType.Q6_K,
-        _ => GgmlType.Q8_0,
     };
 
     /// <summary>A fixed z tries just that one; auto and none try no clipping.</summary>

@@ -3,11 +3,10 @@ using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Manifest;
-using SuperQuant.Models.Gguf;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace SuperQuant.Pipeline;
+namespace SuperQuant.Models.Gguf;
 
 /// <summary>
 /// Per-tensor types for a size budget, chosen from each tensor's measured sensitivity on the calibration data (the
@@ -55,7 +54,7 @@ public static class GgufBudget
     {
         using var _ = torch.no_grad();
         var c = model.Config;
-        var layout = GgufWriter.Layout(model).Where(t => t.IsMatrix).ToList();
+        var layout = GgufExporter.Layout(model).Where(t => t.IsMatrix).ToList();
         var frequency = TokenFrequency(calibration, c.VocabSize);
         // The reference log-probabilities are kept: at most 2^26 floats (256 MiB), whatever the vocabulary.
         probeTokens = (int)Math.Max(Math.Min(context, calibration.Count), Math.Min(probeTokens, (1L << 26) / c.VocabSize));
@@ -94,7 +93,7 @@ public static class GgufBudget
     public static (long Minimum, long Maximum) Bounds(LlamaModel model)
     {
         long min = 0, max = 0, other = 0;
-        foreach (var t in GgufWriter.Layout(model))
+        foreach (var t in GgufExporter.Layout(model))
         {
             if (!t.IsMatrix) { other += 4 * t.Rows * t.RowLength; continue; }
             var sizes = Ladder.Select(type => GgmlQuants.RowBytes(GgufMix.Fallback(new GgufTensorShape(t.Name, t.RowLength, true), type).Type, t.RowLength) * t.Rows).ToList();
@@ -109,13 +108,13 @@ public static class GgufBudget
         IReadOnlyDictionary<LinearSite, float[]> importance, string name, GgufVocabulary? vocabulary, int? context)
     {
         long parameters = model.Config.ParameterCount, targetBytes = target.BytesFor(parameters);
-        long overhead = GgufWriter.Layout(model).Where(t => !t.IsMatrix).Sum(t => 4 * t.Rows * t.RowLength) + 4096;
+        long overhead = GgufExporter.Layout(model).Where(t => !t.IsMatrix).Sum(t => 4 * t.Rows * t.RowLength) + 4096;
         GgufWriteResult? result = null;
         Plan? plan = null;
         for (int pass = 0; pass < 3; pass++)
         {
             plan = Allocate(measured, targetBytes - overhead);
-            result = GgufWriter.Write(path, model, new GgufExport
+            result = GgufExporter.Write(path, model, new GgufExport
             {
                 FileType = target.NearestNamedType(parameters), Name = name, Vocabulary = vocabulary, Context = context,
                 Importance = importance, ImatrixRows = true, TypeOverrides = plan.Types, OverrideReason = $"budget ({target})",
@@ -236,7 +235,7 @@ public static class GgufBudget
     }
 
     /// <summary>Mean KL(reference || model with tensor t's probe-type error injected) over the probe tokens.</summary>
-    static double ProbeKl(LlamaModel model, GgufWriter.TensorView t, IReadOnlyDictionary<LinearSite, float[]> importance, int[] tokens, int context,
+    static double ProbeKl(LlamaModel model, GgufTensor t, IReadOnlyDictionary<LinearSite, float[]> importance, int[] tokens, int context,
         List<Tensor> reference, CancellationToken cancel)
     {
         using var scope = torch.NewDisposeScope();
@@ -275,7 +274,7 @@ public static class GgufBudget
 
     /// <summary>The model-space weights a file tensor holds (fused tensors hold several; the untied token embedding is
     /// marked by layer int.MinValue), for injecting its error where the forward pass uses them.</summary>
-    static IEnumerable<(LinearSite Site, Tensor Weight)> Sites(LlamaModel model, GgufWriter.TensorView t)
+    static IEnumerable<(LinearSite Site, Tensor Weight)> Sites(LlamaModel model, GgufTensor t)
     {
         var w = model.Weights;
         if (t.Name == "token_embd.weight")

@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+using SuperQuant.Core.Llama;
+using SuperQuant.Manifest;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SuperQuant.Models.Gguf;
+
+/// <summary>How a tensor's values become ggml rows: llama.cpp's reference quantization, or (with the export's
+/// statistics) per row the best of several candidates (importance-weighted, clipped variants, GPTQ's
+/// error-compensated rows, <see cref="Gptq"/>) by the importance-weighted or the layer-output error. Rows are
+/// independent in every ggml format, so the choice is made row by row, a slab of rows at a time.</summary>
+public static class GgufRowQuantizer
+{
+    /// <summary>Quantizes one tensor a slab of rows at a time, straight from its float32 memory, into the stream.</summary>
+    public static unsafe void Write(Stream fs, GgufTensor t, GgmlType type, GgufExport export, Dictionary<Tensor, Tensor?> factors)
+    {
+        using var scope = torch.NewDisposeScope();
+        Tensor data = t.Values();
+        long rowLength = t.Dims[0], rows = data.NumberOfElements / rowLength;
+        float[]? importance = t.Site is LinearSite s && export.Importance?.TryGetValue(s, out var w) == true ? w : null;
+        if (importance is not null && importance.Length != rowLength) throw new ArgumentException($"{t.Name}: importance has {importance.Length} columns, the tensor {rowLength}");
+        var format = GgmlFormat.Of(type);
+        bool choose = importance is not null && format.BlockSize > 1;
+        // Candidates: (values, importance). The first is always the reference quantization of the original values:
+        // llama.cpp's quantizer's rows, with the importance weights where the file type is an imatrix type (what
+        // llama-quantize --imatrix writes), without them elsewhere.
+        bool referenceWeighted = (export.ImatrixRows || export.FileType.NeedsImportance()) && format.UsesImportance;
+        var candidates = new List<(Tensor Values, float[]? Importance)> { (data, referenceWeighted ? importance : null) };
+        Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
+        Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
+        if (choose)
+        {
+            if (format.UsesImportance && !referenceWeighted) candidates.Add((data, importance));
+            foreach (var variant in export.Variants)
+            {
+                Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
+                if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
+            }
+            if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
+            {
+                if (!factors.TryGetValue(h, out compensation))
+                    factors[h] = compensation = Gptq.TryPrepare(h)?.DetachFromDisposeScope();
+                if (compensation is not null) candidates.Add((data, format.UsesImportance ? importance : null));
+            }
+        }
+        long rowBytes = format.RowBytes(rowLength);
+        long slab = Math.Max(1, (8L << 20) / Math.Max(rowBytes, 4 * rowLength)); // ~8 MB of output per write
+        var buffers = candidates.Select(_ => new byte[Math.Min(rows, slab) * rowBytes]).ToArray();
+        ReadOnlySpan<float> original = MemoryMarshal.Cast<byte, float>(data.bytes);
+        var errors = new double[candidates.Count];
+        var decoded = new float[rowLength];
+        for (long r = 0; r < rows; r += slab)
+        {
+            long n = Math.Min(slab, rows - r);
+            int valuesFrom = (int)(r * rowLength), valuesCount = (int)(n * rowLength);
+            for (int c = 0; c < candidates.Count; c++)
+            {
+                var values = MemoryMarshal.Cast<byte, float>(candidates[c].Values.bytes).Slice(valuesFrom, valuesCount);
+                if (compensation is not null && c == candidates.Count - 1) // the GPTQ candidate is always the last
+                    Gptq.Quantize(format, values, rowLength, compensation, candidates[c].Importance, buffers[c].AsSpan(0, (int)(n * rowBytes)));
+                else
+                    GgmlQuants.Quantize(type, values, rowLength, buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
+            }
+            if (candidates.Count > 1 && h is not null)
+                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h);
+            else if (candidates.Count > 1)
+                for (long i = 0; i < n; i++)
+                {
+                    var row = original.Slice((int)((r + i) * rowLength), (int)rowLength);
+                    int best = 0;
+                    for (int c = 0; c < candidates.Count; c++)
+                    {
+                        format.DequantizeRow(buffers[c].AsSpan((int)(i * rowBytes), (int)rowBytes), decoded);
+                        double e = 0;
+                        for (int j = 0; j < rowLength; j++) { double d = decoded[j] - row[j]; e += importance![j] * d * d; }
+                        errors[c] = e;
+                        if (e < errors[best]) best = c;
+                    }
+                    if (best != 0) buffers[best].AsSpan((int)(i * rowBytes), (int)rowBytes).CopyTo(buffers[0].AsSpan((int)(i * rowBytes), (int)rowBytes));
+                }
+            fs.Write(buffers[0].AsSpan(0, (int)(n * rowBytes)));
+        }
+    }
+
+    /// <summary>Per row, the candidate with the lowest dw H dw^T (the squared layer-output error on the calibration
+    /// inputs) is copied into the first buffer.</summary>
+    static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength, long rowBytes, Tensor h)
+    {
+        using var scope = torch.NewDisposeScope();
+        h = h.cpu(); // host: the rows being chosen are host bytes
+        Tensor w = torch.tensor(original.ToArray(), new long[] { n, rowLength });
+        var decoded = new float[n * rowLength];
+        Tensor? best = null, bestError = null;
+        for (int c = 0; c < count; c++)
+        {
+            format.DequantizeRow(buffers[c].AsSpan(0, (int)(n * rowBytes)), decoded);
+            Tensor dw = torch.tensor(decoded, new long[] { n, rowLength }) - w;
+            Tensor e = (dw.matmul(h) * dw).sum(new long[] { 1 });
+            if (bestError is null) { bestError = e; best = torch.zeros(n, ScalarType.Int64); continue; }
+            Tensor better = e < bestError;
+            best = torch.where(better, torch.full(n, c, ScalarType.Int64), best!);
+            bestError = torch.minimum(e, bestError);
+        }
+        long[] choice = best!.data<long>().ToArray();
+        for (long i = 0; i < n; i++)
+            if (choice[i] != 0)
+                buffers[choice[i]].AsSpan((int)(i * rowBytes), (int)rowBytes).CopyTo(buffers[0].AsSpan((int)(i * rowBytes), (int)rowBytes));
+    }
+}
