@@ -189,18 +189,18 @@ public sealed class FuzzTests
         using var dir = new TempFolder();
         byte[] seed = System.Text.Encoding.UTF8.GetBytes("""{"models":{"tiny":{"input_hash":"ab12","outputs":["/p/models/tiny.sqpk.safetensors"],"report":{"id":"tiny","status":"done","settings":"s","detection":"d","super_weights":[[1,17,45]],"artifacts":[{"kind":"packed","path":"/p/x","engine":"superquant","bytes":1,"bits_per_weight":4.5,"layout":"l","passed":true}],"input_hash":"ab12"}}}}""");
         // A state proves itself by the checksum of its models: the seed gets the one the tool would write.
-        var parsed = System.Text.Json.JsonSerializer.Deserialize<SuperQuant.Cli.Commands.GateCommand.State>(seed, SuperQuant.Cli.Reports.AnalysisReport.Json)!;
+        var parsed = System.Text.Json.JsonSerializer.Deserialize<SuperQuant.Cli.Gate.BuildState.State>(seed, SuperQuant.Cli.Reports.AnalysisReport.Json)!;
         seed = System.Text.Encoding.UTF8.GetBytes(System.Text.Json.JsonSerializer.Serialize(
-            parsed with { Checksum = SuperQuant.Cli.Commands.GateCommand.State.ChecksumOf(parsed.Models) }, SuperQuant.Cli.Reports.AnalysisReport.Json));
+            parsed with { Checksum = SuperQuant.Cli.Gate.BuildState.State.ChecksumOf(parsed.Models) }, SuperQuant.Cli.Reports.AnalysisReport.Json));
         var rng = new Random(707);
         string path = dir.File("state.json");
         File.WriteAllBytes(path, seed);
-        Assert.HasCount(1, SuperQuant.Cli.Commands.GateCommand.ReadState(path).Models, "the seed is a valid state");
+        Assert.HasCount(1, SuperQuant.Cli.Gate.BuildState.ReadState(path).Models, "the seed is a valid state");
         int recovered = 0;
         for (int i = 0; i < CasesPerFormat; i++)
         {
             File.WriteAllBytes(path, Mutate(seed, rng));
-            try { recovered += SuperQuant.Cli.Commands.GateCommand.ReadState(path).Models.Count; }
+            try { recovered += SuperQuant.Cli.Gate.BuildState.ReadState(path).Models.Count; }
             catch (Exception e) { Assert.Fail($"state case {i}: {e.GetType().Name}: {e.Message}"); }
         }
         Console.WriteLine($"state file: {CasesPerFormat} cases, {recovered} kept an entry, the rest started afresh");

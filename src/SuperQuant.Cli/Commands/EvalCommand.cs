@@ -14,30 +14,6 @@ namespace SuperQuant.Cli.Commands;
 /// against a reference. Models are checkpoints, packed artifacts or GGUF files (run by llama.cpp by default).</summary>
 public static class EvalCommand
 {
-    /// <summary>A model being evaluated, whichever runtime executes it.</summary>
-    sealed class Runner : IDisposable
-    {
-        public required string Path { get; init; }
-        public required string Engine { get; init; }
-        public required int VocabSize { get; init; }
-        public int? Bos { get; init; }
-        public int MaxContext { get; init; }
-        public required LogitsFunction Logits { get; init; }
-        public Func<string, int[]>? Tokenize { get; init; }
-        public required IDisposable Owner { get; init; }
-        /// <summary>fp32 / bf16 / fp16 for our forward pass; the GGUF's own types for llama.cpp.</summary>
-        public string Dtype { get; init; } = "fp32";
-        /// <summary>Our forward pass's model (null for llama.cpp).</summary>
-        public LlamaModel? Model { get; init; }
-
-        /// <summary>The logits of the windows of <paramref name="ids"/>: a layer-streamed model runs them layer-major in
-        /// batches (each batch reads every block once); everything else window by window.</summary>
-        public (LogitsFunction Logits, IDisposable? Batches) For(IReadOnlyList<int> ids, int context, int stride) =>
-            Model is { Weights.IsStreamed: true } streamed ? MemoryPlan.Windows(streamed, ids, context, stride) : (Logits, null);
-
-        public void Dispose() => Owner.Dispose();
-    }
-
     public static Command Create()
     {
         var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
@@ -83,7 +59,7 @@ public static class EvalCommand
                 _ => dev.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
             };
             var mem = MemoryPlan.Parse(r.GetValue(memory) ?? "auto");
-            using Runner m = Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
+            using ModelRunner m = ModelRunner.Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
             ctx = Math.Min(ctx, m.MaxContext);
             if (r.GetValue(task) is { Length: > 0 } taskSpecs)
                 return Tasks(m, taskSpecs, r.GetValue(taskLimit), ctx, r.GetValue(tokenizer) ?? Tokens.CheckpointFolder(m.Path), asJson);
@@ -96,7 +72,7 @@ public static class EvalCommand
             var clock = System.Diagnostics.Stopwatch.StartNew();
             if (r.GetValue(reference) is not string refPath)
             {
-                var (logits, batches) = m.For(ids, ctx, str);
+                var (logits, batches) = m.Windows(ids, ctx, str);
                 PerplexityResult p;
                 using (batches) p = Evaluator.Perplexity(logits, ids, ctx, str, progress.Report, CliSupport.Cancellation);
                 Require(p.Perplexity.Value, m.Path);
@@ -117,11 +93,11 @@ public static class EvalCommand
                 }
                 return ExitCodes.Success;
             }
-            using Runner refModel = Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
+            using ModelRunner refModel = ModelRunner.Open(refPath, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
             if (refModel.VocabSize != m.VocabSize)
                 throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--reference has vocabulary {refModel.VocabSize}, the model {m.VocabSize}", refPath);
-            var (refLogits, refBatches) = refModel.For(ids, ctx, str);
-            var (modLogits, modBatches) = m.For(ids, ctx, str);
+            var (refLogits, refBatches) = refModel.Windows(ids, ctx, str);
+            var (modLogits, modBatches) = m.Windows(ids, ctx, str);
             DivergenceResult d;
             using (refBatches)
             using (modBatches)
@@ -160,7 +136,7 @@ public static class EvalCommand
 
     /// <summary>Scores each task file with the model's runtime; prints acc (and acc_norm, or LAMBADA's perplexity)
     /// with standard errors.</summary>
-    static int Tasks(Runner m, string[] specs, int? limit, int ctx, string tokenizerFolder, bool asJson)
+    static int Tasks(ModelRunner m, string[] specs, int? limit, int ctx, string tokenizerFolder, bool asJson)
     {
         Func<string, int[]> encode = m.Tokenize ?? Tokens.Encoder(tokenizerFolder, m.VocabSize);
         var scores = new List<TaskScore>();
@@ -174,7 +150,7 @@ public static class EvalCommand
                         throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{file}: the tokenizer produced an id outside the model's vocabulary of {m.VocabSize}", file);
             var progress = new ConsoleProgress(name, enabled: !asJson);
             // A layer-streamed model runs the requests in batches (one read of the blocks per batch).
-            var (logits, batches) = m.Model is { Weights.IsStreamed: true } streamed ? MemoryPlan.Requests(streamed, docs, ctx) : (m.Logits, null);
+            var (logits, batches) = m.Requests(docs, ctx);
             TaskScore score;
             using (batches) score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, logits, ctx, progress.Report, CliSupport.Cancellation);
             scores.Add(score);
@@ -202,52 +178,7 @@ public static class EvalCommand
         if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid, $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
     }
 
-    static Runner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev, TorchSharp.torch.ScalarType dtype, MemoryMode memory)
-    {
-        var format = ModelLoader.Detect(path);
-        if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
-        // A GGUF written without a vocabulary ("no_vocab") cannot tokenize: llama.cpp aborts the process if asked to.
-        bool ggufVocabulary = format == CheckpointFormat.Gguf
-            && SuperQuant.Models.Gguf.GgufFile.Read(path).HasVocabulary;
-        int[] NoVocabulary(string _) => throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
-            $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a tokenizer", path);
-        if (format == CheckpointFormat.Gguf && memory == MemoryMode.Layers)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{path}: --memory layers streams Hugging Face checkpoints and packed artifacts; a GGUF file is run by llama.cpp, which maps it itself (leave --memory out)", path);
-        if (format == CheckpointFormat.Gguf && engine != "torch")
-        {
-            var llama = LlamaCppEngine.Open(path, context, threads);
-            LlamaCppModel? tok = null;
-            return new Runner
-            {
-                Path = path, Engine = "llama.cpp", Dtype = "gguf", VocabSize = llama.VocabSize, MaxContext = context, Logits = llama.Logits,
-                Tokenize = ggufVocabulary ? text => (tok ??= LlamaCppModel.Load(path, 8, 1)).Tokenize(text, addBos: true) : NoVocabulary,
-                Owner = new Both(llama, () => tok?.Dispose()),
-            };
-        }
-        bool streamed = format is CheckpointFormat.HuggingFace or CheckpointFormat.Packed && MemoryPlan.Decide(memory, path).Streamed;
-        if (memory == MemoryMode.Layers && !streamed)
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{path}: --memory layers reads Hugging Face checkpoints and packed artifacts, not {format} files", path);
-        if (streamed && dtype != TorchSharp.torch.ScalarType.Float32)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, "--dtype bf16/fp16 needs the whole model in memory (--memory model)");
-        LlamaModel m = ModelLoader.Load(path, dev, streamed);
-        if (!streamed) m.ConvertTo(dtype);
-        Func<string, int[]>? tokenize = null;
-        if (format == CheckpointFormat.Gguf)
-            tokenize = ggufVocabulary ? text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); } : NoVocabulary;
-        return new Runner
-        {
-            Path = path, Engine = "superquant", Dtype = dtype switch { TorchSharp.torch.ScalarType.BFloat16 => "bf16", TorchSharp.torch.ScalarType.Float16 => "fp16", _ => "fp32" }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
-            Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m, Model = m,
-        };
-    }
-
-    sealed class Both(IDisposable a, Action b) : IDisposable
-    {
-        public void Dispose() { a.Dispose(); b(); }
-    }
-
-    static int[] LoadText(string file, Runner m, string tokenizerFolder)
+    static int[] LoadText(string file, ModelRunner m, string tokenizerFolder)
     {
         if (m.Tokenize is { } own)
         {

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using SuperQuant.Cli.Gate;
 using SuperQuant.Cli.Reports;
 using SuperQuant.Core;
 using SuperQuant.Manifest;
@@ -14,18 +15,6 @@ namespace SuperQuant.Cli.Commands;
 /// <summary>`superquant gate`: run quantize.yaml end to end (what `dotnet build` runs through SuperQuant.Build).</summary>
 public static class GateCommand
 {
-    /// <param name="OutputSha256">Each shipped file's SHA-256 when it was promoted: "up to date" needs the inputs
-    /// unchanged and every output still holding those bytes (another manifest, or a hand edit, may have replaced it).</param>
-    public sealed record StateEntry(string InputHash, List<string> Outputs, ModelReport Report, Dictionary<string, string>? OutputSha256 = null);
-    /// <summary>What the last runs shipped, per model. <paramref name="Checksum"/>: SHA-256 of the models as written, so
-    /// a state edited or damaged in place is not believed (the models run again) rather than reporting numbers no run
-    /// measured.</summary>
-    public sealed record State(Dictionary<string, StateEntry> Models, string? Checksum = null)
-    {
-        public static string ChecksumOf(Dictionary<string, StateEntry> models) =>
-            Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(models, AnalysisReport.Json)))).ToLowerInvariant();
-    }
-
     public static Command Create()
     {
         var manifest = new Option<string>("--manifest") { Description = "quantize.yaml", DefaultValueFactory = _ => "quantize.yaml" };
@@ -95,26 +84,20 @@ public static class GateCommand
     {
         string? env = Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable);
         var dev = CliSupport.ResolveDevice(deviceOption ?? (string.IsNullOrEmpty(env) ? m.Device : env), quiet: false);
-        var previous = files.State is not null ? ReadState(files.State) : new State(new());
+        var previous = files.State is not null ? BuildState.ReadState(files.State) : new BuildState.State(new());
         var reports = new List<ModelReport>();
-        var keep = new Dictionary<string, StateEntry>();
+        var keep = new Dictionary<string, BuildState.StateEntry>();
         var shipped = new List<string>();
         bool failed = false;
-        // The version and the build identity (module version ids, deterministic per source) of every SuperQuant assembly:
-        // a rebuilt tool with changed code re-quantizes, an unchanged rebuild does not.
-        string toolVersion = string.Join(";", new[]
-            {
-                typeof(GateCommand), typeof(SuperQuant.Pipeline.QuantizationPipeline), typeof(SuperQuant.Core.Llama.LlamaModel),
-                typeof(SuperQuant.Models.Gguf.GgufWriter), typeof(SuperQuant.Manifest.Names), typeof(SuperQuant.LlamaCpp.LlamaCppModel),
-            }.Select(t => t.Assembly).Select(a => $"{a.GetName().Name} {a.GetName().Version} {a.ManifestModule.ModuleVersionId}"));
+        string toolVersion = BuildState.ToolVersion();
         string manifestSha = Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(m.Path))).ToLowerInvariant();
         foreach (ModelEntry e in m.Models)
         {
             string checkpointHash = CheckpointHash.Compute(e.Checkpoint); // read once: input hash and artifact provenance
-            string hash = InputHash(e, toolVersion, checkpointHash);
+            string hash = BuildState.InputHash(e, toolVersion, checkpointHash);
             if (previous.Models.TryGetValue(e.Id, out var old) && old.InputHash == hash && old.Report.Passed)
             {
-                if (ChangedOutput(old) is string changed)
+                if (BuildState.ChangedOutput(old) is string changed)
                     Console.WriteLine($"{e.Id}: inputs unchanged, but {changed}: re-quantizing");
                 else
                 {
@@ -133,7 +116,7 @@ public static class GateCommand
                 Device = dev, ReferenceCacheFolder = files.Cache, Log = new ConsoleLog(), Cancel = CliSupport.Cancellation, Threads = threads,
                 ManifestSha256 = manifestSha, CheckpointSha256 = checkpointHash, RaiseSuperWeightTensors = raise, Memory = memory,
             });
-            var rows = result.Artifacts.Select(a => ArtifactRow.From(a, e.Gate, result.TaskBaselines)).ToList();
+            var rows = result.Artifacts.Select(a => GateVerdict.Judge(a, e.Gate, result.TaskBaselines)).ToList();
             var report = new ModelReport
             {
                 Id = e.Id, Status = "quantized", Settings = Settings(e), Detection = result.Detection,
@@ -141,28 +124,13 @@ public static class GateCommand
                 ReferenceFromCache = result.ReferenceFromCache, TokensEvaluated = result.TokensEvaluated, Artifacts = rows,
                 Steps = result.Steps.ToList(), InputHash = hash, Seconds = clock.Elapsed.TotalSeconds,
             };
-            for (int i = 0; i < rows.Count; i++)
-            {
-                var a = rows[i];
-                var at = e.Exports.FirstOrDefault(x => Path.GetFullPath(x.Path) == a.Path)?.At ?? new Position(e.Line, 1);
-                string where = $"{m.Path}({at.Line},{at.Column})";
-                string what = $"model '{e.Id}', artifact {Path.GetRelativePath(Path.GetDirectoryName(m.Path)!, a.Path)} ({a.Kind}, measured by {a.Engine} on {a.TokensScored} tokens)";
-                string numbers = e.Gate.Metric == "accuracy"
-                    ? string.Join("; ", a.Tasks.Select(t => $"accuracy {t.Task} {t.Accuracy:P2} +/- {t.AccuracySe:P2} {(t.Passed ? "within" : "below")} the limit {t.Limit:P2} (original {t.Baseline:P2}, max_drop {Fmt(e.Gate.MaxIncrease)} points, {t.Documents} documents)"))
-                    : $"{a.Metric} {Fmt(a.Value)} {(a.Passed ? "within" : "exceeds")} the limit {Fmt(a.Limit)} (baseline {Fmt(a.Baseline)}, max_increase {Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
-                if (!a.Passed)
-                {
-                    if (warnOnly) Console.WriteLine($"{where}: warning {ErrorCodes.GateFailed}: {what}: {numbers} (SuperQuantGate=warn)");
-                    else Console.WriteLine($"{where}: error {ErrorCodes.GateFailed}: {what}: {numbers}");
-                }
-                else if (a.NearMiss) Console.WriteLine($"{where}: warning SQ1002: {what}: {numbers}, within 20% of it");
-                else Console.WriteLine($"{e.Id}: {a.Kind} {Path.GetFileName(a.Path)}: {numbers}: passed");
-            }
+            foreach (var a in rows)
+                Console.WriteLine(GateVerdict.Message(m, e, a, warnOnly));
             if (report.Passed || warnOnly)
             {
                 foreach (var a in result.Artifacts) a.File.Promote();
                 var finals = result.Artifacts.Select(a => a.File.FinalPath).ToList();
-                keep[e.Id] = new StateEntry(hash, finals, report, finals.ToDictionary(f => f, Sha256));
+                keep[e.Id] = new BuildState.StateEntry(hash, finals, report, finals.ToDictionary(f => f, BuildState.Sha256));
                 shipped.AddRange(finals);
             }
             else
@@ -179,7 +147,7 @@ public static class GateCommand
         CliSupport.WriteAtomically(files.Html, GateHtml.Render(m.Path, reports));
         Console.WriteLine($"report: {files.Json}");
         if (files.State is not null)
-            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new State(keep, State.ChecksumOf(keep)), AnalysisReport.Json));
+            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new BuildState.State(keep, BuildState.State.ChecksumOf(keep)), AnalysisReport.Json));
         if (files.Deps is not null)
             CliSupport.WriteAtomically(files.Deps, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
                 .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
@@ -191,52 +159,6 @@ public static class GateCommand
     /// <summary>"duquant W4A4, block channel, export packed + gguf q4_k_m": what a report row was quantized with.</summary>
     static string Settings(ModelEntry e) =>
         $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block {Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export {string.Join(" + ", e.Exports.Select(x => x.Kind))}";
-
-    /// <summary>Why the files a state entry shipped are no longer what it shipped (missing, or other bytes), or null.</summary>
-    static string? ChangedOutput(StateEntry old)
-    {
-        if (old.OutputSha256 is null) return "the state holds no output hashes (older tool)";
-        foreach (string f in old.Outputs)
-        {
-            if (!File.Exists(f)) return $"{f} is missing";
-            if (!old.OutputSha256.TryGetValue(f, out var sha) || sha != Sha256(f)) return $"{f} is not the file this model shipped (its content changed)";
-        }
-        return null;
-    }
-
-    static string Sha256(string file)
-    {
-        using var s = File.OpenRead(file);
-        return Convert.ToHexString(SHA256.HashData(s)).ToLowerInvariant();
-    }
-
-    /// <summary>Content hash of everything a model's result depends on: its settings, checkpoint, data files and the
-    /// tool version. Equal hash = nothing to recompute.</summary>
-    static string InputHash(ModelEntry e, string toolVersion, string checkpointHash)
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        sha.AppendData(Encoding.UTF8.GetBytes($"{e.SettingsKey}\n{toolVersion}\n{checkpointHash}\n"));
-        foreach (string f in e.DataFiles) sha.AppendData(Convert.FromHexString(Sha256(f)));
-        return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
-    }
-
-    /// <summary>A damaged or foreign state file only costs a re-run: anything that does not parse as ours is ignored.</summary>
-    public static State ReadState(string path)
-    {
-        try
-        {
-            // Not a regular file (a FIFO would block the read): not ours, ignored.
-            if (!File.Exists(path) || SuperQuant.Manifest.InputFiles.NotARegularFile(path) is not null || new FileInfo(path).Length > 64L << 20) return new State(new());
-            var s = JsonSerializer.Deserialize<State>(File.ReadAllText(path), AnalysisReport.Json);
-            if (s?.Models is null || s.Checksum != State.ChecksumOf(s.Models)) return new State(new());
-            return new State(s.Models.Where(kv => kv.Value is { InputHash: not null, Outputs: not null, Report: not null } && kv.Value.Report.Artifacts is not null)
-                .ToDictionary(kv => kv.Key, kv => kv.Value));
-        }
-        catch (Exception e) when (e is JsonException or NotSupportedException or InvalidOperationException or IOException or UnauthorizedAccessException or ArgumentException)
-        {
-            return new State(new());
-        }
-    }
 
     static string Fmt(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
 }

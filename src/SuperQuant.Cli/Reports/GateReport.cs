@@ -48,60 +48,6 @@ public sealed record ArtifactRow
     public double RmsDeltaP { get; init; }
     public double RmsDeltaPSe { get; init; }
     public List<TaskRow> Tasks { get; init; } = new();
-
-    public static ArtifactRow From(ArtifactResult a, QualityGate? gate, IReadOnlyList<TaskScore>? baselines = null)
-    {
-        var tasks = a.Tasks.Select(t =>
-        {
-            var b = baselines?.FirstOrDefault(x => x.Task == t.Task);
-            double baseline = b?.Accuracy.Value ?? double.NaN;
-            double limit = gate is { Metric: "accuracy" } && b is not null ? gate.Limit(baseline) : double.NaN;
-            bool passed = gate is not { Metric: "accuracy" } || (b is not null && gate.Passes(t.Accuracy.Value, baseline));
-            return new TaskRow(t.Task, t.Documents, t.Accuracy.Value, t.Accuracy.StandardError, t.AccuracyNorm?.Value, t.Perplexity?.Value,
-                baseline, b?.Accuracy.StandardError ?? double.NaN, limit, passed);
-        }).ToList();
-        var row = new ArtifactRow
-        {
-            Kind = a.Spec.Kind, Path = a.File.FinalPath, Engine = a.Engine, Bytes = a.Bytes, BitsPerWeight = a.BitsPerWeight, Layout = a.Layout, Tasks = tasks,
-        };
-        if (gate is { Metric: "accuracy" })
-        {
-            // The task with the least room left decides the row's headline numbers; every task must pass.
-            var worst = tasks.OrderBy(t => t.Accuracy - t.Limit).FirstOrDefault();
-            row = worst is null ? row with { Metric = "accuracy", Passed = false }
-                : row with
-                {
-                    Metric = $"accuracy ({worst.Task})", Baseline = worst.Baseline, Value = worst.Accuracy, Limit = worst.Limit,
-                    Passed = tasks.All(t => t.Passed), NearMiss = tasks.All(t => t.Passed) && tasks.Any(t => gate.NearMiss(t.Accuracy, t.Baseline)),
-                };
-        }
-        if (a.Quality is not DivergenceResult d) return gate is { Metric: "accuracy" } ? row : row with { Passed = true };
-        row = row with
-        {
-            TokensScored = d.TokensScored,
-            Perplexity = d.ModifiedPerplexity.Value, PerplexitySe = d.ModifiedPerplexity.StandardError,
-            ReferencePerplexity = d.ReferencePerplexity.Value, ReferencePerplexitySe = d.ReferencePerplexity.StandardError,
-            PerplexityDelta = d.PerplexityDelta.Value, PerplexityDeltaSe = d.PerplexityDelta.StandardError,
-            LnPerplexityRatio = d.LnPerplexityRatio.Value, LnPerplexityRatioSe = d.LnPerplexityRatio.StandardError,
-            KlMean = d.KlDivergence.Value, KlMeanSe = d.KlDivergence.StandardError, KlMedian = d.KlMedian, KlP90 = d.KlP90, KlP99 = d.KlP99,
-            KlP999 = d.KlP999, KlMax = d.KlMax, SameTop = d.Top1Agreement.Value, SameTopSe = d.Top1Agreement.StandardError,
-            RmsDeltaP = d.RmsDeltaP.Value, RmsDeltaPSe = d.RmsDeltaP.StandardError,
-        };
-        if (gate is { Metric: "accuracy" }) return row;
-        if (gate is null) return row with { Passed = true };
-        (double baseline, double value) = gate.Metric switch
-        {
-            "perplexity" => (d.ReferencePerplexity.Value, d.ModifiedPerplexity.Value),
-            "top1" => (1.0, d.Top1Agreement.Value),
-            _ => (0.0, d.KlDivergence.Value),
-        };
-        if (gate.FixedBaseline is double fixedBaseline) baseline = fixedBaseline;
-        return row with
-        {
-            Metric = gate.Metric, Baseline = baseline, Value = value, Limit = gate.Limit(baseline),
-            Passed = gate.Passes(value, baseline), NearMiss = gate.NearMiss(value, baseline),
-        };
-    }
 }
 
 /// <summary>One model of a gate run.</summary>
@@ -139,7 +85,7 @@ public static class ArtifactReport
             $"same top {d.Top1Agreement.Value:P2}, perplexity {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (original {d.ReferencePerplexity.Value:F4}), RMS dp {d.RmsDeltaP.Value:P3}" + tasks;
     }
 
-    public static object Json(ArtifactResult a) => ArtifactRow.From(a, null);
+    public static object Json(ArtifactResult a) => SuperQuant.Cli.Gate.GateVerdict.Judge(a, null);
 
     /// <summary>superquant-report.md: one row per artifact, the numbers llama-perplexity --kl-divergence prints.</summary>
     public static string Markdown(string manifest, IReadOnlyList<ModelReport> models)

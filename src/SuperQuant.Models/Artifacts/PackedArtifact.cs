@@ -97,43 +97,22 @@ public static class PackedArtifact
     {
         var weights = model.Weights;
         Write(path, model.Config, weights, result.Options, result.Z, result.SuperWeights, site => result.Matrices[site].Plan,
-            l => (weights.Layers[l] ?? throw new InvalidOperationException("a layer-streamed model is written with WriteStreamed"), result.Matrices.Where(kv => kv.Key.Layer == l).ToDictionary(kv => kv.Key, kv => kv.Value), false),
+            l => (weights.Layers[l] ?? throw new InvalidOperationException("a layer-streamed model is written with WriteByLayer"), result.Matrices.Where(kv => kv.Key.Layer == l).ToDictionary(kv => kv.Key, kv => kv.Value), false),
             sourceSha256, manifestSha256, activations);
     }
 
-    /// <summary>Writes the artifact of a layer-streamed model: the header is laid out from the quantizer's plan
-    /// (<see cref="ModelQuantizer.PlanMatrix"/>) before any block is read, then each block is read from the model's
-    /// source, quantized (<see cref="ModelQuantizer.QuantizeLayer"/>), written and dropped. Memory: one block. The
-    /// embedding and head of <paramref name="model"/> are rounded to fp16 in place, as <see cref="ModelQuantizer.Quantize"/>
-    /// does.</summary>
-    public static void WriteStreamed(string path, LlamaModel model, WeightQuantizationOptions options, double z, IReadOnlyList<SuperWeight> superWeights,
-        string sourceSha256, string? manifestSha256 = null, Action<int, int>? progress = null, CancellationToken cancel = default)
-    {
-        LlamaConfig c = model.Config;
-        var source = model.Weights.Source ?? throw new InvalidOperationException("not a layer-streamed model");
-        model.Weights.ReleaseResident(); // the block a previous pass left behind: hold one block, not two
-        ModelQuantizer.RoundToHalf(model.Weights.TokenEmbedding);
-        if (model.Weights.LmHead is { } head) ModelQuantizer.RoundToHalf(head);
-        progress?.Invoke(0, c.NumLayers);
-        Write(path, c, model.Weights, options, z, superWeights, site => PlanOf(c, site, options, superWeights), l =>
+    /// <summary>Writes an artifact one decoder block at a time (a layer-streamed model): the header is laid out from
+    /// <paramref name="plan"/> before any block exists, then each block's floats and quantized matrices are asked of
+    /// <paramref name="quantizedLayer"/> when the writer reaches it, written and disposed. Memory: one block. The
+    /// caller quantizes (the pipeline's packed stage); this only lays out and writes.</summary>
+    public static void WriteByLayer(string path, LlamaModel model, WeightQuantizationOptions options, double z, IReadOnlyList<SuperWeight> superWeights,
+        Func<LinearSite, MatrixPlan> plan, Func<int, (LlamaLayerWeights Floats, Dictionary<LinearSite, QuantizedMatrix> Matrices)> quantizedLayer,
+        string sourceSha256, string? manifestSha256 = null) =>
+        Write(path, model.Config, model.Weights, options, z, superWeights, plan, l =>
         {
-            cancel.ThrowIfCancellationRequested();
-            var layer = source.Load(l).DetachFromDisposeScopes();
-            try
-            {
-                var matrices = ModelQuantizer.QuantizeLayer(layer, l, options, z, superWeights);
-                progress?.Invoke(l + 1, c.NumLayers);
-                return (layer, matrices, true);
-            }
-            catch { layer.Dispose(); throw; }
+            var (floats, matrices) = quantizedLayer(l);
+            return (floats, matrices, true);
         }, sourceSha256, manifestSha256, null);
-    }
-
-    static MatrixPlan PlanOf(LlamaConfig c, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
-    {
-        var (rows, cols) = c.MatrixShape(site.Projection);
-        return ModelQuantizer.PlanMatrix(site, rows, cols, o, superWeights);
-    }
 
     static readonly Projection[] BlockProjections = { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down };
 
