@@ -69,7 +69,8 @@ public sealed class SuperQuantGate : ToolTask
     {
         if (!File.Exists(ToolDll))
         {
-            Log.LogError(null, "SQ0003", null, ToolDll, 0, 0, 0, 0, "the superquant tool was not found at {0}; build src/SuperQuant.Cli or set SuperQuantToolPath", ToolDll);
+            Log.LogError(null, "SQ0003", null, ToolDll, 0, 0, 0, 0,
+                "the superquant tool was not found at {0}; build src/SuperQuant.Cli or set SuperQuantToolPath", ToolDll);
             return false;
         }
         if (Gate != "error" && Gate != "warn")

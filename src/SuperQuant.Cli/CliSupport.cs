@@ -26,7 +26,11 @@ public static class ExitCodes
 
 public static class CliSupport
 {
-    public static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals
+    };
 
     /// <summary>Cancelled by Ctrl+C, SIGTERM or SIGHUP (<see cref="SignalCancellation"/>).</summary>
     public static CancellationToken Cancellation => SignalCancellation.Token;
@@ -41,7 +45,8 @@ public static class CliSupport
         }
         catch (SuperQuantException e)
         {
-            Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
+            Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}"
+                : $"{e.FilePath}: error {e.Code}: {e.Message}");
             return e.Code == ErrorCodes.GateFailed ? ExitCodes.GateFailed : ExitCodes.InputError;
         }
         catch (ManifestException e)
@@ -96,8 +101,18 @@ public static class CliSupport
     /// <summary>--memory auto | model | layers.</summary>
     public static Option<string?> MemoryOption()
     {
-        var o = new Option<string?>("--memory") { Description = "auto | model | layers: hold the whole fp32 model, or one decoder block at a time read from disk (models larger than RAM; same artifacts, slower). Default: the manifest's memory, else auto (layers for Hugging Face checkpoints of 1 GiB or more in fp32, or over 60 % of available memory, unless the method is W/A)" };
-        o.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null and not ("auto" or "model" or "layers")) r.AddError($"{ErrorCodes.InvalidArgument}: --memory '{SuperQuant.Manifest.ManifestReader.Excerpt(v)}' (expected auto, model or layers)"); });
+        var o = new Option<string?>("--memory")
+        {
+            Description = "auto | model | layers: hold the whole fp32 model, or one decoder block at a time " +
+            "read from disk (models larger than RAM; same artifacts, slower). Default: the manifest's memory, else auto (layers for Hugging Face " +
+            "checkpoints of 1 GiB or more in fp32, or over 60 % of available memory, unless the method is W/A)"
+        };
+        o.Validators.Add(r =>
+        {
+            string? v = r.GetValueOrDefault<string?>();
+            if (v is not null and not ("auto" or "model" or "layers"))
+                r.AddError($"{ErrorCodes.InvalidArgument}: --memory '{SuperQuant.Manifest.ManifestReader.Excerpt(v)}' (expected auto, model or layers)");
+        });
         return o;
     }
 
@@ -121,7 +136,8 @@ public static class CliSupport
         o.Validators.Add(r =>
         {
             string? v = r.Tokens.Count > 0 ? r.Tokens[^1].Value : null;
-            if (v is not null && !values.Contains(v)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} '{Manifest.ManifestReader.Excerpt(v)}' (expected one of {string.Join(", ", values)})");
+            if (v is not null && !values.Contains(v)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} '{Manifest.ManifestReader.Excerpt(v)}' " +
+                $"(expected one of {string.Join(", ", values)})");
         });
         return o;
     }
@@ -153,7 +169,9 @@ public static class CliSupport
         o.Validators.Add(r =>
         {
             if (!Converted(r, out double v)) return;
-            if (!double.IsFinite(v) || v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {v.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
+            if (!double.IsFinite(v) || v < min || v > max) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} " +
+                $"{v.ToString(CultureInfo.InvariantCulture)} (expected a finite number in " +
+                $"{min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
         });
         return o;
     }
@@ -163,7 +181,9 @@ public static class CliSupport
         o.Validators.Add(r =>
         {
             if (!Converted(r, out double? v)) return;
-            if (v is double x && (!double.IsFinite(x) || x < min || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x.ToString(CultureInfo.InvariantCulture)} (expected a finite number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
+            if (v is double x && (!double.IsFinite(x) || x < min
+                || x > max)) r.AddError($"{ErrorCodes.InvalidArgument}: {o.Name} {x.ToString(CultureInfo.InvariantCulture)} (expected a finite " +
+                $"number in {min.ToString(CultureInfo.InvariantCulture)}..{max.ToString(CultureInfo.InvariantCulture)})");
         });
         return o;
     }
@@ -186,7 +206,8 @@ public static class CliSupport
         foreach (string item in text.Split(new[] { ' ', ',', '\t', '\n' }, StringSplitOptions.RemoveEmptyEntries))
         {
             if (!int.TryParse(item, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{option}: '{Manifest.ManifestReader.Excerpt(item)}' is not a token id (non-negative integers separated by spaces or commas)");
+                throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                    $"{option}: '{Manifest.ManifestReader.Excerpt(item)}' is not a token id (non-negative integers separated by spaces or commas)");
             ids.Add(id);
         }
         if (ids.Count == 0) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{option} holds no token ids");
@@ -227,7 +248,8 @@ public static class SignalCancellation
     public static void Install()
     {
         if (Registrations.Count > 0) return;
-        foreach (var signal in new[] { System.Runtime.InteropServices.PosixSignal.SIGINT, System.Runtime.InteropServices.PosixSignal.SIGTERM, System.Runtime.InteropServices.PosixSignal.SIGHUP })
+        foreach (var signal in new[] { System.Runtime.InteropServices.PosixSignal.SIGINT, System.Runtime.InteropServices.PosixSignal.SIGTERM,
+            System.Runtime.InteropServices.PosixSignal.SIGHUP })
             Registrations.Add(System.Runtime.InteropServices.PosixSignalRegistration.Create(signal, OnSignal));
     }
 

@@ -15,11 +15,13 @@ bool needsTorch = args.Length > 0 && args[0] != "init" && !args.Any(a => a is "-
 OpenMpTuning.Apply(); // before libtorch (and its OpenMP runtime) loads
 try
 {
-    if (needsTorch && SuperQuant.Core.Runtime.LibTorchLoader.Activate(args, new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
+    if (needsTorch && SuperQuant.Core.Runtime.LibTorchLoader.Activate(args,
+        new SuperQuant.Core.Runtime.MachineLibTorchEnvironment()) is int childExit) return childExit;
 }
 catch (SuperQuantException e)
 {
-    Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}" : $"{e.FilePath}: error {e.Code}: {e.Message}");
+    Console.Error.WriteLine(e.FilePath is null || e.Message.Contains(e.FilePath) ? $"error {e.Code}: {e.Message}"
+        : $"{e.FilePath}: error {e.Code}: {e.Message}");
     return ExitCodes.InputError;
 }
 NativeMemoryTuning.Apply();
@@ -62,7 +64,8 @@ if (parsed.Errors.Count > 0)
     // value that parses but lies outside its option's domain is an input error, exit 3. Both print SQ2009 and the option.
     bool domainOnly = parsed.Errors.All(e => e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal));
     foreach (var e in parsed.Errors)
-        Console.Error.WriteLine(e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal) ? $"error {e.Message}" : $"error {ErrorCodes.InvalidArgument}: {e.Message}");
+        Console.Error.WriteLine(e.Message.StartsWith(ErrorCodes.InvalidArgument, StringComparison.Ordinal) ? $"error {e.Message}"
+            : $"error {ErrorCodes.InvalidArgument}: {e.Message}");
     Console.Error.WriteLine("Run 'superquant --help' (or 'superquant COMMAND --help') for usage.");
     return domainOnly ? ExitCodes.InputError : ExitCodes.Usage;
 }

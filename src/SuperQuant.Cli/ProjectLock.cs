@@ -46,7 +46,9 @@ public sealed class ProjectLock : IDisposable
                     catch (IOException)
                     {
                         if (clock.Elapsed >= timeout)
-                            throw new Core.SuperQuantException("SQ0005", $"another superquant run on {m.Path} (or on one of its outputs) still holds the project's lock after {timeout.TotalSeconds:F0} s (lock file {path}); is a build stuck?", m.Path);
+                            throw new Core.SuperQuantException("SQ0005",
+                                $"another superquant run on {m.Path} (or on one of its outputs) still holds the project's lock after " +
+                                $"{timeout.TotalSeconds:F0} s (lock file {path}); is a build stuck?", m.Path);
                         if (!told) { Console.WriteLine($"waiting for another superquant run on this project (lock {path})"); told = true; }
                         Thread.Sleep(200);
                     }

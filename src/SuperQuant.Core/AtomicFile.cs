@@ -86,7 +86,8 @@ public static class AtomicFile
         if (FaultTargets(full) && expectedBytes is long size)
             return unnamed is not null ? new KillingFileStream(unnamed, size / 2) : new KillingFileStream(temp, size / 2);
 #endif
-        return unnamed is not null ? new FileStream(unnamed, FileAccess.Write, 1 << 20) : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        return unnamed is not null ? new FileStream(unnamed, FileAccess.Write, 1 << 20)
+            : new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
     }
 
     /// <summary>O_TMPFILE and linkat(2), written by hand: .NET has no API for a file without a name.</summary>
@@ -185,7 +186,8 @@ public static class AtomicFile
         readonly long _killAfter;
         long _written;
 
-        public KillingFileStream(string path, long killAfter) : base(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20) => _killAfter = killAfter;
+        public KillingFileStream(string path, long killAfter) : base(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20)
+            => _killAfter = killAfter;
         public KillingFileStream(SafeFileHandle handle, long killAfter) : base(handle, FileAccess.Write, 1 << 20) => _killAfter = killAfter;
 
         public override void Write(ReadOnlySpan<byte> buffer) { base.Write(buffer); Count(buffer.Length); }

@@ -37,7 +37,8 @@ public static class DiskSpace
         string need = bytes is long b ? $"{Mib(b)} needed, " : "";
         string free = Available(path) is long f ? $"{Mib(f)} free" : "free space unknown";
         return new SuperQuantException(ErrorCodes.DiskFull,
-            $"no space left on the device for {path} ({need}{free}); nothing was written at that path. Free some space or choose another output folder.", path, inner);
+            $"no space left on the device for {path} ({need}{free}); nothing was written at that path. Free some space or choose another output " +
+                $"folder.", path, inner);
     }
 
     static string Mib(long bytes) => $"{bytes / 1048576.0:F1} MiB";

@@ -113,7 +113,8 @@ public sealed class LlamaCppModel : IDisposable
     }
 
     /// <summary>The tokens that end a generation (end of sequence, end of turn), as the file's vocabulary marks them.</summary>
-    public IReadOnlySet<int> EndOfGeneration => new[] { _weights.Vocab.EOS, _weights.Vocab.EOT }.Where(t => t is not null).Select(t => (int)t!.Value).ToHashSet();
+    public IReadOnlySet<int> EndOfGeneration => new[] { _weights.Vocab.EOS,
+        _weights.Vocab.EOT }.Where(t => t is not null).Select(t => (int)t!.Value).ToHashSet();
 
     public int[] Tokenize(string text, bool addBos) => _weights.Tokenize(text, addBos, special: false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
 

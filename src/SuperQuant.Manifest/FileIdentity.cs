@@ -43,7 +43,8 @@ public static class OutputPath
     {
         string last = written.Replace('\\', '/').Split('/')[^1];
         if (written.EndsWith('/') || written.EndsWith('\\') || last is "." or "..")
-            return $"'{ManifestReader.Excerpt(written)}' names a folder; an output must name a file (e.g. {Path.Combine(written.TrimEnd('/', '\\', '.'), "NAME")})";
+            return $"'{ManifestReader.Excerpt(written)}' names a folder; an output must name a file (e.g. " +
+                $"{Path.Combine(written.TrimEnd('/', '\\', '.'), "NAME")})";
         if (Directory.Exists(full)) return $"{full} is a folder; an output must name a file";
         return null;
     }

@@ -8,7 +8,8 @@ namespace SuperQuant.Manifest;
 public sealed record GgufTarget(long? Bytes, double? BitsPerWeight)
 {
     public long BytesFor(long parameters) => Bytes ?? (long)(BitsPerWeight!.Value * parameters / 8);
-    public override string ToString() => Bytes is long b ? $"size {b.ToString("N0", CultureInfo.InvariantCulture)} B" : $"{BitsPerWeight!.Value.ToString(CultureInfo.InvariantCulture)} bits/weight";
+    public override string ToString() => Bytes is long b ? $"size {b.ToString("N0", CultureInfo.InvariantCulture)} B"
+        : $"{BitsPerWeight!.Value.ToString(CultureInfo.InvariantCulture)} bits/weight";
 
     public const string Forms = "size=SIZE (e.g. size=1.9GB; " + SuperQuant.Core.ByteSize.Forms + ") or bpw=BITS (bits per weight, e.g. bpw=3.5)";
 
@@ -22,7 +23,8 @@ public sealed record GgufTarget(long? Bytes, double? BitsPerWeight)
         if (Names.Is(key, "size"))
             return SuperQuant.Core.ByteSize.TryParse(value, out long bytes) && bytes > 0 ? new GgufTarget(bytes, null) : null;
         if (Names.Is(key, "bpw"))
-            return double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out double bpw) && double.IsFinite(bpw) && bpw > 0 ? new GgufTarget(null, bpw) : null;
+            return double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out double bpw) && double.IsFinite(bpw) && bpw > 0
+                ? new GgufTarget(null, bpw) : null;
         return null;
     }
 

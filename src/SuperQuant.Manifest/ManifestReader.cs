@@ -27,7 +27,9 @@ public static class ManifestReader
     public const long MaxBytes = 16L << 20;
 
     static readonly string[] TopKeys = { "version", "device", "memory", "models" };
-    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" };
+    static readonly string[] ModelKeys = { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip",
+        "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text",
+        "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" };
     static readonly string[] GateKeys = { "metric", "max_increase", "max_drop", "baseline" };
     static readonly string[] ExportKeys = { "gguf", "gguf_target", "path" };
     static readonly string[] TargetKeys = { "size", "bpw" };
@@ -66,7 +68,8 @@ public static class ManifestReader
         if (version != 1) throw At(full, v!, $"version {version} is not supported (this tool reads version 1)");
         string device = root.Children.TryGetValue(new YamlScalarNode("device"), out var d) ? OneOf(full, d, "device", new[] { "auto", "cpu", "cuda" }) : "auto";
         string memory = root.Children.TryGetValue(new YamlScalarNode("memory"), out var mem) ? OneOf(full, mem, "memory", Names.MemoryNames.ToArray()) : "auto";
-        if (!root.Children.TryGetValue(new YamlScalarNode("models"), out var modelsNode) || modelsNode is not YamlSequenceNode models || models.Children.Count == 0)
+        if (!root.Children.TryGetValue(new YamlScalarNode("models"), out var modelsNode) || modelsNode is not YamlSequenceNode models
+            || models.Children.Count == 0)
             throw new ManifestException(full, (int)root.Start.Line, (int)root.Start.Column, "'models' must be a non-empty list");
         var roots = new Roots(dir, allowOutside ?? Array.Empty<string>(), followSymlinks);
         var entries = new List<ModelEntry>();
@@ -136,7 +139,8 @@ public static class ManifestReader
         string output = OutputFile(file, dir, outputNode, "output", roots);
         var gateNode = Map(file, Required("gate"), "'gate'");
         CheckKeys(file, gateNode, GateKeys, "'gate'");
-        string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn) ? OneOf(file, mn, "metric", QualityGate.Metrics.ToArray()) : "kl";
+        string metric = gateNode.Children.TryGetValue(new YamlScalarNode("metric"), out var mn)
+            ? OneOf(file, mn, "metric", QualityGate.Metrics.ToArray()) : "kl";
         double maxIncrease;
         bool percent = false;
         if (metric == "accuracy")
@@ -144,7 +148,8 @@ public static class ManifestReader
             if (gateNode.Children.TryGetValue(new YamlScalarNode("max_increase"), out var wrong))
                 throw At(file, wrong, "metric accuracy is gated by 'max_drop' (accuracy points, e.g. 2), not 'max_increase'");
             if (!gateNode.Children.TryGetValue(new YamlScalarNode("max_drop"), out var drop))
-                throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column, "metric accuracy needs 'max_drop' (accuracy points per task, e.g. 2)");
+                throw new ManifestException(file, (int)gateNode.Start.Line, (int)gateNode.Start.Column,
+                    "metric accuracy needs 'max_drop' (accuracy points per task, e.g. 2)");
             maxIncrease = Dbl(file, drop, "max_drop");
             if (maxIncrease < 0 || maxIncrease > 100) throw At(file, drop, $"max_drop {maxIncrease} must be in 0..100 accuracy points");
             if (Optional("tasks") is null) throw At(file, mn!, "metric accuracy needs the model's 'tasks' (e.g. tasks: {piqa: data/piqa.jsonl})");
@@ -166,7 +171,8 @@ public static class ManifestReader
             fixedBaseline = Dbl(file, bn, "baseline (a number or 'original')");
         string? evalText = InputFile("evaluation_text"), evalTokens = InputFile("evaluation_tokens");
         if (evalText is null && evalTokens is null)
-            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}' needs 'evaluation_text' or 'evaluation_tokens' for its quality gate");
+            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column,
+                $"model '{id}' needs 'evaluation_text' or 'evaluation_tokens' for its quality gate");
         var method = Optional("method") is { } me
             ? (Names.TryParseMethod(Str(file, me, "method"), out var parsed) ? parsed
                 : throw At(file, me, $"'method' must be one of {string.Join(", ", Names.MethodNames)}, got '{Excerpt(Str(file, me, "method"))}'"))
@@ -183,9 +189,11 @@ public static class ManifestReader
             Clip = Optional("clip") is { } cn2 ? OneOf(file, cn2, "clip", Names.ClipNames.ToArray()) : "zscore",
             Levels = Optional("levels") is { } ln ? OneOf(file, ln, "levels", Names.LevelNames.ToArray()) : "int",
             ActivationScale = Optional("activation_scale") is { } asn ? OneOf(file, asn, "activation_scale", new[] { "per-token", "per-tensor" }) : "per-token",
-            ActivationQuantizer = Optional("activation_quantizer") is { } aqn ? OneOf(file, aqn, "activation_quantizer", new[] { "symmetric", "asymmetric" }) : null,
+            ActivationQuantizer = Optional("activation_quantizer") is { } aqn
+                ? OneOf(file, aqn, "activation_quantizer", new[] { "symmetric", "asymmetric" }) : null,
             SuperActivation = Optional("super_activation") is { } san ? OneOf(file, san, "super_activation", new[] { "channel", "scalar" }) : "channel",
-            BlockSize = Optional("block_size") is { } bs ? (Names.ParseBlockSize(Str(file, bs, "block_size")) ?? throw At(file, bs, $"'block_size' must be 32..4096, channel, or (variant paper) a power of two or tensor; got '{Excerpt(Str(file, bs, "block_size"))}'")) : 128,
+            BlockSize = Optional("block_size") is { } bs ? (Names.ParseBlockSize(Str(file, bs, "block_size")) ?? throw At(file, bs, $"'block_size' " +
+                $"must be 32..4096, channel, or (variant paper) a power of two or tensor; got '{Excerpt(Str(file, bs, "block_size"))}'")) : 128,
             Z = Optional("z") is { } zn ? ZValue(file, zn) : null,
             CalibrationText = InputFile("calibration_text"),
             CalibrationTokens = InputFile("calibration_tokens"),
@@ -193,7 +201,8 @@ public static class ManifestReader
             EvaluationTokens = evalTokens,
             PromptTokens = Optional("prompt_tokens") is { } pt ? PromptIds(file, pt) : null,
             Context = Optional("context") is { } cn ? Range(file, cn, "context", 2, 1 << 20) : 512,
-            Tasks = Optional("tasks") is { } tn ? TaskEntries(file, tn, key => InputFileAt(file, dir, key.Node, "tasks." + key.Name, roots)) : Array.Empty<TaskEntry>(),
+            Tasks = Optional("tasks") is { } tn ? TaskEntries(file, tn, key => InputFileAt(file, dir, key.Node, "tasks." + key.Name, roots))
+                : Array.Empty<TaskEntry>(),
             Exports = Exports(file, dir, Optional("export"), output, new Position((int)outputNode.Start.Line, (int)outputNode.Start.Column), roots),
             Gate = new QualityGate(metric, maxIncrease, percent, fixedBaseline),
             Line = (int)m.Start.Line,
@@ -208,23 +217,32 @@ public static class ManifestReader
             throw At(file, Optional("levels")!, $"normal-float levels exist for 3 and 4 bits (NF3, NF4), weight_bits is {entry.WeightBits}");
         bool calibrated = entry.CalibrationText is not null || entry.CalibrationTokens is not null;
         if (entry.Method == QuantMethod.SuperAware && entry.Z is null && !calibrated)
-            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");
+            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column,
+                $"model '{id}': z: auto needs 'calibration_text' or 'calibration_tokens'");
         if (entry.Method.NeedsCalibration() && !calibrated)
-            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column, $"model '{id}': {entry.Method.Name()} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
+            throw new ManifestException(file, (int)m.Start.Line, (int)m.Start.Column,
+                $"model '{id}': {entry.Method.Name()} calibrates its smoothing scales: it needs 'calibration_text' or 'calibration_tokens'");
         foreach (var x in entry.Exports.Where(x => x.Target is not null))
         {
             if (entry.Method is not (QuantMethod.Rtn or QuantMethod.SuperAware))
-                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': a GGUF size budget holds weights only; use method rtn or super-aware");
+                throw new ManifestException(file, x.At.Line, x.At.Column,
+                    $"model '{id}': a GGUF size budget holds weights only; use method rtn or super-aware");
             if (!calibrated)
-                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': gguf_target chooses each tensor's type from its measured sensitivity on calibration data: it needs 'calibration_text' or 'calibration_tokens'");
+                throw new ManifestException(file, x.At.Line, x.At.Column,
+                    $"model '{id}': gguf_target chooses each tensor's type from its measured sensitivity on calibration data: it needs " +
+                    $"'calibration_text' or 'calibration_tokens'");
         }
         foreach (var x in entry.Exports.Where(x => x.GgufType is not null))
         {
             var t = x.GgufType!.Value;
             if (entry.Method.NeedsRuntimeTransforms(entry.ActivationBits) || entry.Method.Transforms())
-                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': GGUF holds weights only; method {entry.Method.Name()} with activation_bits {entry.ActivationBits} needs run-time activation handling, which only the packed artifact carries (export: [packed]); for GGUF use method rtn or super-aware");
+                throw new ManifestException(file, x.At.Line, x.At.Column,
+                    $"model '{id}': GGUF holds weights only; method {entry.Method.Name()} with activation_bits {entry.ActivationBits} needs run-time " +
+                    $"activation handling, which only the packed artifact carries (export: [packed]); for GGUF use method rtn or super-aware");
             if (!t.IsFloat() && t.NominalBits() != entry.WeightBits)
-                throw new ManifestException(file, x.At.Line, x.At.Column, $"model '{id}': GGUF type {t.Name()} stores {t.NominalBits()}-bit weights but weight_bits is {entry.WeightBits}; make them agree (or export f16/bf16)");
+                throw new ManifestException(file, x.At.Line, x.At.Column,
+                    $"model '{id}': GGUF type {t.Name()} stores {t.NominalBits()}-bit weights but weight_bits is {entry.WeightBits}; make them agree " +
+                    $"(or export f16/bf16)");
         }
         return entry;
     }
@@ -244,7 +262,8 @@ public static class ManifestReader
                 string v = s.Value ?? "";
                 if (Names.Is(v, "packed")) { list.Add(new ExportEntry(null, output, outputAt)); continue; }
                 string hint = v.StartsWith("gguf", StringComparison.OrdinalIgnoreCase)
-                    ? $"; a GGUF export names its type: {{gguf: TYPE}} with TYPE one of {string.Join(", ", Names.GgufTypeNames)} (method super-aware makes the super-aware GGUF)"
+                    ? $"; a GGUF export names its type: {{gguf: TYPE}} with TYPE one of {string.Join(", ", Names.GgufTypeNames)} (method super-aware " +
+                        $"makes the super-aware GGUF)"
                     : "";
                 throw At(file, item, $"'export' items are 'packed' or {{gguf: TYPE}}, got '{Excerpt(v)}'{hint}");
             }
@@ -261,7 +280,8 @@ public static class ManifestReader
                 list.Add(new ExportEntry(null, targetPath, at) { Target = target });
                 continue;
             }
-            if (!map.Children.TryGetValue(new YamlScalarNode("gguf"), out var typeNode)) throw At(file, item, "an export mapping needs 'gguf: TYPE' (or 'gguf_target: {size: 1.9GB}')");
+            if (!map.Children.TryGetValue(new YamlScalarNode("gguf"), out var typeNode)) throw At(file, item,
+                "an export mapping needs 'gguf: TYPE' (or 'gguf_target: {size: 1.9GB}')");
             string typeName = Str(file, typeNode, "gguf");
             if (!Names.TryParseGgufType(typeName, out var type))
                 throw At(file, typeNode, $"'gguf' must be one of {string.Join(", ", Names.GgufTypeNames)}, got '{Excerpt(typeName)}'");
@@ -283,7 +303,8 @@ public static class ManifestReader
         var (key, value) = map.Children.First();
         string name = ((YamlScalarNode)key).Value!, text = Str(file, value, "gguf_target." + name);
         return GgufTarget.TryParse($"{name}={text}")
-            ?? throw At(file, value, $"'gguf_target.{name}' is '{Excerpt(text)}': expected {(name == "size" ? "a size, " + SuperQuant.Core.ByteSize.Forms : "a positive number of bits per weight")}");
+            ?? throw At(file, value, $"'gguf_target.{name}' is '{Excerpt(text)}': expected " +
+                $"{(name == "size" ? "a size, " + SuperQuant.Core.ByteSize.Forms : "a positive number of bits per weight")}");
     }
 
     /// <summary>models/stories.sqpk.safetensors -> models/stories.q4_k_m.gguf</summary>
@@ -359,7 +380,11 @@ public static class ManifestReader
         if (raw.Length == 0 || raw.Contains('\0')) throw At(file, n, $"'{key}' must be a path");
         string p;
         try { p = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, raw)); }
-        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException) { throw At(file, n, $"'{key}': '{Excerpt(raw)}' is not a valid path"); }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            throw At(file, n,
+            $"'{key}': '{Excerpt(raw)}' is not a valid path");
+        }
         if (!roots.Any(r => RealPath.IsUnder(p, r))) throw At(file, n, $"'{key}': {Excerpt(raw)} resolves to {p}, outside the project folder {dir}");
         if (!followSymlinks) CheckRealPath(file, n, key, p, roots);
         return p;
@@ -386,10 +411,12 @@ public static class ManifestReader
 
     static YamlMappingNode Map(string file, YamlNode n, string what) => n as YamlMappingNode ?? throw At(file, n, $"{what} must be a mapping");
 
-    static string Str(string file, YamlNode n, string key) => n is YamlScalarNode s && s.Value != null ? s.Value : throw At(file, n, $"'{key}' must be a scalar value");
+    static string Str(string file, YamlNode n, string key) => n is YamlScalarNode s && s.Value != null ? s.Value
+        : throw At(file, n, $"'{key}' must be a scalar value");
 
     static int Int(string file, YamlNode n, string key) =>
-        int.TryParse(Str(file, n, key), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw At(file, n, $"'{key}' must be an integer, got '{Excerpt(Str(file, n, key))}'");
+        int.TryParse(Str(file, n, key), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v
+            : throw At(file, n, $"'{key}' must be an integer, got '{Excerpt(Str(file, n, key))}'");
 
     static double Dbl(string file, YamlNode n, string key) =>
         double.TryParse(Str(file, n, key), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) ? v

@@ -45,7 +45,8 @@ public static class Names
         (GgufFileType.Q4_K_S, "q4_k_s", 4, 14), (GgufFileType.Q4_1, "q4_1", 4, 3), (GgufFileType.Q4_0, "q4_0", 4, 2),
         (GgufFileType.Q3_K_L, "q3_k_l", 3, 13), (GgufFileType.Q3_K_M, "q3_k_m", 3, 12), (GgufFileType.Q3_K_S, "q3_k_s", 3, 11),
         (GgufFileType.Q2_K, "q2_k", 2, 10), (GgufFileType.IQ4_XS, "iq4_xs", 4, 30), (GgufFileType.IQ4_NL, "iq4_nl", 4, 25),
-        (GgufFileType.IQ3_M, "iq3_m", 3, 27), (GgufFileType.IQ3_S, "iq3_s", 3, 26), (GgufFileType.IQ3_XXS, "iq3_xxs", 3, 23), (GgufFileType.IQ2_M, "iq2_m", 2, 29),
+        (GgufFileType.IQ3_M, "iq3_m", 3, 27), (GgufFileType.IQ3_S, "iq3_s", 3, 26), (GgufFileType.IQ3_XXS, "iq3_xxs", 3, 23),
+            (GgufFileType.IQ2_M, "iq2_m", 2, 29),
     };
 
     public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
@@ -69,15 +70,19 @@ public static class Names
     /// <summary>Checks a block size against a variant: packed takes 32..4096 or channel (0); paper takes a power of two
     /// from 32, channel or tensor. Returns the reason it is not accepted, or null.</summary>
     public static string? BlockSizeProblem(int block, string variant) => variant == "paper"
-        ? block == 0 || block == TensorBlock || (block >= 32 && (block & (block - 1)) == 0) ? null : $"block size {block}: the paper variant takes a power of two from 32, channel or tensor"
+        ? block == 0 || block == TensorBlock || (block >= 32 && (block & (block - 1)) == 0) ? null
+            : $"block size {block}: the paper variant takes a power of two from 32, channel or tensor"
         : block == 0 || (block >= 32 && block <= 4096) ? null
-        : block == TensorBlock ? "block size tensor needs variant: paper (flattened blocks)" : $"block size {block} (supported: 32..4096 or channel; larger power-of-two blocks and tensor need variant: paper)";
+        : block == TensorBlock ? "block size tensor needs variant: paper (flattened blocks)"
+            : $"block size {block} (supported: 32..4096 or channel; larger power-of-two blocks and tensor need variant: paper)";
 
     /// <summary>"channel" -> 0, "tensor" -> <see cref="TensorBlock"/>, an integer 32..2^30 -> itself; else null.</summary>
     public static int? ParseBlockSize(string? s) => Is(s, "channel") || Is(s, "per-channel") ? 0 : Is(s, "tensor") ? TensorBlock
-        : int.TryParse(s, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int b) && b >= 32 && b <= MaxPaperBlock ? b : null;
+        : int.TryParse(s, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int b) && b >= 32
+            && b <= MaxPaperBlock ? b : null;
 
-    public static string BlockSizeName(int block) => block == 0 ? "channel" : block == TensorBlock ? "tensor" : block.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    public static string BlockSizeName(int block) => block == 0 ? "channel" : block == TensorBlock ? "tensor"
+        : block.ToString(System.Globalization.CultureInfo.InvariantCulture);
     public static IReadOnlyList<string> GgufTypeNames { get; } = GgufTable.Select(t => t.Name).ToArray();
 
     public static string Name(this QuantMethod m) => MethodTable.First(x => x.Method == m).Name;
@@ -128,5 +133,6 @@ public static class Names
     public static bool NeedsCalibration(this QuantMethod m) => m is QuantMethod.SmoothQuant or QuantMethod.DuQuant;
 
     /// <summary>Methods that need run-time activation handling, which only the packed artifact carries.</summary>
-    public static bool NeedsRuntimeTransforms(this QuantMethod m, int activationBits) => activationBits < 16 || m is QuantMethod.Hadamard or QuantMethod.DuQuant;
+    public static bool NeedsRuntimeTransforms(this QuantMethod m, int activationBits) => activationBits < 16
+        || m is QuantMethod.Hadamard or QuantMethod.DuQuant;
 }

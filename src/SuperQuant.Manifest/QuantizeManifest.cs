@@ -61,10 +61,13 @@ public sealed record ModelEntry
     public Position PositionOf(string key) => Positions.TryGetValue(key, out var p) ? p : new Position(Line, 1);
 
     /// <summary>Every file this model's result depends on besides the manifest, the checkpoint and the tool.</summary>
-    public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens }.Where(f => f != null).Concat(Tasks.Select(t => t.Path))!;
+    public IEnumerable<string> DataFiles => new[] { CalibrationText, CalibrationTokens, EvaluationText,
+        EvaluationTokens }.Where(f => f != null).Concat(Tasks.Select(t => t.Path))!;
 
     /// <summary>The settings that decide this model's artifacts (positions excluded: moving a line changes nothing).</summary>
-    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant, Clip, Levels, ActivationScale, ActivationQuantizer, SuperActivation,
+    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant, Clip,
+        Levels, ActivationScale, ActivationQuantizer, SuperActivation,
         Z?.ToString("R", System.Globalization.CultureInfo.InvariantCulture) ?? "auto", CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens,
-        PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)), string.Join(",", Tasks.Select(t => t.Name + "=" + t.Path)), Gate);
+        PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)),
+            string.Join(",", Tasks.Select(t => t.Name + "=" + t.Path)), Gate);
 }

@@ -16,7 +16,8 @@ public static class ActivationPlan
 
     /// <summary>Calibrates and fuses the method's transforms into <paramref name="model"/>'s weights and returns the
     /// hooks to install after the weights are quantized; null for rtn/super-aware at 16-bit activations.</summary>
-    public static ActivationQuantizer? Prepare(LlamaModel model, QuantMethod method, int weightBits, int activationBits, IReadOnlyList<int> calibration, DetectionReport? detection,
+    public static ActivationQuantizer? Prepare(LlamaModel model, QuantMethod method, int weightBits, int activationBits,
+        IReadOnlyList<int> calibration, DetectionReport? detection,
         ActivationSettings? settings = null)
     {
         if (!method.Transforms() && activationBits >= 16) return null;

@@ -15,7 +15,8 @@ public static class ManifestRequests
         {
             Id = e.Id, Checkpoint = e.Checkpoint, Method = e.Method, WeightBits = e.WeightBits, ActivationBits = e.ActivationBits,
             BlockSize = e.BlockSize, Variant = e.Variant, Clip = e.Clip, Levels = e.Levels, Z = e.Z,
-            Activations = new ActivationSettings(e.ActivationScale, e.ActivationQuantizer, e.SuperActivation), Context = e.Context, PromptTokens = e.PromptTokens,
+            Activations = new ActivationSettings(e.ActivationScale, e.ActivationQuantizer, e.SuperActivation), Context = e.Context,
+            PromptTokens = e.PromptTokens,
             Calibration = Source(e.CalibrationText, e.CalibrationTokens, "calibration_text", "calibration_tokens"),
             Evaluation = Source(e.EvaluationText, e.EvaluationTokens, "evaluation_text", "evaluation_tokens"),
             Artifacts = e.Exports.Select(x => x.Target is { } target

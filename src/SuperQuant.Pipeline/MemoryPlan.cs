@@ -37,7 +37,9 @@ public static class MemoryPlan
 
     public static MemoryMode Parse(string name) => name switch
     {
-        "auto" => MemoryMode.Auto, "model" => MemoryMode.Model, "layers" => MemoryMode.Layers,
+        "auto" => MemoryMode.Auto,
+        "model" => MemoryMode.Model,
+        "layers" => MemoryMode.Layers,
         _ => throw new SuperQuantException(ErrorCodes.InvalidArgument, $"memory '{name}' (expected auto, model or layers)"),
     };
 
@@ -57,10 +59,12 @@ public static class MemoryPlan
             if (available > 0 && fp32 > 0 && WholeModelPeak * fp32 > available)
             {
                 string advice = format == CheckpointFormat.HuggingFace && problem is null ? "use memory: layers (or auto)"
-                    : problem is not null ? $"this request needs the whole model ({problem}); use a weight-only method with memory: layers, or a machine with more memory"
+                    : problem is not null ? $"this request needs the whole model ({problem}); use a weight-only method with memory: layers, or a " +
+                        $"machine with more memory"
                     : $"{format} checkpoints are loaded whole; convert it to a Hugging Face checkpoint to stream it";
                 throw new SuperQuantException(ErrorCodes.OutOfMemory,
-                    $"{checkpoint}: the whole fp32 model needs about {WholeModelPeak * fp32 / 1048576.0:F0} MiB ({fp32 / 1048576.0:F0} MiB x {WholeModelPeak}), {available / 1048576.0:F0} MiB is available ({why}): {advice}", checkpoint);
+                    $"{checkpoint}: the whole fp32 model needs about {WholeModelPeak * fp32 / 1048576.0:F0} MiB ({fp32 / 1048576.0:F0} MiB x " +
+                        $"{WholeModelPeak}), {available / 1048576.0:F0} MiB is available ({why}): {advice}", checkpoint);
             }
             return (false, why);
         }
@@ -92,7 +96,8 @@ public static class MemoryPlan
 
     /// <summary>Why a layer-streamed run cannot do <paramref name="r"/>, or null.</summary>
     public static string? Unsupported(QuantizationRequest r) =>
-        r.Method.Transforms() || r.ActivationBits < 16 ? $"method {r.Method.Name()} W{r.WeightBits}A{r.ActivationBits} calibrates activation transforms over the whole model; layer streaming supports weight-only rtn and super-aware" :
+        r.Method.Transforms() || r.ActivationBits < 16 ? $"method {r.Method.Name()} W{r.WeightBits}A{r.ActivationBits} calibrates activation " +
+            $"transforms over the whole model; layer streaming supports weight-only rtn and super-aware" :
         null;
 
     /// <summary>What a layer-streamed run cannot do yet (W/A methods): refused before any work.</summary>

@@ -38,18 +38,23 @@ public sealed class ModelRunner : IDisposable
     /// <summary>Opens <paramref name="path"/>: engine auto (GGUF in llama.cpp, the rest in our forward pass), llama.cpp
     /// (GGUF only) or torch (a GGUF dequantized into our forward pass). <paramref name="dtype"/>: the floats our forward
     /// pass runs in (null: as loaded).</summary>
-    public static ModelRunner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev, TorchSharp.torch.ScalarType? dtype, MemoryMode memory)
+    public static ModelRunner Open(string path, string engine, int context, int? threads, TorchSharp.torch.Device dev,
+        TorchSharp.torch.ScalarType? dtype, MemoryMode memory)
     {
         var format = ModelLoader.Detect(path);
         if (engine == "llama.cpp" && format != CheckpointFormat.Gguf)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
+            throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                $"--engine llama.cpp runs GGUF files; {path} is a {format} model (use --engine auto or torch)", path);
         // A GGUF written without a vocabulary ("no_vocab") cannot tokenize: llama.cpp aborts the process if asked to.
         bool ggufVocabulary = format == CheckpointFormat.Gguf
             && SuperQuant.Models.Gguf.GgufFile.Read(path).HasVocabulary;
         int[] NoVocabulary(string _) => throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
-            $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a tokenizer", path);
+            $"{path} holds no vocabulary (tokenizer.ggml.model is no_vocab): give token ids (--tokens), or export the GGUF from a checkpoint with a " +
+                $"tokenizer", path);
         if (format == CheckpointFormat.Gguf && memory == MemoryMode.Layers)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{path}: --memory layers streams Hugging Face checkpoints and packed artifacts; a GGUF file is run by llama.cpp, which maps it itself (leave --memory out)", path);
+            throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                $"{path}: --memory layers streams Hugging Face checkpoints and packed artifacts; a GGUF file is run by llama.cpp, which maps it " +
+                $"itself (leave --memory out)", path);
         if (format == CheckpointFormat.Gguf && engine != "torch")
         {
             var llama = LlamaCppEngine.Open(path, context, threads);
@@ -63,7 +68,8 @@ public sealed class ModelRunner : IDisposable
         }
         bool streamed = format is CheckpointFormat.HuggingFace or CheckpointFormat.Packed && MemoryPlan.Decide(memory, path).Streamed;
         if (memory == MemoryMode.Layers && !streamed)
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{path}: --memory layers reads Hugging Face checkpoints and packed artifacts, not {format} files", path);
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"{path}: --memory layers reads Hugging Face checkpoints and packed artifacts, not {format} files", path);
         if (streamed && dtype is not (null or TorchSharp.torch.ScalarType.Float32))
             throw new SuperQuantException(ErrorCodes.InvalidArgument, "--dtype bf16/fp16 needs the whole model in memory (--memory model)");
         LlamaModel m = ModelLoader.Load(path, dev, streamed);
@@ -73,7 +79,13 @@ public sealed class ModelRunner : IDisposable
             tokenize = ggufVocabulary ? text => { using var t = LlamaCppModel.Load(path, 8, 1); return t.Tokenize(text, addBos: true); } : NoVocabulary;
         return new ModelRunner
         {
-            Path = path, Engine = "superquant", Dtype = dtype switch { TorchSharp.torch.ScalarType.BFloat16 => "bf16", TorchSharp.torch.ScalarType.Float16 => "fp16", _ => "fp32" }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId, MaxContext = m.Config.MaxPositionEmbeddings,
+            Path = path, Engine = "superquant", Dtype = dtype switch
+            {
+                TorchSharp.torch.ScalarType.BFloat16 => "bf16",
+                TorchSharp.torch.ScalarType.Float16 => "fp16",
+                _ => "fp32"
+            }, VocabSize = m.Config.VocabSize, Bos = m.Config.BosTokenId,
+            MaxContext = m.Config.MaxPositionEmbeddings,
             Logits = t => m.Forward(t), Tokenize = tokenize, Owner = m, Model = m,
         };
     }

@@ -74,7 +74,11 @@ public sealed record QuantizationRequest
     /// <summary>Where a setting came from, by manifest key (the manifest gives its line; the CLI its option).</summary>
     public Func<string, Origin> OriginOf { get; init; } = key => Origin.Option(key switch
     {
-        "checkpoint" => "--model", "block_size" => "--block", "weight_bits" => "--bits", "activation_bits" => "--activation-bits", "z" => "--z",
+        "checkpoint" => "--model",
+        "block_size" => "--block",
+        "weight_bits" => "--bits",
+        "activation_bits" => "--activation-bits",
+        "z" => "--z",
         _ => "--" + key.Replace('_', '-'),
     });
     /// <summary>Zero-shot tasks (manifest `tasks:`), scored with the checkpoint's tokenizer.</summary>
@@ -94,12 +98,17 @@ public sealed record QuantizationRequest
         if (!Names.VariantNames.Contains(Variant)) throw OriginOf("variant").Error($"variant '{Variant}' (expected {string.Join(", ", Names.VariantNames)})");
         if (!Names.ClipNames.Contains(Clip)) throw OriginOf("clip").Error($"clip '{Clip}' (expected {string.Join(", ", Names.ClipNames)})");
         if (!Names.LevelNames.Contains(Levels)) throw OriginOf("levels").Error($"levels '{Levels}' (expected {string.Join(", ", Names.LevelNames)})");
-        if (!ActivationSettings.Scales.Contains(Activations.Scale) || (Activations.Quantizer is string aq && !ActivationSettings.Quantizers.Contains(aq)) || !ActivationSettings.SuperActivations.Contains(Activations.SuperActivation))
-            throw OriginOf("activation_scale").Error($"activation settings '{Activations}' (scale: {string.Join("|", ActivationSettings.Scales)}; quantizer: {string.Join("|", ActivationSettings.Quantizers)}; super activation: {string.Join("|", ActivationSettings.SuperActivations)})");
+        if (!ActivationSettings.Scales.Contains(Activations.Scale)
+            || (Activations.Quantizer is string aq && !ActivationSettings.Quantizers.Contains(aq))
+            || !ActivationSettings.SuperActivations.Contains(Activations.SuperActivation))
+            throw OriginOf("activation_scale").Error($"activation settings '{Activations}' (scale: {string.Join("|", ActivationSettings.Scales)}; " +
+                $"quantizer: {string.Join("|", ActivationSettings.Quantizers)}; super activation: {string.Join("|", ActivationSettings.SuperActivations)})");
         if (Names.BlockSizeProblem(BlockSize, Variant) is string blockProblem) throw OriginOf("block_size").Error(blockProblem);
         if (Variant != "paper" && (Clip is not ("zscore" or "no") || Levels != "int"))
-            throw OriginOf(Clip is not ("zscore" or "no") ? "clip" : "levels").Error($"clip {Clip} / levels {Levels} are the paper's reference code: use variant paper");
-        if (Levels == "normal-float" && WeightBits is not (3 or 4)) throw OriginOf("levels").Error($"normal-float levels exist for 3 and 4 bits (NF3, NF4), not {WeightBits}");
+            throw OriginOf(Clip is not ("zscore" or "no") ? "clip"
+                : "levels").Error($"clip {Clip} / levels {Levels} are the paper's reference code: use variant paper");
+        if (Levels == "normal-float" && WeightBits is not (3 or 4)) throw OriginOf("levels").Error($"normal-float levels exist for 3 and 4 bits " +
+            $"(NF3, NF4), not {WeightBits}");
         if (Variant == "paper" && Method is not (QuantMethod.SuperAware or QuantMethod.Rtn))
             throw OriginOf("variant").Error($"variant paper is the Super Weight paper's weight quantizer: method rtn or super-aware, not {Method.Name()}");
         if (Clip is "block_percentage" or "tensor_percentage" && Z is double fraction && double.IsFinite(fraction) && fraction >= 1)
@@ -108,27 +117,36 @@ public sealed record QuantizationRequest
         if (Context < 2 || Context > 1 << 20) throw ContextOrigin.Error($"context {Context} must be in 2..{1 << 20}");
         bool calibrated = Calibration is not null;
         if (Method.NeedsCalibration() && !calibrated)
-            throw MethodOrigin.Error($"{Method.Name()} calibrates its smoothing scales: it needs calibration data (calibration_text/calibration_tokens, --calibration-text/--calibration-tokens)");
+            throw MethodOrigin.Error($"{Method.Name()} calibrates its smoothing scales: it needs calibration data " +
+                $"(calibration_text/calibration_tokens, --calibration-text/--calibration-tokens)");
         if (Method == QuantMethod.SuperAware && Z is null && !calibrated)
-            throw MethodOrigin.Error("z: auto tunes the clipping threshold on calibration data: give calibration_text/calibration_tokens (--calibration-*), or a fixed z (a number, or none)");
+            throw MethodOrigin.Error("z: auto tunes the clipping threshold on calibration data: give calibration_text/calibration_tokens " +
+                "(--calibration-*), or a fixed z (a number, or none)");
         foreach (var g in Ggufs)
         {
             if (Method == QuantMethod.SuperAware && Clip is not ("zscore" or "no"))
-                throw g.Origin.Error($"the super-aware GGUF search clips by z-score; clip {Clip} applies to the packed artifact only: export the GGUF from a zscore entry");
+                throw g.Origin.Error($"the super-aware GGUF search clips by z-score; clip {Clip} applies to the packed artifact only: export the " +
+                    $"GGUF from a zscore entry");
             if (Method.NeedsRuntimeTransforms(ActivationBits))
-                throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation transforms, which only the packed artifact carries");
+                throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation " +
+                    $"transforms, which only the packed artifact carries");
             if (Method.Transforms())
-                throw g.Origin.Error($"GGUF export of {Method.Name()} is not supported: its smoothing is folded into the norms for a run-time activation quantizer that llama.cpp does not have; use rtn or super-aware for GGUF");
+                throw g.Origin.Error($"GGUF export of {Method.Name()} is not supported: its smoothing is folded into the norms for a run-time " +
+                    $"activation quantizer that llama.cpp does not have; use rtn or super-aware for GGUF");
             if (g.Target is not null)
             {
                 if (!calibrated)
-                    throw g.Origin.Error($"a GGUF size budget ({g.Target}) chooses each tensor's type from its measured sensitivity on calibration data: give calibration_text/calibration_tokens (--calibration-*), or a named type (gguf: TYPE, --gguf-type)");
+                    throw g.Origin.Error($"a GGUF size budget ({g.Target}) chooses each tensor's type from its measured sensitivity on calibration " +
+                        $"data: give calibration_text/calibration_tokens (--calibration-*), or a named type (gguf: TYPE, --gguf-type)");
                 continue;
             }
             if (g.Type.NeedsImportance() && !calibrated)
-                throw g.Origin.Error($"GGUF type {g.Type.Name()} is an importance-matrix type: its rows are weighted by the mean squared inputs on calibration data (llama-quantize --imatrix); give calibration_text/calibration_tokens (--calibration-*), or export a type that needs none at about that size (q4_k_s, q4_0; q4_k_m is a little larger)");
+                throw g.Origin.Error($"GGUF type {g.Type.Name()} is an importance-matrix type: its rows are weighted by the mean squared inputs on " +
+                    $"calibration data (llama-quantize --imatrix); give calibration_text/calibration_tokens (--calibration-*), or export a type that " +
+                    $"needs none at about that size (q4_k_s, q4_0; q4_k_m is a little larger)");
             if (!g.Type.IsFloat() && g.Type.NominalBits() != WeightBits)
-                throw g.Origin.Error($"GGUF type {g.Type.Name()} stores {g.Type.NominalBits()}-bit weights but weight_bits is {WeightBits}: make them agree (or export f16/bf16)");
+                throw g.Origin.Error($"GGUF type {g.Type.Name()} stores {g.Type.NominalBits()}-bit weights but weight_bits is {WeightBits}: make " +
+                    $"them agree (or export f16/bf16)");
         }
         return this;
     }

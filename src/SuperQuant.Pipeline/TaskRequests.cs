@@ -26,7 +26,8 @@ public static class TaskRequests
                 int[] ctx = encode(context);
                 int split = Math.Min(ctx.Length, whole.Length - 1);
                 if (split < 1 || whole.Length - split < 1)
-                    throw new SuperQuantException(ErrorCodes.TaskFileInvalid, $"{file}: document {d + 1}: the continuation '{ManifestExcerpt(p.Continuation)}' tokenizes to nothing", file);
+                    throw new SuperQuantException(ErrorCodes.TaskFileInvalid,
+                        $"{file}: document {d + 1}: the continuation '{ManifestExcerpt(p.Continuation)}' tokenizes to nothing", file);
                 // acc_norm divides by the choice's length: the harness counts the characters of the choice text
                 // (without the " " delimiter); we count its UTF-8 bytes, the same for ASCII.
                 string choice = p.Continuation.StartsWith(' ') ? p.Continuation[1..] : p.Continuation;

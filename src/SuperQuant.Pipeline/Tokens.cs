@@ -13,9 +13,11 @@ public static class Tokens
     /// <param name="minimum">Fewer tokens is an error naming the file (evaluation needs 2).</param>
     public static int[] Load(TokenSource source, string tokenizerFolder, int vocabSize, int minimum = 1)
     {
-        int[] ids = source.IsText ? Tokenize(ReadText(source.Path), tokenizerFolder, vocabSize, source.Path) : TokenIdFile.Read(source.Path, vocabSize, minimum);
+        int[] ids = source.IsText ? Tokenize(ReadText(source.Path), tokenizerFolder, vocabSize, source.Path)
+            : TokenIdFile.Read(source.Path, vocabSize, minimum);
         if (ids.Length < minimum)
-            throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{source.Path}: {ids.Length} token{(ids.Length == 1 ? "" : "s")} after tokenizing; at least {minimum} needed", source.Path);
+            throw new SuperQuantException(ErrorCodes.TokenFileInvalid,
+                $"{source.Path}: {ids.Length} token{(ids.Length == 1 ? "" : "s")} after tokenizing; at least {minimum} needed", source.Path);
         return ids;
     }
 
@@ -44,7 +46,9 @@ public static class Tokens
         int[] ids = tok.Encode(text);
         int bad = Array.FindIndex(ids, i => i < 0 || i >= vocabSize);
         if (bad >= 0)
-            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"the tokenizer in {tokenizerFolder} produced id {ids[bad]}{(what is null ? "" : " for " + what)}, outside the model's vocabulary of {vocabSize}", tokenizerFolder);
+            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
+                $"the tokenizer in {tokenizerFolder} produced id {ids[bad]}{(what is null ? "" : " for " + what)}, outside the model's vocabulary of " +
+                $"{vocabSize}", tokenizerFolder);
         return ids;
     }
 }

@@ -30,7 +30,8 @@ public sealed class ActivationArtifactTests
         var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj"));
         Assert.AreEqual(0, r.ExitCode, r.Output);
         StringAssert.Contains(r.StdOut, $"W{wBits}A{aBits}");
-        StringAssert.Contains(File.ReadAllText(dir.File("obj/superquant-report.md")), $"{method} W{wBits}A{aBits}, block channel", "the report says how it was quantized");
+        StringAssert.Contains(File.ReadAllText(dir.File("obj/superquant-report.md")), $"{method} W{wBits}A{aBits}, block channel",
+            "the report says how it was quantized");
 
         using var report = JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json")));
         var row = report.RootElement.GetProperty("models")[0].GetProperty("artifacts")[0];
@@ -75,7 +76,8 @@ public sealed class ActivationArtifactTests
             Assert.AreEqual(8, info.Activations!.Bits);
             Assert.AreEqual(8, ((ActivationQuantizer)model.Hooks!).Transforms.Count);
         }
-        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "duquant", "--activation-bits", "4", "--prompt-tokens", "1 2 3", "-o", dir.File("d.safetensors"));
+        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "duquant", "--activation-bits", "4", "--prompt-tokens", "1 2 3",
+            "-o", dir.File("d.safetensors"));
         Assert.AreEqual(3, refused.ExitCode, refused.Output);
         StringAssert.Contains(refused.StdErr, "duquant calibrates its smoothing scales: it needs calibration data");
     }
@@ -100,7 +102,8 @@ public sealed class ActivationArtifactTests
             var o = ((ActivationQuantizer)model.Hooks!).Options;
             Assert.IsTrue(o.PerTensor && o.Asymmetric && o.SuperActivationScalar);
         }
-        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--clip", "iqr", "--z", "3", "--prompt-tokens", "1 2 3", "-o", dir.File("q.safetensors"));
+        var refused = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--clip", "iqr", "--z", "3", "--prompt-tokens", "1 2 3", "-o",
+            dir.File("q.safetensors"));
         Assert.AreEqual(3, refused.ExitCode, refused.Output);
         StringAssert.Contains(refused.StdErr, "use variant paper");
     }

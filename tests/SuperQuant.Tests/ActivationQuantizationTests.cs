@@ -82,7 +82,8 @@ public sealed class ActivationQuantizationTests
         double Kl(ActivationMethod method)
         {
             using var m = ModelLoader.Load(path);
-            m.Hooks = ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = method, WeightBits = 8, ActivationBits = 8 }, Tokens, detection);
+            m.Hooks = ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = method, WeightBits = 8, ActivationBits = 8 }, Tokens,
+                detection);
             return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
         }
         double naive = Kl(ActivationMethod.Rtn), aware = Kl(ActivationMethod.SuperAware);
@@ -135,7 +136,11 @@ public sealed class ActivationQuantizationTests
         string path = Planted(dir);
         using var model = ModelLoader.Load(path);
         using var before = model.Weights.Layer(0).AttnNorm!.clone();
-        var hooks = ActivationQuantizer.Apply(model, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant, WeightBits = 16, ActivationBits = 16 }, Tokens);
+        var hooks = ActivationQuantizer.Apply(model, new ActivationQuantizationOptions
+        {
+            Method = ActivationMethod.SmoothQuant, WeightBits = 16,
+            ActivationBits = 16
+        }, Tokens);
         Assert.IsFalse(model.Weights.Layer(0).AttnNorm!.allclose(before), "the attention norm carries 1/s");
         using var original = ModelLoader.Load(path);
         model.Hooks = hooks;
@@ -165,7 +170,8 @@ public sealed class ActivationQuantizationTests
     {
         using var dir = new TempFolder();
         using var m = ModelLoader.Load(Planted(dir, "olmo"));
-        var e = Assert.ThrowsExactly<SuperQuantException>(() => ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant }, Tokens));
+        var e = Assert.ThrowsExactly<SuperQuantException>(()
+            => ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant }, Tokens));
         Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
         StringAssert.Contains(e.Message, "non-parametric LayerNorm");
     }

@@ -14,7 +14,8 @@ public sealed class AnalysisTests
 {
     static readonly int[] Prompt = { 1, 7, 22, 5, 40, 13, 2, 9 };
 
-    static string PlantedCheckpoint(TempFolder dir, int layer = 1, int row = 17, int col = 45) => Planted(dir, new TinyModelSpec { Layers = 3 }, layer, row, col);
+    static string PlantedCheckpoint(TempFolder dir, int layer = 1, int row = 17, int col = 45)
+        => Planted(dir, new TinyModelSpec { Layers = 3 }, layer, row, col);
 
     /// <summary>A checkpoint with a super weight planted at (layer, row, col), after <paramref name="edit"/> changed
     /// its weights (by Hugging Face name, row-major).</summary>
@@ -49,7 +50,8 @@ public sealed class AnalysisTests
         var zeroed = conditions.Single(c => c.Name == "zeroed").Quality;
         var restored = conditions.Single(c => c.Name == "zeroed+activation-restored").Quality;
         Assert.IsTrue(zeroed.KlDivergence.Value > 0.01, $"zeroing changes the model: KL {zeroed.KlDivergence.Value}");
-        Assert.IsTrue(restored.KlDivergence.Value < zeroed.KlDivergence.Value, $"restoring the super activation recovers part: {restored.KlDivergence.Value} vs {zeroed.KlDivergence.Value}");
+        Assert.IsTrue(restored.KlDivergence.Value < zeroed.KlDivergence.Value,
+            $"restoring the super activation recovers part: {restored.KlDivergence.Value} vs {zeroed.KlDivergence.Value}");
 
         var scaling = ablation.Scaling(stream, options);
         Assert.AreEqual(0.0, scaling.Single(s => s.Scale == 1.0).Quality.KlDivergence.Value, 1e-12, "scale 1 is the original");
@@ -92,7 +94,8 @@ public sealed class AnalysisTests
         })
         {
             var magnitudes = w.Where(kv => kv.Key.Contains("layers.") && kv.Key.EndsWith(".weight") && names.Any(kv.Key.Contains) && !kv.Key.Contains("norm"))
-                .SelectMany(kv => kv.Value.Select((v, i) => kv.Key == "model.layers.1.mlp.down_proj.weight" && i == 17 * spec.Intermediate + 45 ? 0f : Math.Abs(v)))
+                .SelectMany(kv => kv.Value.Select((v, i) => kv.Key == "model.layers.1.mlp.down_proj.weight" && i == 17 * spec.Intermediate + 45 ? 0f
+                    : Math.Abs(v)))
                 .OrderByDescending(v => v).ToArray();
             var control = ablation.Control(stream, new AblationOptions { Context = 24, Stride = 12, ControlCount = n, ControlScope = scope });
             Assert.AreEqual(n, control.Count, scope.ToString());
@@ -143,7 +146,8 @@ public sealed class AnalysisTests
         Assert.IsNotNull(report.Stopwords);
         StringAssert.Contains(report.Stopwords!.Source, "no tokenizer");
         // Share of the loss recovered by restoring the super activation, from the report's own perplexities.
-        double zeroed = report.Conditions.Single(c => c.Name == "zeroed").Perplexity, restored = report.Conditions.Single(c => c.Name == "zeroed+activation-restored").Perplexity;
+        double zeroed = report.Conditions.Single(c => c.Name == "zeroed").Perplexity,
+            restored = report.Conditions.Single(c => c.Name == "zeroed+activation-restored").Perplexity;
         Assert.AreEqual((zeroed - restored) / (zeroed - report.Evaluation!.Perplexity), report.RestoredShare!.Value, 1e-12);
         // The super activation (layer 1, channel 17) on every traced prompt, on the token it fires at (BOS-led slices:
         // the planted one fires on every token through the boosted embedding channel, so each slice's strongest token),
@@ -162,7 +166,8 @@ public sealed class AnalysisTests
         numbers.AddRange(report.Detection.Spikes.SelectMany(s => new[] { s.InputMagnitude, s.OutputMagnitude }));
         numbers.AddRange(report.Stopwords.Tokens.SelectMany(t => new[] { t.Original, t.Zeroed }));
         foreach (double v in numbers) StringAssert.Contains(html, AnalysisHtml.Fmt(v), $"value {v} from analysis.json is not on the page");
-        Assert.AreEqual(report.Detection.Spikes.Count * 2 + report.Stopwords.Tokens.Count * 2, CountOf(html, "<rect "), "one bar per spike and per stopword value");
+        Assert.AreEqual(report.Detection.Spikes.Count * 2 + report.Stopwords.Tokens.Count * 2, CountOf(html, "<rect "),
+            "one bar per spike and per stopword value");
         Assert.AreEqual(report.Scaling.Count, CountOf(html, "<circle "), "one point per scale");
         Assert.IsFalse(html.Contains("<script"), "self-contained, no scripts");
     }
@@ -182,7 +187,8 @@ public sealed class AnalysisTests
         const string prompt = "Summer is hot. Winter is";
         File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"Open a jar\", \"sol1\": \"twist the lid\", \"sol2\": \"eat the lid\", \"label\": 0}\n" +
             "{\"goal\": \"Dry a towel\", \"sol1\": \"hang it in the sun\", \"sol2\": \"put it in the freezer\", \"label\": 0}\n");
-        File.WriteAllText(dir.File("lambada.jsonl"), "{\"text\": \"She opened the box and found a small red ball\"}\n{\"text\": \"The dog ran to the park with his friend\"}\n{\"text\": \"It was cold so he wore a warm coat\"}\n");
+        File.WriteAllText(dir.File("lambada.jsonl"), "{\"text\": \"She opened the box and found a small red ball\"}\n{\"text\": \"The dog ran to the " +
+            "park with his friend\"}\n{\"text\": \"It was cold so he wore a warm coat\"}\n");
         var r = CliRunner.Run("analyze", "--model", folder, "--prompt-tokens", string.Join(' ', Prompt), "--tokens", dir.File("ids.txt"), "--context", "40",
             "--control-count", "10", "--stopword-prompts", "2", "--next-token", prompt, "--task", "piqa=" + dir.File("piqa.jsonl"),
             "--task", "lambada=" + dir.File("lambada.jsonl"), "--out", dir.File("out"), "--device", "cpu");
@@ -199,7 +205,8 @@ public sealed class AnalysisTests
             foreach (var t in nt.Original) Assert.AreEqual(Math.Exp(last[t.Id] - max) / sum, t.Probability, 1e-6);
             Assert.AreEqual(Array.IndexOf(last, last.Max()), nt.Original[0].Id, "the top token is the argmax");
             // The scaling sweep by accuracy: at 1x it is the unmodified model's accuracy.
-            var docs = SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(dir.File("piqa.jsonl"), "piqa"), SuperQuant.Pipeline.Tokens.Encoder(folder, 32000), "piqa");
+            var docs = SuperQuant.Pipeline.TaskRequests.Tokenize(TaskFile.Read(dir.File("piqa.jsonl"), "piqa"),
+                SuperQuant.Pipeline.Tokens.Encoder(folder, 32000), "piqa");
             double original = TaskScorer.Score("piqa", false, docs, t => model.Forward(t), 40).Accuracy.Value;
             Assert.AreEqual(original, report.Scaling.Single(x => x.Scale == 1.0).Accuracy!["piqa"], 1e-12);
             Assert.IsTrue(report.Scaling.All(x => x.Accuracy!.ContainsKey("piqa")));
@@ -208,7 +215,8 @@ public sealed class AnalysisTests
         StringAssert.Contains(report.Stopwords!.Source, "prompts: 2 LAMBADA contexts", "the paper's stopword prompts are LAMBADA passages");
         Assert.AreNotEqual(nt.Original[0].Probability, nt.OriginalTopAfterZeroing, "zeroing the super weight changes the prediction");
 
-        var g = CliRunner.Run("generate", "--model", folder, "--prompt", prompt, "-n", "6", "--temperature", "0", "--out", dir.File("gen.txt"), "--device", "cpu");
+        var g = CliRunner.Run("generate", "--model", folder, "--prompt", prompt, "-n", "6", "--temperature", "0", "--out", dir.File("gen.txt"),
+            "--device", "cpu");
         Assert.AreEqual(0, g.ExitCode, g.Output);
         int[] written = TokenIdFile.Read(dir.File("gen.txt"), 32000);
         var tok = TokenizerLoader.Load(folder);
@@ -248,7 +256,8 @@ public sealed class AnalysisTests
         File.WriteAllText(dir.File("piqa.jsonl"), "{\"goal\": \"a\", \"sol1\": \"b\", \"sol2\": \"c\", \"label\": 0}\n");
         File.WriteAllText(dir.File("t.txt"), "Once upon a time");
         using (var stories = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("s.gguf"), stories, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "s" });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("s.gguf"), stories,
+                new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "s" });
         foreach (var args in new[]
         {
             // A no_vocab GGUF: llama.cpp would abort the process if asked to tokenize.
@@ -256,8 +265,10 @@ public sealed class AnalysisTests
             new[] { "eval", "-m", dir.File("s.gguf"), "--text", dir.File("t.txt") },
             new[] { "eval", "-m", SharedModels.Stories260K, "--task", "piqa=" + dir.File("piqa.jsonl") },
             new[] { "generate", "-m", SharedModels.Stories260K, "--prompt", "Once upon a time" },
-            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--next-token", "Once upon a", "--out", dir.File("o") },
-            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--task", "piqa=" + dir.File("piqa.jsonl"), "--out", dir.File("o") },
+            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--next-token",
+                "Once upon a", "--out", dir.File("o") },
+            new[] { "analyze", "-m", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--tokens", dir.File("ids.txt"), "--task", "piqa="
+                + dir.File("piqa.jsonl"), "--out", dir.File("o") },
         })
         {
             var r = CliRunner.Run(args);

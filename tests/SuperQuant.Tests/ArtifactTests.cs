@@ -1,8 +1,8 @@
-using SuperQuant.Manifest;
 using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Artifacts;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Models.Gguf;
@@ -74,7 +74,8 @@ public sealed class ArtifactTests
         var spec = new TinyModelSpec();
         string ckpt = Planted(dir, spec);
         using var model = ModelLoader.Load(ckpt);
-        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 32 }, Array.Empty<SuperWeight>());
+        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 32 },
+            Array.Empty<SuperWeight>());
         string artifact = dir.File("a.safetensors");
         PackedArtifact.Write(artifact, model, result, "x");
         byte[] all = File.ReadAllBytes(artifact);
@@ -118,9 +119,16 @@ public sealed class ArtifactTests
             // ffn_down rows are 172 long: not a multiple of 32, so F16 whatever the type; 64-long rows cannot hold
             // 256-blocks, so Q4_K falls back to Q5_0 as in llama.cpp.
             Assert.AreEqual(GgmlType.F16, down2.Type);
-            Assert.AreEqual(type switch { GgufFileType.F16 => GgmlType.F16, GgufFileType.Q8_0 => GgmlType.Q8_0, GgufFileType.Q4_0 => GgmlType.Q4_0, _ => GgmlType.Q5_0 }, gate.Type);
+            Assert.AreEqual(type switch
+            {
+                GgufFileType.F16 => GgmlType.F16,
+                GgufFileType.Q8_0 => GgmlType.Q8_0,
+                GgufFileType.Q4_0 => GgmlType.Q4_0,
+                _ => GgmlType.Q5_0
+            }, gate.Type);
             Assert.AreEqual("2,10,20", g.Metadata["superquant.super_weights"]);
-            float[] expected = GgmlQuants.Dequantize(gate.Type, GgmlQuants.Quantize(gate.Type, model.Weights.Layer(0).WGate.data<float>().ToArray(), 64), gate.Elements);
+            float[] expected = GgmlQuants.Dequantize(gate.Type,
+                GgmlQuants.Quantize(gate.Type, model.Weights.Layer(0).WGate.data<float>().ToArray(), 64), gate.Elements);
             CollectionAssert.AreEqual(expected, g.ReadTensor("blk.0.ffn_gate.weight"));
         }
     }
@@ -145,7 +153,8 @@ public sealed class ArtifactTests
     {
         using var dir = new TempFolder();
         string path = dir.File("bad.gguf");
-        File.WriteAllBytes(path, new byte[] { (byte)'G', (byte)'G', (byte)'U', (byte)'F', 3, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0 });
+        File.WriteAllBytes(path, new byte[] { (byte)'G', (byte)'G', (byte)'U', (byte)'F', 3, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 0, 0,
+            0, 0, 0, 0, 0, 0 });
         Assert.AreEqual(ErrorCodes.ArtifactFormat, Assert.ThrowsExactly<SuperQuantException>(() => GgufFile.Read(path)).Code);
         File.WriteAllBytes(path, new byte[] { 1, 2, 3 });
         Assert.AreEqual(ErrorCodes.ArtifactFormat, Assert.ThrowsExactly<SuperQuantException>(() => GgufFile.Read(path)).Code);

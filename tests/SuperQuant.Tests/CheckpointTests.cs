@@ -13,7 +13,8 @@ public sealed class CheckpointTests
     public void Stories260KHeaderMatchesProvenance()
     {
         var h = Llama2cCheckpoint.ReadHeader(SharedModels.Stories260K);
-        Assert.AreEqual((64, 172, 5, 8, 4, 512, 512, true), (h.Dim, h.HiddenDim, h.NumLayers, h.NumHeads, h.NumKvHeads, h.VocabSize, h.SeqLen, h.SharedClassifier));
+        Assert.AreEqual((64, 172, 5, 8, 4, 512, 512, true), (h.Dim, h.HiddenDim, h.NumLayers, h.NumHeads, h.NumKvHeads, h.VocabSize, h.SeqLen,
+            h.SharedClassifier));
         Assert.AreEqual(CheckpointFormat.Llama2c, ModelLoader.Detect(SharedModels.Stories260K));
     }
 
@@ -130,7 +131,11 @@ public sealed class CheckpointTests
     public void RandomCheckpointRoundTripsThroughTheLoader()
     {
         using var dir = new TempFolder();
-        var c = new LlamaConfig { Architecture = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, VocabSize = 100 };
+        var c = new LlamaConfig
+        {
+            Architecture = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
+            VocabSize = 100
+        };
         RandomCheckpoint.Write(dir.Path, c, seed: 3);
         using LlamaModel m = ModelLoader.Load(dir.Path);
         Assert.AreEqual(c.ParameterCount, m.Config.ParameterCount);

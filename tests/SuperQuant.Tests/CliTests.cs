@@ -14,7 +14,8 @@ public sealed class CliTests
         using var dir = new TempFolder();
         TinyProject.Write(dir.Path);
         string ckpt = dir.File("ckpt");
-        var rtn = CliRunner.Run("quantize", "-m", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("a.gguf"), "--gguf-type", "q8_0", "-o", dir.File("a.sqpk.safetensors"));
+        var rtn = CliRunner.Run("quantize", "-m", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("a.gguf"), "--gguf-type", "q8_0", "-o",
+            dir.File("a.sqpk.safetensors"));
         Assert.AreEqual(0, rtn.ExitCode, rtn.Output);
         var f16 = CliRunner.Run("quantize", "-m", ckpt, "--z", "none", "--gguf", dir.File("b.gguf"), "--gguf-type", "f16");
         Assert.AreEqual(0, f16.ExitCode, f16.Output);
@@ -32,7 +33,8 @@ public sealed class CliTests
         string ids = dir.File("ids.txt");
         var gen = CliRunner.Run("generate", "--model", SharedModels.Stories260K, "--count", "300", "--seed", "7", "--out", ids, "--device", "cpu");
         Assert.AreEqual(0, gen.ExitCode, gen.StdErr);
-        var again = CliRunner.Run("generate", "--model", SharedModels.Stories260K, "--count", "300", "--seed", "7", "--out", dir.File("ids2.txt"), "--device", "cpu");
+        var again = CliRunner.Run("generate", "--model", SharedModels.Stories260K, "--count", "300", "--seed", "7", "--out", dir.File("ids2.txt"),
+            "--device", "cpu");
         CollectionAssert.AreEqual(File.ReadAllLines(ids), File.ReadAllLines(dir.File("ids2.txt")), "same seed, same stream");
 
         // One window from BOS: stories260K's predictions need the history from BOS (see README, evaluation notes).
@@ -46,7 +48,8 @@ public sealed class CliTests
         Assert.IsTrue(ppl > 1.0 && ppl < 50, $"perplexity {ppl}");
         Assert.IsTrue(r.GetProperty("perplexity_se").GetDouble() > 0);
 
-        var kl = CliRunner.Run("eval", "--model", SharedModels.Stories260K, "--reference", SharedModels.Stories260K, "--tokens", ids, "--context", "512", "--json");
+        var kl = CliRunner.Run("eval", "--model", SharedModels.Stories260K, "--reference", SharedModels.Stories260K, "--tokens", ids, "--context",
+            "512", "--json");
         Assert.AreEqual(0, kl.ExitCode, kl.StdErr);
         var k = JsonDocument.Parse(kl.StdOut).RootElement;
         Assert.AreEqual(0, k.GetProperty("kl_divergence").GetDouble(), 1e-12);
@@ -120,7 +123,8 @@ public sealed class QuantizeCliTests
         Assert.AreEqual(4, j.GetProperty("bits").GetInt32());
         CollectionAssert.AreEqual(new[] { 1, 17, 45 }, j.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray());
         var artifacts = j.GetProperty("artifacts").EnumerateArray().ToDictionary(a => a.GetProperty("kind").GetString()!);
-        Assert.AreEqual("llama.cpp", artifacts["gguf q4_k_m"].GetProperty("engine").GetString(), "the GGUF is measured by llama.cpp (default type for 4 bits: q4_k_m)");
+        Assert.AreEqual("llama.cpp", artifacts["gguf q4_k_m"].GetProperty("engine").GetString(),
+            "the GGUF is measured by llama.cpp (default type for 4 bits: q4_k_m)");
         Assert.AreEqual("superquant", artifacts["packed"].GetProperty("engine").GetString());
         foreach (var a in artifacts.Values)
         {

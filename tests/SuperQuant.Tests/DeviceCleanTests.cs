@@ -17,7 +17,8 @@ public sealed class DeviceCleanTests
     /// design and moves results with .to(device); the CLI only calls into these.</summary>
     static readonly string[] DeviceFolders = { "src/SuperQuant.Core", "src/SuperQuant.Pipeline" };
 
-    static readonly Regex Factory = new(@"\btorch\.(tensor|arange|linspace|zeros|ones|full|empty|eye|randn|rand|randint|zeros_like|ones_like)\(", RegexOptions.Compiled);
+    static readonly Regex Factory = new(@"\btorch\.(tensor|arange|linspace|zeros|ones|full|empty|eye|randn|rand|randint|zeros_like|ones_like)\(",
+        RegexOptions.Compiled);
     static readonly Regex HostRead = new(@"\.data<|\.bytes\b", RegexOptions.Compiled);
 
     /// <summary>Lines that make a tensor without naming a device, or read one's memory without .cpu(), unless the line
@@ -31,7 +32,8 @@ public sealed class DeviceCleanTests
             string line = lines[i];
             string code = line.TrimStart();
             if (code.StartsWith("//", StringComparison.Ordinal) || code.StartsWith("///", StringComparison.Ordinal)) continue;
-            bool excused = line.Contains("// host", StringComparison.Ordinal) || (i > 0 && lines[i - 1].TrimStart().StartsWith("// host", StringComparison.Ordinal));
+            bool excused = line.Contains("// host", StringComparison.Ordinal)
+                || (i > 0 && lines[i - 1].TrimStart().StartsWith("// host", StringComparison.Ordinal));
             if (excused) continue;
             if (Factory.IsMatch(line) && !line.Contains("device:", StringComparison.Ordinal) && !line.Contains("like.device", StringComparison.Ordinal))
                 found.Add($"{file}:{i + 1}: tensor made without a device: {code}");
@@ -49,7 +51,8 @@ public sealed class DeviceCleanTests
         foreach (string folder in DeviceFolders)
             foreach (string path in Directory.EnumerateFiles(Path.Combine(RepoPaths.Root, folder), "*.cs", SearchOption.AllDirectories))
             {
-                if (path.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}") || path.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}")) continue;
+                if (path.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}")
+                    || path.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}")) continue;
                 files++;
                 all.AddRange(Violations(Path.GetRelativePath(RepoPaths.Root, path), File.ReadAllLines(path)));
             }

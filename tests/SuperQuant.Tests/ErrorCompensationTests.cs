@@ -1,6 +1,6 @@
-using SuperQuant.Tests.Support;
 using SuperQuant.LlamaCpp;
 using SuperQuant.Models.Gguf;
+using SuperQuant.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -125,7 +125,8 @@ public sealed class ErrorCompensationTests
                 {
                     int c = b0 + j;
                     if (scale[j] != 0 && f.EvenGrid)
-                        codes[j] = (byte)Math.Clamp(Math.Round((row[c] + min[j]) / scale[j], MidpointRounding.ToEven) - f.CodeShift, f.LowestCode, f.Levels - 1);
+                        codes[j] = (byte)Math.Clamp(Math.Round((row[c] + min[j]) / scale[j], MidpointRounding.ToEven) - f.CodeShift, f.LowestCode,
+                            f.Levels - 1);
                     else if (scale[j] != 0) // a non-linear grid: the nearest value
                     {
                         double t = (row[c] + min[j]) / scale[j];
@@ -220,7 +221,8 @@ public sealed class ErrorCompensationTests
         double weighted = OutputError(f, GgmlQuants.Quantize(type, w, n, importance), w, H, rows, n);
         double reference = OutputError(f, GgmlQuants.Quantize(type, w, n), w, H, rows, n);
         Assert.IsLessThan(1.02 * textbook, gptq, $"{type}: output error {gptq:G4} vs textbook {textbook:G4}");
-        Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq, $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
+        Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq,
+            $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
     }
 
     /// <summary>The lattice formats (IQ3_XXS, IQ3_S, IQ2_S) choose a grid point per group of weights, so the textbook
@@ -248,12 +250,14 @@ public sealed class ErrorCompensationTests
         f.DequantizeRow(ours, a);
         GgmlReference.Dequantize(type.ToString().ToLowerInvariant(), ours, theirs);
         for (int i = 0; i < a.Length; i++)
-            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(theirs[i])) Assert.Fail($"{type}: element {i}: ours {a[i]:R}, llama.cpp {theirs[i]:R}");
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(theirs[i])) Assert.Fail($"{type}: element {i}: ours {a[i]:R}, " +
+                $"llama.cpp {theirs[i]:R}");
         double gptq = OutputError(f, ours, w, H, rows, n);
         double weighted = OutputError(f, GgmlQuants.Quantize(type, w, n, importance), w, H, rows, n);
         double reference = OutputError(f, GgmlQuants.Quantize(type, w, n), w, H, rows, n);
         Console.WriteLine($"{type}: output error GPTQ {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
-        Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq, $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
+        Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq,
+            $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");
     }
 
     /// <summary>A second moment that is not finite or not positive semi-definite gives no error-compensated candidate

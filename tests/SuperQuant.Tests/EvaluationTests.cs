@@ -160,15 +160,18 @@ public sealed class DtypeTests
         foreach (var (name, extra) in new[]
         {
             ("duquant", new[] { "--method", "duquant", "--activation-bits", "4", "--calibration-tokens", dir.File("ids.txt") }),
-            ("sa", new[] { "--method", "super-aware", "--activation-bits", "8", "--activation-scale", "per-tensor", "--super-activation", "scalar", "--z", "4" }),
+            ("sa", new[] { "--method", "super-aware", "--activation-bits", "8", "--activation-scale", "per-tensor", "--super-activation", "scalar",
+                "--z", "4" }),
         })
         {
             string artifact = dir.File(name + ".sqpk.safetensors");
-            var q = CliRunner.Run(new[] { "quantize", "-m", dir.File("ckpt"), "--bits", "4", "--block", "32", "--prompt-tokens", "1 2 3", "-o", artifact, "--device", "cpu" }.Concat(extra).ToArray());
+            var q = CliRunner.Run(new[] { "quantize", "-m", dir.File("ckpt"), "--bits", "4", "--block", "32", "--prompt-tokens", "1 2 3", "-o",
+                artifact, "--device", "cpu" }.Concat(extra).ToArray());
             Assert.AreEqual(0, q.ExitCode, q.Output);
             double Ppl(string dtype)
             {
-                var r = CliRunner.Run("eval", "-m", artifact, "--tokens", dir.File("ids.txt"), "--context", "40", "--dtype", dtype, "--json", "--device", "cpu");
+                var r = CliRunner.Run("eval", "-m", artifact, "--tokens", dir.File("ids.txt"), "--context", "40", "--dtype", dtype, "--json",
+                    "--device", "cpu");
                 Assert.AreEqual(0, r.ExitCode, $"{name} {dtype}: {r.Output}");
                 using var json = System.Text.Json.JsonDocument.Parse(r.StdOut);
                 return json.RootElement.GetProperty("perplexity").GetDouble();
@@ -185,7 +188,9 @@ public sealed class DtypeTests
     [TestMethod]
     public void PairedKlDifferenceMatchesAHandComputedCase()
     {
-        static DivergenceResult R(params float[] kl) => new(new Estimate(kl.Average(), 0), new Estimate(1, 0), new Estimate(1, 0), new Estimate(1, 0), kl.Length) { KlPerToken = kl };
+        static DivergenceResult R(params float[] kl) => new(new Estimate(kl.Average(), 0), new Estimate(1, 0), new Estimate(1, 0), new Estimate(1,
+            0), kl.Length)
+        { KlPerToken = kl };
         var d = R(1, 2, 3).KlDifferenceFrom(R(0.5f, 2.5f, 2));
         Assert.AreEqual(1.0 / 3, d.Value, 1e-12);
         Assert.AreEqual(Math.Sqrt(7.0 / 36), d.StandardError, 1e-12);

@@ -61,7 +61,8 @@ public sealed class FamilyGgufTests
         using (var model = ModelLoader.Load(dir.File("ckpt")))
             ours = Evaluator.Perplexity(t => model.Forward(t), ids, Context, Context / 2).Perplexity.Value;
         double theirs = LlamaCppPerplexity(Export(dir.File("ckpt"), dir.File("f16.gguf"), GgufFileType.F16), ids);
-        Assert.IsLessThan(1e-3, Math.Abs(theirs / ours - 1), $"{family}: llama.cpp {theirs:F5} on our F16 GGUF vs our forward pass {ours:F5} on the checkpoint");
+        Assert.IsLessThan(1e-3, Math.Abs(theirs / ours - 1),
+            $"{family}: llama.cpp {theirs:F5} on our F16 GGUF vs our forward pass {ours:F5} on the checkpoint");
 
         if (family == "smollm3")
         {
@@ -85,7 +86,8 @@ public sealed class FamilyGgufTests
         {
             FamilyCheckpoint.Write(dir.File("off2"), family, secondOff: true);
             double without = LlamaCppPerplexity(Export(dir.File("off2"), dir.File("off2.gguf"), GgufFileType.F16), ids);
-            Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1), $"{family}: switching off {second} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
+            Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1),
+                $"{family}: switching off {second} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
         }
 
         double q4 = LlamaCppPerplexity(Export(dir.File("ckpt"), dir.File("q4.gguf"), GgufFileType.Q4_K_M), ids);
@@ -103,10 +105,12 @@ public sealed class FamilyGgufTests
         using var dir = new TempFolder();
         foreach (var (original, context, expected) in new[] { (128, 128, true), (256, 128, false), (64, 128, false), (256, 256, false) })
         {
-            FamilyCheckpoint.Write(dir.File($"c{original}"), "phi3", editConfig: c => { c["max_position_embeddings"] = 2048; c["original_max_position_embeddings"] = original; });
+            FamilyCheckpoint.Write(dir.File($"c{original}"), "phi3",
+                editConfig: c => { c["max_position_embeddings"] = 2048; c["original_max_position_embeddings"] = original; });
             var config = HfConfigReader.Read(Path.Combine(dir.File($"c{original}"), "config.json"));
             var notes = GgufArchitecture.For(config).RuntimeDifferences(config, context);
-            Assert.AreEqual(expected, notes.Any(n => n.Contains("rounds its context up")), $"original {original}, context {context}: {string.Join("; ", notes)}");
+            Assert.AreEqual(expected, notes.Any(n => n.Contains("rounds its context up")),
+                $"original {original}, context {context}: {string.Join("; ", notes)}");
         }
     }
 
@@ -146,7 +150,8 @@ public sealed class FamilyGgufTests
         double theirs = LlamaCppPerplexity(Export(dir.File("ckpt"), dir.File("f16.gguf"), GgufFileType.F16), ids);
         Assert.IsLessThan(1e-3, Math.Abs(theirs / ours - 1), $"phi3 {variant}: llama.cpp {theirs:F5} on our F16 GGUF vs our forward pass {ours:F5}");
         double without = LlamaCppPerplexity(Export(dir.File("off"), dir.File("off.gguf"), GgufFileType.F16), ids);
-        Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1), $"phi3 {variant}: {offName} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
+        Assert.IsGreaterThan(0.01, Math.Abs(without / theirs - 1),
+            $"phi3 {variant}: {offName} moves llama.cpp's perplexity only from {theirs:F4} to {without:F4}");
         Console.WriteLine($"phi3 {variant}: ours {ours:F5}, llama.cpp {theirs:F5}, {offName} {without:F5}");
     }
 }
@@ -183,7 +188,8 @@ public sealed class FamilyQuantizerTests
             string ours = dir.File($"ours.{type.Name()}.gguf"), theirs = dir.File($"llama.{type.Name()}.gguf");
             GgufExporter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
             SuperQuant.LlamaCpp.LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), theirs, type.Name());
-            Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)", SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), $"{family} {type.Name()}");
+            Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)",
+                SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), $"{family} {type.Name()}");
         }
     }
 }
@@ -235,28 +241,44 @@ public sealed class FamilyInputTests
 
     public static IEnumerable<object[]> Cases => new[]
     {
-        new object[] { "llama3", "rope_type", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "dynamic-ntk", ["factor"] = 2.0 }), (Func<string, long[], long[]?>)Same },
-        new object[] { "qwen2", "num_attention_heads", "SQ2004", (Action<Dictionary<string, object?>>)(c => { c["num_attention_heads"] = 5; c["num_key_value_heads"] = 5; }), (Func<string, long[], long[]?>)Same },
-        new object[] { "qwen2", "model.layers.1.self_attn.k_proj.bias", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.1.self_attn.k_proj.bias" ? null : s) },
-        new object[] { "qwen3", "model.layers.0.self_attn.q_norm.weight", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.0.self_attn.q_norm.weight" ? null : s) },
-        new object[] { "phi3", "model.layers.2.self_attn.qkv_proj.weight", "SQ200", (Action<Dictionary<string, object?>>)(_ => { }), (Func<string, long[], long[]?>)((n, s) => n == "model.layers.2.self_attn.qkv_proj.weight" ? new[] { s[0] - 16, s[1] } : s) },
-        new object[] { "phi3", "short_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!)["short_factor"] = new[] { 1.0, 1.0, 1.0, 1.0, 1.0 }), (Func<string, long[], long[]?>)Same },
-        new object[] { "phi3", "long_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!).Remove("long_factor")), (Func<string, long[], long[]?>)Same },
-        new object[] { "phi3", "long_factor[2]", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string, object>)c["rope_scaling"]!)["long_factor"] = new object[] { 1.0, 2.0, "x", 4.0, 5.0, 6.0 }), (Func<string, long[], long[]?>)Same },
-        new object[] { "phi3", "partial_rotary_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 1.5), (Func<string, long[], long[]?>)Same },
-        new object[] { "qwen2", "partial_rotary_factor", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 0.5), (Func<string, long[], long[]?>)Same },
-        new object[] { "gemma2", "hidden_activation", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["hidden_activation"] = "relu"), (Func<string, long[], long[]?>)Same },
-        new object[] { "gemma3_text", "layer_types", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["layer_types"] = Enumerable.Repeat("sliding_attention", 9).ToArray()), (Func<string, long[], long[]?>)Same },
-        new object[] { "smollm3", "no_rope_layers", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["no_rope_layers"] = new[] { 1, 1 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "llama3", "rope_type", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["rope_scaling"] = new Dictionary<string,
+            object> { ["rope_type"] = "dynamic-ntk", ["factor"] = 2.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "num_attention_heads", "SQ2004",
+            (Action<Dictionary<string, object?>>)(c => { c["num_attention_heads"] = 5; c["num_key_value_heads"] = 5; }), (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "model.layers.1.self_attn.k_proj.bias", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }),
+            (Func<string, long[], long[]?>)((n, s) => n == "model.layers.1.self_attn.k_proj.bias" ? null : s) },
+        new object[] { "qwen3", "model.layers.0.self_attn.q_norm.weight", "SQ2002", (Action<Dictionary<string, object?>>)(_ => { }),
+            (Func<string, long[], long[]?>)((n, s) => n == "model.layers.0.self_attn.q_norm.weight" ? null : s) },
+        new object[] { "phi3", "model.layers.2.self_attn.qkv_proj.weight", "SQ200", (Action<Dictionary<string, object?>>)(_ => { }),
+            (Func<string, long[], long[]?>)((n, s) => n == "model.layers.2.self_attn.qkv_proj.weight" ? new[] { s[0] - 16, s[1] } : s) },
+        new object[] { "phi3", "short_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string,
+            object>)c["rope_scaling"]!)["short_factor"] = new[] { 1.0, 1.0, 1.0, 1.0, 1.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "long_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string,
+            object>)c["rope_scaling"]!).Remove("long_factor")), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "long_factor[2]", "SQ2004", (Action<Dictionary<string, object?>>)(c => ((Dictionary<string,
+            object>)c["rope_scaling"]!)["long_factor"] = new object[] { 1.0, 2.0, "x", 4.0, 5.0, 6.0 }), (Func<string, long[], long[]?>)Same },
+        new object[] { "phi3", "partial_rotary_factor", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 1.5),
+            (Func<string, long[], long[]?>)Same },
+        new object[] { "qwen2", "partial_rotary_factor", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["partial_rotary_factor"] = 0.5),
+            (Func<string, long[], long[]?>)Same },
+        new object[] { "gemma2", "hidden_activation", "SQ2003", (Action<Dictionary<string, object?>>)(c => c["hidden_activation"] = "relu"),
+            (Func<string, long[], long[]?>)Same },
+        new object[] { "gemma3_text", "layer_types", "SQ2004",
+            (Action<Dictionary<string, object?>>)(c => c["layer_types"] = Enumerable.Repeat("sliding_attention", 9).ToArray()),
+            (Func<string, long[], long[]?>)Same },
+        new object[] { "smollm3", "no_rope_layers", "SQ2004", (Action<Dictionary<string, object?>>)(c => c["no_rope_layers"] = new[] { 1, 1 }),
+            (Func<string, long[], long[]?>)Same },
     };
 
     [TestMethod]
     [DynamicData(nameof(Cases))]
-    public void IsACodedErrorNamingTheKeyOrTensorAndWritesNothing(string family, string named, string code, Action<Dictionary<string, object?>> edit, Func<string, long[], long[]?> shape)
+    public void IsACodedErrorNamingTheKeyOrTensorAndWritesNothing(string family, string named, string code, Action<Dictionary<string, object?>> edit,
+        Func<string, long[], long[]?> shape)
     {
         using var dir = new TempFolder();
         FamilyCheckpoint.Write(dir.File("ckpt"), family, editConfig: edit, tensorShape: shape);
-        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/m.gguf"), "--gguf-type", "f16", "--device", "cpu");
+        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/m.gguf"),
+            "--gguf-type", "f16", "--device", "cpu");
         Assert.AreEqual(3, r.ExitCode, r.Output);
         StringAssert.Contains(r.Output, code);
         StringAssert.Contains(r.Output, named);
@@ -316,7 +338,8 @@ public sealed class FamilyStreamingTests
         var whole = System.Text.Json.JsonDocument.Parse(Run("model")).RootElement;
         var streamed = System.Text.Json.JsonDocument.Parse(Run("layers")).RootElement;
         CollectionAssert.AreEqual(new[] { 1, 17, 45 }, streamed.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray());
-        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/m.sqpk.safetensors")), File.ReadAllBytes(dir.File("layers/m.sqpk.safetensors")), "packed bytes");
+        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/m.sqpk.safetensors")), File.ReadAllBytes(dir.File("layers/m.sqpk.safetensors")),
+            "packed bytes");
         CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/m.gguf")), File.ReadAllBytes(dir.File("layers/m.gguf")), "GGUF bytes");
         var a = whole.GetProperty("artifacts").EnumerateArray().ToList();
         var b = streamed.GetProperty("artifacts").EnumerateArray().ToList();

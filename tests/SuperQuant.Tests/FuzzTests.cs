@@ -70,9 +70,11 @@ public sealed class FuzzTests
                 $"{name} case {i} (seed {seedValue}) allocated {allocated} managed bytes for a {mutant.Length}-byte file");
         }
         Assert.AreEqual(CasesPerFormat, accepted + rejected);
-        Assert.IsTrue(rejected > CasesPerFormat / 10, $"{name}: only {rejected} of {CasesPerFormat} mutants were rejected: the mutator is not reaching the parser");
+        Assert.IsTrue(rejected > CasesPerFormat / 10, $"{name}: only {rejected} of {CasesPerFormat} mutants were rejected: the mutator is not " +
+            $"reaching the parser");
         Console.WriteLine($"{name}: {CasesPerFormat} cases, {rejected} rejected with a code, {accepted} accepted; " +
-            $"largest managed allocation in one case {worstAllocation / 1024} KiB for a {worstLength}-byte file (bound: {AllocationAllowance / 1024} KiB + {AllocationPerInputByte}x the file)");
+            $"largest managed allocation in one case {worstAllocation / 1024} KiB for a {worstLength}-byte file (bound: {AllocationAllowance / 1024} " +
+                $"KiB + {AllocationPerInputByte}x the file)");
     }
 
     static string WriteSeed(string path, byte[] seed) { File.WriteAllBytes(path, seed); return path; }

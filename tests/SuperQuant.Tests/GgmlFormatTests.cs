@@ -15,7 +15,8 @@ public sealed class GgmlFormatTests
     public static IEnumerable<object[]> Types => new[]
     {
         GgmlType.F16, GgmlType.BF16, GgmlType.Q4_0, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q8_0,
-        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS, GgmlType.IQ3_XXS, GgmlType.IQ3_S, GgmlType.IQ2_S,
+        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS, GgmlType.IQ3_XXS,
+            GgmlType.IQ3_S, GgmlType.IQ2_S,
     }.Select(t => new object[] { t });
 
     const int RowLength = 1024, Rows = 24;
@@ -95,7 +96,12 @@ public sealed class GgmlFormatTests
         GgmlReference.Quantize((int)type, x, bytes, Rows, RowLength);   // llama.cpp's bytes
         float[] ours = GgmlQuants.Dequantize(type, bytes, x.Length);
         var theirs = new float[x.Length];
-        GgmlReference.Dequantize(type switch { GgmlType.F16 => "f16", GgmlType.BF16 => "bf16", _ => type.ToString().ToLowerInvariant().Replace("_k", "_K") }, bytes, theirs);
+        GgmlReference.Dequantize(type switch
+        {
+            GgmlType.F16 => "f16",
+            GgmlType.BF16 => "bf16",
+            _ => type.ToString().ToLowerInvariant().Replace("_k", "_K")
+        }, bytes, theirs);
         for (int i = 0; i < x.Length; i++)
             if (BitConverter.SingleToInt32Bits(ours[i]) != BitConverter.SingleToInt32Bits(theirs[i]))
                 Assert.Fail($"{type}: element {i}: ours {ours[i]:R}, llama.cpp {theirs[i]:R}");
@@ -113,7 +119,8 @@ public sealed class GgmlFormatTests
             if (expected[i] != actual[i])
             {
                 long block = i / f.BlockBytes;
-                Assert.Fail($"{type} {what}: first difference at byte {i} (block {block}, row {block * f.BlockSize / RowLength}, offset {i % f.BlockBytes} in the block): llama.cpp {expected[i]}, ours {actual[i]}");
+                Assert.Fail($"{type} {what}: first difference at byte {i} (block {block}, row {block * f.BlockSize / RowLength}, offset " +
+                    $"{i % f.BlockBytes} in the block): llama.cpp {expected[i]}, ours {actual[i]}");
             }
     }
 }

@@ -49,10 +49,16 @@ public sealed class GgufBudgetTests
         }
         foreach (var named in new[] { GgufFileType.Q3_K_M, GgufFileType.Q4_K_M, GgufFileType.IQ4_XS })
         {
-            var theirs = GgufExporter.Write(dir.File($"{named.Name()}.gguf"), model, new GgufExport { FileType = named, Name = "m", Importance = imatrix, ImatrixRows = true });
-            var (ours, plan) = GgufBudget.Write(dir.File($"budget-{named.Name()}.gguf"), model, new GgufTarget(theirs.FileBytes, null), measured, imatrix, "m", null, Context);
+            var theirs = GgufExporter.Write(dir.File($"{named.Name()}.gguf"), model, new GgufExport
+            {
+                FileType = named, Name = "m",
+                Importance = imatrix, ImatrixRows = true
+            });
+            var (ours, plan) = GgufBudget.Write(dir.File($"budget-{named.Name()}.gguf"), model, new GgufTarget(theirs.FileBytes, null), measured,
+                imatrix, "m", null, Context);
             double klTheirs = Kl(dir.File($"{named.Name()}.gguf")), klOurs = Kl(dir.File($"budget-{named.Name()}.gguf"));
-            Console.WriteLine($"{named.Name()}: {theirs.FileBytes:N0} B KL {klTheirs:G4} ({theirs.TypeSummary}) | budget {ours.FileBytes:N0} B KL {klOurs:G4} predicted {plan.PredictedKl:G4} ({ours.TypeSummary})");
+            Console.WriteLine($"{named.Name()}: {theirs.FileBytes:N0} B KL {klTheirs:G4} ({theirs.TypeSummary}) | budget {ours.FileBytes:N0} B KL " +
+                $"{klOurs:G4} predicted {plan.PredictedKl:G4} ({ours.TypeSummary})");
             Assert.IsLessThanOrEqualTo(theirs.FileBytes, ours.FileBytes, $"{named.Name()}: over the budget");
             Assert.IsGreaterThanOrEqualTo(0.99 * theirs.FileBytes, ours.FileBytes, $"{named.Name()}: more than 1 % under the budget");
             Assert.IsLessThan(klTheirs, klOurs, $"{named.Name()}: ours {klOurs:G4} vs llama.cpp's mix {klTheirs:G4} at {theirs.FileBytes:N0} B");
@@ -72,8 +78,11 @@ public sealed class GgufBudgetCommandTests
         Assert.AreEqual(0, CliRunner.Run("demo-checkpoint", "-o", dir.File("ckpt")).ExitCode);
         var rng = new Random(4);
         SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 1024).Select(_ => rng.Next(2, 256)));
-        string[] Args(string target, bool calibrated = true) => new[] { "quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/b.gguf"),
-            "--gguf-target", target, "--context", "128", "--device", "cpu", "--json" }.Concat(calibrated ? new[] { "--calibration-tokens", dir.File("ids.txt"), "--eval-tokens", dir.File("ids.txt") } : Array.Empty<string>()).ToArray();
+        string[] Args(string target, bool calibrated = true) => new[] { "quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4",
+            "--gguf", dir.File("out/b.gguf"),
+            "--gguf-target", target, "--context", "128", "--device", "cpu",
+                "--json" }.Concat(calibrated ? new[] { "--calibration-tokens", dir.File("ids.txt"), "--eval-tokens", dir.File("ids.txt") }
+                : Array.Empty<string>()).ToArray();
 
         var r = CliRunner.Run(Args("bpw=3.5"));
         Assert.AreEqual(0, r.ExitCode, r.Output);
@@ -87,7 +96,8 @@ public sealed class GgufBudgetCommandTests
         StringAssert.Contains(artifact.ToString(), "blk.0.ffn_down.weight");
         Assert.IsTrue(double.IsFinite(artifact.GetProperty("kl_mean").GetDouble()));
 
-        foreach (var (target, expected) in new[] { ("size=10KB", "smaller than the smallest file"), ("size=1GB", "larger than the model with every tensor at F16") })
+        foreach (var (target, expected) in new[] { ("size=10KB", "smaller than the smallest file"),
+            ("size=1GB", "larger than the model with every tensor at F16") })
         {
             var refused = CliRunner.Run(Args(target));
             Assert.AreEqual(3, refused.ExitCode, refused.Output);

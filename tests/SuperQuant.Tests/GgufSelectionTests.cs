@@ -60,7 +60,8 @@ public sealed class GgufSelectionTests
         Assert.AreEqual(scores.Min(s => s.HeldOutKl), scores[best].HeldOutKl);
         StringAssert.EndsWith(log, "-> " + labels[best]);
         GgufExporter.Write(dir.File("expected.gguf"), model, folds.Full.Candidates(GgufFileType.Q4_K_M, "m", null)[best].Export);
-        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("expected.gguf")), File.ReadAllBytes(dir.File("best.gguf")), "the shipped file is not the winner built from all the calibration tokens");
+        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("expected.gguf")), File.ReadAllBytes(dir.File("best.gguf")),
+            "the shipped file is not the winner built from all the calibration tokens");
     }
 
     [TestMethod]

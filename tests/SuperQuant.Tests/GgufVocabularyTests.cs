@@ -84,7 +84,8 @@ public sealed class GgufVocabularyTests
         CollectionAssert.AreEqual(Pieces.Select(p => p.Type).ToList(), types.Take(Pieces.Length).ToList());
         Assert.AreEqual($"[PAD{Pieces.Length}]", tokens[Pieces.Length]);
         Assert.AreEqual((int)GgufTokenType.Unused, types[^1]);
-        Assert.AreEqual((0u, 1u, 2u), ((uint)g.Metadata["tokenizer.ggml.unknown_token_id"], (uint)g.Metadata["tokenizer.ggml.bos_token_id"], (uint)g.Metadata["tokenizer.ggml.eos_token_id"]));
+        Assert.AreEqual((0u, 1u, 2u), ((uint)g.Metadata["tokenizer.ggml.unknown_token_id"], (uint)g.Metadata["tokenizer.ggml.bos_token_id"],
+            (uint)g.Metadata["tokenizer.ggml.eos_token_id"]));
         Assert.IsTrue((bool)g.Metadata["tokenizer.ggml.add_bos_token"]);
         Assert.IsFalse(g.Metadata.ContainsKey("tokenizer.ggml.merges"));
         GgufIndependentParserTests.AssertSameMetadata(dir.File("m.gguf"));

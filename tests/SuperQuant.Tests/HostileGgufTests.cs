@@ -13,7 +13,8 @@ public sealed class HostileGgufTests
     static string Original(TempFolder dir)
     {
         TokenizerCheckpoint.Write(dir.File("ckpt"), "llama3.1", layers: 2);
-        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--gguf", dir.File("m.gguf"), "--gguf-type", "f16", "--device", "cpu");
+        var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--gguf", dir.File("m.gguf"), "--gguf-type", "f16",
+            "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(1, 16));
         return dir.File("m.gguf");
@@ -52,7 +53,8 @@ public sealed class HostileGgufTests
                 if (key == "llama.expert_count") meta["llama.expert_used_count"] = 8u; // used > count
             });
             var r = Eval(dir, bad);
-            if (r.ExitCode != 3 || !r.Output.Contains("SQ4002") || !r.Output.Contains(key.Contains("expert") ? "expert_" : key) || r.Output.Contains("internal error"))
+            if (r.ExitCode != 3 || !r.Output.Contains("SQ4002") || !r.Output.Contains(key.Contains("expert") ? "expert_" : key)
+                || r.Output.Contains("internal error"))
                 failures.Add($"{key} = {value}: exit {r.ExitCode}\n{r.Output.Trim().Split('\n').LastOrDefault()}");
         }
         Assert.IsEmpty(failures, string.Join("\n", failures));
@@ -78,7 +80,13 @@ public sealed class HostileGgufTests
                     string key = keys[rng.Next(keys.Count)];
                     object value = meta[key] switch
                     {
-                        uint old => (object)(rng.Next(4) switch { 0 => 0u, 1 => uint.MaxValue, 2 => (uint)rng.Next(1, 5000), _ => (uint)Math.Max(0, rng.Next(-3, 3) + (long)old) }),
+                        uint old => (object)(rng.Next(4) switch
+                        {
+                            0 => 0u,
+                            1 => uint.MaxValue,
+                            2 => (uint)rng.Next(1, 5000),
+                            _ => (uint)Math.Max(0, rng.Next(-3, 3) + (long)old)
+                        }),
                         int => rng.Next(-10, 10),
                         _ => rng.Next(3) switch { 0 => float.NaN, 1 => -1f, _ => (float)(rng.NextDouble() * 1e6) },
                     };

@@ -48,8 +48,13 @@ public sealed class IQTypeTests
             var parts = name.Split('.');
             Projection p = parts[2] switch
             {
-                "attn_q" => Projection.Q, "attn_k" => Projection.K, "attn_v" => Projection.V, "attn_output" => Projection.O,
-                "ffn_gate" => Projection.Gate, "ffn_up" => Projection.Up, "ffn_down" => Projection.Down,
+                "attn_q" => Projection.Q,
+                "attn_k" => Projection.K,
+                "attn_v" => Projection.V,
+                "attn_output" => Projection.O,
+                "ffn_gate" => Projection.Gate,
+                "ffn_up" => Projection.Up,
+                "ffn_down" => Projection.Down,
                 _ => throw new InvalidDataException($"unexpected imatrix entry {name}"),
             };
             result[new LinearSite(int.Parse(parts[1]), p)] = sums.Select(s => s / count).ToArray();
@@ -78,7 +83,8 @@ public sealed class IQTypeTests
             GgufExporter.Write(dir.File("f16.gguf"), original, new GgufExport { FileType = GgufFileType.F16, Name = "m" });
         var rng = new Random(9);
         File.WriteAllText(dir.File("ids.txt"), string.Join(' ', Enumerable.Range(0, 1024).Select(_ => rng.Next(2, Config.VocabSize))));
-        Run("llama-imatrix", $"-m {dir.File("f16.gguf")} -f {dir.File("ids.txt")} -c 128 -b 128 -o {dir.File("imatrix.gguf")} --no-ppl -t 2", ("LLAMA_TOKEN_IDS", "1"));
+        Run("llama-imatrix", $"-m {dir.File("f16.gguf")} -f {dir.File("ids.txt")} -c 128 -b 128 -o {dir.File("imatrix.gguf")} --no-ppl -t 2",
+            ("LLAMA_TOKEN_IDS", "1"));
         Run("llama-quantize", $"--imatrix {dir.File("imatrix.gguf")} {dir.File("f16.gguf")} {dir.File("theirs.gguf")} {typeName} 2");
         var imatrix = ReadImatrix(dir.File("imatrix.gguf"));
         Assert.AreEqual(Config.NumLayers * 7, imatrix.Count, "one entry per linear layer");
@@ -112,7 +118,8 @@ public sealed class IQTypeCommandTests
         var rng = new Random(4);
         SuperQuant.Models.Text.TokenIdFile.Write(dir.File("ids.txt"), Enumerable.Range(0, 1024).Select(_ => rng.Next(2, 256)));
 
-        var refused = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/m.gguf"), "--gguf-type", "iq4_xs", "--device", "cpu");
+        var refused = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", "rtn", "--bits", "4", "--gguf", dir.File("out/m.gguf"),
+            "--gguf-type", "iq4_xs", "--device", "cpu");
         Assert.AreEqual(3, refused.ExitCode, refused.Output);
         StringAssert.Contains(refused.Output, "SQ2009");
         StringAssert.Contains(refused.Output, "q4_k_s");
@@ -120,7 +127,8 @@ public sealed class IQTypeCommandTests
 
         foreach (string method in new[] { "rtn", "super-aware" })
         {
-            var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", method, "--bits", "4", "--gguf", dir.File($"out/{method}.gguf"), "--gguf-type", "iq4_xs",
+            var r = CliRunner.Run("quantize", "--model", dir.File("ckpt"), "--method", method, "--bits", "4", "--gguf",
+                dir.File($"out/{method}.gguf"), "--gguf-type", "iq4_xs",
                 "--calibration-tokens", dir.File("ids.txt"), "--eval-tokens", dir.File("ids.txt"), "--context", "128", "--json", "--device", "cpu");
             Assert.AreEqual(0, r.ExitCode, r.Output);
             var file = GgufFile.Read(dir.File($"out/{method}.gguf"));

@@ -67,7 +67,8 @@ public sealed class InputClassTests
         string link = dir.File("alias");
         Assert.AreEqual(0, ProcessRunner.Run("ln", dir.Path, null, TimeSpan.FromSeconds(10), dir.File("ckpt/model.safetensors"), link).ExitCode);
         string ckpt = Sha(dir.File("ckpt/model.safetensors"));
-        r = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_PEAK_RSS_FILE"] = link }, "eval", "-m", dir.File("ckpt"), "--tokens", dir.File("ids.txt"), "--context", "16");
+        r = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_PEAK_RSS_FILE"] = link }, "eval", "-m", dir.File("ckpt"), "--tokens",
+            dir.File("ids.txt"), "--context", "16");
         ExitsWith(3, r, "SQ2009");
         Assert.AreEqual(ckpt, Sha(dir.File("ckpt/model.safetensors")));
     }
@@ -168,16 +169,19 @@ public sealed class InputClassTests
     public void AGgufIsNotACheckpointToQuantize()
     {
         using var dir = Project();
-        ExitsWith(0, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type", "q8_0", "--prompt-tokens", "1"));
+        ExitsWith(0, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type",
+            "q8_0", "--prompt-tokens", "1"));
         File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("checkpoint: ckpt", "checkpoint: m.gguf"));
         var r = CliRunner.Run(Gate(dir));
         ExitsWith(3, r, "SQ3001", "quantize.yaml(", "GGUF file", "unquantized checkpoint");
         Assert.IsFalse(File.Exists(dir.File("models/tiny.sqpk.safetensors")));
         // From the command line too, naming the option.
-        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("m.gguf"), "--z", "none", "--prompt-tokens", "1", "-o", dir.File("x.sqpk.safetensors")), "SQ2009", "--model", "GGUF file");
+        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("m.gguf"), "--z", "none", "--prompt-tokens", "1", "-o",
+            dir.File("x.sqpk.safetensors")), "SQ2009", "--model", "GGUF file");
         // eval reads GGUF files (documented), and a GGUF renamed .safetensors is refused for the name it wears.
         File.Copy(dir.File("m.gguf"), dir.File("renamed.safetensors"));
-        ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("renamed.safetensors"), "--tokens", dir.File("ids.txt"), "--context", "16"), "SQ2001", "holds a GGUF file");
+        ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("renamed.safetensors"), "--tokens", dir.File("ids.txt"), "--context", "16"), "SQ2001",
+            "holds a GGUF file");
         File.Copy(dir.File("ckpt/model.safetensors"), dir.File("weights.gguf"));
         ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("weights.gguf"), "--tokens", dir.File("ids.txt"), "--context", "16"), "SQ2001", "GGUF");
     }
@@ -240,7 +244,8 @@ public sealed class InputClassTests
         StringAssert.Contains(read.Result.Message, "FIFO");
         ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("ckpt"), "--tokens", dir.File("pipe"), "--context", "16"), "SQ2007", "FIFO");
         ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("ckpt"), "--tokens", "/dev/zero", "--context", "16"), "SQ2007", "character device");
-        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("evaluation_tokens: ids.txt", "evaluation_tokens: pipe"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("evaluation_tokens: ids.txt",
+            "evaluation_tokens: pipe"));
         ExitsWith(3, CliRunner.Run(Gate(dir)), "SQ3001", "evaluation_tokens", "FIFO");
     }
 
@@ -271,7 +276,8 @@ public sealed class InputClassTests
         using var dir = Project(y => y.Replace("output: models/tiny.sqpk.safetensors", $"output: {output}"));
         Directory.CreateDirectory(dir.File("existing-folder"));
         ExitsWith(3, CliRunner.Run(Gate(dir)), "SQ3001", "an output must name a file");
-        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--z", "none", "--prompt-tokens", "1", "-o", dir.File(output)), "SQ2009", "--out", "an output must name a file");
+        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--z", "none", "--prompt-tokens", "1", "-o", dir.File(output)), "SQ2009",
+            "--out", "an output must name a file");
     }
 
     // ---- 5. Valid input is accepted: a BOM, names in any case, any culture ----
@@ -288,7 +294,8 @@ public sealed class InputClassTests
     [TestMethod]
     public void ManifestNamesAreReadInAnyCaseUnderATurkishLocale()
     {
-        using var dir = Project(y => y.Replace("metric: kl", "metric: KL\n      baseline: ORIGINAL").Replace("z: auto", "z: AUTO\n    method: SUPER-AWARE\n    export: [PACKED]"));
+        using var dir = Project(y => y.Replace("metric: kl", "metric: KL\n      baseline: ORIGINAL").Replace("z: auto",
+            "z: AUTO\n    method: SUPER-AWARE\n    export: [PACKED]"));
         var env = new Dictionary<string, string> { ["LANG"] = "tr_TR.UTF-8", ["LC_ALL"] = "tr_TR.UTF-8" };
         ExitsWith(0, CliRunner.Run(env, Gate(dir)), "passed");
         // In process, with the thread's culture Turkish: the reader never lowers a name through the current culture.

@@ -56,10 +56,12 @@ public sealed class LayerStreamingTests
         var whole = Run("model");
         var streamed = Run("layers");
         if (method == "super-aware")
-            CollectionAssert.AreEqual(new[] { 1, 17, 45 }, streamed.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray(), "detection on a streamed model");
+            CollectionAssert.AreEqual(new[] { 1, 17, 45 },
+                streamed.GetProperty("super_weights")[0].EnumerateArray().Select(e => e.GetInt32()).ToArray(), "detection on a streamed model");
         Assert.AreEqual(whole.GetProperty("super_weights").GetRawText(), streamed.GetProperty("super_weights").GetRawText());
         Assert.AreEqual(whole.GetProperty("z").GetRawText(), streamed.GetProperty("z").GetRawText(), "z tuned block by block picks the same threshold");
-        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/model.sqpk.safetensors")), File.ReadAllBytes(dir.File("layers/model.sqpk.safetensors")), "packed bytes");
+        CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/model.sqpk.safetensors")),
+            File.ReadAllBytes(dir.File("layers/model.sqpk.safetensors")), "packed bytes");
         if (arch == "llama")
             CollectionAssert.AreEqual(File.ReadAllBytes(dir.File("model/model.gguf")), File.ReadAllBytes(dir.File("layers/model.gguf")), "GGUF bytes");
         var a = whole.GetProperty("artifacts").EnumerateArray().ToList();
@@ -84,7 +86,8 @@ public sealed class LayerStreamingTests
         Assert.AreEqual(0, CliRunner.Run("quantize", "--model", ckpt, "--prompt-tokens", "1 2 3", "--z", "3", "--out", packed, "--device", "cpu").ExitCode);
         JsonElement Eval(string memory)
         {
-            var r = CliRunner.Run("eval", "-m", packed, "--reference", ckpt, "--tokens", ids, "--context", "40", "--memory", memory, "--json", "--device", "cpu");
+            var r = CliRunner.Run("eval", "-m", packed, "--reference", ckpt, "--tokens", ids, "--context", "40", "--memory", memory, "--json",
+                "--device", "cpu");
             Assert.AreEqual(0, r.ExitCode, r.StdErr);
             return JsonDocument.Parse(r.StdOut).RootElement;
         }
@@ -128,7 +131,8 @@ public sealed class LayerStreamingTests
         var windows = EvalWindow.Over(tokens.Length, 40, 20).ToList();
         foreach (var w in windows)
         {
-            using var input = torch.tensor(tokens.Skip(w.Start).Take(w.Length).Select(t => (long)t).ToArray(), new long[] { 1, w.Length }, dtype: ScalarType.Int64);
+            using var input = torch.tensor(tokens.Skip(w.Start).Take(w.Length).Select(t => (long)t).ToArray(), new long[] { 1, w.Length },
+                dtype: ScalarType.Int64);
             using var expected = whole.Forward(input);
             using var got = batches.Logits(input);
             Assert.IsTrue(got.allclose(expected, rtol: 1e-4, atol: 1e-4), $"window at {w.Start}: layer-major logits differ from the whole model's");
@@ -186,7 +190,8 @@ public sealed class LayerStreamingTests
             using var q = ModelQuantizer.QuantizeMatrix(w, site, o, 3, sws);
             var plan = ModelQuantizer.PlanMatrix(site, rows, cols, o, sws);
             var got = q.Plan;
-            Assert.AreEqual((got.Rows, got.Cols, got.Bits, got.BlockSize, got.Layout, got.FlatBlock, got.Outliers), (plan.Rows, plan.Cols, plan.Bits, plan.BlockSize, plan.Layout, plan.FlatBlock, plan.Outliers), $"{site}");
+            Assert.AreEqual((got.Rows, got.Cols, got.Bits, got.BlockSize, got.Layout, got.FlatBlock, got.Outliers),
+                (plan.Rows, plan.Cols, plan.Bits, plan.BlockSize, plan.Layout, plan.FlatBlock, plan.Outliers), $"{site}");
             CollectionAssert.AreEqual(got.StatShape, plan.StatShape, $"{site}");
             Assert.AreEqual(q.BitsPerWeight, plan.BitsPerWeight, 1e-12);
         }
@@ -212,7 +217,8 @@ public sealed class LayerStreamingTests
         StringAssert.Contains(r.StdErr, "model.layers.2.mlp.up_proj.weight");
         Assert.IsEmpty(Directory.GetFiles(outDir), "no artifact, staged or final");
         // A block that is fine is not blamed: the same checkpoint in memory fails at load with the same tensor.
-        var whole = CliRunner.Run("quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out", Path.Combine(outDir, "m.sqpk.safetensors"), "--device", "cpu");
+        var whole = CliRunner.Run("quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out",
+            Path.Combine(outDir, "m.sqpk.safetensors"), "--device", "cpu");
         Assert.AreEqual(3, whole.ExitCode);
         StringAssert.Contains(whole.StdErr, "model.layers.2.mlp.up_proj.weight");
     }
@@ -262,11 +268,13 @@ public sealed class LayerStreamingTests
         Assert.AreEqual(0, auto.ExitCode, auto.Output);
         StringAssert.Contains(auto.Output, "layer-streamed (auto:");
 
-        var whole = CliRunner.Run(tight, "quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out", dir.File("w.sqpk.safetensors"), "--device", "cpu");
+        var whole = CliRunner.Run(tight, "quantize", "--model", ckpt, "--memory", "model", "--prompt-tokens", "1 2 3", "--z", "3", "--out",
+            dir.File("w.sqpk.safetensors"), "--device", "cpu");
         Assert.AreEqual(3, whole.ExitCode, whole.Output);
         StringAssert.Contains(whole.StdErr, "use memory: layers");
 
-        var llama2c = CliRunner.Run(tight, "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--z", "3", "--out", dir.File("s.sqpk.safetensors"), "--device", "cpu");
+        var llama2c = CliRunner.Run(tight, "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--z", "3", "--out",
+            dir.File("s.sqpk.safetensors"), "--device", "cpu");
         Assert.AreEqual(3, llama2c.ExitCode, llama2c.Output);
         StringAssert.Contains(llama2c.StdErr, "Llama2c checkpoints are loaded whole");
 
@@ -320,7 +328,8 @@ public sealed class LayerStreamingTests
         StringAssert.Contains(r.StdErr, "layer-streamed");
         Assert.IsFalse(File.Exists(outFile));
 
-        r = CliRunner.Run("quantize", "--model", SharedModels.Stories260K, "--memory", "layers", "--prompt-tokens", "1 2 3", "--z", "4", "--out", outFile, "--device", "cpu");
+        r = CliRunner.Run("quantize", "--model", SharedModels.Stories260K, "--memory", "layers", "--prompt-tokens", "1 2 3", "--z", "4", "--out",
+            outFile, "--device", "cpu");
         Assert.AreEqual(3, r.ExitCode, r.StdErr);
         StringAssert.Contains(r.StdErr, "SQ4001");
         StringAssert.Contains(r.StdErr, "Llama2c");

@@ -34,8 +34,10 @@ public sealed class LibTorchTests
         string torchDir = Path.Combine(root, "site-packages", "torch");
         Directory.CreateDirectory(Path.Combine(torchDir, "lib"));
         File.WriteAllText(Path.Combine(torchDir, "version.py"),
-            $"from typing import Optional\n__all__ = ['__version__']\n__version__ = '{version}'\ndebug = False\ncuda: Optional[str] = {(cuda is null ? "None" : $"'{cuda}'")}\n");
-        foreach (string lib in new[] { "libc10.so", "libtorch_cpu.so", "libtorch.so" }.Concat(cuda is null ? Array.Empty<string>() : new[] { "libtorch_cuda.so" }))
+            $"from typing import Optional\n__all__ = ['__version__']\n__version__ = '{version}'\ndebug = False\ncuda: Optional[str] = " +
+                $"{(cuda is null ? "None" : $"'{cuda}'")}\n");
+        foreach (string lib in new[] { "libc10.so", "libtorch_cpu.so",
+            "libtorch.so" }.Concat(cuda is null ? Array.Empty<string>() : new[] { "libtorch_cuda.so" }))
             File.WriteAllBytes(Path.Combine(torchDir, "lib", lib), Array.Empty<byte>());
         return torchDir;
     }
@@ -50,7 +52,11 @@ public sealed class LibTorchTests
             string explicitLib = Path.Combine(FakePyTorch(Path.Combine(root, "b"), "2.10.0+cpu", null), "lib");
             string msbuildLib = Path.Combine(FakePyTorch(Path.Combine(root, "c"), "2.12.0+cpu", null), "lib");
 
-            var byEnv = LibTorchLocator.Choose(new FakeMachine(new() { [LibTorchLocator.EnvironmentVariable] = explicitLib, [LibTorchLocator.MsBuildVariable] = msbuildLib }, cudaTorch));
+            var byEnv = LibTorchLocator.Choose(new FakeMachine(new()
+            {
+                [LibTorchLocator.EnvironmentVariable] = explicitLib,
+                [LibTorchLocator.MsBuildVariable] = msbuildLib
+            }, cudaTorch));
             Assert.AreEqual(LibTorchLocator.EnvironmentVariable, byEnv.Source);
             Assert.AreEqual(explicitLib, byEnv.Folder);
             Assert.AreEqual("2.10.0+cpu", byEnv.Version);
@@ -102,7 +108,8 @@ public sealed class LibTorchTests
         string empty = TempFolder("empty");
         try
         {
-            var e = Assert.ThrowsExactly<SuperQuantException>(() => LibTorchLocator.Choose(new FakeMachine(new() { [LibTorchLocator.EnvironmentVariable] = empty })));
+            var e = Assert.ThrowsExactly<SuperQuantException>(()
+                => LibTorchLocator.Choose(new FakeMachine(new() { [LibTorchLocator.EnvironmentVariable] = empty })));
             Assert.AreEqual(ErrorCodes.LibTorchFolder, e.Code);
             StringAssert.Contains(e.Message, empty);
 
@@ -160,7 +167,9 @@ public sealed class LibTorchTests
     {
         string bundled = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native");
         string dir = TempFolder("copy");
-        foreach (string file in Directory.GetFiles(bundled).Where(f => Path.GetFileName(f) is var n && (n.StartsWith("libtorch", StringComparison.Ordinal) || n.StartsWith("libc10", StringComparison.Ordinal) || n.StartsWith("libgomp", StringComparison.Ordinal))))
+        foreach (string file in Directory.GetFiles(bundled).Where(f => Path.GetFileName(f) is var n
+            && (n.StartsWith("libtorch", StringComparison.Ordinal) || n.StartsWith("libc10", StringComparison.Ordinal)
+            || n.StartsWith("libgomp", StringComparison.Ordinal))))
             File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
         AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(dir, true); } catch (IOException) { } };
         return dir;
@@ -178,7 +187,8 @@ public sealed class LibTorchTests
         string copy = CopiedLibTorch.Value;
         var d = Doctor(CliRunner.Run(new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = copy }, "doctor", "--json"));
         Assert.AreEqual("loaded", d.GetProperty("torch").GetString());
-        Assert.AreEqual(Path.Combine(copy, "libtorch_cpu.so"), d.GetProperty("libtorch_loaded_from").GetString(), "the process mapped the chosen copy, not the bundled file");
+        Assert.AreEqual(Path.Combine(copy, "libtorch_cpu.so"), d.GetProperty("libtorch_loaded_from").GetString(),
+            "the process mapped the chosen copy, not the bundled file");
         Assert.AreEqual("re-run with LD_LIBRARY_PATH", d.GetProperty("libtorch_mode").GetString());
 
         // And a real command on it: a forward pass that must give the bundled libtorch's numbers.
@@ -189,7 +199,8 @@ public sealed class LibTorchTests
             File.WriteAllText(Path.Combine(model, "ids.txt"), string.Join(' ', Enumerable.Range(0, 40).Select(i => (i * 7) % 48)));
             var env = new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = copy };
             var external = CliRunner.Run(env, "eval", "-m", model, "--tokens", Path.Combine(model, "ids.txt"), "--context", "16", "--json");
-            var bundled = CliRunner.Run(new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = "bundled" }, "eval", "-m", model, "--tokens", Path.Combine(model, "ids.txt"), "--context", "16", "--json");
+            var bundled = CliRunner.Run(new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = "bundled" }, "eval", "-m", model,
+                "--tokens", Path.Combine(model, "ids.txt"), "--context", "16", "--json");
             Assert.AreEqual(0, external.ExitCode, external.Output);
             Assert.AreEqual(0, bundled.ExitCode, bundled.Output);
             Assert.AreEqual(JsonDocument.Parse(bundled.StdOut).RootElement.GetProperty("perplexity").GetDouble(),
@@ -211,9 +222,11 @@ public sealed class LibTorchTests
             var cp = Process.Start(new ProcessStartInfo("cp", new[] { "-al", source + "/.", tool }) { UseShellExecute = false })!;
             cp.WaitForExit();
             Assert.AreEqual(0, cp.ExitCode);
-            foreach (string f in Directory.GetFiles(Path.Combine(tool, "runtimes", "linux-x64", "native")).Where(f => Path.GetFileName(f) is var n && (n.StartsWith("libtorch", StringComparison.Ordinal) || n.StartsWith("libc10", StringComparison.Ordinal))))
+            foreach (string f in Directory.GetFiles(Path.Combine(tool, "runtimes", "linux-x64", "native")).Where(f => Path.GetFileName(f) is var n
+                && (n.StartsWith("libtorch", StringComparison.Ordinal) || n.StartsWith("libc10", StringComparison.Ordinal))))
                 File.Delete(f);
-            var run = ProcessRunner.Run("dotnet", null, new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = copy }, TimeSpan.FromMinutes(2),
+            var run = ProcessRunner.Run("dotnet", null, new Dictionary<string, string> { [LibTorchLocator.EnvironmentVariable] = copy },
+                TimeSpan.FromMinutes(2),
                 Path.Combine(tool, "superquant.dll"), "doctor", "--json");
             var d = Doctor(run);
             Assert.AreEqual("loaded in process", d.GetProperty("libtorch_mode").GetString());

@@ -49,7 +49,8 @@ public sealed class LlamaCppJudgeTests
         using var model = ModelLoader.Load(ckpt);
         string gguf = dir.File("m.gguf");
         GgufExporter.Write(gguf, model, new GgufExport { FileType = Names.ParseGgufType(type), Name = "m" });
-        int[] ids = which == "stories260K" ? TokenIdFile.Read(Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), 512) : Tokens(300, 256, 5);
+        int[] ids = which == "stories260K" ? TokenIdFile.Read(Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"),
+            512) : Tokens(300, 256, 5);
         int ctx = which == "stories260K" ? 512 : 128; // stories260K is judged from BOS, as it is used
         using var llama = LlamaCppEngine.Open(gguf, ctx);
         var theirs = Evaluator.Perplexity(llama.Logits, ids, ctx, ctx / 2);
@@ -85,7 +86,8 @@ public sealed class LlamaCppJudgeTests
             string ours = dir.File($"ours.{type.Name()}.gguf"), theirs = dir.File($"llama.{type.Name()}.gguf");
             GgufExporter.Write(ours, model, new GgufExport { FileType = type, Name = "m" });
             LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), theirs, type.Name());
-            Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)", SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), type.Name());
+            Assert.AreEqual($"identical ({GgufFile.Read(ours).Tensors.Count} tensors)",
+                SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(ours, theirs), type.Name());
         }
     }
 
@@ -102,7 +104,8 @@ public sealed class LlamaCppJudgeTests
         {
             var result = GgufExporter.Write(dir.File("ours.gguf"), model, new GgufExport { FileType = type, Name = "s" });
             LlamaCppQuantizer.Quantize(dir.File("f16.gguf"), dir.File("llama.gguf"), type.Name());
-            StringAssert.StartsWith(SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(dir.File("ours.gguf"), dir.File("llama.gguf")), "identical", type.Name());
+            StringAssert.StartsWith(SuperQuant.Cli.Commands.Bench.BenchGgufCommand.SameBytes(dir.File("ours.gguf"), dir.File("llama.gguf")),
+                "identical", type.Name());
             if (type == GgufFileType.IQ4_XS)
             {
                 // 64-wide rows take IQ4_NL's 32-blocks; 172-wide ffn_down rows fit neither and are F16 in both files.
@@ -141,7 +144,8 @@ public sealed class LlamaCppJudgeTests
         using var llama = LlamaCppEngine.Open(gguf, 256);
         var theirs = Evaluator.Perplexity(llama.Logits, ids, 256, 128);
         double lnRatio = Math.Log(theirs.Perplexity.Value / ours.Perplexity.Value);
-        Assert.IsLessThan(0.05, Math.Abs(lnRatio), $"{type}: llama.cpp {theirs.Perplexity.Value:F3}, ours on its dequantized weights {ours.Perplexity.Value:F3}");
+        Assert.IsLessThan(0.05, Math.Abs(lnRatio), $"{type}: llama.cpp {theirs.Perplexity.Value:F3}, ours on its dequantized weights " +
+            $"{ours.Perplexity.Value:F3}");
     }
 
     /// <summary>A GGUF made with the real LLaMA-2 SentencePiece model: llama.cpp's tokenizer gives the ids
@@ -169,11 +173,13 @@ public sealed class LlamaCppJudgeTests
         {
             int[] expected = new[] { 1 }.Concat(ml.Encode(text).Where(id => id != 1)).ToArray();
             int[] actual = llama.Tokenize(text, addBos: true);
-            CollectionAssert.AreEqual(expected, actual, $"ids differ for: {text}\nML.Tokenizers: {string.Join(' ', expected)}\nllama.cpp:     {string.Join(' ', actual)}");
+            CollectionAssert.AreEqual(expected, actual, $"ids differ for: {text}\nML.Tokenizers: {string.Join(' ', expected)}\nllama.cpp: " +
+                $"    {string.Join(' ', actual)}");
         }
     }
 
-    const string ChatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    const string ChatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% " +
+        "endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
     /// <summary>The chat template travels into the GGUF (tokenizer_config.json's chat_template, or chat_template.jinja,
     /// which wins), and llama.cpp itself reads it back and formats a conversation with it.</summary>
@@ -189,14 +195,22 @@ public sealed class LlamaCppJudgeTests
         File.Copy(SharedModels.Llama2Tokenizer, Path.Combine(ckpt, "tokenizer.model"));
         string config = source switch
         {
-            "named list" => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = new object[] { new { name = "default", template = ChatMl }, new { name = "tool_use", template = "{{ messages }}" } } }),
+            "named list" => System.Text.Json.JsonSerializer.Serialize(new
+            {
+                add_bos_token = true,
+                chat_template = new object[] { new { name = "default", template = ChatMl }, new { name = "tool_use", template = "{{ messages }}" } }
+            }),
             "jinja" => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = "{{ 'not this one' }}" }),
             _ => System.Text.Json.JsonSerializer.Serialize(new { add_bos_token = true, chat_template = ChatMl }),
         };
         File.WriteAllText(Path.Combine(ckpt, "tokenizer_config.json"), config);
         if (source == "jinja") File.WriteAllText(Path.Combine(ckpt, "chat_template.jinja"), ChatMl);
         using var model = ModelLoader.Load(ckpt);
-        GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport { FileType = GgufFileType.F16, Name = "m", Vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config) });
+        GgufExporter.Write(dir.File("m.gguf"), model, new GgufExport
+        {
+            FileType = GgufFileType.F16, Name = "m",
+            Vocabulary = GgufVocabulary.FromCheckpoint(ckpt, model.Config)
+        });
         using var llama = LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
         Assert.AreEqual(ChatMl, llama.Metadata["tokenizer.chat_template"], "llama.cpp reads the template we wrote");
         if (source == "named list") Assert.AreEqual("{{ messages }}", llama.Metadata["tokenizer.chat_template.tool_use"]);
@@ -239,7 +253,8 @@ public sealed class LlamaCppJudgeTests
             Assert.AreEqual(hash, ours, $"{type}: our bytes differ from llama.cpp's recorded ones");
             var theirs = new byte[GgmlQuants.RowBytes(type, 1024) * 24];
             GgmlReference.Quantize((int)type, x, theirs, 24, 1024);
-            Assert.AreEqual(hash, Convert.ToHexString(SHA256.HashData(theirs)).ToLowerInvariant(), $"{type}: the llama.cpp in use is not the one the fixture was made with");
+            Assert.AreEqual(hash, Convert.ToHexString(SHA256.HashData(theirs)).ToLowerInvariant(),
+                $"{type}: the llama.cpp in use is not the one the fixture was made with");
         }
     }
 

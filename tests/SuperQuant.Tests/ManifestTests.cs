@@ -100,7 +100,8 @@ public sealed class ManifestTests
         Assert.IsFalse(g.Passes(0.5799, 0.60));
         Assert.IsTrue(g.Passes(0.70, 0.60), "a higher accuracy passes");
         Assert.IsFalse(g.Passes(double.NaN, 0.60));
-        using var dir = Project(Valid.Replace("    gate:\n      metric: perplexity\n      max_increase: 5%", "    tasks: {piqa: ids.txt}\n    gate:\n      metric: accuracy\n      max_drop: 2"));
+        using var dir = Project(Valid.Replace("    gate:\n      metric: perplexity\n      max_increase: 5%",
+            "    tasks: {piqa: ids.txt}\n    gate:\n      metric: accuracy\n      max_drop: 2"));
         var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
         Assert.AreEqual(("piqa", dir.File("ids.txt")), (e.Tasks.Single().Name, e.Tasks.Single().Path));
         Assert.AreEqual(new QualityGate("accuracy", 2, false, null), e.Gate);
@@ -124,7 +125,8 @@ public sealed class ManifestTests
     [TestMethod]
     public void ReadsThePaperVariant()
     {
-        using var dir = Project(Valid.Replace("    block_size: channel", "    block_size: tensor\n    variant: paper\n    clip: iqr\n    levels: normal-float"));
+        using var dir = Project(Valid.Replace("    block_size: channel",
+            "    block_size: tensor\n    variant: paper\n    clip: iqr\n    levels: normal-float"));
         var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
         Assert.AreEqual((Names.TensorBlock, "paper", "iqr", "normal-float"), (e.BlockSize, e.Variant, e.Clip, e.Levels));
         Assert.AreNotEqual(ManifestReader.Read(dir.File("quantize.yaml")).Models.Single().SettingsKey,
@@ -180,24 +182,34 @@ public sealed class ManifestTests
         var keys = modelProps.EnumerateObject().Select(p => p.Name).ToHashSet();
         foreach (string line in Valid.Split('\n').Where(l => l.StartsWith("    ") && !l.StartsWith("      ") && l.Contains(':')))
             Assert.IsTrue(keys.Contains(line.Trim().Split(':')[0].TrimStart('-', ' ')), line);
-        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant", "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens", "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" }));
+        Assert.IsTrue(keys.SetEquals(new[] { "id", "checkpoint", "output", "method", "weight_bits", "activation_bits", "block_size", "variant",
+            "clip", "levels", "activation_scale", "activation_quantizer", "super_activation", "z", "calibration_text", "calibration_tokens",
+            "evaluation_text", "evaluation_tokens", "prompt_tokens", "context", "export", "tasks", "gate" }));
         var top = schema.RootElement.GetProperty("properties");
         CollectionAssert.AreEquivalent(new[] { "version", "device", "memory", "models" }, top.EnumerateObject().Select(p => p.Name).ToArray());
-        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(), top.GetProperty("memory").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
-        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(), Enum.GetNames<SuperQuant.Pipeline.MemoryMode>().Select(n => n.ToLowerInvariant()).ToArray(), "every mode has a manifest name");
-        CollectionAssert.AreEqual(Names.TaskNames.ToArray(), modelProps.GetProperty("tasks").GetProperty("properties").EnumerateObject().Select(p => p.Name).ToArray());
+        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(),
+            top.GetProperty("memory").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.MemoryNames.ToArray(),
+            Enum.GetNames<SuperQuant.Pipeline.MemoryMode>().Select(n => n.ToLowerInvariant()).ToArray(), "every mode has a manifest name");
+        CollectionAssert.AreEqual(Names.TaskNames.ToArray(),
+            modelProps.GetProperty("tasks").GetProperty("properties").EnumerateObject().Select(p => p.Name).ToArray());
         CollectionAssert.AreEqual(Names.TaskNames.ToArray(), Models.Text.TaskFile.TaskNames.ToArray(), "the manifest's task names are the task reader's");
-        CollectionAssert.AreEqual(Names.VariantNames.ToArray(), modelProps.GetProperty("variant").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
-        CollectionAssert.AreEqual(Names.ClipNames.ToArray(), modelProps.GetProperty("clip").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
-        CollectionAssert.AreEqual(Names.LevelNames.ToArray(), modelProps.GetProperty("levels").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.VariantNames.ToArray(),
+            modelProps.GetProperty("variant").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.ClipNames.ToArray(),
+            modelProps.GetProperty("clip").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.LevelNames.ToArray(),
+            modelProps.GetProperty("levels").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         // The manifest's clip/level names are the quantizer's (two tables because Manifest does not reference Core).
         CollectionAssert.AreEquivalent(Names.ClipNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.ClipNames.Select(c => c.Name).ToArray());
         CollectionAssert.AreEquivalent(Names.LevelNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.LevelNames.Select(c => c.Name).ToArray());
         // The schema's value lists are the names table's, exactly and in order.
-        CollectionAssert.AreEqual(Names.MethodNames.ToArray(), modelProps.GetProperty("method").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(Names.MethodNames.ToArray(),
+            modelProps.GetProperty("method").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         var ggufEnum = modelProps.GetProperty("export").GetProperty("items").GetProperty("oneOf")[1].GetProperty("properties").GetProperty("gguf").GetProperty("enum");
         CollectionAssert.AreEqual(Names.GgufTypeNames.ToArray(), ggufEnum.EnumerateArray().Select(x => x.GetString()).ToArray());
-        CollectionAssert.AreEqual(QualityGate.Metrics.ToArray(), modelProps.GetProperty("gate").GetProperty("properties").GetProperty("metric").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
+        CollectionAssert.AreEqual(QualityGate.Metrics.ToArray(),
+            modelProps.GetProperty("gate").GetProperty("properties").GetProperty("metric").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         // And every name parses back to its value.
         foreach (var m in Enum.GetValues<QuantMethod>()) Assert.AreEqual(m, Names.ParseMethod(m.Name()));
         foreach (var t in Enum.GetValues<GgufFileType>()) Assert.AreEqual(t, Names.ParseGgufType(t.Name()));

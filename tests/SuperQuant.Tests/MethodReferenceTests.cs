@@ -43,7 +43,8 @@ public sealed class MethodReferenceTests
         Assert.AreEqual(order.Take(4).Sum(c => max[c]), order.Skip(4).Sum(c => max[c]), "equal block totals: the block means' variance falls to 0 here");
         using var p = ZigzagPermutation.Matrix(torch.tensor(max), 4);
         using var x = torch.tensor(max).unsqueeze(0);
-        CollectionAssert.AreEqual(order.Select(c => max[c]).ToArray(), x.matmul(p).squeeze(0).data<float>().ToArray(), "x P moves channel order[i] to column i");
+        CollectionAssert.AreEqual(order.Select(c => max[c]).ToArray(), x.matmul(p).squeeze(0).data<float>().ToArray(),
+            "x P moves channel order[i] to column i");
     }
 
     /// <summary>DuQuant's greedy block rotation: orthogonal, and no block's max |x R| above its max |x|, on inputs with
@@ -158,7 +159,8 @@ public sealed class MethodReferenceTests
     [TestMethod]
     public void KlStatisticsMatchAClosedFormCase()
     {
-        Tensor Fixed(float a, float b, Tensor t) => torch.tensor(Enumerable.Repeat(new[] { a, b }, (int)t.shape[^1]).SelectMany(v => v).ToArray(), new long[] { 1, t.shape[^1], 2 });
+        Tensor Fixed(float a, float b, Tensor t) => torch.tensor(Enumerable.Repeat(new[] { a, b }, (int)t.shape[^1]).SelectMany(v => v).ToArray(),
+            new long[] { 1, t.shape[^1], 2 });
         var d = Evaluator.Divergence(t => Fixed(0f, (float)Math.Log(3), t), t => Fixed((float)Math.Log(2), 0f, t), new[] { 0, 1, 1 }, 3, 2);
         double kl = 0.25 * Math.Log(0.375) + 0.75 * Math.Log(2.25);
         Assert.AreEqual(kl, d.KlDivergence.Value, 1e-6);

@@ -98,7 +98,8 @@ public sealed class MsBuildIntegrationTests
         StringAssert.Contains(log2, "written since the last quantization");
         StringAssert.Contains(log2, "not the file this model shipped");
         CollectionAssert.AreEqual(shipped, File.ReadAllBytes(artifact), "the model's own artifact is back, byte for byte");
-        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors")), "and it is what the output folder got");
+        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(dir.File("bin/Debug/net10.0/models/tiny.sqpk.safetensors")),
+            "and it is what the output folder got");
         var (exit3, log3) = Build(dir);
         Assert.AreEqual(0, exit3, log3);
         Assert.AreEqual(0, ToolRuns(log3), "then a no-op build skips again");
@@ -112,7 +113,8 @@ public sealed class MsBuildIntegrationTests
         var (e0, l0) = Build(dir);
         Assert.AreEqual(0, e0, l0);
         DateTime first = File.GetLastWriteTimeUtc(dir.File("models/first.sqpk.safetensors"));
-        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("output: models/second.sqpk.safetensors\n    method: super-aware\n    weight_bits: 8", "output: models/second.sqpk.safetensors\n    method: super-aware\n    weight_bits: 6"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("output: models/second.sqpk.safetensors\n " +
+            "   method: super-aware\n    weight_bits: 8", "output: models/second.sqpk.safetensors\n    method: super-aware\n    weight_bits: 6"));
         StringAssert.Contains(File.ReadAllText(dir.File("quantize.yaml")), "weight_bits: 6");
         var (exit, log) = Build(dir);
         Assert.AreEqual(0, exit, log);
@@ -167,7 +169,8 @@ public sealed class MsBuildIntegrationTests
     public void MalformedManifestFailsWithFileLineAndColumn()
     {
         using var dir = Consumer(Yaml("tiny", "0.5"));
-        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("    weight_bits: 8", "    weight_bits: 8\n    wieght_bits: 4"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("    weight_bits: 8", "    weight_bits: 8\n " +
+            "   wieght_bits: 4"));
         var (exit, log) = Build(dir);
         Assert.AreNotEqual(0, exit, log);
         StringAssert.Contains(log, "quantize.yaml(9,5): error SQ3001: unknown key 'wieght_bits'");

@@ -22,8 +22,10 @@ public sealed class MsBuildTaskTests
         };
         string line = task.CommandLine;
         StringAssert.StartsWith(line, "\"/opt/my tools/superquant.dll\" gate");
-        foreach (string part in new[] { "--manifest \"/home/me/My App/quantize.yaml\"", "--report-dir \"/home/me/My App/obj/superquant/\"", "--state \"/home/me/My App/obj/s.json\"",
-                     "--deps-file /d/deps", "--outputs-file /d/outs", "--gate warn", "--device cpu", "--memory layers", "--follow-symlinks", "--allow-outside \"/shared models\"" })
+        foreach (string part in new[] { "--manifest \"/home/me/My App/quantize.yaml\"", "--report-dir \"/home/me/My App/obj/superquant/\"",
+            "--state \"/home/me/My App/obj/s.json\"",
+                     "--deps-file /d/deps", "--outputs-file /d/outs", "--gate warn", "--device cpu", "--memory layers", "--follow-symlinks",
+                         "--allow-outside \"/shared models\"" })
             StringAssert.Contains(line, part);
         task.Device = "";
         task.Memory = "";

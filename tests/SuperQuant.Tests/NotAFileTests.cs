@@ -84,7 +84,8 @@ public sealed class OptionsThatApplyTests
     static string GgufWithVocabulary(TempFolder dir)
     {
         string ckpt = TokenizerCheckpoint.Write(dir.File("ckpt"), "llama3.1");
-        var r = CliRunner.Run("quantize", "--model", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type", "q8_0", "--device", "cpu");
+        var r = CliRunner.Run("quantize", "--model", ckpt, "--method", "rtn", "--bits", "8", "--gguf", dir.File("m.gguf"), "--gguf-type", "q8_0",
+            "--device", "cpu");
         Assert.AreEqual(0, r.ExitCode, r.Output);
         return dir.File("m.gguf");
     }
@@ -118,7 +119,8 @@ public sealed class OptionsThatApplyTests
     public void AGgufOptionWithoutAGgufIsAUsageError(string option, string? value)
     {
         using var dir = new TempFolder();
-        var args = new List<string> { "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--out", dir.File("m.sqpk.safetensors"), option };
+        var args = new List<string> { "quantize", "--model", SharedModels.Stories260K, "--prompt-tokens", "1 2 3", "--out",
+            dir.File("m.sqpk.safetensors"), option };
         if (value is not null) args.Add(value);
         var r = CliRunner.Run(args.ToArray());
         Assert.AreEqual(2, r.ExitCode, r.Output);

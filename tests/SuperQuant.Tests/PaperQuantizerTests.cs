@@ -51,7 +51,11 @@ public sealed class PaperQuantizerTests
                 else
                 {
                     var s = a.OrderBy(v => v).ToArray();
-                    float Q(double q) { double pos = q * (s.Length - 1); int lo = (int)Math.Floor(pos); int hi = Math.Min(lo + 1, s.Length - 1); return (float)(s[lo] + (s[hi] - s[lo]) * (pos - lo)); }
+                    float Q(double q)
+                    {
+                        double pos = q * (s.Length - 1); int lo = (int)Math.Floor(pos); int hi = Math.Min(lo + 1,
+                        s.Length - 1); return (float)(s[lo] + (s[hi] - s[lo]) * (pos - lo));
+                    }
                     threshold = (float)(Q(0.75) + t * (Q(0.75) - Q(0.25)));
                 }
                 for (long i = start; i < start + block; i++) x[i] = Math.Clamp(x[i], -threshold, threshold);
@@ -173,7 +177,8 @@ public sealed class PaperQuantizerTests
             new PaperQuantizerSettings { Bits = 2, Levels = LevelKind.NormalFloat },
             new PaperQuantizerSettings { Clip = ClipMethod.BlockPercentage, Threshold = 1.5 },
         })
-            Assert.AreEqual(ErrorCodes.UnsupportedQuantization, Assert.ThrowsExactly<SuperQuantException>(() => PaperBlockQuantizer.Validate(s)).Code, s.ToString());
+            Assert.AreEqual(ErrorCodes.UnsupportedQuantization,
+                Assert.ThrowsExactly<SuperQuantException>(() => PaperBlockQuantizer.Validate(s)).Code, s.ToString());
         var packed = new WeightQuantizationOptions { Clip = ClipMethod.Iqr };
         Assert.ThrowsExactly<SuperQuantException>(packed.Validate);
     }

@@ -57,7 +57,8 @@ public sealed class QuantizationTests
         using var into = torch.empty(rows, cols); // host
         using var fused = FastBlockRtn.Quantize(w, bits, block, into);
         Assert.IsTrue(into.equal(expected).all().item<bool>(), "into another buffer");
-        Assert.IsTrue(fused.PackedCodes.equal(apart.PackedCodes).all().item<bool>() && fused.Scales.equal(apart.Scales).all().item<bool>() && fused.Zeros.equal(apart.Zeros).all().item<bool>());
+        Assert.IsTrue(fused.PackedCodes.equal(apart.PackedCodes).all().item<bool>() && fused.Scales.equal(apart.Scales).all().item<bool>()
+            && fused.Zeros.equal(apart.Zeros).all().item<bool>());
         using var inPlace = w.clone();
         using var _ = FastBlockRtn.Quantize(inPlace, bits, block, inPlace);
         Assert.IsTrue(inPlace.equal(expected).all().item<bool>(), "in place (each row read whole before it is overwritten)");
@@ -65,7 +66,8 @@ public sealed class QuantizationTests
         using var m = w.clone();
         var o = new WeightQuantizationOptions { Bits = bits, BlockSize = block, Z = double.PositiveInfinity };
         var sws = new[] { new SuperWeight(0, (int)rows - 1, 3, 0f, 1) };
-        using var q = ModelQuantizer.QuantizeMatrix(m, new LinearSite(0, Projection.Down), o, double.PositiveInfinity, sws, dequantizeInPlace: true, out bool done);
+        using var q = ModelQuantizer.QuantizeMatrix(m, new LinearSite(0, Projection.Down), o, double.PositiveInfinity, sws, dequantizeInPlace: true,
+            out bool done);
         Assert.IsTrue(done);
         using var loaded = BlockRtnQuantizer.Dequantize(q);
         Assert.IsTrue(m.equal(loaded).all().item<bool>(), "written back = what the loader dequantizes, super weight included");
@@ -254,7 +256,8 @@ public sealed class QuantizationTests
     {
         // Student-t(3) rows, like the synthetic benchmark model: nested blocks can only narrow each range.
         var g = new Generator(11);
-        using Tensor chi2 = torch.randn(new long[] { 256, 512 }, generator: g).pow(2) + torch.randn(new long[] { 256, 512 }, generator: g).pow(2) + torch.randn(new long[] { 256, 512 }, generator: g).pow(2);
+        using Tensor chi2 = torch.randn(new long[] { 256, 512 }, generator: g).pow(2) + torch.randn(new long[] { 256, 512 }, generator: g).pow(2)
+            + torch.randn(new long[] { 256, 512 }, generator: g).pow(2);
         using Tensor w = (torch.randn(new long[] { 256, 512 }, generator: g) / (chi2 / 3).sqrt() * 0.02f).contiguous();
         double previous = 0;
         foreach (int block in new[] { 32, 64, 128, 256, 512 })

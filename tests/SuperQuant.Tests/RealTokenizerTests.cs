@@ -29,7 +29,8 @@ public sealed class RealTokenizerTests
         foreach (var (text, ids) in References(name))
         {
             int[] ours = tok.Encode(text);
-            if (!ours.SequenceEqual(ids)) failures.Add($"{JsonSerializer.Serialize(text)}\n  reference {string.Join(' ', ids)}\n  ours      {string.Join(' ', ours)}");
+            if (!ours.SequenceEqual(ids)) failures.Add($"{JsonSerializer.Serialize(text)}\n  reference {string.Join(' ', ids)}\n  ours " +
+                $"     {string.Join(' ', ours)}");
         }
         Assert.IsEmpty(failures, string.Join("\n", failures));
     }
@@ -50,7 +51,8 @@ public sealed class HuggingFaceReferenceTests
             "I'm", " don't", " WE'LL", " it's", "a-b_c", "...", "!!!", "¿Qué?", "Ελληνικά", "한국어", "ภาษาไทย", "\u00a0", "x\u200by",
         };
         var rng = new Random(seed);
-        return Enumerable.Range(0, count).Select(_ => string.Concat(Enumerable.Range(0, rng.Next(1, 12)).Select(_ => pieces[rng.Next(pieces.Length)]))).ToList();
+        return Enumerable.Range(0, count).Select(_ => string.Concat(Enumerable.Range(0, rng.Next(1,
+            12)).Select(_ => pieces[rng.Next(pieces.Length)]))).ToList();
     }
 
     [TestMethod]
@@ -63,7 +65,8 @@ public sealed class HuggingFaceReferenceTests
         var hf = new Tokenizers.DotNet.Tokenizer(vocabPath: Path.Combine(folder, "tokenizer.json"));
         var ours = SuperQuant.Models.Text.TokenizerLoader.Load(folder);
         foreach (var (text, ids) in RealTokenizerTests.References(name))
-            CollectionAssert.AreEqual(ids, hf.Encode(text).Select(i => (int)i).ToArray(), $"the Hugging Face library itself differs from reference-ids.jsonl on {text}");
+            CollectionAssert.AreEqual(ids, hf.Encode(text).Select(i => (int)i).ToArray(),
+                $"the Hugging Face library itself differs from reference-ids.jsonl on {text}");
         var failures = new List<string>();
         foreach (string text in GeneratedTexts(300, 34))
         {
@@ -87,7 +90,8 @@ public sealed class GgufTokenizerTests
         using var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt);
         var vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config);
         Assert.IsNotNull(vocabulary);
-        SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+        SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model,
+            new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
         return dir.File("m.gguf");
     }
 
@@ -111,13 +115,15 @@ public sealed class GgufTokenizerTests
         foreach (var (text, ids) in RealTokenizerTests.References(name))
         {
             int[] theirs = llama.Tokenize(Input(text), addBos: true);
-            if (!theirs.SequenceEqual(ids)) failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  reference {string.Join(' ', ids)}\n  llama.cpp {string.Join(' ', theirs)}");
+            if (!theirs.SequenceEqual(ids)) failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  reference {string.Join(' ', ids)}\n " +
+                $" llama.cpp {string.Join(' ', theirs)}");
         }
         var hf = new Tokenizers.DotNet.Tokenizer(vocabPath: Path.Combine(SharedModels.Tokenizer(name), "tokenizer.json"));
         foreach (string text in HuggingFaceReferenceTests.GeneratedTexts(300, 35))
         {
             int[] expected = hf.Encode(text).Select(i => (int)i).ToArray(), theirs = llama.Tokenize(Input(text), addBos: true);
-            if (!theirs.SequenceEqual(expected)) failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  hf        {string.Join(' ', expected)}\n  llama.cpp {string.Join(' ', theirs)}");
+            if (!theirs.SequenceEqual(expected)) failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  hf " +
+                $"       {string.Join(' ', expected)}\n  llama.cpp {string.Join(' ', theirs)}");
         }
         Assert.IsEmpty(failures, $"{failures.Count} differ:\n" + string.Join("\n", failures.Take(8)));
     }
@@ -145,13 +151,20 @@ public sealed class Gpt4oSplitTests
         root["pre_tokenizer"]!["pretokenizers"]![0]!["pattern"]!["Regex"] = O200k;
         File.WriteAllText(json, root.ToJsonString());
 
-        var vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, SuperQuant.Models.Checkpoints.HfConfigReader.Read(Path.Combine(ckpt, "config.json")))!;
+        var vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt,
+            SuperQuant.Models.Checkpoints.HfConfigReader.Read(Path.Combine(ckpt, "config.json")))!;
         Assert.AreEqual("gpt-4o", vocabulary.Pre);
         Assert.IsTrue(vocabulary.RuntimeDifferences.Any(d => d.Contains("gpt-4o")), string.Join("; ", vocabulary.RuntimeDifferences));
         using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
         {
-            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
-            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("default.gguf"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary with { Pre = "default" } });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model,
+                new SuperQuant.Models.Gguf.GgufExport { FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = vocabulary });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("default.gguf"), model,
+                new SuperQuant.Models.Gguf.GgufExport
+                {
+                    FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m",
+                    Vocabulary = vocabulary with { Pre = "default" }
+                });
         }
         var hf = new Tokenizers.DotNet.Tokenizer(vocabPath: json);
         string[] cases = { "HelloWORLDWide camelCaseString XMLHttpRequest", "I'M HERE, you're there", "a/b/\n/c ///\n", "ÜberCAFÉ naïveTEXT", "x1234567 3.14" };
@@ -165,7 +178,8 @@ public sealed class Gpt4oSplitTests
                 int[] expected = hf.Encode(text).Select(i => (int)i).ToArray(), theirs = llama.Tokenize(text, addBos: true);
                 if (theirs.SequenceEqual(expected)) continue;
                 n++;
-                failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  hf        {string.Join(' ', expected)}\n  llama.cpp {string.Join(' ', theirs)}");
+                failures.Add($"{System.Text.Json.JsonSerializer.Serialize(text)}\n  hf        {string.Join(' ', expected)}\n  llama.cpp " +
+                    $"{string.Join(' ', theirs)}");
             }
             return n;
         }
@@ -187,9 +201,13 @@ public sealed class GgufChatTemplateTests
 {
     [TestMethod]
     [TestCategory(TestCategories.Slow)]
-    [DataRow("llama3.1", "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHow are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")]
-    [DataRow("qwen3", "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n<|im_start|>assistant\n")]
-    [DataRow("gemma3", "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nHow are you?<end_of_turn>\n<start_of_turn>model\n")]
+    [DataRow("llama3.1", "<|start_header_id|>user<|end_header_id|>\n\nHi " +
+        "there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHow are " +
+        "you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")]
+    [DataRow("qwen3", "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nHow are " +
+        "you?<|im_end|>\n<|im_start|>assistant\n")]
+    [DataRow("gemma3", "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nHow are " +
+        "you?<end_of_turn>\n<start_of_turn>model\n")]
     public void LlamaCppFormatsAConversationAsTheFamilysTemplate(string name, string expected)
     {
         using var dir = new TempFolder();
@@ -197,7 +215,8 @@ public sealed class GgufChatTemplateTests
         using (var model = SuperQuant.Models.Checkpoints.ModelLoader.Load(ckpt))
             SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, new SuperQuant.Models.Gguf.GgufExport
             {
-                FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m", Vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config),
+                FileType = SuperQuant.Manifest.GgufFileType.F16, Name = "m",
+                Vocabulary = SuperQuant.Models.Gguf.GgufVocabulary.FromCheckpoint(ckpt, model.Config),
             });
         using var llama = SuperQuant.LlamaCpp.LlamaCppModel.Load(dir.File("m.gguf"), 64, 1);
         string formatted = llama.ApplyChatTemplate(new[] { ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?") });

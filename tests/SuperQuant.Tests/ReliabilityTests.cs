@@ -14,7 +14,8 @@ public sealed class ReliabilityTests
     }
 
     static string[] Gate(TempFolder dir, params string[] extra) =>
-        new[] { "gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("obj/state.json"), "--report-dir", dir.File("obj") }.Concat(extra).ToArray();
+        new[] { "gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("obj/state.json"), "--report-dir",
+            dir.File("obj") }.Concat(extra).ToArray();
 
     [TestMethod]
     public void AToolKilledMidWriteLeavesNoArtifactAndTheNextRunRecovers()
@@ -90,7 +91,11 @@ public sealed class ReliabilityTests
             using var dir = Project();
             var (name, number) = signals[rng.Next(signals.Length)];
             double delay = rng.NextDouble() * cleanSeconds;
-            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet")
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true,
+                RedirectStandardInput = true, UseShellExecute = false
+            };
             foreach (string a in new[] { Path.Combine(AppContext.BaseDirectory, "superquant.dll") }.Concat(Gate(dir))) psi.ArgumentList.Add(a);
             using var p = System.Diagnostics.Process.Start(psi)!;
             var stdout = p.StandardOutput.ReadToEndAsync();
@@ -107,13 +112,16 @@ public sealed class ReliabilityTests
             Assert.DoesNotContain("internal error", output);
             var left = Snapshot(dir.Path, volatileFiles);
             Assert.IsFalse(left.Keys.Any(f => f.EndsWith(".tmp", StringComparison.Ordinal)), $"run {run}: a temp file is left: {string.Join(", ", left.Keys)}");
-            if (name != "KILL") Assert.IsFalse(left.Keys.Any(f => f.Contains(".staged")), $"run {run}: SIG{name} left a staged file: {string.Join(", ", left.Keys)}");
+            if (name != "KILL") Assert.IsFalse(left.Keys.Any(f => f.Contains(".staged")),
+                $"run {run}: SIG{name} left a staged file: {string.Join(", ", left.Keys)}");
             foreach (var (file, sha) in left.Where(kv => !kv.Key.Contains(".staged")))
-                Assert.AreEqual(expected.GetValueOrDefault(file), sha, $"run {run}: SIG{name} after {delay:F2} s left {file} with bytes a clean run does not write");
+                Assert.AreEqual(expected.GetValueOrDefault(file), sha,
+                    $"run {run}: SIG{name} after {delay:F2} s left {file} with bytes a clean run does not write");
 
             var again = CliRunner.Run(Gate(dir));
             Assert.AreEqual(0, again.ExitCode, $"run {run}: the rerun after SIG{name}:\n{again.Output}");
-            CollectionAssert.AreEquivalent(expected.ToList(), Snapshot(dir.Path, volatileFiles).ToList(), $"run {run}: the rerun after SIG{name} at {delay:F2} s ships what a clean run ships");
+            CollectionAssert.AreEquivalent(expected.ToList(), Snapshot(dir.Path, volatileFiles).ToList(),
+                $"run {run}: the rerun after SIG{name} at {delay:F2} s ships what a clean run ships");
         }
         string summary = string.Join(", ", counts.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}: {kv.Value}"));
         Console.WriteLine($"{Runs} interrupted runs (clean run {cleanSeconds:F2} s): {summary}; every rerun shipped the clean run's bytes");
@@ -187,7 +195,8 @@ public sealed class ReliabilityTests
         using var dir = Project();
         Directory.CreateDirectory(dir.File("models"));
         string script = "mount -t tmpfs -o size=64k tmpfs \"$1\" || exit 99; shift; dotnet \"$@\"; rc=$?; echo \"left in models: [$(ls -A models)]\"; exit $rc";
-        var args = new[] { "--mount", "--map-root-user", "sh", "-c", script, "sh", dir.File("models"), Path.Combine(AppContext.BaseDirectory, "superquant.dll") }.Concat(Gate(dir)).ToArray();
+        var args = new[] { "--mount", "--map-root-user", "sh", "-c", script, "sh", dir.File("models"),
+            Path.Combine(AppContext.BaseDirectory, "superquant.dll") }.Concat(Gate(dir)).ToArray();
         var r = ProcessRunner.Run("/usr/bin/unshare", dir.Path, null, TimeSpan.FromMinutes(5), args);
         if (r.ExitCode == 99 || r.StdErr.Contains("unshare failed")) Assert.Inconclusive("mount namespaces are not available here: " + r.StdErr);
         Assert.AreEqual(3, r.ExitCode, r.Output);
@@ -201,7 +210,11 @@ public sealed class ReliabilityTests
     public void TheKernelsNoSpaceErrorIsRecognized()
     {
         if (!File.Exists("/dev/full")) Assert.Inconclusive("no /dev/full");
-        var e = Assert.Throws<IOException>(() => { using var f = new FileStream("/dev/full", FileMode.Open, FileAccess.Write); f.Write(new byte[4096]); f.Flush(); });
+        var e = Assert.Throws<IOException>(() =>
+        {
+            using var f = new FileStream("/dev/full", FileMode.Open,
+            FileAccess.Write); f.Write(new byte[4096]); f.Flush();
+        });
         Assert.IsTrue(SuperQuant.Core.DiskSpace.IsDiskFull(e), $"HResult {e.HResult}: {e.Message}");
         Assert.IsFalse(SuperQuant.Core.DiskSpace.IsDiskFull(new FileNotFoundException("x")));
     }
@@ -259,7 +272,8 @@ public sealed class ReliabilityTests
         {
             using var d = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("obj/superquant-report.json")));
             var a = d.RootElement.GetProperty("models")[0].GetProperty("artifacts")[0];
-            return $"{a.GetProperty("perplexity").GetDouble():R} {a.GetProperty("reference_perplexity").GetDouble():R} {a.GetProperty("kl_mean").GetDouble():R}";
+            return $"{a.GetProperty("perplexity").GetDouble():R} {a.GetProperty("reference_perplexity").GetDouble():R} " +
+                $"{a.GetProperty("kl_mean").GetDouble():R}";
         }
         var clean = CliRunner.Run(Gate(dir));
         Assert.IsTrue(clean.ExitCode is 0 or 1, clean.Output);
@@ -321,9 +335,12 @@ public sealed class ReliabilityTests
         var rng = new Random(37);
         var mutations = new (string Name, Action Apply)[]
         {
-            ("a KL number edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"kl_mean\": )[0-9.eE+-]+", "${1}0.5"))),
-            ("the input hash edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"input_hash\": \")[0-9a-f]", "${1}x"))),
-            ("the checksum removed", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, ",?\\s*\"checksum\": \"[0-9a-f]+\"", ""))),
+            ("a KL number edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"kl_mean\": " +
+                ")[0-9.eE+-]+", "${1}0.5"))),
+            ("the input hash edited", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, "(\"input_hash\": " +
+                "\")[0-9a-f]", "${1}x"))),
+            ("the checksum removed", () => File.WriteAllText(state, System.Text.RegularExpressions.Regex.Replace(original, ",?\\s*\"checksum\": " +
+                "\"[0-9a-f]+\"", ""))),
             ("truncated", () => File.WriteAllText(state, original[..(original.Length / 2)])),
             ("random bytes", () => { var b = new byte[original.Length]; rng.NextBytes(b); File.WriteAllBytes(state, b); }),
             ("a FIFO", () => { File.Delete(state); Assert.AreEqual(0, mkfifo(state, Convert.ToUInt32("644", 8))); }),

@@ -89,7 +89,9 @@ public sealed class SafetensorsTests
     public void RejectsOverlappingTensors()
     {
         using var dir = new TempFolder();
-        ExpectCorrupt(WriteRaw(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12), "'a'", "'b'", "overlap");
+        ExpectCorrupt(WriteRaw(dir,
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12),
+            "'a'", "'b'", "overlap");
     }
 
     [TestMethod]

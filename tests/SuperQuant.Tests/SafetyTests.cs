@@ -25,7 +25,8 @@ public sealed class SafetyTests
     }
 
     static string[] Gate(TempFolder dir, params string[] extra) =>
-        new[] { "gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("obj/state.json"), "--report-dir", dir.File("obj") }.Concat(extra).ToArray();
+        new[] { "gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("obj/state.json"), "--report-dir",
+            dir.File("obj") }.Concat(extra).ToArray();
 
     static string Sha(string file) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(file)));
 
@@ -68,7 +69,8 @@ public sealed class SafetyTests
         using var dir = new TempFolder();
         TinyCheckpointFactory.Write(dir.File("ckpt"), new TinyModelSpec());
         string shard = dir.File("ckpt/model.safetensors"), before = Sha(shard);
-        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--z", "none", "--prompt-tokens", "1 2", "-o", shard), "SQ2009", "an output may never overwrite an input");
+        ExitsWith(3, CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--z", "none", "--prompt-tokens", "1 2", "-o", shard), "SQ2009",
+            "an output may never overwrite an input");
         ExitsWith(3, CliRunner.Run("quantize", "-m", shard, "--z", "none", "--prompt-tokens", "1 2", "--gguf", shard), "SQ2009");
         ExitsWith(3, CliRunner.Run("generate", "-m", dir.File("ckpt"), "-n", "2", "-o", shard), "SQ2009");
         // Another name for the same file: compared by inode, not by string.
@@ -141,7 +143,8 @@ public sealed class SafetyTests
         Directory.CreateSymbolicLink(dir.File("sub"), outside.File("deep"));
         Directory.CreateSymbolicLink(dir.File("x"), "sub/..");
         Assert.AreEqual(outside.File("ids.txt"), RealPath.Resolve(dir.File("x/ids.txt")), "x/.. is the parent of sub's target, as the kernel resolves it");
-        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("evaluation_tokens: ids.txt", "evaluation_tokens: x/ids.txt"));
+        File.WriteAllText(dir.File("quantize.yaml"), File.ReadAllText(dir.File("quantize.yaml")).Replace("evaluation_tokens: ids.txt",
+            "evaluation_tokens: x/ids.txt"));
         var e = Assert.ThrowsExactly<ManifestException>(() => ManifestReader.Read(dir.File("quantize.yaml")));
         StringAssert.Contains(e.Message, "outside the project");
     }
@@ -168,7 +171,8 @@ public sealed class SafetyTests
         string lockFile = SuperQuant.Cli.ProjectLock.LockFiles(ManifestReader.Read(dir.File("quantize.yaml")))[0];
         Directory.CreateDirectory(Path.GetDirectoryName(lockFile)!);
         using var held = new FileStream(lockFile, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-        var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("elsewhere/state.json"), "--report-dir", dir.File("elsewhere"), "--lock-timeout", "1");
+        var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("elsewhere/state.json"), "--report-dir",
+            dir.File("elsewhere"), "--lock-timeout", "1");
         ExitsWith(3, r, "error SQ0005");
         Assert.IsFalse(File.Exists(dir.File("models/tiny.sqpk.safetensors")));
     }
@@ -180,11 +184,13 @@ public sealed class SafetyTests
     {
         using var dir = Project();
         File.WriteAllText(dir.File("blocker"), "a file where a folder is needed");
-        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("blocker/reports")), "SQ4003", dir.File("blocker/reports"));
+        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("blocker/reports")), "SQ4003",
+            dir.File("blocker/reports"));
         ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("missing.yaml")), "error SQ3001", "manifest not found");
         Directory.CreateDirectory(dir.File("statedir"));
         // A folder where a file must go is refused before any work, naming the option.
-        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("statedir"), "--report-dir", dir.File("obj")), "SQ2009", "--state", dir.File("statedir"), "is a folder");
+        ExitsWith(3, CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--state", dir.File("statedir"), "--report-dir",
+            dir.File("obj")), "SQ2009", "--state", dir.File("statedir"), "is a folder");
     }
 
     // ---- D5: each of these was exit 4 ----
@@ -252,7 +258,8 @@ public sealed class SafetyTests
         {
             byte[] json = System.Text.Encoding.UTF8.GetBytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":" + offsets + "}}");
             File.WriteAllBytes(dir.File("m.safetensors"), BitConverter.GetBytes((ulong)json.Length).Concat(json).Concat(new byte[4]).ToArray());
-            Assert.AreEqual(ErrorCodes.CheckpointFormat, Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose(), offsets).Code);
+            Assert.AreEqual(ErrorCodes.CheckpointFormat, Assert.ThrowsExactly<SuperQuantException>(()
+                => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose(), offsets).Code);
         }
         Directory.CreateDirectory(dir.File("hf"));
         File.WriteAllText(dir.File("hf/model.safetensors.index.json"), "[1, 2, 3]");
@@ -316,9 +323,11 @@ public sealed class SafetyTests
     {
         using var dir = new TempFolder();
         using (var model = Llama2cCheckpoint.Load(SharedModels.Stories260K))
-            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("model.bin"), model, new SuperQuant.Models.Gguf.GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
+            SuperQuant.Models.Gguf.GgufExporter.Write(dir.File("model.bin"), model,
+                new SuperQuant.Models.Gguf.GgufExport { FileType = GgufFileType.Q8_0, Name = "s" });
         Assert.AreEqual(CheckpointFormat.Gguf, ModelLoader.Detect(dir.File("model.bin")), "a GGUF named .bin is still a GGUF");
-        var ok = CliRunner.Run("eval", "-m", dir.File("model.bin"), "--tokens", Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), "--json");
+        var ok = CliRunner.Run("eval", "-m", dir.File("model.bin"), "--tokens",
+            Path.Combine(RepoPaths.Root, "samples/OnDeviceStories/data/evaluation.tokens.txt"), "--json");
         ExitsWith(0, ok, "\"engine\": \"llama.cpp\"");
         File.WriteAllBytes(dir.File("junk.bin"), new byte[100]);
         ExitsWith(3, CliRunner.Run("eval", "-m", dir.File("junk.bin"), "--tokens", dir.File("junk.bin")), "SQ2001", "a GGUF file");
@@ -360,13 +369,15 @@ public sealed class SafetyTests
         // per-token state (a float of KL per token for the percentiles, the token ids) is ~8 bytes a token, 0.6 MiB here.
         long bound = (large - small) * 4L * vocab / 8;
         Assert.IsLessThan(bound, largePeak - smallPeak,
-            $"peak RSS {smallPeak >> 20} MiB at {small} tokens, {largePeak >> 20} MiB at {large}: grew {(largePeak - smallPeak) >> 20} MiB, bound {bound >> 20} MiB");
+            $"peak RSS {smallPeak >> 20} MiB at {small} tokens, {largePeak >> 20} MiB at {large}: grew {(largePeak - smallPeak) >> 20} MiB, bound " +
+                $"{bound >> 20} MiB");
     }
 
     [TestMethod]
     public void AMillionIdPromptIsClampedToTheContext()
     {
-        using var dir = Project(y => y.Replace("prompt_tokens: \"1 2 3\"", "prompt_tokens: \"" + string.Join(' ', Enumerable.Range(0, 1_000_000).Select(i => 1 + i % 40)) + "\""));
+        using var dir = Project(y => y.Replace("prompt_tokens: \"1 2 3\"", "prompt_tokens: \""
+            + string.Join(' ', Enumerable.Range(0, 1_000_000).Select(i => 1 + i % 40)) + "\""));
         string peakFile = dir.File("peak");
         var r = CliRunner.Run(new Dictionary<string, string> { ["SUPERQUANT_PEAK_RSS_FILE"] = peakFile }, Gate(dir));
         ExitsWith(0, r);
@@ -384,7 +395,8 @@ public sealed class SafetyTests
         File.WriteAllText(dir.File("ids.txt"), "1 2 3");
         var sb = new System.Text.StringBuilder("version: 1\nmodels:\n");
         for (int i = 0; i < 50_000; i++)
-            sb.Append($"  - {{id: m{i}, checkpoint: ckpt.bin, output: out/m{i}.sqpk.safetensors, z: none, evaluation_tokens: ids.txt, gate: {{max_increase: 1}}}}\n");
+            sb.Append($"  - {{id: m{i}, checkpoint: ckpt.bin, output: out/m{i}.sqpk.safetensors, z: none, evaluation_tokens: ids.txt, gate: " +
+                $"{{max_increase: 1}}}}\n");
         File.WriteAllText(dir.File("quantize.yaml"), sb.ToString());
         Assert.HasCount(50_000, ManifestReader.Read(dir.File("quantize.yaml")).Models);
     }
@@ -438,9 +450,11 @@ public sealed class SafetyTests
             File.WriteAllBytes(dir.File("m.safetensors"), BitConverter.GetBytes((ulong)j.Length).Concat(j).Concat(new byte[dataBytes]).ToArray());
         }
         Write("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", 8);
-        StringAssert.Contains(Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose()).Message, "appears twice");
+        StringAssert.Contains(Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose()).Message,
+            "appears twice");
         Write("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 12);
-        StringAssert.Contains(Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose()).Message, "after the last tensor");
+        StringAssert.Contains(Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose()).Message,
+            "after the last tensor");
         Write("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}""", 8);
         StringAssert.Contains(Assert.ThrowsExactly<SuperQuantException>(() => SafetensorsFile.Open(dir.File("m.safetensors")).Dispose()).Message, "gaps");
         Write("""{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}""", 4);

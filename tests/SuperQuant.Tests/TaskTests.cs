@@ -130,7 +130,8 @@ public sealed class TaskTests
             string arc = Write(dir, "arc_easy", Lines["arc_easy"],
                 """{"question": "What do plants need?", "choices": {"text": ["light", "noise", "plastic", "sand"], "label": ["1", "2", "3", "4"]}, "answerKey": "1"}""",
                 """{"question": "Is the sun a star?", "choices": {"text": ["yes", "no"], "label": ["A", "B"]}, "answerKey": "A"}""");
-            foreach (var (task, path) in new[] { ("arc_easy", arc), ("winogrande", Write(dir, "winogrande", Lines["winogrande"])), ("lambada", Write(dir, "lambada", Lines["lambada"], """{"text": "The cat sat on the mat"}""")) })
+            foreach (var (task, path) in new[] { ("arc_easy", arc), ("winogrande", Write(dir, "winogrande", Lines["winogrande"])),
+                ("lambada", Write(dir, "lambada", Lines["lambada"], """{"text": "The cat sat on the mat"}""")) })
             {
                 var text = TaskFile.Read(path, task);
                 var docs = TaskRequests.Tokenize(text, encode, path);
@@ -149,7 +150,8 @@ public sealed class TaskTests
                         Assert.AreEqual(d.Greedy, greedy, task);
                     }
                     int best = direct.Select((d, i) => (d.Ll, i)).OrderByDescending(x => x.Ll).ThenBy(x => x.i).First().i;
-                    int bestNorm = direct.Select((d, i) => (d.Ll / Math.Max(1, doc.Requests[i].ContinuationBytes), i)).OrderByDescending(x => x.Item1).ThenBy(x => x.i).First().i;
+                    int bestNorm = direct.Select((d, i) => (d.Ll / Math.Max(1, doc.Requests[i].ContinuationBytes),
+                        i)).OrderByDescending(x => x.Item1).ThenBy(x => x.i).First().i;
                     correct += lastWord ? (direct[0].Greedy ? 1 : 0) : best == doc.Gold ? 1 : 0;
                     correctNorm += bestNorm == doc.Gold ? 1 : 0;
                     llSum += direct[0].Ll;
@@ -177,7 +179,8 @@ public sealed class TaskTests
                 """{"question": "Is the sun a star?", "choices": {"text": ["yes", "no"], "label": ["A", "B"]}, "answerKey": "A"}""");
             var docs = TaskRequests.Tokenize(TaskFile.Read(arc, "arc_easy"), encode, arc);
             var requests = docs.SelectMany(d => d.Requests).ToList();
-            Assert.IsTrue(requests.Select(r => TaskScorer.InputOf(r, 512).Length).Distinct().Count() > 1, "requests of different lengths: padding is exercised");
+            Assert.IsTrue(requests.Select(r => TaskScorer.InputOf(r, 512).Length).Distinct().Count() > 1,
+                "requests of different lengths: padding is exercised");
             using var streamed = ModelLoader.Load(folder, null, streamed: true);
             Assert.IsTrue(streamed.Weights.IsStreamed);
             var (logits, batches) = MemoryPlan.Requests(streamed, docs, 512);
@@ -214,7 +217,8 @@ public sealed class TaskTests
             };
             Models.Gguf.GgufExporter.Write(dir.File("m.gguf"), model, export);
         }
-        string piqa = Write(dir, "piqa", Lines["piqa"], """{"goal": "Dry a towel", "sol1": "hang it in the sun", "sol2": "put it in the freezer for a week", "label": 0}""");
+        string piqa = Write(dir, "piqa", Lines["piqa"],
+            """{"goal": "Dry a towel", "sol1": "hang it in the sun", "sol2": "put it in the freezer for a week", "label": 0}""");
         double Acc(string m, string memory = "auto")
         {
             var r = CliRunner.Run("eval", "-m", m, "--task", "piqa=" + piqa, "--json", "--device", "cpu", "--memory", memory);
@@ -289,7 +293,8 @@ public sealed class TaskTests
                 Assert.AreEqual(passed, t.GetProperty("passed").GetBoolean());
                 anyDrop |= !passed;
             }
-            CollectionAssert.AreEquivalent(new[] { "llama.cpp", "superquant" }, artifacts.EnumerateArray().Select(a => a.GetProperty("engine").GetString()).ToArray());
+            CollectionAssert.AreEquivalent(new[] { "llama.cpp", "superquant" },
+                artifacts.EnumerateArray().Select(a => a.GetProperty("engine").GetString()).ToArray());
             Assert.AreEqual(anyDrop ? 1 : 0, r.ExitCode, r.Output);
         }
     }

@@ -12,7 +12,8 @@ public sealed class TextTests
     static void WriteByteLevelTokenizer(string folder)
     {
         var vocab = new Dictionary<string, int>();
-        foreach (string t in new[] { "h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġwor", "Ġworld", "or", "ld", "<|end|>" })
+        foreach (string t in new[] { "h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġwor", "Ġworld", "or", "ld",
+            "<|end|>" })
             vocab[t] = vocab.Count;
         var doc = new
         {

@@ -18,8 +18,14 @@ public static class DemoCheckpointCommand
         var layers = new Option<int>("--layers") { Description = "decoder layers", DefaultValueFactory = _ => 2 }.InRange(1, 256);
         var force = new Option<bool>("--force") { Description = "replace a checkpoint already in the folder (config.json, model.safetensors)" };
         var vocab = new Option<int>("--vocab") { Description = "vocabulary size", DefaultValueFactory = _ => 256 }.InRange(16, 262144);
-        var tokenizer = new Option<string?>("--tokenizer") { Description = "a folder with a real tokenizer.json (+ tokenizer_config.json, chat_template.jinja): copied beside the checkpoint, whose vocabulary, BOS and EOS follow it (e.g. ../shared/models/tokenizers/llama3.1)" };
-        var cmd = new Command("demo-checkpoint", "Write a random LLaMA checkpoint (default 1.4M parameters, vocabulary 256; --hidden/--ffn/--layers/--vocab for others, e.g. 768/2048/12/32000 for ~110M, tied embedding) with a super weight planted at (1, 100, 300) (layer 0 when there is one; row and column clamped to the matrix).\n" + ExitCodes.HelpText)
+        var tokenizer = new Option<string?>("--tokenizer")
+        {
+            Description = "a folder with a real tokenizer.json (+ tokenizer_config.json, " +
+            "chat_template.jinja): copied beside the checkpoint, whose vocabulary, BOS and EOS follow it (e.g. ../shared/models/tokenizers/llama3.1)"
+        };
+        var cmd = new Command("demo-checkpoint", "Write a random LLaMA checkpoint (default 1.4M parameters, vocabulary 256; " +
+            "--hidden/--ffn/--layers/--vocab for others, e.g. 768/2048/12/32000 for ~110M, tied embedding) with a super weight planted at (1, 100, " +
+            "300) (layer 0 when there is one; row and column clamped to the matrix).\n" + ExitCodes.HelpText)
         {
             output, seed, hidden, ffn, layers, vocab, tokenizer, force,
         };
@@ -32,7 +38,8 @@ public static class DemoCheckpointCommand
             if (r.GetValue(tokenizer) is string tf)
             {
                 string json = Path.Combine(Path.GetFullPath(tf), "tokenizer.json");
-                if (!File.Exists(json)) throw new SuperQuantException(ErrorCodes.FileNotFound, $"--tokenizer: no tokenizer.json in {Path.GetFullPath(tf)}", json);
+                if (!File.Exists(json)) throw new SuperQuantException(ErrorCodes.FileNotFound,
+                    $"--tokenizer: no tokenizer.json in {Path.GetFullPath(tf)}", json);
                 tok = SuperQuant.Models.Text.TokenizerJson.TryRead(json)
                     ?? throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"--tokenizer: {json} is not a BPE tokenizer this tool reads", json);
             }
@@ -44,7 +51,8 @@ public static class DemoCheckpointCommand
             };
             int? eos = tok is null ? null : ChatEnd(tok);
             string dir = Path.GetFullPath(r.GetValue(output)!);
-            if (File.Exists(dir)) throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--out: {dir} is a file; give a folder for config.json and model.safetensors", dir);
+            if (File.Exists(dir)) throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                $"--out: {dir} is a file; give a folder for config.json and model.safetensors", dir);
             // A user's checkpoint in that folder is not ours to replace.
             foreach (string f0 in new[] { "config.json", "model.safetensors" }.Select(x => Path.Combine(dir, x)))
                 if (File.Exists(f0) && !r.GetValue(force))
@@ -55,9 +63,14 @@ public static class DemoCheckpointCommand
                 foreach (string name in new[] { "tokenizer.json", "tokenizer_config.json", "chat_template.jinja" })
                 {
                     string from = Path.Combine(Path.GetDirectoryName(tok.Path)!, name);
-                    if (File.Exists(from)) { byte[] bytes = File.ReadAllBytes(from); AtomicFile.Write(Path.Combine(dir, name), bytes.Length, fs => fs.Write(bytes)); }
+                    if (File.Exists(from))
+                    {
+                        byte[] bytes = File.ReadAllBytes(from); AtomicFile.Write(Path.Combine(dir, name), bytes.Length,
+                        fs => fs.Write(bytes));
+                    }
                 }
-            Console.WriteLine($"wrote {dir} ({config.ParameterCount / 1e6:F1}M parameters, super weight at layer {Math.Min(1, n - 1)} [{Math.Min(100, h - 1)}, {Math.Min(300, f - 1)}])");
+            Console.WriteLine($"wrote {dir} ({config.ParameterCount / 1e6:F1}M parameters, super weight at layer {Math.Min(1, n - 1)} " +
+                $"[{Math.Min(100, h - 1)}, {Math.Min(300, f - 1)}])");
             return ExitCodes.Success;
         }));
         return cmd;

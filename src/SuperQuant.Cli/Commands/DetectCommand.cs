@@ -14,7 +14,8 @@ public static class DetectCommand
     {
         var o = new DetectionOptions();
         var json = new Option<bool>("--json") { Description = "print the detection section of analysis.json" };
-        var cmd = new Command("detect", "Find super weights (Yu et al. 2024): max |input|/|output| of every mlp.down_proj over one prompt, zero the culprit, repeat. Reports none when no spike passes the rule.\n" + ExitCodes.HelpText);
+        var cmd = new Command("detect", "Find super weights (Yu et al. 2024): max |input|/|output| of every mlp.down_proj over one prompt, zero the " +
+            "culprit, repeat. Reports none when no spike passes the rule.\n" + ExitCodes.HelpText);
         foreach (var opt in o.All) cmd.Options.Add(opt);
         cmd.Options.Add(json);
         cmd.SetAction(r => CliSupport.Run(() =>
@@ -35,17 +36,21 @@ public static class DetectCommand
 
     public static void Print(DetectionSection d)
     {
-        Console.WriteLine($"rule: {d.Rule} (threshold {d.Threshold:G5}); {d.Iterations} pass(es){(d.StoppedAtMaxIterations ? ", stopped at the iteration limit" : "")}");
+        Console.WriteLine($"rule: {d.Rule} (threshold {d.Threshold:G5}); {d.Iterations} " +
+            $"pass(es){(d.StoppedAtMaxIterations ? ", stopped at the iteration limit" : "")}");
         Console.WriteLine($"prompt: {d.PromptText ?? string.Join(' ', d.PromptTokens)} ({d.PromptTokens.Count} tokens)");
         Console.WriteLine();
         Console.WriteLine("layer  max|in|      ch    tok   max|out|     ch    tok");
         foreach (var s in d.Spikes)
-            Console.WriteLine($"{s.Layer,5}  {s.InputMagnitude,10:G5} {s.InputChannel,5} {s.InputToken,5}   {s.OutputMagnitude,10:G5} {s.OutputChannel,5} {s.OutputToken,5}{(s.OutputMagnitude > d.Threshold ? "  <- spike" : "")}");
+            Console.WriteLine($"{s.Layer,5}  {s.InputMagnitude,10:G5} {s.InputChannel,5} {s.InputToken,5}   {s.OutputMagnitude,10:G5} " +
+                $"{s.OutputChannel,5} {s.OutputToken,5}{(s.OutputMagnitude > d.Threshold ? "  <- spike" : "")}");
         Console.WriteLine();
         Console.WriteLine(d.Summary);
         foreach (var a in d.SuperActivations)
-            Console.WriteLine($"  super activation: layer {a.Layer}, channel {a.Channel}, token {a.Token}: {a.Value:G5} (down_proj input channel {a.InputChannel} = {a.InputValue:G5})");
+            Console.WriteLine($"  super activation: layer {a.Layer}, channel {a.Channel}, token {a.Token}: {a.Value:G5} (down_proj input channel " +
+                $"{a.InputChannel} = {a.InputValue:G5})");
         foreach (var h in d.KnownModelHints)
-            Console.WriteLine($"hint: published for {h.Model} (same shape): {string.Join(", ", h.Coordinates.Select(c => $"({c[0]}, {c[1]}, {c[2]})"))}: {(h.AllDetected ? "all detected" : "NOT all detected")}");
+            Console.WriteLine($"hint: published for {h.Model} (same shape): " +
+                $"{string.Join(", ", h.Coordinates.Select(c => $"({c[0]}, {c[1]}, {c[2]})"))}: {(h.AllDetected ? "all detected" : "NOT all detected")}");
     }
 }

@@ -12,14 +12,17 @@ public static class DoctorCommand
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "print one JSON object" };
-        var cmd = new Command("doctor", "Print TorchSharp/libtorch versions, which libtorch was chosen (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, PyTorch, bundled), why others were skipped and the file actually loaded, the device SuperQuant would use, CUDA visibility and the libstdc++ fix status.\n" + ExitCodes.HelpText) { json };
+        var cmd = new Command("doctor", "Print TorchSharp/libtorch versions, which libtorch was chosen (SUPERQUANT_LIBTORCH, SuperQuantLibTorchDir, " +
+            "PyTorch, bundled), why others were skipped and the file actually loaded, the device SuperQuant would use, CUDA visibility and the " +
+            "libstdc++ fix status.\n" + ExitCodes.HelpText) { json };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             string? host = GlibcxxVersionNeedsPatcher.FindHostLibStdCxx();
             bool hostHas = host != null && GlibcxxVersionNeedsPatcher.DefinesVersion(File.ReadAllBytes(host), GlibcxxVersionNeedsPatcher.RequiredVersion);
             string shim = Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", "libLibTorchSharp.so");
             string shimState = !File.Exists(shim) ? "not present (not Linux x64?)"
-                : GlibcxxVersionNeedsPatcher.RequiresVersionStrictly(File.ReadAllBytes(shim)) ? $"requires {GlibcxxVersionNeedsPatcher.RequiredVersion}" : "patched or not needed";
+                : GlibcxxVersionNeedsPatcher.RequiresVersionStrictly(File.ReadAllBytes(shim))
+                    ? $"requires {GlibcxxVersionNeedsPatcher.RequiredVersion}" : "patched or not needed";
             string torchState, device = "unknown", libtorch = "unknown";
             bool cuda = false;
             int threads = 0;
@@ -27,7 +30,8 @@ public static class DoctorCommand
             {
                 cuda = torch.cuda.is_available();
                 threads = torch.get_num_threads();
-                device = ComputeDevice.Resolve(DevicePreference.Auto, Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable), new TorchCudaProbe()).Reason;
+                device = ComputeDevice.Resolve(DevicePreference.Auto, Environment.GetEnvironmentVariable(ComputeDevice.EnvironmentVariable),
+                    new TorchCudaProbe()).Reason;
                 libtorch = torch.__version__;
                 torchState = "loaded";
             }
@@ -62,7 +66,8 @@ public static class DoctorCommand
             else
             {
                 foreach (var p in info.GetType().GetProperties())
-                    Console.WriteLine($"{p.Name,-26} {(p.GetValue(info) is IEnumerable<string> list ? (list.Any() ? string.Join("; ", list) : "none") : p.GetValue(info))}");
+                    Console.WriteLine($"{p.Name,-26} " +
+                        $"{(p.GetValue(info) is IEnumerable<string> list ? (list.Any() ? string.Join("; ", list) : "none") : p.GetValue(info))}");
             }
             return torchState == "loaded" ? ExitCodes.Success : ExitCodes.InputError;
         }));

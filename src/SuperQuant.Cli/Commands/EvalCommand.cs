@@ -17,35 +17,65 @@ public static class EvalCommand
     public static Command Create()
     {
         var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
-        var text = new Option<string?>("--text") { Description = "UTF-8 text file, tokenized with the model's tokenizer (a GGUF's own vocabulary, or the checkpoint's / --tokenizer)" };
+        var text = new Option<string?>("--text")
+        {
+            Description = "UTF-8 text file, tokenized with the model's tokenizer (a GGUF's own vocabulary, or " +
+            "the checkpoint's / --tokenizer)"
+        };
         var tokens = new Option<string?>("--tokens") { Description = "token-id file (integers separated by spaces, commas or newlines; # comments)" };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "folder with tokenizer.model or tokenizer.json (default: the checkpoint folder)" };
-        var reference = new Option<string?>("--reference") { Description = "reference model (any of the kinds -m takes): report KL divergence, top-1 agreement and the rest against it" };
-        var engine = new Option<string>("--engine") { Description = "auto (GGUF in llama.cpp, everything else in our forward pass), llama.cpp (GGUF only) or torch (GGUF dequantized into our forward pass)", DefaultValueFactory = _ => "auto" }
+        var reference = new Option<string?>("--reference")
+        {
+            Description = "reference model (any of the kinds -m takes): report KL divergence, top-1 " +
+            "agreement and the rest against it"
+        };
+        var engine = new Option<string>("--engine")
+        {
+            Description = "auto (GGUF in llama.cpp, everything else in our forward pass), llama.cpp (GGUF " +
+            "only) or torch (GGUF dequantized into our forward pass)", DefaultValueFactory = _ => "auto"
+        }
             .OneOf("auto", "llama.cpp", "torch");
         var context = new Option<int>("--context", "-c") { Description = "tokens per evaluation window", DefaultValueFactory = _ => 512 }.InRange(2, 1 << 20);
-        var stride = new Option<int?>("--stride") { Description = "new tokens scored per window, at most context-1; each is scored once with >= context-stride tokens of history (default: context/2)" }.InRange(1, 1 << 20);
+        var stride = new Option<int?>("--stride")
+        {
+            Description = "new tokens scored per window, at most context-1; each is scored once with >= " +
+            "context-stride tokens of history (default: context/2)"
+        }.InRange(1, 1 << 20);
         var maxTokens = new Option<int?>("--max-tokens") { Description = "evaluate only the first N tokens (N >= 2)" }.InRange(2, int.MaxValue);
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of text" };
-        var dtype = new Option<string>("--dtype") { Description = "our forward pass's weights and activations: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16 (llama.cpp runs a GGUF in its own types)", DefaultValueFactory = _ => "auto" }
+        var dtype = new Option<string>("--dtype")
+        {
+            Description = "our forward pass's weights and activations: auto (bf16 on CUDA, fp32 on CPU), " +
+            "fp32, bf16 or fp16 (llama.cpp runs a GGUF in its own types)", DefaultValueFactory = _ => "auto"
+        }
             .OneOf("auto", "fp32", "bf16", "fp16");
-        var task = new Option<string[]>("--task") { Description = $"zero-shot task as NAME=FILE.jsonl (repeatable; NAME one of {string.Join(", ", TaskFile.TaskNames)}; fields as in each task's public release, see docs/tasks.md): accuracy by log-likelihood as lm-evaluation-harness scores it", AllowMultipleArgumentsPerToken = false };
+        var task = new Option<string[]>("--task")
+        {
+            Description = $"zero-shot task as NAME=FILE.jsonl (repeatable; NAME one of " +
+            $"{string.Join(", ", TaskFile.TaskNames)}; fields as in each task's public release, see docs/tasks.md): accuracy by log-likelihood as " +
+            $"lm-evaluation-harness scores it", AllowMultipleArgumentsPerToken = false
+        };
         var memory = CliSupport.MemoryOption();
-        var taskLimit = new Option<int?>("--task-limit") { Description = "score only the first N documents of each task file" }.InRange(1, TaskFile.MaxDocuments);
+        var taskLimit = new Option<int?>("--task-limit") { Description = "score only the first N documents of each task file" }.InRange(1,
+            TaskFile.MaxDocuments);
         var device = CliSupport.DeviceOption();
-        var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
+        var cmd = new Command("eval", "Perplexity over a text or token-id file (sliding window, like llama.cpp's perplexity tool); with --reference, " +
+            "the KL statistics of llama-perplexity --kl-divergence.\n" + ExitCodes.HelpText)
         {
             model, text, tokens, tokenizer, reference, engine, context, stride, maxTokens, threads, json, task, taskLimit, dtype, device, memory,
         };
         cmd.Validators.Add(r =>
         {
             bool tasks = r.GetValue(task) is { Length: > 0 };
-            if (tasks && (r.GetValue(text) is not null || r.GetValue(tokens) is not null || r.GetValue(reference) is not null)) r.AddError("--task scores tasks; give it without --text, --tokens or --reference");
-            if (!tasks && (r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens (or --task NAME=FILE)");
+            if (tasks && (r.GetValue(text) is not null || r.GetValue(tokens) is not null
+                || r.GetValue(reference) is not null)) r.AddError("--task scores tasks; give it without --text, --tokens or --reference");
+            if (!tasks && (r.GetValue(text) is null) == (r.GetValue(tokens) is null)) r.AddError("give exactly one of --text or --tokens (or --task " +
+                "NAME=FILE)");
             foreach (string t in r.GetValue(task) ?? Array.Empty<string>())
                 if (t.Split('=', 2) is not [var name, var file] || !TaskFile.TaskNames.Contains(name) || file.Length == 0)
-                    r.AddError($"{ErrorCodes.InvalidArgument}: --task '{Manifest.ManifestReader.Excerpt(t)}' (expected NAME=FILE, NAME one of {string.Join(", ", TaskFile.TaskNames)})");
+                    r.AddError($"{ErrorCodes.InvalidArgument}: --task '{Manifest.ManifestReader.Excerpt(t)}' (expected NAME=FILE, NAME one of " +
+                        $"{string.Join(", ", TaskFile.TaskNames)})");
             if (r.GetValue(stride) is int s && s >= r.GetValue(context)) r.AddError($"--stride {s} must be below --context {r.GetValue(context)}");
         });
         cmd.SetAction(r => CliSupport.Run(() =>
@@ -55,7 +85,9 @@ public static class EvalCommand
             int ctx = r.GetValue(context);
             var type = r.GetValue(dtype) switch
             {
-                "fp32" => TorchSharp.torch.ScalarType.Float32, "bf16" => TorchSharp.torch.ScalarType.BFloat16, "fp16" => TorchSharp.torch.ScalarType.Float16,
+                "fp32" => TorchSharp.torch.ScalarType.Float32,
+                "bf16" => TorchSharp.torch.ScalarType.BFloat16,
+                "fp16" => TorchSharp.torch.ScalarType.Float16,
                 _ => dev.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
             };
             var mem = MemoryPlan.Parse(r.GetValue(memory) ?? "auto");
@@ -106,8 +138,10 @@ public static class EvalCommand
             if (asJson)
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    model = m.Path, engine = m.Engine, dtype = m.Dtype, reference = refPath, reference_engine = refModel.Engine, reference_dtype = refModel.Dtype, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
-                    kl_divergence = d.KlDivergence.Value, kl_divergence_se = d.KlDivergence.StandardError, kl_median = d.KlMedian, kl_p90 = d.KlP90, kl_p99 = d.KlP99, kl_p999 = d.KlP999, kl_max = d.KlMax,
+                    model = m.Path, engine = m.Engine, dtype = m.Dtype, reference = refPath, reference_engine = refModel.Engine,
+                    reference_dtype = refModel.Dtype, tokens = ids.Length, tokens_scored = d.TokensScored, context = ctx, stride = str,
+                    kl_divergence = d.KlDivergence.Value, kl_divergence_se = d.KlDivergence.StandardError, kl_median = d.KlMedian, kl_p90 = d.KlP90,
+                    kl_p99 = d.KlP99, kl_p999 = d.KlP999, kl_max = d.KlMax,
                     top1_agreement = d.Top1Agreement.Value, top1_agreement_se = d.Top1Agreement.StandardError,
                     reference_perplexity = d.ReferencePerplexity.Value, reference_perplexity_se = d.ReferencePerplexity.StandardError,
                     perplexity = d.ModifiedPerplexity.Value, perplexity_se = d.ModifiedPerplexity.StandardError,
@@ -147,12 +181,14 @@ public static class EvalCommand
             foreach (var d in docs)
                 foreach (var q in d.Requests)
                     if (q.Context.Concat(q.Continuation).Any(i => i < 0 || i >= m.VocabSize))
-                        throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{file}: the tokenizer produced an id outside the model's vocabulary of {m.VocabSize}", file);
+                        throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
+                            $"{file}: the tokenizer produced an id outside the model's vocabulary of {m.VocabSize}", file);
             var progress = new ConsoleProgress(name, enabled: !asJson);
             // A layer-streamed model runs the requests in batches (one read of the blocks per batch).
             var (logits, batches) = m.Requests(docs, ctx);
             TaskScore score;
-            using (batches) score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, logits, ctx, progress.Report, CliSupport.Cancellation);
+            using (batches) score = TaskScorer.Score(name, TaskFile.Definition(name).Kind == TaskKind.LastWord, docs, logits, ctx, progress.Report,
+                CliSupport.Cancellation);
             scores.Add(score);
             if (!asJson)
                 Console.WriteLine($"{name,-14} n={score.Documents,-6} acc {score.Accuracy.Value:P2} +/- {score.Accuracy.StandardError:P2}" +
@@ -175,7 +211,8 @@ public static class EvalCommand
     /// <summary>A metric that is not a number is never reported as a success (a broken config or model).</summary>
     static void Require(double v, string path)
     {
-        if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid, $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
+        if (!double.IsFinite(v)) throw new SuperQuantException(ErrorCodes.ConfigInvalid,
+            $"evaluation of {path} produced {v}: the model's numbers are not finite (check its config and weights)", path);
     }
 
     static int[] LoadText(string file, ModelRunner m, string tokenizerFolder)

@@ -22,16 +22,43 @@ public static class GateCommand
         var state = new Option<string?>("--state") { Description = "state file with per-model input hashes; unchanged models are not re-quantized" };
         var deps = new Option<string?>("--deps-file") { Description = "write every input file (one per line) here, for incremental builds" };
         var outputs = new Option<string?>("--outputs-file") { Description = "write every output file (one per line) here" };
-        var mode = new Option<string>("--gate") { Description = "error (a failed gate fails, exit 1) or warn", DefaultValueFactory = _ => "error" }.OneOf("error", "warn");
-        var allow = new Option<string[]>("--allow-outside") { Description = "folders checkpoints and data may also come from (default: none)", AllowMultipleArgumentsPerToken = true };
-        var followLinks = new Option<bool>("--follow-symlinks") { Description = "accept manifest paths whose symbolic links lead outside the project and the allowed folders (default: rejected with SQ3001)" };
-        var lockTimeout = new Option<int>("--lock-timeout") { Description = "seconds to wait for another superquant run on the same project", DefaultValueFactory = _ => 600 }.InRange(0, 86400);
-        var device = new Option<string?>("--device") { Description = "auto | cpu | cuda (default: the manifest's device; SUPERQUANT_DEVICE overrides the manifest)" };
-        device.Validators.Add(r => { string? v = r.GetValueOrDefault<string?>(); if (v is not null and not ("auto" or "cpu" or "cuda")) r.AddError($"{ErrorCodes.InvalidArgument}: --device '{ManifestReader.Excerpt(v)}' (expected auto, cpu or cuda)"); });
+        var mode = new Option<string>("--gate")
+        {
+            Description = "error (a failed gate fails, exit 1) or warn",
+            DefaultValueFactory = _ => "error"
+        }.OneOf("error", "warn");
+        var allow = new Option<string[]>("--allow-outside")
+        {
+            Description = "folders checkpoints and data may also come from (default: none)",
+            AllowMultipleArgumentsPerToken = true
+        };
+        var followLinks = new Option<bool>("--follow-symlinks")
+        {
+            Description = "accept manifest paths whose symbolic links lead outside the project " +
+            "and the allowed folders (default: rejected with SQ3001)"
+        };
+        var lockTimeout = new Option<int>("--lock-timeout")
+        {
+            Description = "seconds to wait for another superquant run on the same project",
+            DefaultValueFactory = _ => 600
+        }.InRange(0, 86400);
+        var device = new Option<string?>("--device")
+        {
+            Description = "auto | cpu | cuda (default: the manifest's device; SUPERQUANT_DEVICE overrides " +
+            "the manifest)"
+        };
+        device.Validators.Add(r =>
+        {
+            string? v = r.GetValueOrDefault<string?>();
+            if (v is not null and not ("auto" or "cpu" or "cuda"))
+                r.AddError($"{ErrorCodes.InvalidArgument}: --device '{ManifestReader.Excerpt(v)}' (expected auto, cpu or cuda)");
+        });
         var threads = new Option<int?>("--threads") { Description = "llama.cpp threads (default: one per core)" }.InRange(1, 1024);
         var raise = new Option<bool>("--gguf-raise-super") { Description = "super-aware GGUF: ffn_down matrices holding super weights one type higher" };
         var memory = CliSupport.MemoryOption();
-        var cmd = new Command("gate", "Quantize every model in quantize.yaml, measure every file it exports as its runtime loads it (packed: our loader; GGUF: llama.cpp) against the unquantized checkpoint, and apply the quality gate. Writes the artifacts that passed and superquant-report.json/.md/.html.\n" + ExitCodes.HelpText)
+        var cmd = new Command("gate", "Quantize every model in quantize.yaml, measure every file it exports as its runtime loads it (packed: our " +
+            "loader; GGUF: llama.cpp) against the unquantized checkpoint, and apply the quality gate. Writes the artifacts that passed and " +
+            "superquant-report.json/.md/.html.\n" + ExitCodes.HelpText)
         {
             manifest, reportDir, state, deps, outputs, mode, allow, followLinks, device, lockTimeout, threads, raise, memory,
         };
@@ -39,10 +66,12 @@ public static class GateCommand
         {
             QuantizeManifest m = ManifestReader.Read(r.GetValue(manifest)!, r.GetValue(allow) ?? Array.Empty<string>(), r.GetValue(followLinks));
             string reportFolder = Path.GetFullPath(r.GetValue(reportDir) ?? Path.GetDirectoryName(m.Path)!);
-            var files = new RunFiles(reportFolder, FullOrNull(r.GetValue(state), "--state"), FullOrNull(r.GetValue(deps), "--deps-file"), FullOrNull(r.GetValue(outputs), "--outputs-file"));
+            var files = new RunFiles(reportFolder, FullOrNull(r.GetValue(state), "--state"), FullOrNull(r.GetValue(deps), "--deps-file"),
+                FullOrNull(r.GetValue(outputs), "--outputs-file"));
             CheckRunFiles(m, files);
             using var held = ProjectLock.Acquire(m, TimeSpan.FromSeconds(r.GetValue(lockTimeout)));
-            return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise), MemoryPlan.Parse(r.GetValue(memory) ?? m.Memory));
+            return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise),
+                MemoryPlan.Parse(r.GetValue(memory) ?? m.Memory));
         }));
         return cmd;
     }
@@ -58,7 +87,8 @@ public static class GateCommand
         public string Cache => State is null ? ReportFolder : Path.GetDirectoryName(State)!;
 
         public IEnumerable<(string Path, string What)> All => new[] { (Json, "the JSON report"), (Markdown, "the Markdown report"), (Html, "the HTML report") }
-            .Concat(new[] { (State, "--state"), (Deps, "--deps-file"), (Outputs, "--outputs-file") }.Where(x => x.Item1 is not null).Select(x => (x.Item1!, x.Item2)));
+            .Concat(new[] { (State, "--state"), (Deps, "--deps-file"),
+                (Outputs, "--outputs-file") }.Where(x => x.Item1 is not null).Select(x => (x.Item1!, x.Item2)));
     }
 
     /// <summary>Reports, state and dependency files are outputs too: none may be an input or an artifact.</summary>
@@ -142,12 +172,17 @@ public static class GateCommand
             reports.Add(report);
         }
         Directory.CreateDirectory(files.ReportFolder);
-        CliSupport.WriteAtomically(files.Json, JsonSerializer.Serialize(new { schema = "superquant.report", schema_version = 2, manifest = m.Path, models = reports }, AnalysisReport.Json));
+        CliSupport.WriteAtomically(files.Json, JsonSerializer.Serialize(new
+        {
+            schema = "superquant.report", schema_version = 2, manifest = m.Path,
+            models = reports
+        }, AnalysisReport.Json));
         CliSupport.WriteAtomically(files.Markdown, ArtifactReport.Markdown(m.Path, reports));
         CliSupport.WriteAtomically(files.Html, GateHtml.Render(m.Path, reports));
         Console.WriteLine($"report: {files.Json}");
         if (files.State is not null)
-            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new BuildState.State(keep, BuildState.State.ChecksumOf(keep)), AnalysisReport.Json));
+            CliSupport.WriteAtomically(files.State, JsonSerializer.Serialize(new BuildState.State(keep, BuildState.State.ChecksumOf(keep)),
+                AnalysisReport.Json));
         if (files.Deps is not null)
             CliSupport.WriteAtomically(files.Deps, string.Join('\n', new[] { m.Path, typeof(GateCommand).Assembly.Location }
                 .Concat(m.Models.SelectMany(e => CheckpointHash.Files(e.Checkpoint).Concat(e.DataFiles))).Distinct()) + "\n");
@@ -158,7 +193,9 @@ public static class GateCommand
 
     /// <summary>"duquant W4A4, block channel, export packed + gguf q4_k_m": what a report row was quantized with.</summary>
     static string Settings(ModelEntry e) =>
-        $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block {Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export {string.Join(" + ", e.Exports.Select(x => x.Kind))}";
+        $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block " +
+            $"{Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export " +
+            $"{string.Join(" + ", e.Exports.Select(x => x.Kind))}";
 
     static string Fmt(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
 }

@@ -14,14 +14,23 @@ public static class GenerateCommand
     {
         var model = new Option<string>("--model", "-m") { Description = $"the model: {ModelLoader.Accepted}", Required = true };
         var prompt = new Option<string>("--prompt-tokens") { Description = "prompt as token ids, e.g. \"1\" (llama2.c BOS)", DefaultValueFactory = _ => "1" };
-        var promptText = new Option<string?>("--prompt") { Description = "prompt as text, tokenized with the checkpoint's tokenizer (BOS first); the continuation is printed as it is generated, and generation stops at EOS" };
-        var tokenizerFolder = new Option<string?>("--tokenizer") { Description = "folder with tokenizer.model or tokenizer.json (default: the checkpoint folder)" };
+        var promptText = new Option<string?>("--prompt")
+        {
+            Description = "prompt as text, tokenized with the checkpoint's tokenizer (BOS first); the " +
+            "continuation is printed as it is generated, and generation stops at EOS"
+        };
+        var tokenizerFolder = new Option<string?>("--tokenizer")
+        {
+            Description = "folder with tokenizer.model or tokenizer.json (default: the " +
+            "checkpoint folder)"
+        };
         var count = new Option<int>("--count", "-n") { Description = "tokens to generate (1..1000000)", DefaultValueFactory = _ => 256 }.InRange(1, 1_000_000);
         var temperature = new Option<double>("--temperature") { Description = "0 = greedy; up to 100", DefaultValueFactory = _ => 1.0 }.InRange(0, 100);
         var seed = new Option<int>("--seed") { Description = "sampling seed (same seed, same tokens)", DefaultValueFactory = _ => 42 };
         var output = new Option<string?>("--out", "-o") { Description = "write the token ids (prompt included) to this file" };
         var device = CliSupport.DeviceOption();
-        var cmd = new Command("generate", "Generate tokens from a prompt; write the ids with --out (evaluation/calibration streams for models without a tokenizer).\n" + ExitCodes.HelpText)
+        var cmd = new Command("generate", "Generate tokens from a prompt; write the ids with --out (evaluation/calibration streams for models " +
+            "without a tokenizer).\n" + ExitCodes.HelpText)
         {
             model, prompt, promptText, tokenizerFolder, count, temperature, seed, output, device,
         };
@@ -32,9 +41,11 @@ public static class GenerateCommand
         cmd.SetAction(r => CliSupport.Run(() =>
         {
             string path = Path.GetFullPath(r.GetValue(model)!);
-            if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") }, new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
+            if (r.GetValue(output) is string o) CliSupport.CheckOutputs(new[] { (path, "the model (-m)") },
+                new[] { (CliSupport.OutputFile(o, "--out"), "--out") });
             if (ModelLoader.Detect(path) == CheckpointFormat.Gguf && SuperQuant.Models.Gguf.GgufFile.Read(path).HasVocabulary)
-                return GenerateWithLlamaCpp(path, r.GetValue(promptText), r.GetValue(prompt), r.GetValue(count), r.GetValue(temperature), r.GetValue(seed), r.GetValue(output));
+                return GenerateWithLlamaCpp(path, r.GetValue(promptText), r.GetValue(prompt), r.GetValue(count), r.GetValue(temperature),
+                    r.GetValue(seed), r.GetValue(output));
             var dev = CliSupport.ResolveDevice(r.GetValue(device), quiet: false);
             using LlamaModel m = ModelLoader.Load(path, dev);
             TextTokenizer? tok = null;
@@ -45,9 +56,11 @@ public static class GenerateCommand
                 ? SuperQuant.Pipeline.Tokens.Tokenize(text, folder, m.Config.VocabSize, "--prompt")
                 : CliSupport.ParseIds(r.GetValue(prompt), "--prompt-tokens")!;
             if (promptIds.FirstOrDefault(i => i >= m.Config.VocabSize, -1) is int bad and >= 0)
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {m.Config.VocabSize})");
+                throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                    $"--prompt-tokens: id {bad} is outside the model's vocabulary [0, {m.Config.VocabSize})");
             if (promptIds.Length >= m.Config.MaxPositionEmbeddings)
-                throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--prompt-tokens: {promptIds.Length} ids fill the model's context of {m.Config.MaxPositionEmbeddings}");
+                throw new SuperQuantException(ErrorCodes.InvalidArgument,
+                    $"--prompt-tokens: {promptIds.Length} ids fill the model's context of {m.Config.MaxPositionEmbeddings}");
             int n = Math.Min(r.GetValue(count), m.Config.MaxPositionEmbeddings - promptIds.Length);
             if (n < r.GetValue(count)) Console.Error.WriteLine($"generating {n} tokens: the model's context is {m.Config.MaxPositionEmbeddings}");
             bool stream = tok is not null && r.GetValue(promptText) is not null;
@@ -66,7 +79,8 @@ public static class GenerateCommand
             if (stream) Console.WriteLine();
             if (r.GetValue(output) is string outPath)
             {
-                TokenIdFile.Write(outPath, ids, $"superquant generate --model {Path.GetFileName(path)} --seed {r.GetValue(seed)} --temperature {r.GetValue(temperature)}");
+                TokenIdFile.Write(outPath, ids, $"superquant generate --model {Path.GetFileName(path)} --seed {r.GetValue(seed)} --temperature " +
+                    $"{r.GetValue(temperature)}");
                 Console.Error.WriteLine($"wrote {ids.Length} token ids to {outPath}");
             }
             if (!stream) Console.WriteLine(tok is not null ? tok.Decode(ids) : string.Join(' ', ids)); // no tokenizer: the ids

@@ -10,7 +10,11 @@ public static class InitCommand
 {
     public static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "checkpoint (Hugging Face folder or llama2.c .bin), relative to the manifest's folder", Required = true };
+        var checkpoint = new Option<string>("--checkpoint")
+        {
+            Description = "checkpoint (Hugging Face folder or llama2.c .bin), relative to the " +
+            "manifest's folder", Required = true
+        };
         var output = new Option<string>("--out", "-o") { Description = "manifest to write", DefaultValueFactory = _ => "quantize.yaml" };
         var force = new Option<bool>("--force") { Description = "overwrite an existing manifest" };
         var cmd = new Command("init", "Write a commented quantize.yaml for a checkpoint.\n" + ExitCodes.HelpText) { checkpoint, output, force };
@@ -23,13 +27,19 @@ public static class InitCommand
             string ckpt = r.GetValue(checkpoint)!;
             string full = Path.GetFullPath(Path.Combine(dir, ckpt));
             CheckpointFormat format = ModelLoader.Detect(full); // fails clearly if it is not a checkpoint
-            string id = new string(Path.GetFileNameWithoutExtension(full.TrimEnd('/')).Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').Take(64).ToArray()).Trim('-', '.');
+            string id = new string(Path.GetFileNameWithoutExtension(full.TrimEnd('/')).Select(c => char.IsAsciiLetterOrDigit(c)
+                || c is '-' or '_' or '.' ? c : '-').Take(64).ToArray()).Trim('-', '.');
             if (id.Length == 0) id = "model";
-            bool hasTokenizer = format == CheckpointFormat.HuggingFace && (File.Exists(Path.Combine(full, "tokenizer.model")) || File.Exists(Path.Combine(full, "tokenizer.json")));
+            bool hasTokenizer = format == CheckpointFormat.HuggingFace
+                && (File.Exists(Path.Combine(full, "tokenizer.model")) || File.Exists(Path.Combine(full, "tokenizer.json")));
             string data = hasTokenizer
-                ? "    calibration_text: data/calibration.txt   # any representative text (the paper used 500 WikiText-2 samples)\n    evaluation_text: data/evaluation.txt\n"
-                : "    # No tokenizer in this checkpoint: use token-id files (superquant generate --model ... --out data/evaluation.tokens.txt)\n    calibration_tokens: data/calibration.tokens.txt\n    evaluation_tokens: data/evaluation.tokens.txt\n    prompt_tokens: \"1\"                    # detection prompt as ids (1 = BOS for llama2.c vocabularies)\n";
-            string ggufHint = "and/or GGUF for llama.cpp: [packed, {gguf: q4_k_m}]; types " + string.Join(", ", Names.GgufTypeNames) + " (bits must match weight_bits)";
+                ? "    calibration_text: data/calibration.txt   # any representative text (the paper used 500 WikiText-2 samples)\n " +
+                    "   evaluation_text: data/evaluation.txt\n"
+                : "    # No tokenizer in this checkpoint: use token-id files (superquant generate --model ... --out data/evaluation.tokens.txt)\n " +
+                    "   calibration_tokens: data/calibration.tokens.txt\n    evaluation_tokens: data/evaluation.tokens.txt\n    prompt_tokens: \"1\" " +
+                    "                   # detection prompt as ids (1 = BOS for llama2.c vocabularies)\n";
+            string ggufHint = "and/or GGUF for llama.cpp: [packed, {gguf: q4_k_m}]; types " + string.Join(", ", Names.GgufTypeNames)
+                + " (bits must match weight_bits)";
             CliSupport.WriteAtomically(path, $"""
                 # SuperQuant manifest: which checkpoints this project ships, how they are quantized, and the quality they
                 # must keep. `dotnet build` (with the SuperQuant.Build package) or `superquant gate` runs it.

@@ -59,13 +59,16 @@ public static class BuildState
         try
         {
             // Not a regular file (a FIFO would block the read): not ours, ignored.
-            if (!File.Exists(path) || SuperQuant.Manifest.InputFiles.NotARegularFile(path) is not null || new FileInfo(path).Length > 64L << 20) return new State(new());
+            if (!File.Exists(path) || SuperQuant.Manifest.InputFiles.NotARegularFile(path) is not null
+                || new FileInfo(path).Length > 64L << 20) return new State(new());
             var s = JsonSerializer.Deserialize<State>(File.ReadAllText(path), AnalysisReport.Json);
             if (s?.Models is null || s.Checksum != State.ChecksumOf(s.Models)) return new State(new());
-            return new State(s.Models.Where(kv => kv.Value is { InputHash: not null, Outputs: not null, Report: not null } && kv.Value.Report.Artifacts is not null)
+            return new State(s.Models.Where(kv => kv.Value is { InputHash: not null, Outputs: not null, Report: not null }
+                && kv.Value.Report.Artifacts is not null)
                 .ToDictionary(kv => kv.Key, kv => kv.Value));
         }
-        catch (Exception e) when (e is JsonException or NotSupportedException or InvalidOperationException or IOException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e) when (e is JsonException or NotSupportedException or InvalidOperationException or IOException
+            or UnauthorizedAccessException or ArgumentException)
         {
             return new State(new());
         }

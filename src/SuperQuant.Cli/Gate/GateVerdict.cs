@@ -36,21 +36,37 @@ public static class GateVerdict
             row = worst is null ? row with { Metric = "accuracy", Passed = false }
                 : row with
                 {
-                    Metric = $"accuracy ({worst.Task})", Baseline = worst.Baseline, Value = worst.Accuracy, Limit = worst.Limit,
-                    Passed = tasks.All(t => t.Passed), NearMiss = tasks.All(t => t.Passed) && tasks.Any(t => gate.NearMiss(t.Accuracy, t.Baseline)),
+                    Metric = $"accuracy ({worst.Task})",
+                    Baseline = worst.Baseline,
+                    Value = worst.Accuracy,
+                    Limit = worst.Limit,
+                    Passed = tasks.All(t => t.Passed),
+                    NearMiss = tasks.All(t => t.Passed) && tasks.Any(t => gate.NearMiss(t.Accuracy, t.Baseline)),
                 };
         }
         if (a.Quality is not DivergenceResult d) return gate is { Metric: "accuracy" } ? row : row with { Passed = true };
         row = row with
         {
             TokensScored = d.TokensScored,
-            Perplexity = d.ModifiedPerplexity.Value, PerplexitySe = d.ModifiedPerplexity.StandardError,
-            ReferencePerplexity = d.ReferencePerplexity.Value, ReferencePerplexitySe = d.ReferencePerplexity.StandardError,
-            PerplexityDelta = d.PerplexityDelta.Value, PerplexityDeltaSe = d.PerplexityDelta.StandardError,
-            LnPerplexityRatio = d.LnPerplexityRatio.Value, LnPerplexityRatioSe = d.LnPerplexityRatio.StandardError,
-            KlMean = d.KlDivergence.Value, KlMeanSe = d.KlDivergence.StandardError, KlMedian = d.KlMedian, KlP90 = d.KlP90, KlP99 = d.KlP99,
-            KlP999 = d.KlP999, KlMax = d.KlMax, SameTop = d.Top1Agreement.Value, SameTopSe = d.Top1Agreement.StandardError,
-            RmsDeltaP = d.RmsDeltaP.Value, RmsDeltaPSe = d.RmsDeltaP.StandardError,
+            Perplexity = d.ModifiedPerplexity.Value,
+            PerplexitySe = d.ModifiedPerplexity.StandardError,
+            ReferencePerplexity = d.ReferencePerplexity.Value,
+            ReferencePerplexitySe = d.ReferencePerplexity.StandardError,
+            PerplexityDelta = d.PerplexityDelta.Value,
+            PerplexityDeltaSe = d.PerplexityDelta.StandardError,
+            LnPerplexityRatio = d.LnPerplexityRatio.Value,
+            LnPerplexityRatioSe = d.LnPerplexityRatio.StandardError,
+            KlMean = d.KlDivergence.Value,
+            KlMeanSe = d.KlDivergence.StandardError,
+            KlMedian = d.KlMedian,
+            KlP90 = d.KlP90,
+            KlP99 = d.KlP99,
+            KlP999 = d.KlP999,
+            KlMax = d.KlMax,
+            SameTop = d.Top1Agreement.Value,
+            SameTopSe = d.Top1Agreement.StandardError,
+            RmsDeltaP = d.RmsDeltaP.Value,
+            RmsDeltaPSe = d.RmsDeltaP.StandardError,
         };
         if (gate is { Metric: "accuracy" }) return row;
         if (gate is null) return row with { Passed = true };
@@ -63,8 +79,12 @@ public static class GateVerdict
         if (gate.FixedBaseline is double fixedBaseline) baseline = fixedBaseline;
         return row with
         {
-            Metric = gate.Metric, Baseline = baseline, Value = value, Limit = gate.Limit(baseline),
-            Passed = gate.Passes(value, baseline), NearMiss = gate.NearMiss(value, baseline),
+            Metric = gate.Metric,
+            Baseline = baseline,
+            Value = value,
+            Limit = gate.Limit(baseline),
+            Passed = gate.Passes(value, baseline),
+            NearMiss = gate.NearMiss(value, baseline),
         };
     }
 
@@ -74,12 +94,16 @@ public static class GateVerdict
     {
         var at = e.Exports.FirstOrDefault(x => Path.GetFullPath(x.Path) == a.Path)?.At ?? new Position(e.Line, 1);
         string where = $"{m.Path}({at.Line},{at.Column})";
-        string what = $"model '{e.Id}', artifact {Path.GetRelativePath(Path.GetDirectoryName(m.Path)!, a.Path)} ({a.Kind}, measured by {a.Engine} on {a.TokensScored} tokens)";
+        string what = $"model '{e.Id}', artifact {Path.GetRelativePath(Path.GetDirectoryName(m.Path)!, a.Path)} ({a.Kind}, measured by {a.Engine} on " +
+            $"{a.TokensScored} tokens)";
         string numbers = e.Gate.Metric == "accuracy"
-            ? string.Join("; ", a.Tasks.Select(t => $"accuracy {t.Task} {t.Accuracy:P2} +/- {t.AccuracySe:P2} {(t.Passed ? "within" : "below")} the limit {t.Limit:P2} (original {t.Baseline:P2}, max_drop {Fmt(e.Gate.MaxIncrease)} points, {t.Documents} documents)"))
-            : $"{a.Metric} {Fmt(a.Value)} {(a.Passed ? "within" : "exceeds")} the limit {Fmt(a.Limit)} (baseline {Fmt(a.Baseline)}, max_increase {Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
+            ? string.Join("; ", a.Tasks.Select(t => $"accuracy {t.Task} {t.Accuracy:P2} +/- {t.AccuracySe:P2} {(t.Passed ? "within" : "below")} the " +
+                $"limit {t.Limit:P2} (original {t.Baseline:P2}, max_drop {Fmt(e.Gate.MaxIncrease)} points, {t.Documents} documents)"))
+            : $"{a.Metric} {Fmt(a.Value)} {(a.Passed ? "within" : "exceeds")} the limit {Fmt(a.Limit)} (baseline {Fmt(a.Baseline)}, max_increase " +
+                $"{Fmt(e.Gate.MaxIncrease)}{(e.Gate.Percent ? "%" : "")})";
         if (!a.Passed)
-            return warnOnly ? $"{where}: warning {ErrorCodes.GateFailed}: {what}: {numbers} (SuperQuantGate=warn)" : $"{where}: error {ErrorCodes.GateFailed}: {what}: {numbers}";
+            return warnOnly ? $"{where}: warning {ErrorCodes.GateFailed}: {what}: {numbers} (SuperQuantGate=warn)"
+                : $"{where}: error {ErrorCodes.GateFailed}: {what}: {numbers}";
         if (a.NearMiss) return $"{where}: warning SQ1002: {what}: {numbers}, within 20% of it";
         return $"{e.Id}: {a.Kind} {Path.GetFileName(a.Path)}: {numbers}: passed";
     }

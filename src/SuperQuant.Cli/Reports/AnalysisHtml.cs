@@ -44,26 +44,34 @@ public static class AnalysisHtml
         foreach (var hint in d.KnownModelHints)
             h.Append("<p>Published coordinates for a model of this shape (").Append(E(hint.Model)).Append("): ")
              .Append(string.Join(", ", hint.Coordinates.Select(c => $"({c[0]}, {c[1]}, {c[2]})")))
-             .Append(hint.AllDetected ? " &mdash; all detected here." : " &mdash; not all detected here (a different checkpoint of the same shape?).").Append("</p>");
+             .Append(hint.AllDetected ? " &mdash; all detected here."
+                 : " &mdash; not all detected here (a different checkpoint of the same shape?).").Append("</p>");
 
         h.Append("<h3>down_proj max |input| and |output| per layer (log scale)</h3>");
-        h.Append(BarChart(d.Spikes.Select(s => ($"L{s.Layer}", s.InputMagnitude, s.OutputMagnitude)).ToList(), "max |input|", "max |output|", logScale: true, threshold: d.Threshold));
-        h.Append("<table><tr><th>layer</th><th>max |input|</th><th>input channel</th><th>token</th><th>max |output|</th><th>output channel</th><th>token</th></tr>");
+        h.Append(BarChart(d.Spikes.Select(s => ($"L{s.Layer}", s.InputMagnitude, s.OutputMagnitude)).ToList(), "max |input|", "max |output|",
+            logScale: true, threshold: d.Threshold));
+        h.Append("<table><tr><th>layer</th><th>max |input|</th><th>input channel</th><th>token</th><th>max |output|</th><th>output " +
+            "channel</th><th>token</th></tr>");
         foreach (var s in d.Spikes)
-            h.Append($"<tr><td>{s.Layer}</td><td>{Fmt(s.InputMagnitude)}</td><td>{s.InputChannel}</td><td>{s.InputToken}</td><td>{Fmt(s.OutputMagnitude)}</td><td>{s.OutputChannel}</td><td>{s.OutputToken}</td></tr>");
+            h.Append($"<tr><td>{s.Layer}</td><td>{Fmt(s.InputMagnitude)}</td><td>{s.InputChannel}</td><td>{s.InputToken}</td>")
+                .Append($"<td>{Fmt(s.OutputMagnitude)}</td><td>{s.OutputChannel}</td><td>{s.OutputToken}</td></tr>");
         h.Append("</table>");
 
         if (r.Evaluation is { } ev)
             h.Append("<h2>Quality</h2><p>").Append(ev.Tokens).Append(" tokens from <code>").Append(E(ev.Source)).Append("</code>, context ").Append(ev.Context)
-             .Append(", stride ").Append(ev.Stride).Append(". Original perplexity ").Append(Fmt(ev.Perplexity)).Append(" &plusmn; ").Append(Fmt(ev.PerplexitySe)).Append(".</p>");
+             .Append(", stride ").Append(ev.Stride).Append(". Original perplexity ").Append(Fmt(ev.Perplexity)).Append(" &plusmn; " +
+                 "").Append(Fmt(ev.PerplexitySe)).Append(".</p>");
         if (r.AblationsSkipped != null) h.Append("<p class=\"none\">Ablations skipped: ").Append(E(r.AblationsSkipped)).Append("</p>");
         if (r.Conditions.Count > 0)
         {
             h.Append("<table><tr><th>condition</th><th>perplexity</th><th>&plusmn;</th><th>KL vs original</th><th>&plusmn;</th><th>top-1 agreement</th></tr>");
             foreach (var c in r.Conditions)
-                h.Append($"<tr><td title=\"{E(c.Description)}\">{E(c.Name)}</td><td>{Fmt(c.Perplexity)}</td><td>{Fmt(c.PerplexitySe)}</td><td>{Fmt(c.KlDivergence)}</td><td>{Fmt(c.KlDivergenceSe)}</td><td>{Fmt(c.Top1Agreement)}</td></tr>");
+                h.Append($"<tr><td title=\"{E(c.Description)}\">{E(c.Name)}</td><td>{Fmt(c.Perplexity)}</td><td>{Fmt(c.PerplexitySe)}</td>")
+                    .Append($"<td>{Fmt(c.KlDivergence)}</td><td>{Fmt(c.KlDivergenceSe)}</td><td>{Fmt(c.Top1Agreement)}</td></tr>");
             if (r.Control is { } ctl)
-                h.Append($"<tr><td>control: {ctl.WeightsZeroed} largest other weights zeroed</td><td>{Fmt(ctl.Perplexity)}</td><td>{Fmt(ctl.PerplexitySe)}</td><td>{Fmt(ctl.KlDivergence)}</td><td></td><td>{Fmt(ctl.Top1Agreement)}</td></tr>");
+                h.Append($"<tr><td>control: {ctl.WeightsZeroed} largest other weights " +
+                    $"zeroed</td><td>{Fmt(ctl.Perplexity)}</td><td>{Fmt(ctl.PerplexitySe)}</td><td>{Fmt(ctl.KlDivergence)}</td><td></td>" +
+                    $"<td>{Fmt(ctl.Top1Agreement)}</td></tr>");
             h.Append("</table>");
         }
         if (r.Scaling.Count > 0)
@@ -72,19 +80,23 @@ public static class AnalysisHtml
             h.Append(LineChart(r.Scaling.Select(s => (s.Scale, s.Perplexity)).ToList(), "scale", "perplexity"));
             h.Append("<table><tr><th>scale</th><th>perplexity</th><th>&plusmn;</th><th>KL vs original</th><th>top-1 agreement</th></tr>");
             foreach (var s in r.Scaling)
-                h.Append($"<tr><td>{Fmt(s.Scale)}</td><td>{Fmt(s.Perplexity)}</td><td>{Fmt(s.PerplexitySe)}</td><td>{Fmt(s.KlDivergence)}</td><td>{Fmt(s.Top1Agreement)}</td></tr>");
+                h.Append($"<tr><td>{Fmt(s.Scale)}</td><td>{Fmt(s.Perplexity)}</td><td>{Fmt(s.PerplexitySe)}</td>")
+                    .Append($"<td>{Fmt(s.KlDivergence)}</td><td>{Fmt(s.Top1Agreement)}</td></tr>");
             h.Append("</table>");
         }
         if (r.Stopwords is { } sw)
         {
-            h.Append("<h3>Stopword probabilities</h3><p>Mean next-token probability over ").Append(sw.Prompts).Append(" prompt(s); tokens: ").Append(E(sw.Source)).Append(".</p>");
-            h.Append(BarChart(sw.Tokens.Select(t => (t.Label, t.Original, t.Zeroed)).ToList(), "original", "super weights zeroed", logScale: false, threshold: null));
+            h.Append("<h3>Stopword probabilities</h3><p>Mean next-token probability over ").Append(sw.Prompts).Append(" prompt(s); tokens: " +
+                "").Append(E(sw.Source)).Append(".</p>");
+            h.Append(BarChart(sw.Tokens.Select(t => (t.Label, t.Original, t.Zeroed)).ToList(), "original", "super weights zeroed", logScale: false,
+                threshold: null));
             h.Append("<table><tr><th>token</th><th>id</th><th>original</th><th>zeroed</th><th>ratio</th></tr>");
             foreach (var t in sw.Tokens)
                 h.Append($"<tr><td>{E(t.Label)}</td><td>{t.TokenId}</td><td>{Fmt(t.Original)}</td><td>{Fmt(t.Zeroed)}</td><td>{Fmt(t.Ratio)}</td></tr>");
             h.Append("</table>");
         }
-        h.Append("<p><small>").Append(AnalysisReport.SchemaName).Append(" v").Append(r.SchemaVersion).Append(", written by superquant analyze.</small></p></body></html>");
+        h.Append("<p><small>").Append(AnalysisReport.SchemaName).Append(" v").Append(r.SchemaVersion).Append(", written by superquant " +
+            "analyze.</small></p></body></html>");
         return h.ToString();
     }
 
@@ -111,13 +123,17 @@ public static class AnalysisHtml
             foreach (var (v, dx, color) in new[] { (rows[i].A, 0.1, "#4a7bd0"), (rows[i].B, 0.5, "#d0584a") })
             {
                 double y = Y(v);
-                s.Append(CultureInfo.InvariantCulture, $"<rect x=\"{x + slot * dx:F1}\" y=\"{y:F1}\" width=\"{bw:F1}\" height=\"{Math.Max(0, height - bottom - y):F1}\" fill=\"{color}\"><title>{E(rows[i].Label)}: {Fmt(v)}</title></rect>");
+                s.Append(CultureInfo.InvariantCulture, $"<rect x=\"{x + slot * dx:F1}\" y=\"{y:F1}\" width=\"{bw:F1}\" " +
+                    $"height=\"{Math.Max(0, height - bottom - y):F1}\" fill=\"{color}\"><title>{E(rows[i].Label)}: {Fmt(v)}</title></rect>");
             }
-            s.Append(CultureInfo.InvariantCulture, $"<text x=\"{x + slot / 2:F1}\" y=\"{height - 10}\" font-size=\"11\" text-anchor=\"middle\">{E(rows[i].Label)}</text>");
+            s.Append(CultureInfo.InvariantCulture, $"<text x=\"{x + slot / 2:F1}\" y=\"{height - 10}\" font-size=\"11\" " +
+                $"text-anchor=\"middle\">{E(rows[i].Label)}</text>");
         }
         if (threshold is double t)
-            s.Append(CultureInfo.InvariantCulture, $"<line x1=\"{left}\" x2=\"{width - 10}\" y1=\"{Y(t):F1}\" y2=\"{Y(t):F1}\" stroke=\"#b00\" stroke-dasharray=\"4 3\"/><text x=\"{left + 4}\" y=\"{Y(t) - 4:F1}\" font-size=\"11\" fill=\"#b00\">threshold {Fmt(t)}</text>");
-        s.Append($"<text x=\"{left}\" y=\"14\" font-size=\"12\" fill=\"#4a7bd0\">&#9632; {E(aName)}</text><text x=\"{left + 160}\" y=\"14\" font-size=\"12\" fill=\"#d0584a\">&#9632; {E(bName)}</text>");
+            s.Append(CultureInfo.InvariantCulture, $"<line x1=\"{left}\" x2=\"{width - 10}\" y1=\"{Y(t):F1}\" y2=\"{Y(t):F1}\" stroke=\"#b00\" " +
+                $"stroke-dasharray=\"4 3\"/><text x=\"{left + 4}\" y=\"{Y(t) - 4:F1}\" font-size=\"11\" fill=\"#b00\">threshold {Fmt(t)}</text>");
+        s.Append($"<text x=\"{left}\" y=\"14\" font-size=\"12\" fill=\"#4a7bd0\">&#9632; {E(aName)}</text><text x=\"{left + 160}\" y=\"14\" " +
+            $"font-size=\"12\" fill=\"#d0584a\">&#9632; {E(bName)}</text>");
         return s.Append("</svg></figure>").ToString();
     }
 
@@ -133,8 +149,11 @@ public static class AnalysisHtml
         s.Append("<polyline fill=\"none\" stroke=\"#4a7bd0\" stroke-width=\"2\" points=\"")
          .Append(string.Join(' ', points.Select(p => string.Create(CultureInfo.InvariantCulture, $"{X(p.X):F1},{Y(p.Y):F1}")))).Append("\"/>");
         foreach (var p in points)
-            s.Append(CultureInfo.InvariantCulture, $"<circle cx=\"{X(p.X):F1}\" cy=\"{Y(p.Y):F1}\" r=\"4\" fill=\"#4a7bd0\"><title>{E(xName)} {Fmt(p.X)}: {E(yName)} {Fmt(p.Y)}</title></circle><text x=\"{X(p.X):F1}\" y=\"{height - 22}\" font-size=\"11\" text-anchor=\"middle\">{Fmt(p.X)}</text>");
-        s.Append(CultureInfo.InvariantCulture, $"<text x=\"4\" y=\"{Y(yMax) + 4:F1}\" font-size=\"11\">{Fmt(yMax)}</text><text x=\"4\" y=\"{Y(yMin):F1}\" font-size=\"11\">{Fmt(yMin)}</text>");
+            s.Append(CultureInfo.InvariantCulture, $"<circle cx=\"{X(p.X):F1}\" cy=\"{Y(p.Y):F1}\" r=\"4\" fill=\"#4a7bd0\"><title>{E(xName)} " +
+                $"{Fmt(p.X)}: {E(yName)} {Fmt(p.Y)}</title></circle><text x=\"{X(p.X):F1}\" y=\"{height - 22}\" font-size=\"11\" " +
+                $"text-anchor=\"middle\">{Fmt(p.X)}</text>");
+        s.Append(CultureInfo.InvariantCulture, $"<text x=\"4\" y=\"{Y(yMax) + 4:F1}\" font-size=\"11\">{Fmt(yMax)}</text><text x=\"4\" " +
+            $"y=\"{Y(yMin):F1}\" font-size=\"11\">{Fmt(yMin)}</text>");
         s.Append($"<text x=\"{width / 2}\" y=\"{height - 4}\" font-size=\"12\" text-anchor=\"middle\">{E(xName)} (1 = original) &rarr; {E(yName)}</text>");
         return s.Append("</svg></figure>").ToString();
     }

@@ -66,8 +66,10 @@ public sealed record DetectionSection
     {
         var found = r.SuperWeights.Select(s => (s.Layer, s.Row, s.Column)).ToHashSet();
         string summary = r.Found
-            ? $"{r.SuperWeights.Count} super weight(s) found: " + string.Join(", ", r.SuperWeights.Select(s => $"layer {s.Layer} [{s.Row}, {s.Column}] = {s.Value:G4}"))
-            : $"no super weight above threshold {r.FirstPassThreshold:G4}; largest down_proj output spike {r.OriginalSpikes.Max(s => s.Output.Magnitude):G4} (layer {r.OriginalSpikes.MaxBy(s => s.Output.Magnitude)!.Layer})";
+            ? $"{r.SuperWeights.Count} super weight(s) found: "
+                + string.Join(", ", r.SuperWeights.Select(s => $"layer {s.Layer} [{s.Row}, {s.Column}] = {s.Value:G4}"))
+            : $"no super weight above threshold {r.FirstPassThreshold:G4}; largest down_proj output spike " +
+                $"{r.OriginalSpikes.Max(s => s.Output.Magnitude):G4} (layer {r.OriginalSpikes.MaxBy(s => s.Output.Magnitude)!.Layer})";
         return new DetectionSection
         {
             Rule = r.Rule.ToString(),
@@ -75,8 +77,10 @@ public sealed record DetectionSection
             PromptTokens = r.PromptTokens.ToList(),
             PromptText = promptText,
             SuperWeights = r.SuperWeights.Select(s => new SuperWeightRow(s.Layer, s.Row, s.Column, s.Value, s.Iteration)).ToList(),
-            SuperActivations = r.SuperActivations.Select(a => new SuperActivationRow(a.Layer, a.Channel, a.Token, a.Value, a.InputChannel, a.InputValue)).ToList(),
-            Spikes = r.OriginalSpikes.Select(s => new SpikeRow(s.Layer, s.Input.Magnitude, s.Input.Channel, s.Input.Token, s.Output.Magnitude, s.Output.Channel, s.Output.Token)).ToList(),
+            SuperActivations = r.SuperActivations.Select(a => new SuperActivationRow(a.Layer, a.Channel, a.Token, a.Value, a.InputChannel,
+                a.InputValue)).ToList(),
+            Spikes = r.OriginalSpikes.Select(s => new SpikeRow(s.Layer, s.Input.Magnitude, s.Input.Channel, s.Input.Token, s.Output.Magnitude,
+                s.Output.Channel, s.Output.Token)).ToList(),
             Iterations = r.Iterations,
             StoppedAtMaxIterations = r.StoppedAtMaxIterations,
             Summary = summary,
@@ -88,10 +92,12 @@ public sealed record DetectionSection
 
 public sealed record EvaluationSection(string Source, int Tokens, int Context, int Stride, double Perplexity, double PerplexitySe);
 
-public sealed record QualityRow(string Name, string Description, double Perplexity, double PerplexitySe, double KlDivergence, double KlDivergenceSe, double Top1Agreement, double Top1AgreementSe)
+public sealed record QualityRow(string Name, string Description, double Perplexity, double PerplexitySe, double KlDivergence, double KlDivergenceSe,
+    double Top1Agreement, double Top1AgreementSe)
 {
     public static QualityRow From(string name, string description, DivergenceResult d) =>
-        new(name, description, d.ModifiedPerplexity.Value, d.ModifiedPerplexity.StandardError, d.KlDivergence.Value, d.KlDivergence.StandardError, d.Top1Agreement.Value, d.Top1Agreement.StandardError);
+        new(name, description, d.ModifiedPerplexity.Value, d.ModifiedPerplexity.StandardError, d.KlDivergence.Value, d.KlDivergence.StandardError,
+            d.Top1Agreement.Value, d.Top1Agreement.StandardError);
 }
 
 public sealed record ScalingRow(double Scale, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement)
@@ -109,4 +115,5 @@ public sealed record TokenProbability(int Id, string Text, double Probability);
 /// <summary>Zeroed and OriginalTopAfterZeroing are null when no super weight was detected.</summary>
 public sealed record NextTokenSection(string Prompt, List<TokenProbability> Original, List<TokenProbability>? Zeroed, double? OriginalTopAfterZeroing);
 
-public sealed record ControlRow(int WeightsZeroed, double SmallestMagnitudeZeroed, double Perplexity, double PerplexitySe, double KlDivergence, double Top1Agreement);
+public sealed record ControlRow(int WeightsZeroed, double SmallestMagnitudeZeroed, double Perplexity, double PerplexitySe, double KlDivergence,
+    double Top1Agreement);

@@ -78,11 +78,15 @@ public static class ArtifactReport
     public static string Line(ArtifactResult a)
     {
         string head = $"{a.Spec.Kind}: {a.File.FinalPath} ({a.Bytes / 1048576.0:F2} MiB, {a.BitsPerWeight:F2} bits/weight; {a.Layout})";
-        string tasks = string.Concat(a.Tasks.Select(t => $"\n  {t.Task}: accuracy {t.Accuracy.Value:P2} +/- {t.Accuracy.StandardError:P2} over {t.Documents} documents" +
-            (t.AccuracyNorm is Estimate n ? $", acc_norm {n.Value:P2}" : "") + (t.Perplexity is Estimate p ? $", perplexity {p.Value:F3}" : "") + $" ({a.Engine})"));
+        string tasks = string.Concat(a.Tasks.Select(t => $"\n  {t.Task}: accuracy {t.Accuracy.Value:P2} +/- {t.Accuracy.StandardError:P2} over " +
+            $"{t.Documents} documents" +
+            (t.AccuracyNorm is Estimate n ? $", acc_norm {n.Value:P2}" : "") + (t.Perplexity is Estimate p ? $", perplexity {p.Value:F3}" : "")
+                + $" ({a.Engine})"));
         if (a.Quality is not DivergenceResult d) return head + $"; loaded and run by {a.Engine} (no evaluation data)" + tasks;
-        return head + $"\n  measured by {a.Engine} on {d.TokensScored} tokens: KL {d.KlDivergence.Value:F6} +/- {d.KlDivergence.StandardError:F6} (median {F(d.KlMedian)}, p99 {F(d.KlP99)}, max {F(d.KlMax)}), " +
-            $"same top {d.Top1Agreement.Value:P2}, perplexity {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (original {d.ReferencePerplexity.Value:F4}), RMS dp {d.RmsDeltaP.Value:P3}" + tasks;
+        return head + $"\n  measured by {a.Engine} on {d.TokensScored} tokens: KL {d.KlDivergence.Value:F6} +/- {d.KlDivergence.StandardError:F6} " +
+            $"(median {F(d.KlMedian)}, p99 {F(d.KlP99)}, max {F(d.KlMax)}), " +
+            $"same top {d.Top1Agreement.Value:P2}, perplexity {d.ModifiedPerplexity.Value:F4} +/- {d.ModifiedPerplexity.StandardError:F4} (original " +
+                $"{d.ReferencePerplexity.Value:F4}), RMS dp {d.RmsDeltaP.Value:P3}" + tasks;
     }
 
     public static object Json(ArtifactResult a) => SuperQuant.Cli.Gate.GateVerdict.Judge(a, null);
@@ -96,20 +100,26 @@ public static class ArtifactReport
             sb.Append($"## {m.Id}: {(m.Passed ? (m.NearMiss ? "near miss" : "passed") : "**FAILED**")} ({m.Status})\n\n")
               .Append($"{m.Settings}. Super weights: {m.Detection}.{(m.Z is double z ? $" z = {F(z)}." : "")} Evaluated on {m.TokensEvaluated} tokens" +
                       $"{(m.ReferenceFromCache ? " (baseline from cache)" : "")}.\n\n")
-              .Append("| artifact | engine | size | bits/weight | gate | value | limit | PPL(Q) | PPL(base) | ΔPPL | KLD mean | KLD median | KLD p99 | KLD p99.9 | KLD max | same top | RMS Δp |\n")
+              .Append("| artifact | engine | size | bits/weight | gate | value | limit | PPL(Q) | PPL(base) | ΔPPL | KLD mean | KLD median | KLD p99 " +
+                  "| KLD p99.9 | KLD max | same top | RMS Δp |\n")
               .Append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
             foreach (var a in m.Artifacts)
                 sb.Append($"| {a.Kind} `{System.IO.Path.GetFileName(a.Path)}` | {a.Engine} | {a.Bytes / 1048576.0:F2} MiB | {a.BitsPerWeight:F3} | " +
-                          $"{(a.Passed ? (a.NearMiss ? "near miss" : "passed") : "**FAILED**")} ({a.Metric}) | {F(a.Value)} | {F(a.Limit)} | {F(a.Perplexity)} ± {F(a.PerplexitySe)} | " +
-                          $"{F(a.ReferencePerplexity)} | {F(a.PerplexityDelta)} ± {F(a.PerplexityDeltaSe)} | {F(a.KlMean)} ± {F(a.KlMeanSe)} | {F(a.KlMedian)} | {F(a.KlP99)} | {F(a.KlP999)} | " +
+                          $"{(a.Passed ? (a.NearMiss ? "near miss" : "passed") : "**FAILED**")} ({a.Metric}) | {F(a.Value)} | {F(a.Limit)} | " +
+                              $"{F(a.Perplexity)} ± {F(a.PerplexitySe)} | " +
+                          $"{F(a.ReferencePerplexity)} | {F(a.PerplexityDelta)} ± {F(a.PerplexityDeltaSe)} | {F(a.KlMean)} ± {F(a.KlMeanSe)} | " +
+                              $"{F(a.KlMedian)} | {F(a.KlP99)} | {F(a.KlP999)} | " +
                           $"{F(a.KlMax)} | {a.SameTop:P2} ± {a.SameTopSe:P2} | {a.RmsDeltaP:P3} |\n");
             if (m.Artifacts.Any(a => a.Tasks.Count > 0))
             {
-                sb.Append("\n| artifact | task | documents | accuracy | original | limit | acc_norm | perplexity | gate |\n|---|---|---|---|---|---|---|---|---|\n");
+                sb.Append("\n| artifact | task | documents | accuracy | original | limit | acc_norm | perplexity | gate " +
+                    "|\n|---|---|---|---|---|---|---|---|---|\n");
                 foreach (var a in m.Artifacts)
                     foreach (var t in a.Tasks)
-                        sb.Append($"| {a.Kind} | {t.Task} | {t.Documents} | {t.Accuracy:P2} ± {t.AccuracySe:P2} | {t.Baseline:P2} ± {t.BaselineSe:P2} | {(double.IsNaN(t.Limit) ? "-" : t.Limit.ToString("P2", CultureInfo.InvariantCulture))} | " +
-                                  $"{(t.AccuracyNorm is double n ? n.ToString("P2", CultureInfo.InvariantCulture) : "-")} | {(t.Perplexity is double pp ? F(pp) : "-")} | {(t.Passed ? "passed" : "**FAILED**")} |\n");
+                        sb.Append($"| {a.Kind} | {t.Task} | {t.Documents} | {t.Accuracy:P2} ± {t.AccuracySe:P2} | {t.Baseline:P2} ± " +
+                            $"{t.BaselineSe:P2} | {(double.IsNaN(t.Limit) ? "-" : t.Limit.ToString("P2", CultureInfo.InvariantCulture))} | " +
+                                  $"{(t.AccuracyNorm is double n ? n.ToString("P2", CultureInfo.InvariantCulture) : "-")} | " +
+                                      $"{(t.Perplexity is double pp ? F(pp) : "-")} | {(t.Passed ? "passed" : "**FAILED**")} |\n");
             }
             if (m.Steps.Count > 0)
             {

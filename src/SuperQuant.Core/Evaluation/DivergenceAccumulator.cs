@@ -33,7 +33,8 @@ public sealed record DivergenceResult(
     /// with the paired standard error (far smaller than either mean's when the two files err on the same tokens).</summary>
     public Estimate KlDifferenceFrom(DivergenceResult other)
     {
-        if (other.KlPerToken.Count != KlPerToken.Count || KlPerToken.Count == 0) throw new ArgumentException("the two results were not scored on the same tokens");
+        if (other.KlPerToken.Count != KlPerToken.Count || KlPerToken.Count == 0) throw new ArgumentException("the two results were not scored on the " +
+            "same tokens");
         int n = KlPerToken.Count;
         double mean = 0, m2 = 0;
         for (int i = 0; i < n; i++)

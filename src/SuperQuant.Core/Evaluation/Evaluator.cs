@@ -94,7 +94,8 @@ public static class Evaluator
             {
                 using var chunk = torch.NewDisposeScope();
                 int m = (int)Math.Min(RowsPerChunk, n - start);
-                acc.Add(F.log_softmax(refLogits.narrow(0, start, m).to(ScalarType.Float64), -1), F.log_softmax(q.narrow(0, start, m).to(ScalarType.Float64), -1),
+                acc.Add(F.log_softmax(refLogits.narrow(0, start, m).to(ScalarType.Float64), -1),
+                    F.log_softmax(q.narrow(0, start, m).to(ScalarType.Float64), -1),
                     targets.narrow(0, start, m), argmax.AsSpan((int)start, m).ToArray(), nll.AsSpan((int)start, m).ToArray());
             }
             progress?.Invoke(wi + 1, reference.Windows.Count);

@@ -38,7 +38,9 @@ public sealed class LayerMajorLogits : IDisposable
 
     /// <summary>The windows of <paramref name="tokens"/> as <see cref="EvalWindow.Over"/> cuts them.</summary>
     public LayerMajorLogits(LlamaModel model, IReadOnlyList<int> tokens, int context, int stride, int? maxBatch = null)
-        : this(model, EvalWindow.Over(tokens.Count, context, stride).Select(w => Enumerable.Range(w.Start, w.Length).Select(i => tokens[i]).ToArray()).ToList(), maxBatch) { }
+        : this(model, EvalWindow.Over(tokens.Count, context,
+            stride).Select(w => Enumerable.Range(w.Start, w.Length).Select(i => tokens[i]).ToArray()).ToList(), maxBatch)
+    { }
 
     /// <summary>A <see cref="LogitsFunction"/>: [1, T] ids in, [1, T, vocab] logits out.</summary>
     public Tensor Logits(Tensor input)

@@ -18,7 +18,8 @@ namespace SuperQuant.Core.Evaluation;
 /// file is opened (a damaged or edited cache is recomputed, never trusted: a changed NLL would change a perplexity
 /// gate's verdict), and each row is range-checked when read.</para>
 /// <code>
-/// header: "SQRF" u32 version=2 | i32 vocab | i32 tokens | i32 context | i32 stride | i64 scored | byte[32] rows SHA-256 | i32 keyLength | key (UTF-8), padded to 8
+/// header: "SQRF" u32 version=2 | i32 vocab | i32 tokens | i32 context | i32 stride | i64 scored | byte[32] rows SHA-256 | i32 keyLength | key (UTF-8),
+/// padded to 8
 /// row (per scored token): f32 min | f32 scale | i32 argmax | f32 nll | i16[vocab] code - 32768 | pad to 4 bytes
 /// </code>
 /// </summary>
@@ -47,7 +48,8 @@ public sealed class ReferenceFile : IDisposable
 
     ReferenceFile(string path, FileStream stream, string key, int vocab, int tokens, int context, int stride, long scored, long dataStart)
     {
-        Path = path; _stream = stream; Key = key; Vocab = vocab; TokenCount = tokens; Context = context; Stride = stride; Scored = scored; _dataStart = dataStart;
+        Path = path; _stream = stream; Key = key; Vocab = vocab; TokenCount = tokens;
+        Context = context; Stride = stride; Scored = scored; _dataStart = dataStart;
         Windows = EvalWindow.Over(tokens, context, stride).ToList();
     }
 
@@ -83,7 +85,8 @@ public sealed class ReferenceFile : IDisposable
                 Tensor max = logits.amax(new long[] { -1 }, keepdim: true);
                 Tensor min = torch.maximum(logits.amin(new long[] { -1 }, keepdim: true), max - Range);
                 Tensor scale = ((max - min) / 65535f).clamp(min: 1e-12f);
-                Tensor codes = ((torch.maximum(logits, min) - min) / scale).round().clamp(0, 65535).to(ScalarType.Int32).sub_(32768).to(ScalarType.Int16).contiguous();
+                Tensor codes = ((torch.maximum(logits, min) - min) / scale).round().clamp(0,
+                    65535).to(ScalarType.Int32).sub_(32768).to(ScalarType.Int16).contiguous();
                 float[] mins = min.squeeze(1).data<float>().ToArray(), scales = scale.squeeze(1).data<float>().ToArray(); // host: logits.cpu() above
                 long[] argmax = logits.argmax(-1).data<long>().ToArray(); // host
                 double[] nll = (-F.log_softmax(logits.to(ScalarType.Float64), -1).gather(1, targets.unsqueeze(1))).squeeze(1).data<double>().ToArray(); // host
@@ -178,8 +181,10 @@ public sealed class ReferenceFile : IDisposable
             scales[i] = BitConverter.ToSingle(row[4..]);
             argmax[i] = BitConverter.ToInt32(row[8..]);
             nll[i] = BitConverter.ToSingle(row[12..]);
-            if (argmax[i] < 0 || argmax[i] >= Vocab || !float.IsFinite(mins[i]) || !float.IsFinite(scales[i]) || !(scales[i] >= 0) || !double.IsFinite(nll[i]) || nll[i] < 0)
-                throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{Path}: row {firstRow + i} of the reference cache changed after it was checked; delete it or rerun", Path);
+            if (argmax[i] < 0 || argmax[i] >= Vocab || !float.IsFinite(mins[i]) || !float.IsFinite(scales[i]) || !(scales[i] >= 0)
+                || !double.IsFinite(nll[i]) || nll[i] < 0)
+                throw new SuperQuantException(ErrorCodes.ArtifactFormat,
+                    $"{Path}: row {firstRow + i} of the reference cache changed after it was checked; delete it or rerun", Path);
             MemoryMarshal.Cast<byte, short>(row.Slice(16, 2 * Vocab)).CopyTo(codes.AsSpan(i * Vocab, Vocab));
         }
         using var scope = torch.NewDisposeScope();

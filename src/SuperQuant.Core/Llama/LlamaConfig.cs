@@ -105,8 +105,12 @@ public sealed record LlamaConfig
         long d = HiddenSize, h = IntermediateSize, qd = (long)NumHeads * HeadDim, kv = KvDim;
         return p switch
         {
-            Projection.Q => (qd, d), Projection.K or Projection.V => (kv, d), Projection.O => (d, qd),
-            Projection.Gate or Projection.Up => (h, d), Projection.Down => (d, h), Projection.LmHead => (VocabSize, d),
+            Projection.Q => (qd, d),
+            Projection.K or Projection.V => (kv, d),
+            Projection.O => (d, qd),
+            Projection.Gate or Projection.Up => (h, d),
+            Projection.Down => (d, h),
+            Projection.LmHead => (VocabSize, d),
             _ => throw new ArgumentOutOfRangeException(nameof(p)),
         };
     }
@@ -118,7 +122,8 @@ public sealed record LlamaConfig
             if (!ok) throw new InvalidDataException($"invalid model config: {what}");
         }
         Require(HiddenSize > 0 && IntermediateSize > 0 && NumLayers > 0 && VocabSize > 0, "sizes must be positive");
-        Require(NumHeads > 0 && NumKvHeads > 0 && NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) must be a multiple of num_key_value_heads ({NumKvHeads})");
+        Require(NumHeads > 0 && NumKvHeads > 0 && NumHeads % NumKvHeads == 0,
+            $"num_attention_heads ({NumHeads}) must be a multiple of num_key_value_heads ({NumKvHeads})");
         Require(HeadDim % 2 == 0, $"head dim ({HeadDim}) must be even for RoPE");
         Require(HeadDimOverride != null || HiddenSize % NumHeads == 0, $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumHeads})");
         Require(HeadDimOverride is null or > 0, $"head_dim ({HeadDimOverride}) must be positive");
@@ -128,26 +133,33 @@ public sealed record LlamaConfig
         Require(SlidingWindow is null or > 0, $"sliding_window ({SlidingWindow}) must be positive");
         Require(ClipQkv is null || (double.IsFinite(ClipQkv.Value) && ClipQkv > 0), $"clip_qkv ({ClipQkv}) must be a positive finite number");
         Require(RopeScaling is null || (RopeScaling.Factor > 0 && RopeScaling.LowFreqFactor > 0 && RopeScaling.HighFreqFactor > RopeScaling.LowFreqFactor
-            && RopeScaling.OriginalMaxPositionEmbeddings > 0 && double.IsFinite(RopeScaling.Factor)), "rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+            && RopeScaling.OriginalMaxPositionEmbeddings > 0 && double.IsFinite(RopeScaling.Factor)), "rope_scaling needs factor > 0, 0 < " +
+                "low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
         Require(RopeDims > 0 && RopeDims <= HeadDim && RopeDims % 2 == 0, $"rotary dimensions ({RopeDims}) must be even and within head_dim ({HeadDim})");
         Require(RopeScaling is null || LongRope is null, "rope_scaling is either llama3 or longrope, not both");
         if (LongRope is { } lr)
         {
             Require(lr.ShortFactors.Length == RopeDims / 2 && lr.LongFactors.Length == RopeDims / 2,
-                $"rope_scaling.short_factor and long_factor need {RopeDims / 2} entries each (rotary dimensions / 2), not {lr.ShortFactors.Length} and {lr.LongFactors.Length}");
-            Require(lr.ShortFactors.Concat(lr.LongFactors).All(f => double.IsFinite(f) && f > 0), "rope_scaling.short_factor and long_factor must be positive finite numbers");
+                $"rope_scaling.short_factor and long_factor need {RopeDims / 2} entries each (rotary dimensions / 2), not {lr.ShortFactors.Length} " +
+                    $"and {lr.LongFactors.Length}");
+            Require(lr.ShortFactors.Concat(lr.LongFactors).All(f => double.IsFinite(f) && f > 0),
+                "rope_scaling.short_factor and long_factor must be positive finite numbers");
             Require(lr.OriginalMaxPositionEmbeddings > 0, $"original_max_position_embeddings ({lr.OriginalMaxPositionEmbeddings}) must be positive");
-            Require(double.IsFinite(lr.AttentionFactor) && lr.AttentionFactor > 0, $"rope_scaling.attention_factor ({lr.AttentionFactor}) must be a positive finite number");
+            Require(double.IsFinite(lr.AttentionFactor) && lr.AttentionFactor > 0,
+                $"rope_scaling.attention_factor ({lr.AttentionFactor}) must be a positive finite number");
         }
-        Require(SlidingLayers is null || SlidingLayers.Length == NumLayers, $"the sliding-window layer pattern has {SlidingLayers?.Length} entries for {NumLayers} layers");
+        Require(SlidingLayers is null || SlidingLayers.Length == NumLayers,
+            $"the sliding-window layer pattern has {SlidingLayers?.Length} entries for {NumLayers} layers");
         Require(RopeLayers is null || RopeLayers.Length == NumLayers, $"the RoPE layer list has {RopeLayers?.Length} entries for {NumLayers} layers");
         Require(SlidingLayers is null || SlidingWindow is not null, "a sliding-window layer pattern needs sliding_window");
-        foreach (var (name, v) in new[] { ("attn_logit_softcapping", AttnLogitSoftcap), ("final_logit_softcapping", FinalLogitSoftcap), ("query_pre_attn_scalar", QueryPreAttnScalar), ("rope_local_base_freq", RopeLocalTheta), ("rope_scaling.factor", RopeLinearFactor) })
+        foreach (var (name, v) in new[] { ("attn_logit_softcapping", AttnLogitSoftcap), ("final_logit_softcapping", FinalLogitSoftcap),
+            ("query_pre_attn_scalar", QueryPreAttnScalar), ("rope_local_base_freq", RopeLocalTheta), ("rope_scaling.factor", RopeLinearFactor) })
             Require(v is null || (double.IsFinite(v.Value) && v > 0), $"{name} ({v}) must be a positive finite number");
         Require(double.IsFinite(EmbeddingScale) && EmbeddingScale > 0, $"embedding scale ({EmbeddingScale}) must be a positive finite number");
         // Bounds far above any real model: a corrupt header must fail here, not in a terabyte allocation.
         Require(HiddenSize <= 1 << 18 && IntermediateSize <= 1 << 20 && NumLayers <= 4096 && VocabSize <= 1 << 24 && NumHeads <= 4096,
-            $"sizes beyond any real model (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, vocabulary {VocabSize}, heads {NumHeads})");
+            $"sizes beyond any real model (hidden {HiddenSize}, intermediate {IntermediateSize}, layers {NumLayers}, vocabulary {VocabSize}, heads " +
+                $"{NumHeads})");
     }
 
     /// <summary>Number of parameters, counting a tied embedding once.</summary>

@@ -148,8 +148,13 @@ public sealed class LlamaWeights : IDisposable
 
     static Tensor Matrix(LlamaLayerWeights w, Projection p) => p switch
     {
-        Projection.Q => w.Wq, Projection.K => w.Wk, Projection.V => w.Wv, Projection.O => w.Wo,
-        Projection.Gate => w.WGate, Projection.Up => w.WUp, Projection.Down => w.WDown,
+        Projection.Q => w.Wq,
+        Projection.K => w.Wk,
+        Projection.V => w.Wv,
+        Projection.O => w.Wo,
+        Projection.Gate => w.WGate,
+        Projection.Up => w.WUp,
+        Projection.Down => w.WDown,
         _ => throw new ArgumentOutOfRangeException(nameof(p)),
     };
 
@@ -182,7 +187,8 @@ public sealed class LlamaWeights : IDisposable
                 LmHead = value;
                 return;
             }
-            var w = Layers[site.Layer] ?? throw new InvalidOperationException("a layer-streamed model's matrices are read from its source and cannot be replaced");
+            var w = Layers[site.Layer] ?? throw new InvalidOperationException("a layer-streamed model's matrices are read from its source and cannot " +
+                "be replaced");
             switch (site.Projection)
             {
                 case Projection.Q: w.Wq = value; break;

@@ -1,6 +1,6 @@
 using SuperQuant.Core.Llama;
-using SuperQuant.Core.SuperWeights;
 using SuperQuant.Core.Quantization.Methods;
+using SuperQuant.Core.SuperWeights;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -100,7 +100,8 @@ public sealed class ActivationQuantizer : IForwardHooks
     public QuantizationResult? Weights { get; private set; }
 
     /// <summary>Rebuilds the hooks from stored state (a packed artifact).</summary>
-    public static ActivationQuantizer FromState(ActivationQuantizationOptions o, IReadOnlyDictionary<(int, InputGroup), Tensor> transforms, IReadOnlyDictionary<(int, InputGroup), int[]> superChannels)
+    public static ActivationQuantizer FromState(ActivationQuantizationOptions o, IReadOnlyDictionary<(int, InputGroup), Tensor> transforms,
+        IReadOnlyDictionary<(int, InputGroup), int[]> superChannels)
     {
         var q = new ActivationQuantizer(o);
         foreach (var (k, t) in transforms) q._transforms[k] = t;
@@ -111,25 +112,33 @@ public sealed class ActivationQuantizer : IForwardHooks
     /// <summary>Calibrates on <paramref name="calibration"/>, transforms the weights (folds and rotations, then the
     /// method's weight clipping), quantizes them with per-channel block RTN (the packed artifact's format) unless
     /// <c>WeightBits</c> is 16, and returns the hooks to install as <see cref="LlamaModel.Hooks"/>.</summary>
-    public static ActivationQuantizer Apply(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration, DetectionReport? detection = null)
+    public static ActivationQuantizer Apply(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration,
+        DetectionReport? detection = null)
     {
         var q = Prepare(model, o, calibration, detection);
         if (o.WeightBits < 16)
-            q.Weights = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = o.WeightBits, BlockSize = 0 }, Array.Empty<SuperWeight>());
+            q.Weights = ModelQuantizer.Quantize(model, new WeightQuantizationOptions
+            {
+                Method = WeightMethod.Rtn, Bits = o.WeightBits,
+                BlockSize = 0
+            }, Array.Empty<SuperWeight>());
         return q;
     }
 
     /// <summary>Everything but the weight rounding: calibration, folds into norms, rotations fused into the weights
     /// (x W^T = (x T)(W T^-T)^T), the weight clip, and the super-activation channels. The caller quantizes the
     /// weights (any block size) and installs the returned hooks.</summary>
-    public static ActivationQuantizer Prepare(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration, DetectionReport? detection = null)
+    public static ActivationQuantizer Prepare(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration,
+        DetectionReport? detection = null)
     {
         if (o.Method == ActivationMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
-                $"SmoothQuant folds its scales into the preceding norm's weight; {model.Config.Architecture} uses a non-parametric LayerNorm, which has none (use hadamard or duquant)");
+                $"SmoothQuant folds its scales into the preceding norm's weight; {model.Config.Architecture} uses a non-parametric LayerNorm, which " +
+                    $"has none (use hadamard or duquant)");
         if (o.Method == ActivationMethod.SmoothQuant && !model.Config.PreNorms)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
-                $"SmoothQuant folds its scales into the norm before q/k/v and gate/up; {model.Config.Architecture} normalizes after each sub-block instead, so there is none to fold into (use hadamard or duquant)");
+                $"SmoothQuant folds its scales into the norm before q/k/v and gate/up; {model.Config.Architecture} normalizes after each sub-block " +
+                    $"instead, so there is none to fold into (use hadamard or duquant)");
         var q = new ActivationQuantizer(o);
         var stats = InputStatistics.Record(model, calibration);
         using var _ = torch.no_grad();
@@ -217,7 +226,8 @@ public sealed class ActivationQuantizer : IForwardHooks
             // The paper: only the super activation itself (the channel's largest |x|, per sequence) is replaced and
             // restored, in fp16; the channel's other tokens are quantized like everything else.
             Tensor at = saved.abs().argmax(-2, keepdim: true);                               // [B, 1, k] token index
-            Tensor mask = torch.zeros_like(saved, dtype: ScalarType.Bool, device: saved.device).scatter_(-2, at, torch.ones_like(at, dtype: ScalarType.Bool, device: at.device));
+            Tensor mask = torch.zeros_like(saved, dtype: ScalarType.Bool, device: saved.device).scatter_(-2, at,
+                torch.ones_like(at, dtype: ScalarType.Bool, device: at.device));
             Tensor scalar = saved.gather(-2, at).to_type(ScalarType.Float16).to_type(saved.dtype); // stored in fp16
             Tensor qs = FakeQuant(x.index_copy(-1, idx, saved.masked_fill(mask, median)));
             return qs.index_copy(-1, idx, torch.where(mask, scalar.expand_as(saved), qs.index_select(-1, idx)));

@@ -13,7 +13,8 @@ public static class BitPacking
 {
     public static long PackedBytes(long count, int bits) => bits == 8 ? count : (count + 7) / 8 * bits;
 
-    static Tensor Powers(int step, int count, Device device) => torch.tensor(Enumerable.Range(0, count).Select(i => 1L << (step * i)).ToArray(), device: device);
+    static Tensor Powers(int step, int count, Device device)
+        => torch.tensor(Enumerable.Range(0, count).Select(i => 1L << (step * i)).ToArray(), device: device);
 
     public static Tensor Pack(Tensor codes, int bits)
     {
@@ -30,7 +31,8 @@ public static class BitPacking
     public static Tensor Unpack(Tensor packed, int bits, long count)
     {
         if (packed.numel() != PackedBytes(count, bits))
-            throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"expected {PackedBytes(count, bits)} packed bytes for {count} {bits}-bit codes, got {packed.numel()}");
+            throw new SuperQuantException(ErrorCodes.ArtifactFormat,
+                $"expected {PackedBytes(count, bits)} packed bytes for {count} {bits}-bit codes, got {packed.numel()}");
         if (bits == 8) return packed.flatten().clone();
         using var scope = torch.NewDisposeScope();
         long groups = (count + 7) / 8;

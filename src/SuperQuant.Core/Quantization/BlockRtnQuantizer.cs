@@ -26,7 +26,8 @@ public static class BlockRtnQuantizer
         if (bits < MinBits || bits > MaxBits)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{bits}-bit weights are not supported (supported: {MinBits}..{MaxBits})");
         if (blockSize != 0 && (blockSize < MinBlock || blockSize > MaxBlock))
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"block size {blockSize} is not supported (supported: {MinBlock}..{MaxBlock}, or 0 = per-channel)");
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"block size {blockSize} is not supported (supported: {MinBlock}..{MaxBlock}, or 0 = per-channel)");
     }
 
     public static QuantizedMatrix Quantize(Tensor weight, int bits, int blockSize)
@@ -65,7 +66,8 @@ public static class BlockRtnQuantizer
         using var _ = torch.no_grad();
         long blocks = q.BlocksPerRow, block = q.BlockSize;
         Tensor w = q.IsPaperLayout ? Methods.PaperBlockQuantizer.DequantizeBlocks(q)
-            : ((Pad(q.UnpackCodes().to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks, block) - q.Zeros.to_type(ScalarType.Float32).unsqueeze(-1)) * q.Scales.to_type(ScalarType.Float32).unsqueeze(-1))
+            : ((Pad(q.UnpackCodes().to_type(ScalarType.Float32), blocks * block).view(q.Rows, blocks,
+                block) - q.Zeros.to_type(ScalarType.Float32).unsqueeze(-1)) * q.Scales.to_type(ScalarType.Float32).unsqueeze(-1))
                 .view(q.Rows, blocks * block).narrow(1, 0, q.Cols).contiguous();
         if (q.OutlierIndices is not null && q.OutlierValues is not null && q.OutlierCount > 0)
         {

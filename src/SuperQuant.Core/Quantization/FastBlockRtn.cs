@@ -112,7 +112,8 @@ public static unsafe class FastBlockRtn
     public static void QuantizeDequantizeInto(Tensor weight, int bits, int blockSize, Tensor output)
     {
         BlockRtnQuantizer.Validate(bits, blockSize);
-        if (!Applies(weight) || !Applies(output) || !weight.shape.SequenceEqual(output.shape)) throw new ArgumentException("expected two contiguous fp32 CPU matrices of one shape");
+        if (!Applies(weight) || !Applies(output) || !weight.shape.SequenceEqual(output.shape)) throw new ArgumentException("expected two contiguous " +
+            "fp32 CPU matrices of one shape");
         long rows = weight.shape[0], cols = weight.shape[1];
         int block = blockSize == 0 ? (int)cols : (int)Math.Min(blockSize, cols);
         long blocks = (cols + block - 1) / block;
@@ -140,7 +141,8 @@ public static unsafe class FastBlockRtn
     /// e.g. the buffer the original weights were in), outliers restored; equal to <see cref="BlockRtnQuantizer.Dequantize"/>.</summary>
     public static void DequantizeInto(QuantizedMatrix q, Tensor output)
     {
-        if (!Applies(output) || output.shape[0] != q.Rows || output.shape[1] != q.Cols) throw new ArgumentException("output must be a contiguous fp32 CPU [rows, cols] matrix");
+        if (!Applies(output) || output.shape[0] != q.Rows || output.shape[1] != q.Cols) throw new ArgumentException("output must be a contiguous " +
+            "fp32 CPU [rows, cols] matrix");
         using var packed = q.PackedCodes.cpu().contiguous();
         using var scalesT = q.Scales.cpu().to_type(ScalarType.Float32).contiguous();
         using var zerosT = q.Zeros.cpu().to_type(ScalarType.Float32).contiguous();

@@ -46,7 +46,8 @@ public sealed class ImportanceRecorder : IForwardHooks
     /// <summary>Per linear layer, X^T X / n of its inputs on the calibration data (the layer-output error of a weight
     /// change dW is dW H dW^T); q/k/v share q's, gate/up share gate's. Only inputs up to
     /// <see cref="MaxCovarianceWidth"/> wide.</summary>
-    public static Dictionary<LinearSite, Tensor> Covariances(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens = 1 << 16, CancellationToken cancel = default)
+    public static Dictionary<LinearSite, Tensor> Covariances(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens = 1 << 16,
+        CancellationToken cancel = default)
     {
         var rec = Run(model, tokens, context, maxTokens, cancel, covariance: true);
         var result = new Dictionary<LinearSite, Tensor>();
@@ -56,7 +57,12 @@ public sealed class ImportanceRecorder : IForwardHooks
             Tensor h = (g / Math.Max(1, n)).to(ScalarType.Float32).DetachFromDisposeScope();
             g.Dispose();
             result[site] = h;
-            var shared = site.Projection switch { Projection.Q => new[] { Projection.K, Projection.V }, Projection.Gate => new[] { Projection.Up }, _ => Array.Empty<Projection>() };
+            var shared = site.Projection switch
+            {
+                Projection.Q => new[] { Projection.K, Projection.V },
+                Projection.Gate => new[] { Projection.Up },
+                _ => Array.Empty<Projection>()
+            };
             foreach (var p in shared) result[new LinearSite(site.Layer, p)] = h;
         }
         foreach (var (s, _) in rec._sums.Values) s.Dispose();
@@ -87,7 +93,8 @@ public sealed class ImportanceRecorder : IForwardHooks
 
     /// <summary>Runs <paramref name="model"/> over <paramref name="tokens"/> in windows of its context (at most
     /// <paramref name="maxTokens"/> tokens) and returns the per-column mean squares of every linear input.</summary>
-    public static Dictionary<LinearSite, float[]> Record(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens = 1 << 16, CancellationToken cancel = default)
+    public static Dictionary<LinearSite, float[]> Record(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens = 1 << 16,
+        CancellationToken cancel = default)
     {
         var rec = Run(model, tokens, context, maxTokens, cancel, covariance: false);
         var result = new Dictionary<LinearSite, float[]>();

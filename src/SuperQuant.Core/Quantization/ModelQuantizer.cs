@@ -67,7 +67,8 @@ public sealed record WeightQuantizationOptions
         {
             BlockRtnQuantizer.Validate(Bits, BlockSize);
             if (Clip is not (Methods.ClipMethod.ZScore or Methods.ClipMethod.None) || Levels != Methods.LevelKind.Integer)
-                throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "clip methods other than zscore/no, and shifted or normal-float levels, are the paper variant's (variant: paper)");
+                throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                    "clip methods other than zscore/no, and shifted or normal-float levels, are the paper variant's (variant: paper)");
         }
     }
 }
@@ -142,9 +143,11 @@ public static class ModelQuantizer
             q = Methods.PaperBlockQuantizer.Quantize(w, o.Paper(aware ? z : double.PositiveInfinity)); // the paper clips every row
         else
         {
-            using Tensor clipped = ZScoreClip(w, aware && o.Clip == Methods.ClipMethod.ZScore ? z : double.PositiveInfinity, aware ? SuperActivationRows(site, superWeights) : null);
+            using Tensor clipped = ZScoreClip(w, aware && o.Clip == Methods.ClipMethod.ZScore ? z : double.PositiveInfinity, aware
+                ? SuperActivationRows(site, superWeights) : null);
             dequantized = dequantizeInPlace && FastBlockRtn.Applies(clipped) && FastBlockRtn.Applies(w);
-            q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize, dequantized ? w : null) : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
+            q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize, dequantized ? w : null)
+                : BlockRtnQuantizer.Quantize(clipped, o.Bits, o.BlockSize);
         }
         if (mine.Count == 0) return q;
         // host: outlier coordinates and values are artifact data (written to disk); Dequantize moves them.
@@ -153,7 +156,11 @@ public static class ModelQuantizer
         var values = torch.tensor(originals).to_type(ScalarType.Float16); // host: as above
         if (dequantized)
             using (torch.no_grad())
-                for (int k = 0; k < mine.Count; k++) { using var v = torch.tensor((float)(Half)originals[k]); w[mine[k].Row, mine[k].Column] = v; } // host: w is a CPU matrix here
+                for (int k = 0; k < mine.Count; k++)
+                {
+                    using var v = torch.tensor((float)(Half)originals[k]); w[mine[k].Row,
+                    mine[k].Column] = v;
+                } // host: w is a CPU matrix here
         return new QuantizedMatrix
         {
             Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, PackedCodes = q.PackedCodes, Scales = q.Scales, Zeros = q.Zeros,
@@ -170,7 +177,12 @@ public static class ModelQuantizer
         {
             var s = o.Paper(double.PositiveInfinity);
             long block = Methods.PaperBlockQuantizer.EffectiveBlock(s, rows, cols);
-            var layout = s.Levels switch { Methods.LevelKind.ShiftedInteger => MatrixLayout.PaperShifted, Methods.LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat, _ => MatrixLayout.Paper };
+            var layout = s.Levels switch
+            {
+                Methods.LevelKind.ShiftedInteger => MatrixLayout.PaperShifted,
+                Methods.LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat,
+                _ => MatrixLayout.Paper
+            };
             return new MatrixPlan(rows, cols, o.Bits, (int)Math.Min(block, int.MaxValue), layout, block, new[] { rows * cols / block }, outliers);
         }
         int b = o.BlockSize == 0 ? (int)cols : (int)Math.Min(o.BlockSize, cols);
@@ -179,7 +191,8 @@ public static class ModelQuantizer
 
     /// <summary>Quantizes one decoder block of a layer-streamed model (the block just read from its source, fp32) as
     /// <see cref="Quantize"/> quantizes each matrix; the block's floats are left as read (a writer stores only the codes).</summary>
-    public static Dictionary<LinearSite, QuantizedMatrix> QuantizeLayer(LlamaLayerWeights layer, int l, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights)
+    public static Dictionary<LinearSite, QuantizedMatrix> QuantizeLayer(LlamaLayerWeights layer, int l, WeightQuantizationOptions o, double z,
+        IReadOnlyList<SuperWeight> superWeights)
     {
         var result = new Dictionary<LinearSite, QuantizedMatrix>();
         try
@@ -188,8 +201,13 @@ public static class ModelQuantizer
             {
                 Tensor original = p switch
                 {
-                    Projection.Q => layer.Wq, Projection.K => layer.Wk, Projection.V => layer.Wv, Projection.O => layer.Wo,
-                    Projection.Gate => layer.WGate, Projection.Up => layer.WUp, _ => layer.WDown,
+                    Projection.Q => layer.Wq,
+                    Projection.K => layer.Wk,
+                    Projection.V => layer.Wv,
+                    Projection.O => layer.Wo,
+                    Projection.Gate => layer.WGate,
+                    Projection.Up => layer.WUp,
+                    _ => layer.WDown,
                 };
                 result[new LinearSite(l, p)] = QuantizeMatrix(original, new LinearSite(l, p), o, z, superWeights);
             }
@@ -224,7 +242,8 @@ public static class ModelQuantizer
 
     /// <summary>The clip threshold: the given one, none (rtn, clip no), or tuned on the calibration tokens
     /// (<see cref="ZTuner"/>; a layer-streamed model is read once for it, block by block).</summary>
-    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) ChooseZ(LlamaModel model, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
+    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) ChooseZ(LlamaModel model, WeightQuantizationOptions o,
+        IReadOnlyList<SuperWeight> superWeights,
         IReadOnlyList<int>? calibrationTokens, CancellationToken cancel = default, Action<int, int>? searchProgress = null)
     {
         o.Validate();

@@ -17,7 +17,8 @@ public static class ZTuner
     /// <summary>Rows of X kept per layer (evenly spaced tokens): bounds memory on long calibration streams.</summary>
     public const int RowsPerLayer = 256;
 
-    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) Choose(LlamaModel model, IReadOnlyList<int> calibration, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
+    public static (double Z, IReadOnlyList<(double Z, double Error)> Search) Choose(LlamaModel model, IReadOnlyList<int> calibration,
+        WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights,
         Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         var inputs = RecordInputs(model, calibration);
@@ -49,7 +50,8 @@ public static class ZTuner
 
     /// <summary>||X (W - W_q(z))^T||^2 / ||X W^T||^2 for each candidate z, W_q(z) being exactly what
     /// <see cref="ModelQuantizer.QuantizeMatrix"/> followed by dequantization gives (the test pins the two equal).</summary>
-    public static double[] SiteErrors(Tensor w, Tensor x, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<double> candidates, IReadOnlyList<SuperWeight> superWeights)
+    public static double[] SiteErrors(Tensor w, Tensor x, LinearSite site, WeightQuantizationOptions o, IReadOnlyList<double> candidates,
+        IReadOnlyList<SuperWeight> superWeights)
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();

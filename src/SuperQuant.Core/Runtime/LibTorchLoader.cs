@@ -80,7 +80,8 @@ public static class LibTorchLoader
     public static bool BundledLibTorchPresent()
     {
         var folders = new List<string> { AppContext.BaseDirectory };
-        if (AppContext.GetData("NATIVE_DLL_SEARCH_DIRECTORIES") is string dirs) folders.AddRange(dirs.Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries));
+        if (AppContext.GetData("NATIVE_DLL_SEARCH_DIRECTORIES") is string dirs) folders.AddRange(dirs.Split(Path.PathSeparator,
+            StringSplitOptions.RemoveEmptyEntries));
         return folders.Any(f => File.Exists(Path.Combine(f, "libtorch_cpu.so")) || File.Exists(Path.Combine(f, "torch_cpu.so")));
     }
 
@@ -101,7 +102,8 @@ public static class LibTorchLoader
     /// <summary>Loads TorchSharp's shim against the chosen libtorch: an ABI mismatch shows here as an undefined symbol.</summary>
     static void LoadShim(LibTorchChoice choice)
     {
-        string? shim = new[] { Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", "libLibTorchSharp.so"), Path.Combine(AppContext.BaseDirectory, "libLibTorchSharp.so") }
+        string? shim = new[] { Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", "libLibTorchSharp.so"),
+            Path.Combine(AppContext.BaseDirectory, "libLibTorchSharp.so") }
             .FirstOrDefault(File.Exists);
         if (shim is null) return; // TorchSharp reports its own missing shim
         try { NativeLibrary.Load(shim); }
@@ -110,8 +112,10 @@ public static class LibTorchLoader
     }
 
     static SuperQuantException LoadError(LibTorchChoice choice, string path, Exception e) => new(ErrorCodes.NativeLoad,
-        $"libtorch from {choice.Source} ({choice.Folder}, version {choice.Version ?? "unknown"}) cannot be used by TorchSharp 0.107, which is built against libtorch {LibTorchLocator.BundledVersion}: "
-        + $"loading {Path.GetFileName(path)} failed: {e.Message.Split('\n')[0]}. Set {LibTorchLocator.EnvironmentVariable}=bundled to use the bundled CPU libtorch.", choice.Folder);
+        $"libtorch from {choice.Source} ({choice.Folder}, version {choice.Version ?? "unknown"}) cannot be used by TorchSharp 0.107, which is built " +
+            $"against libtorch {LibTorchLocator.BundledVersion}: "
+        + $"loading {Path.GetFileName(path)} failed: {e.Message.Split('\n')[0]}. Set {LibTorchLocator.EnvironmentVariable}=bundled to use the " +
+            $"bundled CPU libtorch.", choice.Folder);
 
     static int RunAsChild(string[] args, LibTorchChoice choice)
     {
@@ -153,7 +157,8 @@ public static class LibTorchLoader
     /// <summary>The file the process actually mapped for libtorch_cpu.so (from /proc/self/maps), or null before load.</summary>
     public static string? LoadedLibTorchPath() =>
         File.Exists("/proc/self/maps")
-            ? File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(p => p.Length >= 6 && p[^1].EndsWith("/libtorch_cpu.so", StringComparison.Ordinal))
+            ? File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(p => p.Length >= 6
+                && p[^1].EndsWith("/libtorch_cpu.so", StringComparison.Ordinal))
                 .Select(p => p[^1]).FirstOrDefault()
             : null;
 }

@@ -62,14 +62,19 @@ public static class LibTorchLocator
             if (value.Equals("bundled", StringComparison.OrdinalIgnoreCase))
                 return new LibTorchChoice { Source = $"{source}=bundled", Skipped = skipped };
             string folder = LibFolderOf(value) ?? throw new SuperQuantException(ErrorCodes.LibTorchFolder,
-                $"{source}={value}: no libtorch_cpu.so and libc10.so there (nor in its lib/ folder); name the folder that holds them, e.g. .../site-packages/torch/lib, or 'bundled'", value);
+                $"{source}={value}: no libtorch_cpu.so and libc10.so there (nor in its lib/ folder); name the folder that holds them, e.g. " +
+                    $".../site-packages/torch/lib, or 'bundled'", value);
             var (version, cuda) = VersionOf(folder);
             return new LibTorchChoice { Folder = folder, Source = source, Version = version, CudaVersion = cuda, Skipped = skipped };
         }
 
         string? torchPackage = null;
         try { torchPackage = env.FindPyTorch(); }
-        catch (Exception e) when (e is IOException or InvalidOperationException or System.ComponentModel.Win32Exception) { skipped.Add($"python: {e.Message}"); }
+        catch (Exception e) when (e is IOException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            skipped.Add($"python: " +
+            $"{e.Message}");
+        }
         if (torchPackage is null) skipped.Add("PyTorch: no python3 with torch found");
         else if (LibFolderOf(Path.Combine(torchPackage, "lib")) is not string lib) skipped.Add($"PyTorch at {torchPackage}: no lib/libtorch_cpu.so");
         else
@@ -78,7 +83,8 @@ public static class LibTorchLocator
             bool hasCuda = File.Exists(Path.Combine(lib, "libtorch_cuda.so"));
             Version? parsed = ParseVersion(version);
             if (!hasCuda) skipped.Add($"PyTorch {version ?? "?"} at {torchPackage}: a CPU build (the bundled libtorch is the same backend)");
-            else if (parsed is null || parsed < Minimum) skipped.Add($"PyTorch {version ?? "?"} at {torchPackage}: older than {Minimum}, which TorchSharp 0.107 needs (set {EnvironmentVariable} to try it anyway)");
+            else if (parsed is null || parsed < Minimum) skipped.Add($"PyTorch {version ?? "?"} at {torchPackage}: older than {Minimum}, which " +
+                $"TorchSharp 0.107 needs (set {EnvironmentVariable} to try it anyway)");
             else return new LibTorchChoice { Folder = lib, Source = "PyTorch (python3)", Version = version, CudaVersion = cuda, Skipped = skipped };
         }
         return new LibTorchChoice { Source = "bundled", Skipped = skipped };
@@ -128,8 +134,10 @@ public static class LibTorchLocator
         if (File.Exists(versionPy) && FileKind.NotARegularFile(versionPy) is null && new FileInfo(versionPy).Length < 65536)
         {
             string text = File.ReadAllText(versionPy);
-            string? version = Regex.Match(text, @"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline) is { Success: true } m ? m.Groups[1].Value : null;
-            string? cuda = Regex.Match(text, @"^cuda\s*(?::[^=]*)?=\s*['""]([^'""]+)['""]", RegexOptions.Multiline) is { Success: true } c ? c.Groups[1].Value : null;
+            string? version = Regex.Match(text, @"^__version__\s*=\s*['""]([^'""]+)['""]", RegexOptions.Multiline) is { Success: true } m
+                ? m.Groups[1].Value : null;
+            string? cuda = Regex.Match(text, @"^cuda\s*(?::[^=]*)?=\s*['""]([^'""]+)['""]", RegexOptions.Multiline) is { Success: true } c
+                ? c.Groups[1].Value : null;
             return (version, cuda);
         }
         string buildVersion = Path.Combine(parent, "build-version");
@@ -156,7 +164,8 @@ public sealed class MachineLibTorchEnvironment : ILibTorchEnvironment
         string python = Environment.GetEnvironmentVariable(LibTorchLocator.PythonVariable) is { Length: > 0 } p ? p : "python3";
         var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add("-c");
-        psi.ArgumentList.Add("import importlib.util as u; s = u.find_spec('torch'); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')");
+        psi.ArgumentList.Add("import importlib.util as u; s = u.find_spec('torch'); print(s.submodule_search_locations[0] if s and " +
+            "s.submodule_search_locations else '')");
         Process? process;
         try { process = Process.Start(psi); }
         catch (System.ComponentModel.Win32Exception) { return null; } // no python on this machine

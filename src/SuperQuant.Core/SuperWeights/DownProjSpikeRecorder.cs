@@ -36,7 +36,8 @@ public sealed class DownProjSpikeRecorder : IForwardHooks
 
     public IReadOnlyList<LayerSpikes> Layers =>
         Enumerable.Range(0, _inputs.Length)
-            .Select(l => new LayerSpikes(l, _inputs[l] ?? throw new InvalidOperationException("no forward pass was recorded"), _outputs[l]!.Value, _paired[l]!.Value))
+            .Select(l => new LayerSpikes(l, _inputs[l] ?? throw new InvalidOperationException("no forward pass was recorded"), _outputs[l]!.Value,
+                _paired[l]!.Value))
             .ToList();
 
     public Tensor OnLinearInput(LinearSite site, Tensor input)

@@ -9,7 +9,8 @@ namespace SuperQuant.Core.SuperWeights;
 /// </summary>
 public static class KnownSuperWeights
 {
-    public sealed record Entry(string Model, string Architecture, int Hidden, int Layers, int Intermediate, int Vocab, IReadOnlyList<(int Layer, int Row, int Column)> Coordinates);
+    public sealed record Entry(string Model, string Architecture, int Hidden, int Layers, int Intermediate, int Vocab,
+        IReadOnlyList<(int Layer, int Row, int Column)> Coordinates);
 
     public static readonly IReadOnlyList<Entry> All = new Entry[]
     {
@@ -20,7 +21,8 @@ public static class KnownSuperWeights
         new("Meta-Llama-3-8B", "llama", 4096, 32, 14336, 128256, new[] { (1, 788, 2427), (1, 1384, 2427), (1, 4062, 2427) }),
         new("OLMo-1B-0724-hf", "olmo", 2048, 16, 8192, 50304, new[] { (1, 1764, 1710), (2, 1764, 8041) }),
         new("OLMo-7B-0724-hf", "olmo", 4096, 32, 11008, 50304, new[] { (1, 269, 7467), (2, 269, 8275), (7, 269, 453), (24, 269, 2300) }),
-        new("Phi-3-mini-4k-instruct", "phi3", 3072, 32, 8192, 32064, new[] { (2, 525, 808), (2, 1693, 808), (2, 1113, 808), (4, 525, 2723), (4, 1113, 2723), (4, 1693, 2723) }),
+        new("Phi-3-mini-4k-instruct", "phi3", 3072, 32, 8192, 32064, new[] { (2, 525, 808), (2, 1693, 808), (2, 1113, 808), (4, 525, 2723),
+            (4, 1113, 2723), (4, 1693, 2723) }),
     };
 
     /// <summary>Entries whose published shape matches this config.</summary>

@@ -102,7 +102,8 @@ public sealed class SuperWeightAblation
         }
     }
 
-    IReadOnlyList<(LinearSite, int, int, float)> Scaled(double s) => _weights.Select(w => (new LinearSite(w.Layer, Projection.Down), w.Row, w.Column, (float)(w.Value * s))).ToList();
+    IReadOnlyList<(LinearSite, int, int, float)> Scaled(double s)
+        => _weights.Select(w => (new LinearSite(w.Layer, Projection.Down), w.Row, w.Column, (float)(w.Value * s))).ToList();
 
     Tensor Zeroed(Tensor t) => WithEdits(t, Scaled(0));
 
@@ -187,7 +188,8 @@ public sealed class SuperWeightAblation
 
     /// <summary>Mean next-token probability of each stopword, with and without the super weights: at the last token
     /// of each prompt (the paper, over LAMBADA prompts), or with <paramref name="everyPosition"/> over every position.</summary>
-    public IReadOnlyList<StopwordProbability> Stopwords(IReadOnlyList<int[]> prompts, IReadOnlyList<(int Id, string Label)> stopwords, bool everyPosition = false)
+    public IReadOnlyList<StopwordProbability> Stopwords(IReadOnlyList<int[]> prompts, IReadOnlyList<(int Id, string Label)> stopwords,
+        bool everyPosition = false)
     {
         var ids = stopwords.Select(s => (long)s.Id).ToArray();
         double[] original = new double[ids.Length], zeroed = new double[ids.Length];
@@ -198,8 +200,10 @@ public sealed class SuperWeightAblation
             Tensor input = torch.tensor(prompt.Select(i => (long)i).ToArray()).unsqueeze(0); // host: Forward moves the ids
             Tensor idx = torch.tensor(ids, device: _model.Device);
             Tensor Rows(Tensor logits) => everyPosition ? logits[0] : logits[0].narrow(0, logits.shape[1] - 1, 1);
-            double[] a = F.softmax(Rows(Plain(input)).to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
-            double[] b = F.softmax(Rows(Zeroed(input)).to_type(ScalarType.Float64), -1).index_select(1, idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
+            double[] a = F.softmax(Rows(Plain(input)).to_type(ScalarType.Float64), -1).index_select(1,
+                idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
+            double[] b = F.softmax(Rows(Zeroed(input)).to_type(ScalarType.Float64), -1).index_select(1,
+                idx).sum(new long[] { 0 }).cpu().data<double>().ToArray();
             for (int i = 0; i < ids.Length; i++) { original[i] += a[i]; zeroed[i] += b[i]; }
             positions += everyPosition ? prompt.Length : 1;
         }

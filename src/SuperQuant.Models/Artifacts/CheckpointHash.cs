@@ -7,7 +7,8 @@ namespace SuperQuant.Models.Artifacts;
 public static class CheckpointHash
 {
     public static IReadOnlyList<string> Files(string checkpoint) => Directory.Exists(checkpoint)
-        ? Directory.GetFiles(checkpoint).Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal) || Path.GetFileName(f) is "config.json" or "model.safetensors.index.json")
+        ? Directory.GetFiles(checkpoint).Where(f => f.EndsWith(".safetensors", StringComparison.Ordinal)
+            || Path.GetFileName(f) is "config.json" or "model.safetensors.index.json")
             .OrderBy(f => f, StringComparer.Ordinal).ToList()
         : new[] { checkpoint };
 

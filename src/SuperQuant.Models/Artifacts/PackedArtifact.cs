@@ -93,11 +93,13 @@ public static class PackedArtifact
 
     static readonly JsonSerializerOptions Json = new() { NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
-    public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null, ActivationQuantizer? activations = null)
+    public static void Write(string path, LlamaModel model, QuantizationResult result, string sourceSha256, string? manifestSha256 = null,
+        ActivationQuantizer? activations = null)
     {
         var weights = model.Weights;
         Write(path, model.Config, weights, result.Options, result.Z, result.SuperWeights, site => result.Matrices[site].Plan,
-            l => (weights.Layers[l] ?? throw new InvalidOperationException("a layer-streamed model is written with WriteByLayer"), result.Matrices.Where(kv => kv.Key.Layer == l).ToDictionary(kv => kv.Key, kv => kv.Value), false),
+            l => (weights.Layers[l] ?? throw new InvalidOperationException("a layer-streamed model is written with WriteByLayer"),
+                result.Matrices.Where(kv => kv.Key.Layer == l).ToDictionary(kv => kv.Key, kv => kv.Value), false),
             sourceSha256, manifestSha256, activations);
     }
 
@@ -275,7 +277,8 @@ public static class PackedArtifact
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path} is not a valid {FormatName} artifact: {what}", f.Path);
         if (!f.Metadata.TryGetValue("format", out var format) || format != FormatName) throw Bad("missing format marker");
-        if (!f.Metadata.TryGetValue("format_version", out var v) || (v != FormatVersion.ToString() && v != ActivationFormatVersion.ToString() && v != PaperLayoutFormatVersion.ToString()))
+        if (!f.Metadata.TryGetValue("format_version", out var v)
+            || (v != FormatVersion.ToString() && v != ActivationFormatVersion.ToString() && v != PaperLayoutFormatVersion.ToString()))
             throw Bad($"format version {v ?? "(none)"} (this loader reads versions {FormatVersion}..{PaperLayoutFormatVersion})");
         try
         {
@@ -308,7 +311,8 @@ public static class PackedArtifact
         }
         else
         {
-            if (m.Bits < BlockRtnQuantizer.MinBits || m.Bits > BlockRtnQuantizer.MaxBits || (layout.Layout == MatrixLayout.PaperNormalFloat && m.Bits is not (3 or 4)))
+            if (m.Bits < BlockRtnQuantizer.MinBits || m.Bits > BlockRtnQuantizer.MaxBits
+                || (layout.Layout == MatrixLayout.PaperNormalFloat && m.Bits is not (3 or 4)))
                 throw Bad($"{m.Bits}-bit {layout.Name} layout");
             if (m.FlatBlock <= 0 || (m.Rows * m.Cols) % m.FlatBlock != 0) throw Bad($"block of {m.FlatBlock} elements does not divide the matrix");
             parts = new[] { ".block_min", ".block_max" };
@@ -323,13 +327,15 @@ public static class PackedArtifact
         {
             idx = f.Read(name + ".outlier_idx").to_type(ScalarType.Int64);
             val = f.Read(name + ".outlier_val");
-            if (idx.shape[0] != val.shape[0] || (idx.numel() > 0 && ((idx[TensorIndex.Colon, 0] >= m.Rows).any().item<bool>() || (idx[TensorIndex.Colon, 1] >= m.Cols).any().item<bool>() || (idx < 0).any().item<bool>())))
+            if (idx.shape[0] != val.shape[0] || (idx.numel() > 0 && ((idx[TensorIndex.Colon, 0] >= m.Rows).any().item<bool>()
+                || (idx[TensorIndex.Colon, 1] >= m.Cols).any().item<bool>() || (idx < 0).any().item<bool>())))
                 throw Bad("outlier coordinates out of range");
         }
         return new QuantizedMatrix
         {
             Bits = m.Bits, BlockSize = m.Block, Rows = m.Rows, Cols = m.Cols, PackedCodes = packed, Layout = layout.Layout, FlatBlock = m.FlatBlock,
-            Scales = f.Read(name + parts[0], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32), Zeros = f.Read(name + parts[1], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32),
+            Scales = f.Read(name + parts[0], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32),
+            Zeros = f.Read(name + parts[1], layout.Layout == MatrixLayout.Row ? null : ScalarType.Float32),
             OutlierIndices = idx, OutlierValues = val,
         };
     }
@@ -381,7 +387,8 @@ public static class PackedArtifact
         public void CheckLayer(int l)
         {
             foreach (string n in MatrixNames)
-                if (!matrices.ContainsKey($"model.layers.{l}.{n}")) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix 'model.layers.{l}.{n}' is missing", f.Path);
+                if (!matrices.ContainsKey($"model.layers.{l}.{n}")) throw new SuperQuantException(ErrorCodes.ArtifactFormat,
+                    $"{f.Path}: matrix 'model.layers.{l}.{n}' is missing", f.Path);
         }
 
         public LlamaLayerWeights Load(int l)
@@ -391,7 +398,8 @@ public static class PackedArtifact
             Tensor? Optional(string name) => f.Contains(name) ? Keep(f.Read(name, ScalarType.Float32)) : null;
             Tensor Matrix(string name)
             {
-                if (!matrices.TryGetValue(name, out var m)) throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"{f.Path}: matrix '{name}' is missing", f.Path);
+                if (!matrices.TryGetValue(name, out var m)) throw new SuperQuantException(ErrorCodes.ArtifactFormat,
+                    $"{f.Path}: matrix '{name}' is missing", f.Path);
                 using QuantizedMatrix q = ReadMatrix(f, name, m);
                 return Keep(BlockRtnQuantizer.Dequantize(q));
             }
@@ -451,8 +459,12 @@ public static class PackedArtifact
             if (t[2] < 0 || t[2] >= Width(key.Item2)) throw Bad($"super channel {t[2]} out of range");
             channels[key] = (channels.TryGetValue(key, out var a) ? a : Array.Empty<int>()).Append(t[2]).ToArray();
         }
-        var o = new ActivationQuantizationOptions { Method = method, WeightBits = info.Bits, ActivationBits = act.Bits, PerTensor = act.PerTensor, ActivationClip = act.Clip,
-            Asymmetric = act.Asymmetric, SuperActivationScalar = act.SuperActivationScalar };
+        var o = new ActivationQuantizationOptions
+        {
+            Method = method, WeightBits = info.Bits, ActivationBits = act.Bits, PerTensor = act.PerTensor,
+            ActivationClip = act.Clip,
+            Asymmetric = act.Asymmetric, SuperActivationScalar = act.SuperActivationScalar
+        };
         return ActivationQuantizer.FromState(o, transforms, channels);
     }
 }

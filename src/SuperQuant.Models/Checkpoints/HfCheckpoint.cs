@@ -41,7 +41,8 @@ public sealed class HfCheckpoint : IDisposable
                 foreach (string name in file.Tensors.Keys)
                 {
                     if (!ckpt._byTensor.TryAdd(name, file))
-                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"tensor '{name}' appears in both {ckpt._byTensor[name].Path} and {shard}", shard);
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                            $"tensor '{name}' appears in both {ckpt._byTensor[name].Path} and {shard}", shard);
                 }
             }
             if (index is not null) CheckIndex(folder, index, ckpt._byTensor);
@@ -62,10 +63,12 @@ public sealed class HfCheckpoint : IDisposable
         foreach (var (tensor, shard) in index)
             if (!byTensor.TryGetValue(tensor, out var file) || System.IO.Path.GetFileName(file.Path) != shard)
                 throw new SuperQuantException(ErrorCodes.CheckpointFormat,
-                    $"{indexPath}: weight_map puts tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(tensor)}' in {shard}, which does not hold it ({index.Count} entries for {byTensor.Count} tensors in the shards)", indexPath);
+                    $"{indexPath}: weight_map puts tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(tensor)}' in {shard}, which does not hold it " +
+                        $"({index.Count} entries for {byTensor.Count} tensors in the shards)", indexPath);
         foreach (var (tensor, file) in byTensor)
             if (!index.ContainsKey(tensor))
-                throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{indexPath}: weight_map does not list tensor '{tensor}' of {System.IO.Path.GetFileName(file.Path)}", indexPath);
+                throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                    $"{indexPath}: weight_map does not list tensor '{tensor}' of {System.IO.Path.GetFileName(file.Path)}", indexPath);
     }
 
     /// <summary>The shard files in order: from model.safetensors.index.json when present, else every *.safetensors.</summary>
@@ -87,10 +90,12 @@ public sealed class HfCheckpoint : IDisposable
                     string? f = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString() : null;
                     // A shard name is a plain file name in this folder; anything else could point outside it.
                     if (string.IsNullOrEmpty(f) || f != System.IO.Path.GetFileName(f))
-                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: weight_map entry for '{p.Name}' is not a file name in the folder", index);
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                            $"{index}: weight_map entry for '{p.Name}' is not a file name in the folder", index);
                     files.Add(f);
                     if (!entries.TryAdd(p.Name, f))
-                        throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{index}: weight_map lists tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(p.Name)}' twice", index);
+                        throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                            $"{index}: weight_map lists tensor '{SuperQuant.Manifest.ManifestReader.Excerpt(p.Name)}' twice", index);
                 }
                 return (files.Select(f => System.IO.Path.Combine(folder, f)).ToList(), entries);
             }
@@ -156,7 +161,11 @@ public sealed class HfCheckpoint : IDisposable
             Tensor? head = !c.TieWordEmbeddings && Contains("lm_head.weight") ? Dev(ReadShaped("lm_head.weight", c.VocabSize, d)) : null;
             if (streamed)
                 for (int l = 0; l < c.NumLayers; l++) CheckLayerShapes(l); // a wrong shape fails now, not an hour into a pass
-            var weights = new LlamaWeights { TokenEmbedding = embed, FinalNorm = finalNorm, LmHead = head, Layers = layers, Source = streamed ? new Layers(this, device) : null };
+            var weights = new LlamaWeights
+            {
+                TokenEmbedding = embed, FinalNorm = finalNorm, LmHead = head, Layers = layers, Source = streamed
+                ? new Layers(this, device) : null
+            };
             NonFiniteCheck.ThrowIfAny(weights, Folder);
             return new LlamaModel(c with { TieWordEmbeddings = head is null }, weights);
         }
@@ -198,7 +207,8 @@ public sealed class HfCheckpoint : IDisposable
             list.Add((p + "mlp.gate_up_proj.weight", new[] { 2 * (long)c.IntermediateSize, d }));
         }
         else
-            foreach (var (name, proj) in new[] { ("self_attn.q_proj.weight", Projection.Q), ("self_attn.k_proj.weight", Projection.K), ("self_attn.v_proj.weight", Projection.V),
+            foreach (var (name, proj) in new[] { ("self_attn.q_proj.weight", Projection.Q), ("self_attn.k_proj.weight", Projection.K),
+                ("self_attn.v_proj.weight", Projection.V),
                          ("mlp.gate_proj.weight", Projection.Gate), ("mlp.up_proj.weight", Projection.Up) })
                 list.Add((p + name, Shape(proj)));
         list.Add((p + "self_attn.o_proj.weight", Shape(Projection.O)));
@@ -210,7 +220,11 @@ public sealed class HfCheckpoint : IDisposable
             list.Add((p + "self_attn.q_norm.weight", new[] { perHead ? c.HeadDim : qd }));
             list.Add((p + "self_attn.k_norm.weight", new[] { perHead ? c.HeadDim : kv }));
         }
-        if (c.QkvBias) { list.Add((p + "self_attn.q_proj.bias", new[] { qd })); list.Add((p + "self_attn.k_proj.bias", new[] { kv })); list.Add((p + "self_attn.v_proj.bias", new[] { kv })); }
+        if (c.QkvBias)
+        {
+            list.Add((p + "self_attn.q_proj.bias", new[] { qd })); list.Add((p + "self_attn.k_proj.bias", new[] { kv })); list.Add((p
+            + "self_attn.v_proj.bias", new[] { kv }));
+        }
         return list.ToArray();
     }
 

@@ -7,7 +7,8 @@ namespace SuperQuant.Models.Checkpoints;
 /// <summary>Maps a Hugging Face config.json of a LLaMA-family model to <see cref="LlamaConfig"/>.</summary>
 public static class HfConfigReader
 {
-    public static readonly IReadOnlyList<string> SupportedModelTypes = new[] { "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "gemma2", "gemma3_text", "smollm3" };
+    public static readonly IReadOnlyList<string> SupportedModelTypes = new[] { "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2",
+        "gemma2", "gemma3_text", "smollm3" };
 
     public static LlamaConfig Read(string configPath)
     {
@@ -21,7 +22,8 @@ public static class HfConfigReader
         string type = Str(c, "model_type", configPath) ?? throw Invalid(configPath, "missing 'model_type'");
         if (type == "gemma3")
             throw new SuperQuantException(ErrorCodes.UnsupportedArchitecture,
-                $"model_type 'gemma3' is the multimodal Gemma 3 (vision tower + text_config); only its text model is supported: a checkpoint whose model_type is 'gemma3_text'", configPath);
+                $"model_type 'gemma3' is the multimodal Gemma 3 (vision tower + text_config); only its text model is supported: a checkpoint whose " +
+                    $"model_type is 'gemma3_text'", configPath);
         if (!SupportedModelTypes.Contains(type))
             throw new SuperQuantException(ErrorCodes.UnsupportedArchitecture,
                 $"model_type '{type}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})", configPath);
@@ -48,7 +50,8 @@ public static class HfConfigReader
                 linear = Dbl(rs, "factor", configPath) ?? throw Invalid(configPath, "rope_scaling of type 'linear' needs 'factor'");
             else if (ropeType != "default")
                 throw new SuperQuantException(ErrorCodes.UnsupportedArchitecture,
-                    $"{configPath}: rope_scaling.rope_type '{ropeType}' is not supported (supported: llama3, linear, default{(type == "phi3" ? ", longrope" : "")})", configPath);
+                    $"{configPath}: rope_scaling.rope_type '{ropeType}' is not supported (supported: llama3, linear, " +
+                        $"default{(type == "phi3" ? ", longrope" : "")})", configPath);
         }
         CheckActivation(c, type, gemma, configPath);
 
@@ -125,7 +128,8 @@ public static class HfConfigReader
             ClipQkv = Dbl(c, "clip_qkv", configPath),
             SlidingWindow = windowUsed ? window : null,
             SlidingLayers = slidingLayers is not null && slidingLayers.All(x => x) ? null : slidingLayers,
-            BosTokenId = c.TryGetProperty("bos_token_id", out JsonElement bos) && bos.ValueKind == JsonValueKind.Number && bos.TryGetInt32(out int b) ? b : null,
+            BosTokenId = c.TryGetProperty("bos_token_id", out JsonElement bos) && bos.ValueKind == JsonValueKind.Number && bos.TryGetInt32(out int b)
+                ? b : null,
         };
         try { config.Validate(); }
         catch (InvalidDataException e) { throw Invalid(configPath, e.Message); }

@@ -56,7 +56,8 @@ public static class Llama2cCheckpoint
         const int limit = 1 << 20; // far above any llama2.c model; rejects garbage before it is used as a size
         bool Ok(int v) => v > 0 && v <= limit;
         if (!Ok(dim) || !Ok(hidden) || !Ok(layers) || !Ok(heads) || !Ok(kvHeads) || vocab == 0 || Math.Abs((long)vocab) > limit || !Ok(seq))
-            throw Corrupt(path, $"implausible header dim={dim} hidden_dim={hidden} n_layers={layers} n_heads={heads} n_kv_heads={kvHeads} vocab_size={vocab} seq_len={seq}");
+            throw Corrupt(path, $"implausible header dim={dim} hidden_dim={hidden} n_layers={layers} n_heads={heads} n_kv_heads={kvHeads} " +
+                $"vocab_size={vocab} seq_len={seq}");
         if (dim % heads != 0 || heads % kvHeads != 0 || (dim / heads) % 2 != 0)
             throw Corrupt(path, $"dim {dim}, n_heads {heads}, n_kv_heads {kvHeads} do not form whole, even-sized heads");
         var header = new Header(dim, hidden, layers, heads, kvHeads, Math.Abs(vocab), vocab > 0, seq);

@@ -14,7 +14,8 @@ public enum CheckpointFormat { HuggingFace, Llama2c, Packed, Gguf }
 /// GGUF file (dequantized into our forward pass).</summary>
 public static class ModelLoader
 {
-    public const string Accepted = "a Hugging Face checkpoint folder (config.json + *.safetensors), a llama2.c .bin, a packed artifact (.sqpk.safetensors) or a GGUF file";
+    public const string Accepted = "a Hugging Face checkpoint folder (config.json + *.safetensors), a llama2.c .bin, a packed artifact " +
+        "(.sqpk.safetensors) or a GGUF file";
 
     public static CheckpointFormat Detect(string path)
     {
@@ -41,7 +42,8 @@ public static class ModelLoader
         string found = gguf ? "GGUF" : safetensors ? "safetensors" : "llama2.c";
         if (named is not null && named != found && (gguf || safetensors || named == "GGUF"))
             throw new SuperQuantException(ErrorCodes.CheckpointFormat,
-                $"{path} is named as a {named} file ({ext}) but holds {(gguf || safetensors ? "a " + found + " file" : "no GGUF header")}; expected {Accepted}", path);
+                $"{path} is named as a {named} file ({ext}) but holds {(gguf || safetensors ? "a " + found + " file" : "no GGUF header")}; expected " +
+                    $"{Accepted}", path);
         if (gguf) return CheckpointFormat.Gguf;
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".staged", StringComparison.Ordinal))
         {
@@ -60,7 +62,8 @@ public static class ModelLoader
     {
         var format = Detect(path);
         if (streamed && format is not (CheckpointFormat.HuggingFace or CheckpointFormat.Packed))
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{path}: layer-streamed loading (memory: layers) reads Hugging Face safetensors checkpoints and packed artifacts, not {format} files", path);
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"{path}: layer-streamed loading (memory: layers) reads Hugging Face safetensors checkpoints and packed artifacts, not {format} files", path);
         switch (format)
         {
             case CheckpointFormat.HuggingFace:

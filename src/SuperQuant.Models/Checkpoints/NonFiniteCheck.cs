@@ -40,8 +40,13 @@ public static class NonFiniteCheck
             var site = new LinearSite(l, p2);
             Check(site.WeightName, p2 switch
             {
-                Projection.Q => w.Wq, Projection.K => w.Wk, Projection.V => w.Wv, Projection.O => w.Wo,
-                Projection.Gate => w.WGate, Projection.Up => w.WUp, _ => w.WDown,
+                Projection.Q => w.Wq,
+                Projection.K => w.Wk,
+                Projection.V => w.Wv,
+                Projection.O => w.Wo,
+                Projection.Gate => w.WGate,
+                Projection.Up => w.WUp,
+                _ => w.WDown,
             }, source);
         }
     }

@@ -1,5 +1,5 @@
-using SuperQuant.Core;
 using System.Text.Json;
+using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Models.Safetensors;
 using TorchSharp;
@@ -35,7 +35,8 @@ public static class RandomCheckpoint
 
     /// <summary>Writes the checkpoint. With <paramref name="superWeight"/> (layer, row, column) a super weight is
     /// planted the way real models have one: embeddings are N(0, 1) with channel 0 = 8 for BOS (id 1) and 0 otherwise, gate_proj and up_proj row
-    /// <c>column</c> read only that channel (a super activation at down_proj input <c>column</c>, on BOS), and down_proj[row, column] = 1.0 (about 50 standard deviations) is the one large entry of its
+    /// <c>column</c> read only that channel (a super activation at down_proj input <c>column</c>, on BOS), and down_proj[row, column] = 1.0 (about 50
+    /// standard deviations) is the one large entry of its
     /// column.
     /// <para>With <paramref name="heavyTails"/> the matrices are Student-t (3 degrees of freedom, std 0.02) rather
     /// than Gaussian, as trained weights are heavy-tailed (that is what z-clipping is for), and the embeddings stay

@@ -39,7 +39,8 @@ public sealed record GgufArchitecture
         "gemma2" => new() { Name = "gemma2", Rope = RopePairing.Neox, NormShift = 1f },
         "gemma3_text" => new() { Name = "gemma3", Rope = RopePairing.Neox, NormShift = 1f },
         _ => throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
-            $"GGUF export of model_type '{c.Architecture}' is not supported (supported: llama, mistral, qwen2, qwen3, phi3, olmo, olmo2, gemma2, gemma3_text, smollm3, llama2.c)"),
+            $"GGUF export of model_type '{c.Architecture}' is not supported (supported: llama, mistral, qwen2, qwen3, phi3, olmo, olmo2, gemma2, " +
+                $"gemma3_text, smollm3, llama2.c)"),
     };
 
     /// <summary>Llama 3.1's RoPE scaling as llama.cpp takes it: rope_freqs.weight, one divisor per frequency
@@ -92,7 +93,8 @@ public sealed record GgufArchitecture
         yield return U("attention.head_count_kv", c.NumKvHeads);
         yield return F("rope.freq_base", c.RopeTheta);
         // OLMo's LayerNorm has no scale and a fixed eps (the converter writes 1e-5); the others are RMSNorm.
-        yield return c.Norm == NormKind.NonParametricLayerNorm ? F("attention.layer_norm_epsilon", c.NormEps) : F("attention.layer_norm_rms_epsilon", c.NormEps);
+        yield return c.Norm == NormKind.NonParametricLayerNorm ? F("attention.layer_norm_epsilon", c.NormEps)
+            : F("attention.layer_norm_rms_epsilon", c.NormEps);
         if (c.HeadDimOverride is not null || NormShift != 0)
         {
             yield return U("attention.key_length", c.HeadDim);
@@ -108,7 +110,8 @@ public sealed record GgufArchitecture
         if (c.ClipQkv is double clip) yield return F("attention.clamp_kqv", clip);
         if (Fused)
         {
-            yield return U("rope.scaling.original_context_length", c.LongRope?.OriginalMaxPositionEmbeddings ?? c.OriginalMaxPositionEmbeddings ?? c.MaxPositionEmbeddings);
+            yield return U("rope.scaling.original_context_length", c.LongRope?.OriginalMaxPositionEmbeddings ?? c.OriginalMaxPositionEmbeddings
+                ?? c.MaxPositionEmbeddings);
             yield return U("attention.sliding_window", c.SlidingWindow ?? 0);
             if (c.LongRope is { } lr) yield return F("rope.scaling.attn_factor", ConverterAttentionFactor(c, lr));
         }
@@ -128,25 +131,30 @@ public sealed record GgufArchitecture
         var notes = new List<string>();
         bool windowMatters = c.SlidingWindow is int w && (context ?? c.MaxPositionEmbeddings) > w;
         if (windowMatters && Name is "llama" or "phi3" or "qwen2" or "qwen3" or "smollm3" or "olmo2")
-            notes.Add($"{c.Architecture}: llama.cpp runs this architecture without its sliding window ({c.SlidingWindow} tokens): positions further back than that are attended to in the runtime, unlike the checkpoint");
+            notes.Add($"{c.Architecture}: llama.cpp runs this architecture without its sliding window ({c.SlidingWindow} tokens): positions further " +
+                $"back than that are attended to in the runtime, unlike the checkpoint");
         if (Name is "gemma2" or "gemma3")
         {
             // llama.cpp scales queries by 1/sqrt(head_dim) (27B: 1/sqrt(hidden/heads)); the checkpoint by 1/sqrt(query_pre_attn_scalar).
             if (c.QueryPreAttnScalar is double q && Math.Abs(q - c.HeadDim) > 1e-9 && Math.Abs(q - (double)c.HiddenSize / c.NumHeads) > 1e-9)
-                notes.Add($"{c.Architecture}: query_pre_attn_scalar {q} is neither head_dim ({c.HeadDim}) nor hidden/heads: llama.cpp scales attention by 1/sqrt(head_dim)");
+                notes.Add($"{c.Architecture}: query_pre_attn_scalar {q} is neither head_dim ({c.HeadDim}) nor hidden/heads: llama.cpp scales " +
+                    $"attention by 1/sqrt(head_dim)");
             int pattern = Name == "gemma2" ? 2 : 6;
             bool[] expected = Enumerable.Range(0, c.NumLayers).Select(i => i % pattern < pattern - 1).ToArray();
             bool[] actual = Enumerable.Range(0, c.NumLayers).Select(i => c.WindowOf(i) is not null).ToArray();
             if (c.SlidingWindow is not null && !expected.SequenceEqual(actual))
-                notes.Add($"{c.Architecture}: llama.cpp puts the sliding window on {pattern - 1} of every {pattern} layers; this checkpoint's layer pattern differs");
+                notes.Add($"{c.Architecture}: llama.cpp puts the sliding window on {pattern - 1} of every {pattern} layers; this checkpoint's layer " +
+                    $"pattern differs");
             if (Name == "gemma3" && c.RopeLocalTheta is double local && local != 10000)
                 notes.Add($"{c.Architecture}: rope_local_base_freq {local}: llama.cpp uses 10000 for the sliding-window layers");
         }
         if (c.LongRope is { } lr && Math.Abs(ConverterAttentionFactor(c, lr) / lr.AttentionFactor - 1) > 1e-6)
-            notes.Add($"{c.Architecture}: rope_scaling.attention_factor {lr.AttentionFactor} differs from the one llama.cpp derives from the context lengths ({ConverterAttentionFactor(c, lr):G6}): cos/sin are scaled by that one in the runtime");
+            notes.Add($"{c.Architecture}: rope_scaling.attention_factor {lr.AttentionFactor} differs from the one llama.cpp derives from the context " +
+                $"lengths ({ConverterAttentionFactor(c, lr):G6}): cos/sin are scaled by that one in the runtime");
         // llama.cpp picks LongRoPE's list by its context size, which it rounds up to a multiple of 256.
         if (c.LongRope is { } l2 && context is int ctx && ctx <= l2.OriginalMaxPositionEmbeddings && (ctx + 255) / 256 * 256 > l2.OriginalMaxPositionEmbeddings)
-            notes.Add($"{c.Architecture}: at context {ctx} the checkpoint uses LongRoPE's short factors (original context {l2.OriginalMaxPositionEmbeddings}); llama.cpp rounds its context up to {(ctx + 255) / 256 * 256} and uses the long ones");
+            notes.Add($"{c.Architecture}: at context {ctx} the checkpoint uses LongRoPE's short factors (original context " +
+                $"{l2.OriginalMaxPositionEmbeddings}); llama.cpp rounds its context up to {(ctx + 255) / 256 * 256} and uses the long ones");
         if (Name == "smollm3" && c.RopeLayers is bool[] rope && !rope.Select((r, i) => r == ((i + 1) % 4 != 0)).All(x => x))
             notes.Add($"{c.Architecture}: llama.cpp leaves RoPE out of every 4th layer; this checkpoint's no_rope_layers differ");
         return notes;

@@ -20,7 +20,8 @@ public static class GgufExporter
     public static void CheckSupported(LlamaConfig c) => GgufArchitecture.For(c);
 
     /// <summary>The tensor list and types a file would get, without writing it.</summary>
-    public static IReadOnlyList<GgufTensorType> PlanTypes(LlamaModel model, GgufExport export) => GgufTensorTypes.Plan(model.Config, GgufTensorLayout.Of(model), export);
+    public static IReadOnlyList<GgufTensorType> PlanTypes(LlamaModel model, GgufExport export)
+        => GgufTensorTypes.Plan(model.Config, GgufTensorLayout.Of(model), export);
 
     public static GgufWriteResult Write(string path, LlamaModel model, GgufExport export)
     {
@@ -39,6 +40,8 @@ public static class GgufExporter
         }
         finally { foreach (var u in factors.Values) u?.Dispose(); }
         if (model.Weights.IsStreamed) model.Weights.ReleaseResident();
-        return new GgufWriteResult(types, new FileInfo(path).Length, c.ParameterCount) { RuntimeDifferences = GgufArchitecture.For(c).RuntimeDifferences(c, export.Context) };
+        return new GgufWriteResult(types, new FileInfo(path).Length,
+            c.ParameterCount)
+        { RuntimeDifferences = GgufArchitecture.For(c).RuntimeDifferences(c, export.Context) };
     }
 }

@@ -4,7 +4,11 @@ using SuperQuant.Core;
 namespace SuperQuant.Models.Gguf;
 
 /// <summary>GGUF metadata value types (gguf.md).</summary>
-public enum GgufValueType : uint { UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8, Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12 }
+public enum GgufValueType : uint
+{
+    UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8, Array = 9,
+    UInt64 = 10, Int64 = 11, Float64 = 12
+}
 
 public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type, long Offset)
 {
@@ -55,12 +59,18 @@ public sealed class GgufFile
             }
             object ReadValue(GgufValueType t, int depth) => t switch
             {
-                GgufValueType.UInt8 => r.ReadByte(), GgufValueType.Int8 => r.ReadSByte(),
-                GgufValueType.UInt16 => r.ReadUInt16(), GgufValueType.Int16 => r.ReadInt16(),
-                GgufValueType.UInt32 => r.ReadUInt32(), GgufValueType.Int32 => r.ReadInt32(),
-                GgufValueType.Float32 => r.ReadSingle(), GgufValueType.Bool => r.ReadByte() != 0,
+                GgufValueType.UInt8 => r.ReadByte(),
+                GgufValueType.Int8 => r.ReadSByte(),
+                GgufValueType.UInt16 => r.ReadUInt16(),
+                GgufValueType.Int16 => r.ReadInt16(),
+                GgufValueType.UInt32 => r.ReadUInt32(),
+                GgufValueType.Int32 => r.ReadInt32(),
+                GgufValueType.Float32 => r.ReadSingle(),
+                GgufValueType.Bool => r.ReadByte() != 0,
                 GgufValueType.String => ReadString(),
-                GgufValueType.UInt64 => r.ReadUInt64(), GgufValueType.Int64 => r.ReadInt64(), GgufValueType.Float64 => r.ReadDouble(),
+                GgufValueType.UInt64 => r.ReadUInt64(),
+                GgufValueType.Int64 => r.ReadInt64(),
+                GgufValueType.Float64 => r.ReadDouble(),
                 GgufValueType.Array => ReadArray(depth),
                 _ => throw Bad($"unknown metadata value type {(uint)t}"),
             };
@@ -94,8 +104,10 @@ public sealed class GgufFile
                     dims[d] = (long)v;
                 }
                 uint type = r.ReadUInt32();
-                if (!GgmlFormat.IsKnown(type)) throw Bad($"tensor '{name}': ggml type {type} is not supported (supported: {string.Join(", ", Enum.GetNames<GgmlType>())})");
-                if (!GgmlQuants.Supports((GgmlType)type, dims[0])) throw Bad($"tensor '{name}': row length {dims[0]} is not a multiple of {GgmlFormat.Of((GgmlType)type).BlockSize} ({(GgmlType)type} blocks)");
+                if (!GgmlFormat.IsKnown(type)) throw Bad($"tensor '{name}': ggml type {type} is not supported (supported: " +
+                    $"{string.Join(", ", Enum.GetNames<GgmlType>())})");
+                if (!GgmlQuants.Supports((GgmlType)type, dims[0])) throw Bad($"tensor '{name}': row length {dims[0]} is not a multiple of " +
+                    $"{GgmlFormat.Of((GgmlType)type).BlockSize} ({(GgmlType)type} blocks)");
                 tensors.Add(new GgufTensorInfo(name, dims, (GgmlType)type, (long)r.ReadUInt64()));
             }
             long alignment = metadata.TryGetValue("general.alignment", out var a) && a is uint u && u > 0 ? u : DefaultAlignment;

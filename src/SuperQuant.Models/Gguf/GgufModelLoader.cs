@@ -38,7 +38,8 @@ public static class GgufModelLoader
             NumKvHeads = Int(U("llama.attention.head_count_kv", heads), "head_count_kv"),
             VocabSize = Int(embd.Dims.Length == 2 ? embd.Dims[1] : 0, "vocabulary"),
             MaxPositionEmbeddings = Int(U("llama.context_length", 2048), "context_length"),
-            HeadDimOverride = U("llama.rope.dimension_count", dim / Math.Max(1, heads)) is long hd && hd != dim / Math.Max(1, heads) ? Int(hd, "rope.dimension_count") : null,
+            HeadDimOverride = U("llama.rope.dimension_count", dim / Math.Max(1, heads)) is long hd && hd != dim / Math.Max(1, heads)
+                ? Int(hd, "rope.dimension_count") : null,
             RopeTheta = Fl("llama.rope.freq_base", 10000.0),
             NormEps = Fl("llama.attention.layer_norm_rms_epsilon", 1e-5),
             TieWordEmbeddings = !g.Tensors.Any(t => t.Name == "output.weight"),
@@ -51,7 +52,8 @@ public static class GgufModelLoader
         {
             read.Add(name);
             var t = g.Tensors.FirstOrDefault(x => x.Name == name) ?? throw Bad($"tensor '{name}' is missing");
-            if (!t.Dims.SequenceEqual(shape.Reverse())) throw Bad($"tensor '{name}' has shape [{string.Join(", ", t.Dims.Reverse())}], the config says [{string.Join(", ", shape)}]");
+            if (!t.Dims.SequenceEqual(shape.Reverse())) throw Bad($"tensor '{name}' has shape [{string.Join(", ", t.Dims.Reverse())}], the config " +
+                $"says [{string.Join(", ", shape)}]");
             return torch.tensor(g.ReadTensor(name), shape);
         }
         long qd = (long)config.NumHeads * config.HeadDim, kv = config.KvDim, ffn = config.IntermediateSize, d = config.HiddenSize;

@@ -46,7 +46,8 @@ public static class GgufPreflight
             if (v is object[] items)
             {
                 if (items.Length != layers) throw Bad(key, $"has {items.Length} entries for {layers} layers");
-                return items.Select((x, i) => x is uint or int or ushort or short or byte ? InRange($"{key}[{i}]", Convert.ToInt64(x), min, max) : throw Bad($"{key}[{i}]", "is not an integer")).ToArray();
+                return items.Select((x, i) => x is uint or int or ushort or short or byte ? InRange($"{key}[{i}]", Convert.ToInt64(x), min, max)
+                    : throw Bad($"{key}[{i}]", "is not an integer")).ToArray();
             }
             long one = InRange(key, Int(key)!.Value, min, max);
             return Enumerable.Repeat(one, (int)layers).ToArray();

@@ -38,7 +38,8 @@ public static class GgufTensorLayout
         Tensor Norm(Tensor t) => shift == 0 ? t.alias() : t.to_type(ScalarType.Float32) + shift;
 
         // A tied embedding is also the output head: its importance is the head's input.
-        list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, () => w.TokenEmbedding.alias()));
+        list.Add(new("token_embd.weight", Dims(w.TokenEmbedding), w.LmHead is null ? new LinearSite(-1, Projection.LmHead) : null, ()
+            => w.TokenEmbedding.alias()));
         if (GgufArchitecture.RopeFrequencyFactors(c) is float[] factors)
             list.Add(new("rope_freqs.weight", new long[] { factors.Length }, null, () => torch.tensor(factors)));
         if (GgufArchitecture.LongRopeFactors(c) is (float[] longFactors, float[] shortFactors))
@@ -55,7 +56,8 @@ public static class GgufTensorLayout
             string p = $"blk.{l}.";
             int layer = l;
             LlamaLayerWeights At() => w.Layer(layer);
-            void Matrix(string n, Projection proj, long rows, long cols, Func<Tensor> source) => list.Add(new(p + n, new[] { cols, rows }, new LinearSite(layer, proj), source));
+            void Matrix(string n, Projection proj, long rows, long cols, Func<Tensor> source)
+                => list.Add(new(p + n, new[] { cols, rows }, new LinearSite(layer, proj), source));
             void Vector(string n, Tensor? shapeOf, Func<LlamaLayerWeights, Tensor?> pick, Func<Tensor, Tensor> map)
             {
                 if (shapeOf is not null) list.Add(new(p + n, Dims(shapeOf), null, () => map(pick(At())!)));

@@ -19,7 +19,8 @@ public enum GgufTokenType { Normal = 1, Unknown = 2, Control = 3, UserDefined = 
 public sealed record GgufVocabulary
 {
     /// <summary>One line for logs: what was found.</summary>
-    public override string ToString() => $"{Model}{(Pre is null ? "" : "/" + Pre)} vocabulary, {Tokens.Count} tokens{(Merges is null ? "" : $", {Merges.Count} merges")}";
+    public override string ToString() => $"{Model}{(Pre is null ? "" : "/" + Pre)} vocabulary, {Tokens.Count} " +
+        $"tokens{(Merges is null ? "" : $", {Merges.Count} merges")}";
 
     /// <summary>"llama" (SentencePiece) or "gpt2" (byte-level BPE).</summary>
     public required string Model { get; init; }
@@ -61,7 +62,8 @@ public sealed record GgufVocabulary
         }
         catch (Exception e) when (e is InvalidDataException or JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
         {
-            throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.TokenizerUnsupported, $"cannot export the tokenizer in {folder} to GGUF: {e.Message}", folder, e);
+            throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.TokenizerUnsupported,
+                $"cannot export the tokenizer in {folder} to GGUF: {e.Message}", folder, e);
         }
     }
 
@@ -146,7 +148,8 @@ public sealed record GgufVocabulary
             int? pad = t.Added.FirstOrDefault(a => a.Content is "<pad>" or "[PAD]")?.Id;
             return new GgufVocabulary
             {
-                Model = "llama", Tokens = pieces.Select(p => p.Text).ToList(), Scores = pieces.Select(p => p.Score).ToArray(), TokenTypes = pieces.Select(p => p.Type).ToArray(),
+                Model = "llama", Tokens = pieces.Select(p => p.Text).ToList(), Scores = pieces.Select(p => p.Score).ToArray(),
+                TokenTypes = pieces.Select(p => p.Type).ToArray(),
                 UnknownId = Id(t.UnknownToken), BosId = bos, EosId = eos, PaddingId = pad, AddBos = bos is not null, AddEos = eos is not null,
                 AddSpacePrefix = false, // '▁' only where the text has a space: no dummy prefix (no Prepend normalizer)
             };
@@ -165,9 +168,11 @@ public sealed record GgufVocabulary
         string pre = PreTokenizerName(t.SplitRegex);
         var differences = new List<string>();
         if (t.Nfc)
-            differences.Add($"{path} normalizes text to Unicode NFC, llama.cpp does not: text with decomposed characters (combining accents) tokenizes differently there unless the app passes string.Normalize() text");
+            differences.Add($"{path} normalizes text to Unicode NFC, llama.cpp does not: text with decomposed characters (combining accents) " +
+                $"tokenizes differently there unless the app passes string.Normalize() text");
         if (pre == "gpt-4o")
-            differences.Add($"llama.cpp's gpt-4o split approximates the o200k regex of {path} (letter case by ASCII ranges): text mixing combining marks or non-Latin letters with punctuation or newlines can tokenize differently there");
+            differences.Add($"llama.cpp's gpt-4o split approximates the o200k regex of {path} (letter case by ASCII ranges): text mixing combining " +
+                $"marks or non-Latin letters with punctuation or newlines can tokenize differently there");
         if (pre == "default")
             differences.Add($"llama.cpp has no pre-tokenizer for the split regex of {path}: it splits text with its default rules");
         return new GgufVocabulary
@@ -185,7 +190,9 @@ public sealed record GgufVocabulary
         [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "llama-bpe",
         [@"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "qwen2",
         // o200k (Phi-4-mini): llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT4O.
-        [@"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "gpt-4o",
+        [@"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|" +
+            @"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|" +
+            @"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"] = "gpt-4o",
     };
 
     /// <summary>The pre-tokenizer name llama.cpp knows for <paramref name="regex"/> (null: GPT-2's own ByteLevel regex).</summary>
@@ -201,13 +208,15 @@ public sealed record GgufVocabulary
         if (File.Exists(spm)) return null;
         if (File.Exists(json))
             return TokenizerJson.TryRead(json) is null ? $"{json} is a kind llama.cpp's GGUF vocabulary cannot carry (not BPE)" : null;
-        return checkpoint.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) ? "a llama2.c checkpoint has no tokenizer" : $"no tokenizer.model or tokenizer.json in {folder}";
+        return checkpoint.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) ? "a llama2.c checkpoint has no tokenizer"
+            : $"no tokenizer.model or tokenizer.json in {folder}";
     }
 
     /// <summary>Special ids and add_bos/add_eos from config.json / tokenizer_config.json where they say so.</summary>
     static GgufVocabulary Settings(string folder, GgufVocabulary v)
     {
-        int? Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : e.ValueKind == JsonValueKind.Array && e.GetArrayLength() > 0 ? Int(e[0]) : null;
+        int? Int(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e.GetInt32() : e.ValueKind == JsonValueKind.Array && e.GetArrayLength() > 0
+            ? Int(e[0]) : null;
         string config = Path.Combine(folder, "config.json"), tokenizerConfig = Path.Combine(folder, "tokenizer_config.json");
         if (File.Exists(config))
         {
@@ -218,8 +227,10 @@ public sealed record GgufVocabulary
         if (File.Exists(tokenizerConfig))
         {
             using var d = JsonInput.Parse(tokenizerConfig, SuperQuant.Core.ErrorCodes.TokenizerUnsupported);
-            if (d.RootElement.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddBos = ab.GetBoolean() };
-            if (d.RootElement.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
+            if (d.RootElement.TryGetProperty("add_bos_token", out var ab)
+                && ab.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddBos = ab.GetBoolean() };
+            if (d.RootElement.TryGetProperty("add_eos_token", out var ae)
+                && ae.ValueKind is JsonValueKind.True or JsonValueKind.False) v = v with { AddEos = ae.GetBoolean() };
         }
         return v with { ChatTemplates = ChatTemplatesIn(folder, tokenizerConfig) };
     }
@@ -252,7 +263,8 @@ public sealed record GgufVocabulary
                     throw new InvalidDataException($"{tokenizerConfig}: chat template name '{name}' (letters, digits, '_' and '-')");
                 templates[name == "default" ? "" : name] = body.GetString()!;
             }
-        else if (t.ValueKind != JsonValueKind.Null) throw new InvalidDataException($"{tokenizerConfig}: chat_template is a JSON {t.ValueKind}, expected a string or a list");
+        else if (t.ValueKind != JsonValueKind.Null) throw new InvalidDataException($"{tokenizerConfig}: chat_template is a JSON {t.ValueKind}, " +
+            $"expected a string or a list");
         return templates;
     }
 
@@ -274,9 +286,11 @@ public sealed record GgufVocabulary
         yield return ("tokenizer.ggml.model", GgufValueType.String, Model);
         if (Pre is not null) yield return ("tokenizer.ggml.pre", GgufValueType.String, Pre);
         yield return ("tokenizer.ggml.tokens", GgufValueType.Array, new GgufArray(GgufValueType.String, Tokens.Cast<object>().ToArray()));
-        if (Scores is not null) yield return ("tokenizer.ggml.scores", GgufValueType.Array, new GgufArray(GgufValueType.Float32, Scores.Cast<object>().ToArray()));
+        if (Scores is not null) yield return ("tokenizer.ggml.scores", GgufValueType.Array,
+            new GgufArray(GgufValueType.Float32, Scores.Cast<object>().ToArray()));
         yield return ("tokenizer.ggml.token_type", GgufValueType.Array, new GgufArray(GgufValueType.Int32, TokenTypes.Cast<object>().ToArray()));
-        if (Merges is not null) yield return ("tokenizer.ggml.merges", GgufValueType.Array, new GgufArray(GgufValueType.String, Merges.Cast<object>().ToArray()));
+        if (Merges is not null) yield return ("tokenizer.ggml.merges", GgufValueType.Array,
+            new GgufArray(GgufValueType.String, Merges.Cast<object>().ToArray()));
         if (BosId is int b) yield return ("tokenizer.ggml.bos_token_id", GgufValueType.UInt32, (uint)b);
         if (EosId is int e) yield return ("tokenizer.ggml.eos_token_id", GgufValueType.UInt32, (uint)e);
         if (UnknownId is int u) yield return ("tokenizer.ggml.unknown_token_id", GgufValueType.UInt32, (uint)u);

@@ -47,7 +47,8 @@ public sealed class SafetensorsFile : IDisposable
     public void CheckUnchanged()
     {
         if (RandomAccess.GetLength(_handle) != _openedLength || File.GetLastWriteTimeUtc(_handle) != _openedWrite)
-            throw new SuperQuantException(ErrorCodes.CheckpointFormat, $"{Path} was modified while this run was reading it; run again on a checkpoint nothing writes to", Path);
+            throw new SuperQuantException(ErrorCodes.CheckpointFormat,
+                $"{Path} was modified while this run was reading it; run again on a checkpoint nothing writes to", Path);
     }
 
     public static SafetensorsFile Open(string path)
@@ -95,7 +96,8 @@ public sealed class SafetensorsFile : IDisposable
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (JsonProperty p in doc.RootElement.EnumerateObject())
             {
-                if (!seen.Add(p.Name)) throw Corrupt(path, $"'{Excerpt(p.Name)}' appears twice in the header (the reference implementation refuses duplicate names)");
+                if (!seen.Add(p.Name)) throw Corrupt(path, $"'{Excerpt(p.Name)}' appears twice in the header (the reference implementation refuses " +
+                    $"duplicate names)");
                 if (p.Name == "__metadata__")
                 {
                     if (p.Value.ValueKind != JsonValueKind.Object) throw Corrupt(path, "__metadata__ is not an object");
@@ -157,7 +159,8 @@ public sealed class SafetensorsFile : IDisposable
         if (end > dataLength)
             throw Corrupt(path, $"tensor '{name}': data_offsets [{begin}, {end}) run past the data section ({dataLength} bytes; file truncated?)");
         if (elements == long.MaxValue || elements * size != end - begin)
-            throw Corrupt(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype} needs {(elements == long.MaxValue ? "more than the file's" : (elements * size).ToString())} bytes but data_offsets span {end - begin}");
+            throw Corrupt(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype} needs " +
+                $"{(elements == long.MaxValue ? "more than the file's" : (elements * size).ToString())} bytes but data_offsets span {end - begin}");
         return new SafetensorsEntry(name, dtype, st, shape, begin, end);
     }
 

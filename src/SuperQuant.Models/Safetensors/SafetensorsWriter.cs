@@ -1,6 +1,6 @@
-using SuperQuant.Core;
 using System.Text;
 using System.Text.Json;
+using SuperQuant.Core;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Models.Safetensors;
@@ -23,7 +23,8 @@ public static class SafetensorsWriter
     /// <summary>Writes tensors produced one at a time by <paramref name="produce"/> (called in layout order), so a
     /// checkpoint larger than memory can be written; each produced tensor is disposed after it is written when
     /// <paramref name="disposeEach"/> is set.</summary>
-    public static void WriteStreaming(string path, IReadOnlyList<TensorLayout> layout, Func<string, Tensor> produce, bool disposeEach, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void WriteStreaming(string path, IReadOnlyList<TensorLayout> layout, Func<string, Tensor> produce, bool disposeEach,
+        IReadOnlyDictionary<string, string>? metadata = null)
     {
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
@@ -52,7 +53,8 @@ public static class SafetensorsWriter
                 try
                 {
                     if (value.dtype != t.DType || !value.shape.SequenceEqual(t.Shape))
-                        throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said {t.DType} [{string.Join(", ", t.Shape)}]");
+                        throw new ArgumentException($"tensor '{t.Name}' is {value.dtype} [{string.Join(", ", value.shape)}], the layout said " +
+                            $"{t.DType} [{string.Join(", ", t.Shape)}]");
                     WriteTensorBytes(fs, value);
                 }
                 finally

@@ -46,12 +46,17 @@ public static class TaskFile
 
     public static readonly IReadOnlyList<TaskDefinition> Tasks = new TaskDefinition[]
     {
-        new("arc_easy", TaskKind.MultipleChoice, "question, choices {text: [...], label: [...]}, answerKey (allenai/ai2_arc, ARC-Easy)", "Question: {question}\\nAnswer: {choice}"),
-        new("arc_challenge", TaskKind.MultipleChoice, "question, choices {text: [...], label: [...]}, answerKey (allenai/ai2_arc, ARC-Challenge)", "Question: {question}\\nAnswer: {choice}"),
-        new("hellaswag", TaskKind.MultipleChoice, "activity_label, ctx_a, ctx_b, endings [4], label (Rowan/hellaswag)", "{activity_label}: {ctx_a} {Ctx_b} {ending}, preprocessed"),
+        new("arc_easy", TaskKind.MultipleChoice, "question, choices {text: [...], label: [...]}, answerKey (allenai/ai2_arc, ARC-Easy)",
+            "Question: {question}\\nAnswer: {choice}"),
+        new("arc_challenge", TaskKind.MultipleChoice, "question, choices {text: [...], label: [...]}, answerKey (allenai/ai2_arc, ARC-Challenge)",
+            "Question: {question}\\nAnswer: {choice}"),
+        new("hellaswag", TaskKind.MultipleChoice, "activity_label, ctx_a, ctx_b, endings [4], label (Rowan/hellaswag)",
+            "{activity_label}: {ctx_a} {Ctx_b} {ending}, preprocessed"),
         new("piqa", TaskKind.MultipleChoice, "goal, sol1, sol2, label (ybisk/piqa)", "Question: {goal}\\nAnswer: {sol}"),
-        new("sciq", TaskKind.MultipleChoice, "support, question, distractor1, distractor2, distractor3, correct_answer (allenai/sciq)", "{support}\\nQuestion: {question}\\nAnswer: {choice}"),
-        new("winogrande", TaskKind.Partial, "sentence (with one _), option1, option2, answer \"1\" or \"2\" (allenai/winogrande)", "{sentence before _ with the option} {rest of the sentence}"),
+        new("sciq", TaskKind.MultipleChoice, "support, question, distractor1, distractor2, distractor3, correct_answer (allenai/sciq)",
+            "{support}\\nQuestion: {question}\\nAnswer: {choice}"),
+        new("winogrande", TaskKind.Partial, "sentence (with one _), option1, option2, answer \"1\" or \"2\" (allenai/winogrande)",
+            "{sentence before _ with the option} {rest of the sentence}"),
         new("lambada", TaskKind.LastWord, "text (EleutherAI/lambada_openai)", "{text without its last word}{ last word}"),
     };
 
@@ -72,7 +77,9 @@ public static class TaskFile
         {
             total += line.Length + 1;
             if (total > MaxChars)
-                throw new SuperQuantException(ErrorCodes.TaskFileInvalid, $"{path}({lineNo + 1}): the file is larger than {MaxChars >> 20} MiB; a task file that large is not a task release (is it the wrong file?)", path);
+                throw new SuperQuantException(ErrorCodes.TaskFileInvalid,
+                    $"{path}({lineNo + 1}): the file is larger than {MaxChars >> 20} MiB; a task file that large is not a task release (is it the " +
+                    $"wrong file?)", path);
             lineNo++;
             if (line.Trim().Length == 0) continue;
             SuperQuantException Bad(string what) => new(ErrorCodes.TaskFileInvalid, $"{path}({lineNo}): {task}: {what} (expected fields: {def.Fields})", path);
@@ -104,7 +111,8 @@ public static class TaskFile
             {
                 if (c == '\n') return sb.ToString();
                 if (sb.Length >= MaxLineBytes)
-                    throw new SuperQuantException(ErrorCodes.TaskFileInvalid, $"{path}({lineNo}): line longer than {MaxLineBytes >> 20} MiB: not a task document", path);
+                    throw new SuperQuantException(ErrorCodes.TaskFileInvalid,
+                        $"{path}({lineNo}): line longer than {MaxLineBytes >> 20} MiB: not a task document", path);
                 sb.Append((char)c);
             }
         }
@@ -129,7 +137,8 @@ public static class TaskFile
     static string[] StrArray(JsonElement e, string field)
     {
         if (!e.TryGetProperty(field, out var v) || v.ValueKind != JsonValueKind.Array) throw new FormatException($"field '{field}' is not an array");
-        return v.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : throw new FormatException($"field '{field}' holds a non-string")).ToArray();
+        return v.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()!
+            : throw new FormatException($"field '{field}' holds a non-string")).ToArray();
     }
 
     static int Index(string value, int count, string field)
@@ -148,44 +157,48 @@ public static class TaskFile
         {
             case "arc_easy":
             case "arc_challenge":
-            {
-                if (!e.TryGetProperty("choices", out var ch) || ch.ValueKind != JsonValueKind.Object) throw new FormatException("field 'choices' is not an object");
-                string[] text = StrArray(ch, "text"), labels = StrArray(ch, "label");
-                if (text.Length != labels.Length || text.Length < 2) throw new FormatException("choices.text and choices.label must have the same length, at least 2");
-                int gold = Array.IndexOf(labels, Str(e, "answerKey"));
-                if (gold < 0) throw new FormatException($"answerKey '{Str(e, "answerKey")}' is not one of the labels");
-                return Choices($"Question: {Str(e, "question")}\nAnswer:", text, gold);
-            }
+                {
+                    if (!e.TryGetProperty("choices", out var ch)
+                        || ch.ValueKind != JsonValueKind.Object) throw new FormatException("field 'choices' is not an object");
+                    string[] text = StrArray(ch, "text"), labels = StrArray(ch, "label");
+                    if (text.Length != labels.Length || text.Length < 2) throw new FormatException("choices.text and choices.label must have the same " +
+                        "length, at least 2");
+                    int gold = Array.IndexOf(labels, Str(e, "answerKey"));
+                    if (gold < 0) throw new FormatException($"answerKey '{Str(e, "answerKey")}' is not one of the labels");
+                    return Choices($"Question: {Str(e, "question")}\nAnswer:", text, gold);
+                }
             case "hellaswag":
-            {
-                string ctxB = Str(e, "ctx_b");
-                string ctx = Str(e, "ctx_a") + " " + Capitalize(ctxB);
-                string[] endings = StrArray(e, "endings");
-                if (endings.Length < 2) throw new FormatException("field 'endings' needs at least 2 entries");
-                return Choices(HellaswagPreprocess(Str(e, "activity_label") + ": " + ctx), endings.Select(HellaswagPreprocess).ToList(), Index(Str(e, "label"), endings.Length, "label"));
-            }
+                {
+                    string ctxB = Str(e, "ctx_b");
+                    string ctx = Str(e, "ctx_a") + " " + Capitalize(ctxB);
+                    string[] endings = StrArray(e, "endings");
+                    if (endings.Length < 2) throw new FormatException("field 'endings' needs at least 2 entries");
+                    return Choices(HellaswagPreprocess(Str(e, "activity_label") + ": " + ctx), endings.Select(HellaswagPreprocess).ToList(),
+                        Index(Str(e, "label"), endings.Length, "label"));
+                }
             case "piqa":
                 return Choices($"Question: {Str(e, "goal")}\nAnswer:", new[] { Str(e, "sol1"), Str(e, "sol2") }, Index(Str(e, "label"), 2, "label"));
             case "sciq":
                 return Choices($"{Str(e, "support").TrimStart()}\nQuestion: {Str(e, "question")}\nAnswer:",
                     new[] { Str(e, "distractor1"), Str(e, "distractor2"), Str(e, "distractor3"), Str(e, "correct_answer") }, 3);
             case "winogrande":
-            {
-                string sentence = Str(e, "sentence");
-                int blank = sentence.IndexOf('_');
-                if (blank < 0) throw new FormatException("field 'sentence' has no _ blank");
-                string target = " " + sentence[(blank + 1)..].Trim();
-                string answer = Str(e, "answer");
-                int gold = answer == "1" ? 0 : answer == "2" ? 1 : throw new FormatException($"field 'answer' = '{answer}' (expected \"1\" or \"2\")");
-                return new TaskDocument(new[] { Str(e, "option1"), Str(e, "option2") }.Select(o => new TaskPrompt(sentence[..blank] + o, target)).ToList(), gold);
-            }
+                {
+                    string sentence = Str(e, "sentence");
+                    int blank = sentence.IndexOf('_');
+                    if (blank < 0) throw new FormatException("field 'sentence' has no _ blank");
+                    string target = " " + sentence[(blank + 1)..].Trim();
+                    string answer = Str(e, "answer");
+                    int gold = answer == "1" ? 0 : answer == "2" ? 1 : throw new FormatException($"field 'answer' = '{answer}' (expected \"1\" or \"2\")");
+                    return new TaskDocument(new[] { Str(e, "option1"),
+                    Str(e, "option2") }.Select(o => new TaskPrompt(sentence[..blank] + o, target)).ToList(), gold);
+                }
             case "lambada":
-            {
-                string text = Str(e, "text");
-                int space = text.LastIndexOf(' ');
-                if (space <= 0 || space == text.Length - 1) throw new FormatException("field 'text' needs a context and a last word separated by a space");
-                return new TaskDocument(new[] { new TaskPrompt(text[..space], text[space..]) }, 0);
-            }
+                {
+                    string text = Str(e, "text");
+                    int space = text.LastIndexOf(' ');
+                    if (space <= 0 || space == text.Length - 1) throw new FormatException("field 'text' needs a context and a last word separated by a space");
+                    return new TaskDocument(new[] { new TaskPrompt(text[..space], text[space..]) }, 0);
+                }
             default: throw new FormatException($"unknown task {task}");
         }
     }

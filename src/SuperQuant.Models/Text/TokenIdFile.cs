@@ -40,7 +40,8 @@ public static class TokenIdFile
         while ((n = ReadChars(reader, buffer, path)) > 0)
         {
             chars += n;
-            if (chars > MaxBytes) throw Bad(line, $"the file is larger than {MaxBytes >> 20} MiB; a token-id file that large is not an evaluation set (is it a device or the wrong file?)");
+            if (chars > MaxBytes) throw Bad(line, $"the file is larger than {MaxBytes >> 20} MiB; a token-id file that large is not an evaluation " +
+                $"set (is it a device or the wrong file?)");
             for (int i = 0; i < n; i++)
             {
                 char c = buffer[i];
@@ -55,14 +56,19 @@ public static class TokenIdFile
         }
         Flush();
         if (ids.Count < minimum)
-            throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: holds {ids.Count} token id{(ids.Count == 1 ? "" : "s")}; at least {minimum} needed", path);
+            throw new SuperQuantException(ErrorCodes.TokenFileInvalid,
+                $"{path}: holds {ids.Count} token id{(ids.Count == 1 ? "" : "s")}; at least {minimum} needed", path);
         return ids.ToArray();
     }
 
     static int ReadChars(StreamReader reader, char[] buffer, string path)
     {
         try { return reader.Read(buffer, 0, buffer.Length); }
-        catch (DecoderFallbackException) { throw new SuperQuantException(ErrorCodes.TokenFileInvalid, $"{path}: not valid UTF-8 text (expected token ids as text)", path); }
+        catch (DecoderFallbackException)
+        {
+            throw new SuperQuantException(ErrorCodes.TokenFileInvalid,
+            $"{path}: not valid UTF-8 text (expected token ids as text)", path);
+        }
     }
 
     public static void Write(string path, IEnumerable<int> ids, string? comment = null)

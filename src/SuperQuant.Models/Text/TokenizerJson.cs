@@ -57,9 +57,11 @@ public sealed record TokenizerJson
     {
         try { return Read(path); }
         // System.Text.Json decodes escapes lazily: "\ud800" alone surfaces here, from a name or a string value.
-        catch (InvalidOperationException e) when (e.Message.Contains("surrogate", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("UTF", StringComparison.Ordinal))
+        catch (InvalidOperationException e) when (e.Message.Contains("surrogate", StringComparison.OrdinalIgnoreCase)
+            || e.Message.Contains("UTF", StringComparison.Ordinal))
         {
-            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"{path}: a string in 'model.vocab', 'model.merges' or 'added_tokens' is not valid Unicode (a lone surrogate escape): {e.Message}", path, e);
+            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
+                $"{path}: a string in 'model.vocab', 'model.merges' or 'added_tokens' is not valid Unicode (a lone surrogate escape): {e.Message}", path, e);
         }
     }
 
@@ -77,9 +79,11 @@ public sealed record TokenizerJson
         bool spaceReplace = root.TryGetProperty("normalizer", out var norm) && Replaces(norm, " ", "\u2581");
         TokenizerJsonKind kind = byteLevel ? TokenizerJsonKind.ByteLevelBpe
             : byteFallback || spaceReplace ? TokenizerJsonKind.SentencePieceBpe
-            : throw Bad("pre_tokenizer", "is neither byte-level (ByteLevel) nor SentencePiece-style ('▁' for spaces with byte_fallback): this BPE tokenizer is not supported");
+            : throw Bad("pre_tokenizer", "is neither byte-level (ByteLevel) nor SentencePiece-style ('▁' for spaces with byte_fallback): this BPE " +
+                "tokenizer is not supported");
 
-        if (!model.TryGetProperty("vocab", out var vocabJson) || vocabJson.ValueKind != JsonValueKind.Object) throw Bad("model.vocab", "is missing or not an object");
+        if (!model.TryGetProperty("vocab", out var vocabJson) || vocabJson.ValueKind != JsonValueKind.Object) throw Bad("model.vocab",
+            "is missing or not an object");
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var p in vocabJson.EnumerateObject())
         {
@@ -89,7 +93,8 @@ public sealed record TokenizerJson
             vocab[p.Name] = id;
         }
         if (vocab.Count == 0) throw Bad("model.vocab", "is empty");
-        if (!model.TryGetProperty("merges", out var mergesJson) || mergesJson.ValueKind != JsonValueKind.Array) throw Bad("model.merges", "is missing or not an array");
+        if (!model.TryGetProperty("merges", out var mergesJson) || mergesJson.ValueKind != JsonValueKind.Array) throw Bad("model.merges",
+            "is missing or not an array");
         var merges = new List<(string, string)>(mergesJson.GetArrayLength());
         int index = 0;
         foreach (var m in mergesJson.EnumerateArray())
@@ -98,7 +103,8 @@ public sealed record TokenizerJson
             {
                 // Older files store "a b", newer ones ["a", "b"].
                 JsonValueKind.String when m.GetString()!.Split(' ') is { Length: 2 } parts => (parts[0], parts[1]),
-                JsonValueKind.Array when m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String => (m[0].GetString()!, m[1].GetString()!),
+                JsonValueKind.Array when m.GetArrayLength() == 2 && m[0].ValueKind == JsonValueKind.String
+                    && m[1].ValueKind == JsonValueKind.String => (m[0].GetString()!, m[1].GetString()!),
                 _ => null,
             };
             if (pair is not { } p) throw Bad($"model.merges[{index}]", $"is {Excerpt(m.GetRawText())}: expected \"a b\" or [\"a\", \"b\"]");
@@ -114,7 +120,8 @@ public sealed record TokenizerJson
             foreach (var a in addedJson.EnumerateArray())
             {
                 if (a.ValueKind != JsonValueKind.Object || Str(a, "content") is not string content
-                    || !a.TryGetProperty("id", out var idJson) || idJson.ValueKind != JsonValueKind.Number || !idJson.TryGetInt32(out int id) || id < 0 || id >= 1 << 24)
+                    || !a.TryGetProperty("id", out var idJson) || idJson.ValueKind != JsonValueKind.Number || !idJson.TryGetInt32(out int id)
+                        || id < 0 || id >= 1 << 24)
                     throw Bad($"added_tokens[{i}]", "needs a string 'content' and an 'id' in [0, 2^24)");
                 if (!WellFormed(content)) throw Bad($"added_tokens[{i}].content", "is not valid Unicode (a lone surrogate)");
                 added.Add(new AddedToken(id, content, a.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True));
@@ -138,10 +145,12 @@ public sealed record TokenizerJson
     static string? SplitPattern(JsonElement root, Func<string, string, SuperQuantException> bad)
     {
         if (!root.TryGetProperty("pre_tokenizer", out var pt) || pt.ValueKind != JsonValueKind.Object) return null;
-        IEnumerable<JsonElement> all = pt.TryGetProperty("pretokenizers", out var list) && list.ValueKind == JsonValueKind.Array ? list.EnumerateArray() : new[] { pt };
+        IEnumerable<JsonElement> all = pt.TryGetProperty("pretokenizers", out var list) && list.ValueKind == JsonValueKind.Array
+            ? list.EnumerateArray() : new[] { pt };
         foreach (var p in all)
         {
-            if (Str(p, "type") != "Split" || !p.TryGetProperty("pattern", out var pat) || pat.ValueKind != JsonValueKind.Object || !pat.TryGetProperty("Regex", out var rx)) continue;
+            if (Str(p, "type") != "Split" || !p.TryGetProperty("pattern", out var pat) || pat.ValueKind != JsonValueKind.Object
+                || !pat.TryGetProperty("Regex", out var rx)) continue;
             if (rx.ValueKind != JsonValueKind.String) throw bad("pre_tokenizer.pattern.Regex", "is not a string");
             string pattern = rx.GetString()!;
             try { _ = new Regex(pattern, RegexOptions.None, RegexTimeout); }
@@ -152,14 +161,17 @@ public sealed record TokenizerJson
     }
 
     /// <summary>The TemplateProcessing post-processor's special tokens around a single sequence ("$A").</summary>
-    static (int[] Prefix, int[] Suffix) Template(JsonElement root, Dictionary<string, int> vocab, List<AddedToken> added, Func<string, string, SuperQuantException> bad)
+    static (int[] Prefix, int[] Suffix) Template(JsonElement root, Dictionary<string, int> vocab, List<AddedToken> added, Func<string, string,
+        SuperQuantException> bad)
     {
         if (!root.TryGetProperty("post_processor", out var pp) || pp.ValueKind != JsonValueKind.Object) return (Array.Empty<int>(), Array.Empty<int>());
-        IEnumerable<JsonElement> all = pp.TryGetProperty("processors", out var list) && list.ValueKind == JsonValueKind.Array ? list.EnumerateArray() : new[] { pp };
+        IEnumerable<JsonElement> all = pp.TryGetProperty("processors", out var list) && list.ValueKind == JsonValueKind.Array ? list.EnumerateArray()
+            : new[] { pp };
         foreach (var p in all)
         {
             if (Str(p, "type") != "TemplateProcessing") continue;
-            if (!p.TryGetProperty("single", out var single) || single.ValueKind != JsonValueKind.Array) throw bad("post_processor.single", "is missing or not an array");
+            if (!p.TryGetProperty("single", out var single) || single.ValueKind != JsonValueKind.Array) throw bad("post_processor.single",
+                "is missing or not an array");
             var prefix = new List<int>();
             var suffix = new List<int>();
             bool seenSequence = false;
@@ -189,8 +201,10 @@ public sealed record TokenizerJson
     static bool Replaces(JsonElement normalizer, string from, string to)
     {
         if (normalizer.ValueKind != JsonValueKind.Object) return false;
-        if (Str(normalizer, "type") == "Replace" && normalizer.TryGetProperty("pattern", out var p) && Str(p, "String") == from && Str(normalizer, "content") == to) return true;
-        return normalizer.TryGetProperty("normalizers", out var list) && list.ValueKind == JsonValueKind.Array && list.EnumerateArray().Any(n => Replaces(n, from, to));
+        if (Str(normalizer, "type") == "Replace" && normalizer.TryGetProperty("pattern", out var p) && Str(p, "String") == from
+            && Str(normalizer, "content") == to) return true;
+        return normalizer.TryGetProperty("normalizers", out var list) && list.ValueKind == JsonValueKind.Array
+            && list.EnumerateArray().Any(n => Replaces(n, from, to));
     }
 
     static bool Contains(JsonElement root, string key, string type)

@@ -34,7 +34,9 @@ public sealed class TextTokenizer
         try { ids = _inner.EncodeToIds(text); }
         catch (RegexMatchTimeoutException e)
         {
-            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported, $"the tokenizer's split regex took longer than {TokenizerJson.RegexTimeout.TotalSeconds:F0} s on one match: it backtracks catastrophically ({e.Pattern})");
+            throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
+                $"the tokenizer's split regex took longer than {TokenizerJson.RegexTimeout.TotalSeconds:F0} s on one match: it backtracks " +
+                $"catastrophically ({e.Pattern})");
         }
         return _prefix.Concat(ids).Concat(_suffix).ToArray();
     }
@@ -86,7 +88,8 @@ public static class TokenizerLoader
         }
         if (File.Exists(json))
             throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
-                $"{json} is not a BPE tokenizer (byte-level or SentencePiece-style) and no tokenizer.model is present. Use --tokens with a token-id file instead.", json);
+                $"{json} is not a BPE tokenizer (byte-level or SentencePiece-style) and no tokenizer.model is present. Use --tokens with a token-id " +
+                    $"file instead.", json);
         throw new SuperQuantException(ErrorCodes.TokenizerUnsupported,
             $"no tokenizer.model or tokenizer.json in {checkpointFolder}; evaluate with a token-id file (--tokens) instead", checkpointFolder);
     }
@@ -100,7 +103,8 @@ public static class TokenizerLoader
             Merges = t.Merges.Select(m => $"{m.Left} {m.Right}"),
             ByteLevel = true,
             SpecialTokens = added.Count > 0 ? added : null,
-            PreTokenizer = new RegexPreTokenizer(new Regex(t.SplitRegex ?? Gpt2Pattern, RegexOptions.Compiled, TokenizerJson.RegexTimeout), added.Count > 0 ? added : null),
+            PreTokenizer = new RegexPreTokenizer(new Regex(t.SplitRegex ?? Gpt2Pattern, RegexOptions.Compiled, TokenizerJson.RegexTimeout),
+                added.Count > 0 ? added : null),
         };
         Tokenizer bpe;
         try { bpe = BpeTokenizer.Create(options); }
@@ -128,7 +132,8 @@ public static class TokenizerLoader
         byte[] proto = ModelProto(pieces, unk: Id(t.UnknownToken), byteFallback: t.ByteFallback);
         try
         {
-            var spm = LlamaTokenizer.Create(new MemoryStream(proto), addBeginOfSentence: false, addEndOfSentence: false, specialTokens: specials.Count > 0 ? specials : null);
+            var spm = LlamaTokenizer.Create(new MemoryStream(proto), addBeginOfSentence: false, addEndOfSentence: false,
+                specialTokens: specials.Count > 0 ? specials : null);
             return new TextTokenizer(spm, t.Prefix, t.Suffix, nfc: t.Nfc, EndOfSequence(t));
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or InvalidProtocolBufferException)

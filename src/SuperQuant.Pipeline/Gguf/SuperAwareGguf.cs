@@ -59,7 +59,8 @@ public sealed record SuperAwareGguf
         bool codeGrid = main.Levels > 0 || main.IsLattice;
         var list = new List<(string, GgufExport)>
         {
-            ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = imatrixType ? Importance : null, Covariance = null, Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
+            ("llama.cpp reference rows", Export(type, name, vocabulary) with { Importance = imatrixType ? Importance : null, Covariance = null,
+                Variants = Array.Empty<Func<LinearSite, Tensor, Tensor>>() }),
         };
         if (!imatrixType) list.Add(("importance-weighted rows", Export(type, name, vocabulary) with { Covariance = null }));
         if (Covariance is not null)

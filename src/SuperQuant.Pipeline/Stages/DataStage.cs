@@ -34,7 +34,8 @@ static class DataStage
         {
             int bad = Array.FindIndex(given, i => i < 0 || i >= c.VocabSize);
             if (given.Length == 0 || bad >= 0)
-                throw r.PromptOrigin.Error(given.Length == 0 ? "the prompt has no token ids" : $"token id {given[bad]} is outside the model's vocabulary [0, {c.VocabSize})");
+                throw r.PromptOrigin.Error(given.Length == 0 ? "the prompt has no token ids"
+                    : $"token id {given[bad]} is outside the model's vocabulary [0, {c.VocabSize})");
             ids = given;
         }
         else if (r.PromptText is string text) ids = Tokens.Tokenize(text, tokenizer, c.VocabSize, "the prompt");

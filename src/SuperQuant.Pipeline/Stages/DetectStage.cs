@@ -20,7 +20,8 @@ static class DetectStage
             var detection = new SuperWeightDetector().Detect(model, data.Prompt);
             var superWeights = detection.SuperWeights;
             string text = detection.Found
-                ? $"{superWeights.Count} super weight{(superWeights.Count == 1 ? "" : "s")}: " + string.Join(", ", superWeights.Select(s => $"layer {s.Layer} [{s.Row}, {s.Column}] = {s.Value:G4}"))
+                ? $"{superWeights.Count} super weight{(superWeights.Count == 1 ? "" : "s")}: "
+                    + string.Join(", ", superWeights.Select(s => $"layer {s.Layer} [{s.Row}, {s.Column}] = {s.Value:G4}"))
                 : $"none found (largest down_proj spike {detection.Passes[0].Max(l => l.Output.Magnitude):G3}, threshold {detection.FirstPassThreshold:G3})";
             o.Log.Info($"{r.Id}: super weights: {text}");
             return new Detected(detection, superWeights, text);

@@ -13,7 +13,8 @@ namespace SuperQuant.Pipeline.Stages;
 /// packed export: GGUF is quantized from the original weights, which the packed path overwrites in place.</summary>
 static class GgufStage
 {
-    public static IReadOnlyList<WrittenArtifact> Run(QuantizationRequest r, PipelineOptions o, LlamaModel model, RunData data, Detected detected, RunScope scope)
+    public static IReadOnlyList<WrittenArtifact> Run(QuantizationRequest r, PipelineOptions o, LlamaModel model, RunData data, Detected detected,
+        RunScope scope)
     {
         var written = new List<WrittenArtifact>();
         if (!r.Ggufs.Any()) return written;
@@ -26,13 +27,19 @@ static class GgufStage
         var vocabulary = GgufVocabulary.FromCheckpoint(r.Checkpoint, c);
         // A GGUF without a vocabulary runs only token ids: say so, naming why, rather than write no_vocab silently.
         if (vocabulary is null && GgufVocabulary.MissingReason(r.Checkpoint) is string noVocabulary)
-            log.Info($"{r.Checkpoint}: warning {ErrorCodes.TokenizerUnsupported}: {r.Id}: the GGUF files carry no vocabulary ({noVocabulary}); llama.cpp will run them on token ids only");
+            log.Info($"{r.Checkpoint}: warning {ErrorCodes.TokenizerUnsupported}: {r.Id}: the GGUF files carry no vocabulary ({noVocabulary}); " +
+                $"llama.cpp will run them on token ids only");
         CalibrationFolds? folds = null;
         if (r.Method == QuantMethod.SuperAware && calibration is not null)
             using (log.Step("calibrate GGUF"))
             {
                 folds = CalibrationFolds.Record(model, calibration, ctx, scope.Folder ??= Directory.CreateTempSubdirectory("superquant-run-").FullName,
-                    s => s with { SuperWeights = detected.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z), RaiseSuperWeightTensors = o.RaiseSuperWeightTensors },
+                    s => s with
+                    {
+                        SuperWeights = detected.SuperWeights,
+                        ZCandidates = SuperAwareGguf.ZFor(r.Z),
+                        RaiseSuperWeightTensors = o.RaiseSuperWeightTensors
+                    },
                     o.Cancel);
                 scope.Add(folds);
             }
@@ -78,8 +85,11 @@ static class GgufStage
                 }
                 else
                     result = GgufExporter.Write(file.StagingPath, model,
-                        new GgufExport { FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = detected.SuperWeights,
-                            Importance = g.Type.NeedsImportance() ? imatrix : null });
+                        new GgufExport
+                        {
+                            FileType = g.Type, Name = r.Id, Vocabulary = vocabulary, Method = r.Method, SuperWeights = detected.SuperWeights,
+                            Importance = g.Type.NeedsImportance() ? imatrix : null
+                        });
                 log.Info($"{r.Id}: wrote {g.Kind} ({result.FileBytes / 1048576.0:F2} MiB, {result.BitsPerWeight:F2} bits/weight: {result.TypeSummary})");
                 foreach (var t in result.Tensors.Where(t => t.Reason != "mix" && t.Reason != "vector").Take(3))
                     log.Info($"{r.Id}:   {t.Name}: {t.Reason}");
@@ -106,9 +116,11 @@ static class GgufStage
             long bytes = target.BytesFor(model.Config.ParameterCount);
             double bpw(long b) => 8.0 * b / model.Config.ParameterCount;
             if (bytes < min)
-                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is smaller than the smallest file this model can be written as ({min:N0} bytes, {bpw(min):F2} bits/weight: every matrix at its smallest type); give at least that");
+                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is smaller than the smallest file this model can be written " +
+                    $"as ({min:N0} bytes, {bpw(min):F2} bits/weight: every matrix at its smallest type); give at least that");
             if (bytes > max)
-                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is larger than the model with every tensor at F16 ({max:N0} bytes, {bpw(max):F2} bits/weight); export gguf f16 instead, or a budget up to that");
+                throw g.Origin.Error($"{g.Path}: the budget {target} ({bytes:N0} bytes) is larger than the model with every tensor at F16 ({max:N0} " +
+                    $"bytes, {bpw(max):F2} bits/weight); export gguf f16 instead, or a budget up to that");
         }
     }
 }

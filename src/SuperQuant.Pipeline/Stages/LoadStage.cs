@@ -32,7 +32,8 @@ static class LoadStage
     {
         var format = ModelLoader.Detect(r.Checkpoint);
         if (format is CheckpointFormat.Gguf or CheckpointFormat.Packed)
-            throw r.OriginOf("checkpoint").Error($"{r.Checkpoint} is a {(format == CheckpointFormat.Gguf ? "GGUF file" : "packed artifact")}, an already quantized runtime file; " +
+            throw r.OriginOf("checkpoint").Error($"{r.Checkpoint} is a {(format == CheckpointFormat.Gguf ? "GGUF file" : "packed artifact")}, an " +
+                $"already quantized runtime file; " +
                 "quantize from the unquantized checkpoint it was made from: a Hugging Face folder (config.json + *.safetensors) or a llama2.c .bin " +
                 "(eval, generate, detect and analyze accept GGUF and packed files)");
     }

@@ -13,7 +13,8 @@ sealed record Measured(string Engine, DivergenceResult? Quality, IReadOnlyList<T
 /// data it is still loaded and run on one token.</summary>
 static class MeasureStage
 {
-    public static Measured Run(WrittenArtifact artifact, QuantizationRequest r, PipelineOptions o, ReferenceFile? reference, int[]? eval, TaskSet tasks, bool streamed)
+    public static Measured Run(WrittenArtifact artifact, QuantizationRequest r, PipelineOptions o, ReferenceFile? reference, int[]? eval,
+        TaskSet tasks, bool streamed)
     {
         var (spec, path) = (artifact.Spec, artifact.File.StagingPath);
         var log = o.Log;
@@ -25,7 +26,8 @@ static class MeasureStage
         var memory = gguf ? MemoryMode.Auto : streamed ? MemoryMode.Layers : MemoryMode.Model;
         using var runner = ModelRunner.Open(path, "auto", context, o.Threads, o.Device, dtype: null, memory);
         if (gguf && runner.VocabSize != (reference?.Vocab ?? runner.VocabSize))
-            throw new SuperQuantException(ErrorCodes.ArtifactFormat, $"llama.cpp reads {runner.VocabSize} tokens from {path}, the model has {reference!.Vocab}", path);
+            throw new SuperQuantException(ErrorCodes.ArtifactFormat,
+                $"llama.cpp reads {runner.VocabSize} tokens from {path}, the model has {reference!.Vocab}", path);
         var taskScores = tasks.Tasks.Select(t =>
         {
             var p = log.Progress($"{r.Id}: {t.Name} ({spec.Kind})");

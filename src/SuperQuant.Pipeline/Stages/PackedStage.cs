@@ -21,7 +21,8 @@ static class PackedStage
         var model = loaded.Model;
         ActivationQuantizer? activations;
         using (log.Step("calibrate activations"))
-            activations = ActivationPlan.Prepare(model, r.Method, r.WeightBits, r.ActivationBits, data.Calibration ?? data.Prompt, detected.Report, r.Activations);
+            activations = ActivationPlan.Prepare(model, r.Method, r.WeightBits, r.ActivationBits, data.Calibration ?? data.Prompt, detected.Report,
+                r.Activations);
         var options = new WeightQuantizationOptions
         {
             Method = ActivationPlan.WeightMethodFor(r.Method), Bits = r.WeightBits, BlockSize = r.BlockSize, Z = r.Z,

@@ -24,7 +24,8 @@ static class TaskStage
             try { encode = Tokens.Encoder(data.Tokenizer, model.Config.VocabSize); }
             catch (SuperQuantException e) when (e.Code == ErrorCodes.TokenizerUnsupported)
             {
-                throw new SuperQuantException(e.Code, $"{r.Tasks[0].Origin.Where}: zero-shot tasks are text and need the checkpoint's tokenizer: {e.Message}", r.Tasks[0].Origin.File, e);
+                throw new SuperQuantException(e.Code, $"{r.Tasks[0].Origin.Where}: zero-shot tasks are text and need the checkpoint's tokenizer: " +
+                    $"{e.Message}", r.Tasks[0].Origin.File, e);
             }
             var tasks = r.Tasks.Select(t => (t.Name, TaskRequests.Tokenize(TaskFile.Read(t.Path, t.Name), encode, t.Path))).ToList();
             int ctx = data.Context;
@@ -34,7 +35,8 @@ static class TaskStage
                 var (logits, batches) = MemoryPlan.Requests(model, t.Item2, ctx);
                 using (batches) return TaskScorer.Score(t.Name, t.Name == "lambada", t.Item2, logits, ctx, (d, n) => p(d, n), o.Cancel);
             }).ToList();
-            foreach (var b in baselines) log.Info($"{r.Id}: {b.Task} original accuracy {b.Accuracy.Value:P2} +/- {b.Accuracy.StandardError:P2} ({b.Documents} documents)");
+            foreach (var b in baselines) log.Info($"{r.Id}: {b.Task} original accuracy {b.Accuracy.Value:P2} +/- {b.Accuracy.StandardError:P2} " +
+                $"({b.Documents} documents)");
             return new TaskSet(tasks.Select(t => (t.Name, (IReadOnlyList<ScoredDocument>)t.Item2)).ToList(), baselines, ctx);
         }
     }

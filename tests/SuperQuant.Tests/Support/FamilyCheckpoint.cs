@@ -47,7 +47,11 @@ public static class FamilyCheckpoint
         switch (family)
         {
             case "llama3":
-                if (!off) c["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0, ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 64 };
+                if (!off) c["rope_scaling"] = new Dictionary<string, object>
+                {
+                    ["rope_type"] = "llama3", ["factor"] = 8.0, ["low_freq_factor"] = 1.0,
+                    ["high_freq_factor"] = 4.0, ["original_max_position_embeddings"] = 64
+                };
                 break;
             case "phi3":
                 // Phi-4-mini's RoPE: LongRoPE factors past the original context (64 < the tests' 128), attention factor
@@ -155,7 +159,8 @@ public static class FamilyCheckpoint
         if (family != "olmo") Add("model.norm.weight", new long[] { Hidden }, "norm");
         if (!(gemma || family == "smollm3")) Add("lm_head.weight", new long[] { Vocab, Hidden }, "w");
         if ((off && family == "qwen3") || (secondOff && family is "gemma3_text" or "olmo2"))
-            foreach (var t in tensors.Where(t => t.Key.Contains("_norm.weight") && t.Key.Contains("self_attn"))) t.Value.fill_(gemma ? 0f : 1f); // neutral scale 1
+            foreach (var t in tensors.Where(t => t.Key.Contains("_norm.weight") && t.Key.Contains("self_attn"))) t.Value.fill_(gemma ? 0f
+                : 1f); // neutral scale 1
         if (off && family == "phi3")
             foreach (var t in tensors.Where(t => t.Key.EndsWith("gate_up_proj.weight")))
                 t.Value.copy_(torch.cat(new[] { t.Value[Intermediate.., ..], t.Value[..Intermediate, ..] }, 0)); // gate and up swapped

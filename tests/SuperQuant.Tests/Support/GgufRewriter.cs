@@ -34,9 +34,19 @@ public static class GgufRewriter
 
     static GgufValueType TypeOf(object v) => v switch
     {
-        uint => GgufValueType.UInt32, int => GgufValueType.Int32, float => GgufValueType.Float32, bool => GgufValueType.Bool,
-        string => GgufValueType.String, object[] => GgufValueType.Array, ulong => GgufValueType.UInt64, long => GgufValueType.Int64,
-        double => GgufValueType.Float64, byte => GgufValueType.UInt8, sbyte => GgufValueType.Int8, ushort => GgufValueType.UInt16, short => GgufValueType.Int16,
+        uint => GgufValueType.UInt32,
+        int => GgufValueType.Int32,
+        float => GgufValueType.Float32,
+        bool => GgufValueType.Bool,
+        string => GgufValueType.String,
+        object[] => GgufValueType.Array,
+        ulong => GgufValueType.UInt64,
+        long => GgufValueType.Int64,
+        double => GgufValueType.Float64,
+        byte => GgufValueType.UInt8,
+        sbyte => GgufValueType.Int8,
+        ushort => GgufValueType.UInt16,
+        short => GgufValueType.Int16,
         _ => throw new ArgumentException(v.GetType().Name),
     };
 

@@ -15,7 +15,8 @@ public static class SuperWeightPlanter
         for (int t = 0; t < s.Vocab; t++) embed[t * s.Hidden + SourceChannel] = value;
     }
 
-    public static void Plant(Dictionary<string, float[]> w, TinyModelSpec s, int layer, int row, int col, int readChannel = SourceChannel, float gain = 20f, float weight = 5f)
+    public static void Plant(Dictionary<string, float[]> w, TinyModelSpec s, int layer, int row, int col, int readChannel = SourceChannel,
+        float gain = 20f, float weight = 5f)
     {
         string p = $"model.layers.{layer}.mlp.";
         int d = s.Hidden, h = s.Intermediate;

@@ -132,7 +132,8 @@ public static class TinyCheckpointFactory
         var c = new Dictionary<string, object?>
         {
             ["model_type"] = s.ModelType,
-            ["architectures"] = new[] { s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "olmo" => "OlmoForCausalLM", "phi3" => "Phi3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" } },
+            ["architectures"] = new[] { s.ModelType switch { "qwen2" => "Qwen2ForCausalLM", "olmo" => "OlmoForCausalLM", "phi3" => "Phi3ForCausalLM",
+                "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" } },
             ["hidden_size"] = s.Hidden,
             ["intermediate_size"] = s.Intermediate,
             ["num_hidden_layers"] = s.Layers,
@@ -148,7 +149,11 @@ public static class TinyCheckpointFactory
         else c["rms_norm_eps"] = s.Eps;
         if (s.SlidingWindow is int win) c["sliding_window"] = win;
         if (s.Llama3Scaling)
-            c["rope_scaling"] = new { rope_type = "llama3", factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, original_max_position_embeddings = 16 };
+            c["rope_scaling"] = new
+            {
+                rope_type = "llama3", factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0,
+                original_max_position_embeddings = 16
+            };
         return JsonSerializer.Serialize(c, new JsonSerializerOptions { WriteIndented = true });
     }
 }

@@ -8,7 +8,11 @@ public static class TokenizerCheckpoint
     {
         string source = SharedModels.Tokenizer(tokenizer);
         var json = SuperQuant.Models.Text.TokenizerJson.TryRead(Path.Combine(source, "tokenizer.json"))!;
-        TinyCheckpointFactory.Write(folder, new TinyModelSpec { Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = layers, Heads = 2, KvHeads = 1, DType = "F16" });
+        TinyCheckpointFactory.Write(folder, new TinyModelSpec
+        {
+            Vocab = json.Count, Hidden = 32, Intermediate = 64, Layers = layers, Heads = 2,
+            KvHeads = 1, DType = "F16"
+        });
         foreach (string f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(source, f), Path.Combine(folder, f));
         return folder;
     }

@@ -17,7 +17,8 @@ public static class BenchDetectCommand
         var prompt = new Option<int>("--prompt-length") { Description = "prompt tokens (the paper's prompt is ~10)", DefaultValueFactory = _ => 10 };
         var reps = new Option<int>("--reps") { Description = "timed passes of each kind (interleaved, after warm-up)", DefaultValueFactory = _ => 20 };
         var checkpoint = new Option<string?>("--checkpoint") { Description = "benchmark this checkpoint instead of a generated ~110M-parameter one" };
-        var cmd = new Command("detect", "Time of one super-weight detection pass (down_proj hooks recording max |input|/|output|) over the time of a plain forward pass on the same prompt; target <= 1.2x.")
+        var cmd = new Command("detect", "Time of one super-weight detection pass (down_proj hooks recording max |input|/|output|) over the time of a " +
+            "plain forward pass on the same prompt; target <= 1.2x.")
         {
             prompt, reps, checkpoint,
         };

@@ -11,7 +11,8 @@ using static TorchSharp.torch;
 
 namespace SuperQuant.Cli.Commands.Bench;
 
-/// <summary>`superquant bench forward`: Forward-pass throughput against the machine's fp32 matmul roofline, and peak memory against the checkpoint size.</summary>
+/// <summary>`superquant bench forward`: Forward-pass throughput against the machine's fp32 matmul roofline, and peak memory against the checkpoint
+/// size.</summary>
 public static class BenchForwardCommand
 {
     public static Command Create()
@@ -24,8 +25,13 @@ public static class BenchForwardCommand
         var reps = new Option<int>("--reps") { Description = "timed forward passes (after one warm-up)", DefaultValueFactory = _ => 5 };
         var checkpoint = new Option<string?>("--checkpoint") { Description = "benchmark this checkpoint instead of generating a random one" };
         var json = new Option<bool>("--json") { Description = "print one JSON object" };
-        var llamaCpp = new Option<string>("--llama-cpp") { Description = "also run llama.cpp (LLamaSharp) on the same tokens from GGUF exports of the same weights, side by side: comma-separated types, or 'none'", DefaultValueFactory = _ => "f16,q8_0" };
-        var cmd = new Command("forward", "Forward-pass tokens/s of a ~100M-parameter random LLaMA at context 512, beside this machine's fp32 matmul GFLOP/s (roofline: FLOPs/token = 2 x parameters), and peak RSS beside the checkpoint size.")
+        var llamaCpp = new Option<string>("--llama-cpp")
+        {
+            Description = "also run llama.cpp (LLamaSharp) on the same tokens from GGUF exports of " +
+            "the same weights, side by side: comma-separated types, or 'none'", DefaultValueFactory = _ => "f16,q8_0"
+        };
+        var cmd = new Command("forward", "Forward-pass tokens/s of a ~100M-parameter random LLaMA at context 512, beside this machine's fp32 matmul " +
+            "GFLOP/s (roofline: FLOPs/token = 2 x parameters), and peak RSS beside the checkpoint size.")
         {
             dim, layers, hidden, vocab, context, reps, checkpoint, json, llamaCpp,
         };
@@ -47,7 +53,8 @@ public static class BenchForwardCommand
                     var gen = new ConsoleProgress("generating random checkpoint", !asJson);
                     RandomCheckpoint.Write(tempDir, config, ScalarType.Float32, seed: 1, progress: gen.Report);
                     // Measure in a fresh process so the generator's memory does not blur the RSS figures.
-                    var args = new List<string> { "bench", "forward", "--checkpoint", tempDir, "--context", ctx.ToString(), "--reps", n.ToString(), "--llama-cpp", r.GetValue(llamaCpp)! };
+                    var args = new List<string> { "bench", "forward", "--checkpoint", tempDir, "--context", ctx.ToString(), "--reps", n.ToString(),
+                        "--llama-cpp", r.GetValue(llamaCpp)! };
                     if (asJson) args.Add("--json");
                     return BenchSupport.RunSelf(args);
                 }
@@ -94,7 +101,11 @@ public static class BenchForwardCommand
                     rss_before_load_bytes = rssBefore, peak_rss_bytes = peak, peak_rss_is_for_load_and_forward = peakReset,
                     peak_rss_over_checkpoint = (double)peak / ckptBytes, rss_added_over_checkpoint = (double)(peak - rssBefore) / ckptBytes,
                     threads = torch.get_num_threads(),
-                    llama_cpp = sideBySide.Select(s => new { type = s.Type, tokens_per_second = s.TokensPerSecond, ours_over_llama_cpp = tokensPerSecond / s.TokensPerSecond }).ToList(),
+                    llama_cpp = sideBySide.Select(s => new
+                    {
+                        type = s.Type, tokens_per_second = s.TokensPerSecond,
+                        ours_over_llama_cpp = tokensPerSecond / s.TokensPerSecond
+                    }).ToList(),
                 };
                 if (asJson) Console.WriteLine(JsonSerializer.Serialize(result, CliSupport.Json));
                 else
@@ -104,10 +115,12 @@ public static class BenchForwardCommand
                     Console.WriteLine($"achieved (2 x {parameters / 1e6:F1}M/token) {achieved,10:F1} GFLOP/s");
                     Console.WriteLine($"fraction of roofline      {achieved / gflops,10:P1}   (target >= 50%)");
                     foreach (var s in sideBySide)
-                        Console.WriteLine($"llama.cpp {s.Type,-15} {s.TokensPerSecond,10:F1} tokens/s  (same tokens, {torch.get_num_threads()} threads; ours fp32 = {tokensPerSecond / s.TokensPerSecond:F2}x)");
+                        Console.WriteLine($"llama.cpp {s.Type,-15} {s.TokensPerSecond,10:F1} tokens/s  (same tokens, {torch.get_num_threads()} " +
+                            $"threads; ours fp32 = {tokensPerSecond / s.TokensPerSecond:F2}x)");
                     Console.WriteLine($"checkpoint size           {ckptBytes / 1048576.0,10:F1} MiB  (load {loadSeconds:F1} s)");
                     Console.WriteLine($"RSS before load           {rssBefore / 1048576.0,10:F1} MiB  (runtime + libtorch, kernels warmed on a tiny model)");
-                    Console.WriteLine($"peak RSS (load+forward)   {peak / 1048576.0,10:F1} MiB  = {(double)peak / ckptBytes:F2}x checkpoint; added by load+forward {(double)(peak - rssBefore) / ckptBytes:F2}x (target <= 1.3x)");
+                    Console.WriteLine($"peak RSS (load+forward)   {peak / 1048576.0,10:F1} MiB  = {(double)peak / ckptBytes:F2}x checkpoint; added " +
+                        $"by load+forward {(double)(peak - rssBefore) / ckptBytes:F2}x (target <= 1.3x)");
                 }
                 return ExitCodes.Success;
             }

@@ -26,17 +26,42 @@ public static class BenchGgufCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model", "-m") { Description = "checkpoint (default: a generated demo model with a planted super weight, dims multiple of 256)" };
-        var random = new Option<bool>("--random") { Description = "instead of the demo model: a random LLaMA with heavy-tailed weights and no planted super weight (dim 768, ffn 2048, 3 layers, 12 query / 4 KV heads, vocabulary 1024)" };
-        var types = new Option<string>("--types") { Description = "GGUF types to compare", DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k" };
-        var calib = new Option<string?>("--calibration-tokens") { Description = "calibration token-id file (default: --calibration-count tokens sampled from the model)" };
-        var calibCount = new Option<int>("--calibration-count") { Description = "calibration tokens to use (sampled from the model, a sequence per context window, when no file is given)", DefaultValueFactory = _ => 8192 }.InRange(16, 1 << 20);
+        var model = new Option<string?>("--model", "-m")
+        {
+            Description = "checkpoint (default: a generated demo model with a planted super weight, " +
+            "dims multiple of 256)"
+        };
+        var random = new Option<bool>("--random")
+        {
+            Description = "instead of the demo model: a random LLaMA with heavy-tailed weights and no " +
+            "planted super weight (dim 768, ffn 2048, 3 layers, 12 query / 4 KV heads, vocabulary 1024)"
+        };
+        var types = new Option<string>("--types")
+        {
+            Description = "GGUF types to compare",
+            DefaultValueFactory = _ => "q8_0,q6_k,q5_k_m,q4_k_m,q4_k_s,q4_0,q3_k_m,q2_k"
+        };
+        var calib = new Option<string?>("--calibration-tokens")
+        {
+            Description = "calibration token-id file (default: --calibration-count tokens " +
+            "sampled from the model)"
+        };
+        var calibCount = new Option<int>("--calibration-count")
+        {
+            Description = "calibration tokens to use (sampled from the model, a sequence per " +
+            "context window, when no file is given)", DefaultValueFactory = _ => 8192
+        }.InRange(16, 1 << 20);
         var eval = new Option<string?>("--eval-tokens") { Description = "evaluation token-id file (default: --eval-count tokens sampled from the model)" };
-        var evalCount = new Option<int>("--eval-count") { Description = "evaluation tokens sampled from the model when no file is given (seeds 2, 4, ...: never a calibration seed; over 1,024 a sequence per context window)", DefaultValueFactory = _ => 1024 }.InRange(16, 1 << 20);
+        var evalCount = new Option<int>("--eval-count")
+        {
+            Description = "evaluation tokens sampled from the model when no file is given (seeds 2, 4, " +
+            "...: never a calibration seed; over 1,024 a sequence per context window)", DefaultValueFactory = _ => 1024
+        }.InRange(16, 1 << 20);
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
         var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
-        var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
+        var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 " +
+            "export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
             model, random, types, calib, calibCount, eval, evalCount, context, z, threads,
         };
@@ -47,7 +72,8 @@ public static class BenchGgufCommand
             try
             {
                 string ckpt = r.GetValue(model) ?? (r.GetValue(random) ? Random(temp) : Demo(temp));
-                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(evalCount), r.GetValue(context), r.GetValue(z), r.GetValue(threads), temp);
+                Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(evalCount), r.GetValue(context),
+                    r.GetValue(z), r.GetValue(threads), temp);
             }
             finally { Directory.Delete(temp, recursive: true); }
             return ExitCodes.Success;
@@ -81,7 +107,8 @@ public static class BenchGgufCommand
         return dir;
     }
 
-    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int evalCount, int ctx, double? z, int? threads, string temp)
+    static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int evalCount, int ctx, double? z,
+        int? threads, string temp)
     {
         string f16 = Path.Combine(temp, "model.f16.gguf");
         int[] calibration, eval;
@@ -96,7 +123,8 @@ public static class BenchGgufCommand
             calibration = calibration[..Math.Min(calibration.Length, calibCount)];
             GgufExporter.Write(f16, original, new GgufExport { FileType = GgufFileType.F16, Name = "bench" });
             Console.WriteLine($"model {ckpt}: {c.ParameterCount / 1e6:F2}M parameters, {c.NumLayers} layers, dim {c.HiddenSize}, ffn {c.IntermediateSize}; " +
-                $"{eval.Length} evaluation tokens (context {ctx}), {calibration.Length} calibration tokens; llama.cpp threads {threads ?? LlamaCppRuntime.DefaultThreads}");
+                $"{eval.Length} evaluation tokens (context {ctx}), {calibration.Length} calibration tokens; llama.cpp threads " +
+                    $"{threads ?? LlamaCppRuntime.DefaultThreads}");
         }
         using var reference = ReferenceFile.TryOpen(refPath, "bench", ReadVocab(f16), eval.Length, ctx, ctx / 2)!;
 
@@ -105,9 +133,15 @@ public static class BenchGgufCommand
         var detection = new SuperWeightDetector().Detect(model, calibration[..Math.Min(10, calibration.Length)]);
         var clock = Stopwatch.StartNew();
         // The pipeline's own choice: statistics per calibration half, candidates scored on the other half by llama.cpp.
-        using var folds = CalibrationFolds.Record(model, calibration, ctx, temp, s => s with { SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z) });
+        using var folds = CalibrationFolds.Record(model, calibration, ctx, temp, s => s with
+        {
+            SuperWeights = detection.SuperWeights,
+            ZCandidates = SuperAwareGguf.ZFor(z)
+        });
         double importanceSeconds = clock.Elapsed.TotalSeconds;
-        Console.WriteLine($"super weights: {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; statistics and held-out references {importanceSeconds:F2} s");
+        Console.WriteLine($"super weights: " +
+            $"{(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; " +
+            $"statistics and held-out references {importanceSeconds:F2} s");
         // Size budgets: one sensitivity measurement on the same calibration statistics serves every type's size.
         clock.Restart();
         var imatrix = folds.Full.Importance!;
@@ -164,8 +198,10 @@ public static class BenchGgufCommand
             // The shipped file against llama.cpp's (our reference rows are its bytes; where it refuses the type, ours):
             // the KLD difference token by token, with its paired standard error.
             var delta = shipped!.KlDifferenceFrom(baseline);
-            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s); KLD vs {(refused is null ? "llama.cpp's file" : "our reference rows")} " +
-                $"{delta.Value.ToString("G3", CultureInfo.InvariantCulture)} ± {delta.StandardError.ToString("G2", CultureInfo.InvariantCulture)} paired ({100 * delta.Value / baseline.KlDivergence.Value:+0.0;-0.0} %)");
+            Console.WriteLine($"{"",-8} {"  -> super-aware ships",-34} {candidates[best].Label} (choice: {scoreSeconds:F1} s); KLD vs " +
+                $"{(refused is null ? "llama.cpp's file" : "our reference rows")} " +
+                $"{delta.Value.ToString("G3", CultureInfo.InvariantCulture)} ± {delta.StandardError.ToString("G2", CultureInfo.InvariantCulture)} " +
+                    $"paired ({100 * delta.Value / baseline.KlDivergence.Value:+0.0;-0.0} %)");
             if (detection.Found && best > 0)
             {
                 string path = Path.Combine(temp, $"raised.{type.Name()}.gguf");
@@ -179,7 +215,11 @@ public static class BenchGgufCommand
             // at that file's size.
             string imatrixPath = Path.Combine(temp, $"imatrix.{type.Name()}.gguf");
             clock.Restart();
-            var imatrixFile = GgufExporter.Write(imatrixPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrix, ImatrixRows = true });
+            var imatrixFile = GgufExporter.Write(imatrixPath, model, new GgufExport
+            {
+                FileType = type, Name = "bench", Importance = imatrix,
+                ImatrixRows = true
+            });
             Evaluate("", imatrixPath, clock.Elapsed.TotalSeconds + importanceSeconds, "llama.cpp rows + imatrix");
             string budgetPath = Path.Combine(temp, $"budget.{type.Name()}.gguf");
             clock.Restart();
@@ -193,7 +233,9 @@ public static class BenchGgufCommand
             var d = Evaluator.Divergence(reference, engine.Logits, eval);
             long size = new FileInfo(path).Length;
             double bpw = 8.0 * size / model.Config.ParameterCount;
-            Console.WriteLine($"{type,-8} {quantizer ?? "",-34} {size / 1048576.0,7:F3} {bpw,6:F3} {d.KlDivergence.Value,10:F6} ± {d.KlDivergence.StandardError,-8:F6} {d.KlP99,9:F5} {d.Top1Agreement.Value,9:P2} {d.ModifiedPerplexity.Value,8:F3} ± {d.ModifiedPerplexity.StandardError,-6:F3} {(seconds > 0 ? seconds.ToString("F2", CultureInfo.InvariantCulture) : ""),8}  {bytes}");
+            Console.WriteLine($"{type,-8} {quantizer ?? "",-34} {size / 1048576.0,7:F3} {bpw,6:F3} {d.KlDivergence.Value,10:F6} ± " +
+                $"{d.KlDivergence.StandardError,-8:F6} {d.KlP99,9:F5} {d.Top1Agreement.Value,9:P2} {d.ModifiedPerplexity.Value,8:F3} ± " +
+                $"{d.ModifiedPerplexity.StandardError,-6:F3} {(seconds > 0 ? seconds.ToString("F2", CultureInfo.InvariantCulture) : ""),8}  {bytes}");
             return d;
         }
     }

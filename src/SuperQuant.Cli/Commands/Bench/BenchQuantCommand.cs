@@ -20,13 +20,26 @@ public static class BenchQuantCommand
 
     public static Command Create()
     {
-        var stories = new Option<string?>("--stories") { Description = "stories260K.bin (default: ../shared/models/stories260K/stories260K.bin from the current folder, skipped when absent)" };
+        var stories = new Option<string?>("--stories")
+        {
+            Description = "stories260K.bin (default: ../shared/models/stories260K/stories260K.bin from " +
+            "the current folder, skipped when absent)"
+        };
         var bits = new Option<string>("--bits") { Description = "weight bits to compare", DefaultValueFactory = _ => "4,3" };
-        var blocks = new Option<string?>("--blocks") { Description = "block sizes ('channel' = per-channel; with --variant paper also 'tensor' and powers of two above 4096); default 64,128,256,512,1024,channel, or 128,1024,8192,65536,tensor for the paper variant" };
-        var variant = new Option<string>("--variant") { Description = "packed (ours) or paper (the Super Weight paper's quantizer: flattened blocks up to the whole tensor, per-block |W| z clip; its Fig. 7 regime)", DefaultValueFactory = _ => "packed" }
+        var blocks = new Option<string?>("--blocks")
+        {
+            Description = "block sizes ('channel' = per-channel; with --variant paper also 'tensor' and " +
+            "powers of two above 4096); default 64,128,256,512,1024,channel, or 128,1024,8192,65536,tensor for the paper variant"
+        };
+        var variant = new Option<string>("--variant")
+        {
+            Description = "packed (ours) or paper (the Super Weight paper's quantizer: flattened blocks " +
+            "up to the whole tensor, per-block |W| z clip; its Fig. 7 regime)", DefaultValueFactory = _ => "packed"
+        }
             .OneOf(SuperQuant.Manifest.Names.VariantNames.ToArray());
         var skipQuality = new Option<bool>("--throughput-only") { Description = "only the throughput measurement" };
-        var cmd = new Command("quant", "Quality (KL / top-1 / perplexity vs the original) of RTN vs super-outlier-aware weight quantization at several bit widths and block sizes, bits per weight of each artifact, and RTN INT4 block-128 throughput beside memcpy.")
+        var cmd = new Command("quant", "Quality (KL / top-1 / perplexity vs the original) of RTN vs super-outlier-aware weight quantization at " +
+            "several bit widths and block sizes, bits per weight of each artifact, and RTN INT4 block-128 throughput beside memcpy.")
         {
             stories, bits, blocks, variant, skipQuality,
         };
@@ -37,7 +50,9 @@ public static class BenchQuantCommand
             if (r.GetValue(skipQuality)) return ExitCodes.Success;
             int[] bitList = r.GetValue(bits)!.Split(',').Select(int.Parse).ToArray();
             var weightVariant = r.GetValue(variant) == "paper" ? WeightVariant.Paper : WeightVariant.Packed;
-            int[] blockList = (r.GetValue(blocks) ?? (weightVariant == WeightVariant.Paper ? "128,1024,8192,65536,tensor" : "64,128,256,512,1024,channel")).Split(',').Select(b => QuantizeCommand.ParseBlock(b) ?? throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--blocks: '{b}' is not a block size")).ToArray();
+            int[] blockList = (r.GetValue(blocks) ?? (weightVariant == WeightVariant.Paper ? "128,1024,8192,65536,tensor"
+                : "64,128,256,512,1024,channel")).Split(',').Select(b => QuantizeCommand.ParseBlock(b)
+                ?? throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--blocks: '{b}' is not a block size")).ToArray();
             string temp = Directory.CreateTempSubdirectory("superquant-bench-quant-").FullName;
             try
             {
@@ -71,7 +86,8 @@ public static class BenchQuantCommand
         var rng = new Random(9);
         int[] R(int n) => new[] { 1 }.Concat(Enumerable.Range(0, n - 1).Select(_ => rng.Next(2, config.VocabSize))).ToArray(); // BOS first
         yield return new BenchModel("planted-13M (synthetic)", planted, R(256), R(256), R(10),
-            "random weights (Student-t(3) matrices, std 0.02; N(0, 1) embeddings) with one planted super weight at (1, 300, 1000) firing on BOS; BOS + random token streams");
+            "random weights (Student-t(3) matrices, std 0.02; N(0, 1) embeddings) with one planted super weight at (1, 300, 1000) firing on BOS; BOS " +
+                "+ random token streams");
     }
 
     static void Quality(BenchModel bm, int[] bitList, int[] blockList, WeightVariant variant)
@@ -80,18 +96,29 @@ public static class BenchQuantCommand
         var detection = new SuperWeightDetector().Detect(original, bm.Prompt);
         Console.WriteLine();
         Console.WriteLine($"== {bm.Name}: {original.Config.ParameterCount / 1e6:F2}M parameters; {bm.Note}");
-        Console.WriteLine($"   detection (|down_proj out| > 50): {(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found; super-aware = z-clipping only")}");
-        if (variant == WeightVariant.Paper) Console.WriteLine("   variant paper: flattened blocks, z-score clip of |W| per block, float min offset (the paper's code)");
-        Console.WriteLine($"   {"method",-12} {"bits",4} {"block",7} {"z",5} {"bpw",6} {"KL",18} {"top-1",7} {"ppl",9}  (original ppl {Evaluator.Perplexity(t => original.Forward(t), bm.Eval, 512, 256).Perplexity.Value:F3})");
+        string found = detection.Found
+            ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})"))
+            : "none found; super-aware = z-clipping only";
+        Console.WriteLine($"   detection (|down_proj out| > 50): {found}");
+        if (variant == WeightVariant.Paper) Console.WriteLine("   variant paper: flattened blocks, z-score clip of |W| per block, float min offset " +
+            "(the paper's code)");
+        Console.WriteLine($"   {"method",-12} {"bits",4} {"block",7} {"z",5} {"bpw",6} {"KL",18} {"top-1",7} {"ppl",9}  (original ppl " +
+            $"{Evaluator.Perplexity(t => original.Forward(t), bm.Eval, 512, 256).Perplexity.Value:F3})");
         foreach (int bits in bitList)
             foreach (int block in blockList)
                 foreach (var method in new[] { WeightMethod.Rtn, WeightMethod.SuperAware })
                 {
                     using LlamaModel model = ModelLoader.Load(bm.Path);
-                    using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = method, Bits = bits, BlockSize = block, Variant = variant }, detection.SuperWeights, bm.Calibration);
+                    using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions
+                    {
+                        Method = method, Bits = bits,
+                        BlockSize = block, Variant = variant
+                    }, detection.SuperWeights, bm.Calibration);
                     var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
                     string z = double.IsPositiveInfinity(result.Z) ? "-" : result.Z.ToString("G3", CultureInfo.InvariantCulture);
-                    Console.WriteLine($"   {(method == WeightMethod.Rtn ? "rtn" : "super-aware"),-12} {bits,4} {SuperQuant.Manifest.Names.BlockSizeName(block),7} {z,5} {result.BitsPerWeight,6:F3} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
+                    Console.WriteLine($"   {(method == WeightMethod.Rtn ? "rtn" : "super-aware"),-12} {bits,4} " +
+                        $"{SuperQuant.Manifest.Names.BlockSizeName(block),7} {z,5} {result.BitsPerWeight,6:F3} {d.KlDivergence.Value,9:F5} +/- " +
+                        $"{d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
                 }
         if (variant == WeightVariant.Paper) return;
         Console.WriteLine();
@@ -109,11 +136,13 @@ public static class BenchQuantCommand
                 try { hooks = ActivationQuantizer.Prepare(model, o, bm.Calibration, detection); }
                 catch (SuperQuantException e) { Console.WriteLine($"   {method,-12} W{w}A{a}: {e.Message}"); continue; }
                 double calibration = clock.Elapsed.TotalSeconds / model.Config.NumLayers; // statistics, smoothing, rotations: before rounding
-                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = w, BlockSize = 0 }, Array.Empty<SuperWeight>())) { }
+                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = w, BlockSize = 0 },
+                    Array.Empty<SuperWeight>())) { }
                 model.Hooks = hooks;
                 var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
                 string name = method == ActivationMethod.SuperAware && !detection.Found ? "super-aware*" : method.ToString().ToLowerInvariant();
-                Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3} {calibration,14:F3}");
+                Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- " +
+                    $"{d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3} {calibration,14:F3}");
             }
         if (!detection.Found) Console.WriteLine("   * no super activation was detected, so super-aware equals rtn here");
         SuperActivationRecovery(bm, original, detection);
@@ -131,7 +160,8 @@ public static class BenchQuantCommand
             using LlamaModel model = ModelLoader.Load(bm.Path);
             model.Hooks = ActivationQuantizer.Apply(model, o, bm.Calibration, detection);
             var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
-            Console.WriteLine($"   {label,-34} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
+            Console.WriteLine($"   {label,-34} {d.KlDivergence.Value,9:F5} +/- {d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} " +
+                $"{d.ModifiedPerplexity.Value,9:F3}");
             return d.KlDivergence.Value;
         }
         var baseOptions = new ActivationQuantizationOptions { WeightBits = 8, ActivationBits = 8, PerTensor = true };
@@ -145,7 +175,8 @@ public static class BenchQuantCommand
         double gain = naive - smooth;
         string Share(double sa) => naive - sa >= gain ? $"all of it and more ({naive - sa:G3} vs SmoothQuant's {gain:G3} KL)" : $"{(naive - sa) / gain:P0}";
         Console.WriteLine(gain > 0
-            ? $"   share of SmoothQuant's gain (naive KL - its KL) recovered by SA handling: scalar {Share(scalar)}; channels {Share(channel)} (the paper: over 70%)"
+            ? $"   share of SmoothQuant's gain (naive KL - its KL) recovered by SA handling: scalar {Share(scalar)}; channels {Share(channel)} (the " +
+                $"paper: over 70%)"
             : "   SmoothQuant does not beat naive here: no gain to recover");
     }
 
@@ -169,7 +200,8 @@ public static class BenchQuantCommand
                 bytes = ModelQuantizer.QuantizedSites(model.Weights).Sum(s => model.Weights[s].numel() * 4.0)
                     + (model.Weights.TokenEmbedding.numel() + (model.Weights.LmHead?.numel() ?? 0)) * 4.0;
                 var sw = Stopwatch.StartNew();
-                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 128 }, Array.Empty<SuperWeight>(), fusedDequantize: fused)) { }
+                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 128 },
+                    Array.Empty<SuperWeight>(), fusedDequantize: fused)) { }
                 return sw.Elapsed.TotalSeconds;
             }
             // Interleaved, so drift of this VM's speed during the run hits both variants alike.
@@ -180,12 +212,16 @@ public static class BenchQuantCommand
             float[] src = new float[(long)(total / 4)], dst = new float[src.Length];
             new Random(1).NextBytes(System.Runtime.InteropServices.MemoryMarshal.AsBytes(src.AsSpan()));
             src.AsSpan().CopyTo(dst);
-            var copies = Enumerable.Range(0, 3).Select(i => { var sw = Stopwatch.StartNew(); src.AsSpan().CopyTo(dst); return sw.Elapsed.TotalSeconds; }).OrderBy(t => t).ToList();
+            var copies = Enumerable.Range(0,
+                3).Select(i => { var sw = Stopwatch.StartNew(); src.AsSpan().CopyTo(dst); return sw.Elapsed.TotalSeconds; }).OrderBy(t => t).ToList();
             double mb = total / 1048576.0;
-            Console.WriteLine($"whole quantize step, RTN W4 g128, {c.NumLayers} layers dim {c.HiddenSize} ({mb:F0} MiB of fp32 weights), median of 5 (memcpy: of 3):");
+            Console.WriteLine($"whole quantize step, RTN W4 g128, {c.NumLayers} layers dim {c.HiddenSize} ({mb:F0} MiB of fp32 weights), median of 5 " +
+                $"(memcpy: of 3):");
             Console.WriteLine($"   memcpy of the same bytes       {mb / copies[1],8:F0} MiB/s");
-            Console.WriteLine($"   ModelQuantizer.Quantize        {mb / runs[2],8:F0} MiB/s  = {copies[1] / runs[2]:P1} of memcpy (issue 14 target >= 25 %): quantize + pack + dequantize in place (same pass) + fp16 rounding");
-            Console.WriteLine($"   same, separate dequantize pass {mb / twoPass[2],8:F0} MiB/s  = {copies[1] / twoPass[2]:P1} of memcpy; fused / separate = {twoPass[2] / runs[2]:F2}x (runs interleaved)");
+            Console.WriteLine($"   ModelQuantizer.Quantize        {mb / runs[2],8:F0} MiB/s  = {copies[1] / runs[2]:P1} of memcpy (issue 14 target " +
+                $">= 25 %): quantize + pack + dequantize in place (same pass) + fp16 rounding");
+            Console.WriteLine($"   same, separate dequantize pass {mb / twoPass[2],8:F0} MiB/s  = {copies[1] / twoPass[2]:P1} of memcpy; fused / " +
+                $"separate = {twoPass[2] / runs[2]:F2}x (runs interleaved)");
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
@@ -218,8 +254,10 @@ public static class BenchQuantCommand
         Console.WriteLine($"throughput on a {n}x{n} fp32 matrix ({mb:F0} MiB), median of 5, {torch.get_num_threads()} threads:");
         Console.WriteLine($"   memcpy into a warm buffer      {mb / copy,8:F0} MiB/s");
         Console.WriteLine($"   memcpy into a new buffer       {mb / fresh,8:F0} MiB/s  (torch clone: allocation + page faults + copy)");
-        Console.WriteLine($"   RTN INT4 block 128, fast path  {mb / reused,8:F0} MiB/s  (quantize + pack into reused buffers) = {copy / reused:P1} of warm memcpy (target >= 25%)");
-        Console.WriteLine($"   same, new output buffers       {mb / quant,8:F0} MiB/s  = {copy / quant:P1} of warm memcpy, {fresh / quant:P1} of new-buffer memcpy");
+        Console.WriteLine($"   RTN INT4 block 128, fast path  {mb / reused,8:F0} MiB/s  (quantize + pack into reused buffers) = {copy / reused:P1} " +
+            $"of warm memcpy (target >= 25%)");
+        Console.WriteLine($"   same, new output buffers       {mb / quant,8:F0} MiB/s  = {copy / quant:P1} of warm memcpy, {fresh / quant:P1} of " +
+            $"new-buffer memcpy");
         Console.WriteLine($"   same, tensor reference         {mb / reference,8:F0} MiB/s  = {copy / reference:P1} of warm memcpy");
     }
 }

@@ -9,19 +9,32 @@ using static TorchSharp.torch;
 
 namespace SuperQuant.Cli.Commands.Bench;
 
-/// <summary>`superquant bench scale`: A multi-GB random checkpoint through quantize (and gate) in fresh processes: peak RSS against the checkpoint size.</summary>
+/// <summary>`superquant bench scale`: A multi-GB random checkpoint through quantize (and gate) in fresh processes: peak RSS against the checkpoint
+/// size.</summary>
 public static class BenchScaleCommand
 {
     public static Command Create()
     {
         var size = new Option<double>("--size-gb") { Description = "size of the generated fp32 checkpoint in GB (10^9 bytes)", DefaultValueFactory = _ => 6 };
-        var dir = new Option<string?>("--dir") { Description = "folder to generate the checkpoint in (default: a new temp folder; needs about 1.2x the size free)" };
+        var dir = new Option<string?>("--dir")
+        {
+            Description = "folder to generate the checkpoint in (default: a new temp folder; needs about 1.2x " +
+            "the size free)"
+        };
         var keep = new Option<bool>("--keep") { Description = "keep the generated checkpoint and artifact" };
         var gguf = new Option<bool>("--gguf") { Description = "also write a GGUF (q4_k_m; with --gate it is evaluated by llama.cpp)" };
-        var gate = new Option<bool>("--gate") { Description = "also run `superquant gate` on it (quantize + evaluate against the original on 512 tokens) and report its peak RSS" };
+        var gate = new Option<bool>("--gate")
+        {
+            Description = "also run `superquant gate` on it (quantize + evaluate against the original on 512 " +
+            "tokens) and report its peak RSS"
+        };
         var memory = CliSupport.MemoryOption();
         var zAuto = new Option<bool>("--z-auto") { Description = "tune z on 1,024 calibration tokens (default: z 4)" };
-        var cmd = new Command("scale", "Generates a large random LLaMA checkpoint (default 6 GB fp32, written one tensor at a time), runs `superquant quantize` on it in a fresh process and reports that process's peak RSS beside the checkpoint size and beside a run on a tiny checkpoint (the runtime's own footprint). Targets: peak RSS <= 1.1x the checkpoint + 300 MB when it fits in RAM; under 8 GB with --memory layers whatever its size (--size-gb 32 makes one larger than this machine's 24 GiB). Not part of the tests: it takes minutes and disk space.")
+        var cmd = new Command("scale", "Generates a large random LLaMA checkpoint (default 6 GB fp32, written one tensor at a time), runs " +
+            "`superquant quantize` on it in a fresh process and reports that process's peak RSS beside the checkpoint size and beside a run on a " +
+            "tiny checkpoint (the runtime's own footprint). Targets: peak RSS <= 1.1x the checkpoint + 300 MB when it fits in RAM; under 8 GB with " +
+            "--memory layers whatever its size (--size-gb 32 makes one larger than this machine's 24 GiB). Not part of the tests: it takes minutes " +
+            "and disk space.")
         {
             size, dir, keep, gguf, gate, memory, zAuto,
         };
@@ -43,7 +56,8 @@ public static class BenchScaleCommand
                 RandomCheckpoint.Write(big, config, ScalarType.Float32, seed: 5, progress: new ConsoleProgress($"generating {layers}-layer checkpoint").Report,
                     superWeight: (layers / 4, 100, 300));
                 long bytes = new FileInfo(Path.Combine(big, "model.safetensors")).Length;
-                Console.WriteLine($"generated {bytes / 1e9:F2} GB ({config.ParameterCount / 1e9:F2}B parameters, {layers} layers) in {clock.Elapsed.TotalSeconds:F0} s");
+                Console.WriteLine($"generated {bytes / 1e9:F2} GB ({config.ParameterCount / 1e9:F2}B parameters, {layers} layers) in " +
+                    $"{clock.Elapsed.TotalSeconds:F0} s");
                 RandomCheckpoint.Write(tiny, BenchSupport.Config(64, 1, 128, 256, 512), superWeight: (0, 10, 20));
 
                 (long Peak, double Seconds) Quantize(string ckpt, string name)
@@ -54,23 +68,29 @@ public static class BenchScaleCommand
                     var crng = new Random(2);
                     SuperQuant.Models.Text.TokenIdFile.Write(calib, new[] { 1 }.Concat(Enumerable.Range(0, 1023).Select(_ => crng.Next(2, 256))));
                     var zArgs = r.GetValue(zAuto) ? new[] { "--calibration-tokens", calib } : new[] { "--z", "4" };
-                    var args = new List<string> { "quantize", "-m", ckpt, "--memory", mem, "--prompt-tokens", "1 5 9 200 31 7 64 12 90 3", "-o", Path.Combine(root, name + ".sqpk.safetensors") };
+                    var args = new List<string> { "quantize", "-m", ckpt, "--memory", mem, "--prompt-tokens", "1 5 9 200 31 7 64 12 90 3", "-o",
+                        Path.Combine(root, name + ".sqpk.safetensors") };
                     args.AddRange(zArgs);
                     if (r.GetValue(gguf)) args.AddRange(new[] { "--gguf", Path.Combine(root, name + ".gguf") });
                     if (name.EndsWith("-gate", StringComparison.Ordinal))
                     {
                         string model = name[..^5];
                         var rng = new Random(1);
-                        SuperQuant.Models.Text.TokenIdFile.Write(Path.Combine(root, "eval.txt"), new[] { 1 }.Concat(Enumerable.Range(0, 511).Select(_ => rng.Next(2, 256))));
-                        File.WriteAllText(Path.Combine(root, name + ".yaml"), $"version: 1\ndevice: cpu\nmemory: {mem}\nmodels:\n  - id: {model}\n    checkpoint: checkpoint\n" +
-                            $"    output: {name}.sqpk.safetensors\n    {(r.GetValue(zAuto) ? "calibration_tokens: calib.txt" : "z: 4")}\n    evaluation_tokens: eval.txt\n    prompt_tokens: \"1 5 9 200 31 7 64 12 90 3\"\n    context: 512\n" +
+                        SuperQuant.Models.Text.TokenIdFile.Write(Path.Combine(root, "eval.txt"),
+                            new[] { 1 }.Concat(Enumerable.Range(0, 511).Select(_ => rng.Next(2, 256))));
+                        File.WriteAllText(Path.Combine(root, name + ".yaml"),
+                            $"version: 1\ndevice: cpu\nmemory: {mem}\nmodels:\n  - id: {model}\n    checkpoint: checkpoint\n" +
+                            $"    output: {name}.sqpk.safetensors\n    {(r.GetValue(zAuto) ? "calibration_tokens: calib.txt" : "z: 4")}\n " +
+                                $"   evaluation_tokens: eval.txt\n    prompt_tokens: \"1 5 9 200 31 7 64 12 90 3\"\n    context: 512\n" +
                             (r.GetValue(gguf) ? "    export: [packed, {gguf: q4_k_m}]\n" : "") +
                             "    gate:\n      metric: kl\n      max_increase: 1000\n");
-                        args = new List<string> { "gate", "--manifest", Path.Combine(root, name + ".yaml"), "--report-dir", Path.Combine(root, name + "-report") };
+                        args = new List<string> { "gate", "--manifest", Path.Combine(root, name + ".yaml"), "--report-dir",
+                            Path.Combine(root, name + "-report") };
                     }
                     var sw = Stopwatch.StartNew();
                     int code = BenchSupport.RunSelf(args, new Dictionary<string, string> { ["SUPERQUANT_PEAK_RSS_FILE"] = peakFile });
-                    if (code != 0) throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.InvalidArgument, $"superquant quantize exited with {code} on {ckpt}");
+                    if (code != 0) throw new SuperQuant.Core.SuperQuantException(SuperQuant.Core.ErrorCodes.InvalidArgument,
+                        $"superquant quantize exited with {code} on {ckpt}");
                     return (long.Parse(File.ReadAllText(peakFile), System.Globalization.CultureInfo.InvariantCulture), sw.Elapsed.TotalSeconds);
                 }
                 Console.WriteLine($"memory mode: {r.GetValue(memory) ?? "auto"}");
@@ -79,11 +99,14 @@ public static class BenchScaleCommand
                 (long Peak, double Seconds)? gated = r.GetValue(gate) ? Quantize(big, "big-gate") : null;
                 Console.WriteLine();
                 Console.WriteLine($"checkpoint                 {bytes / 1048576.0,10:F0} MiB  fp32 safetensors");
-                Console.WriteLine($"quantize (INT4, block 128) {seconds,10:F0} s    load, detect, {(r.GetValue(zAuto) ? "tune z, " : "")}quantize, write packed{(r.GetValue(gguf) ? " + GGUF" : "")} (memory: {r.GetValue(memory) ?? "auto"})");
+                Console.WriteLine($"quantize (INT4, block 128) {seconds,10:F0} s    load, detect, {(r.GetValue(zAuto) ? "tune z, " : "")}quantize, " +
+                    $"write packed{(r.GetValue(gguf) ? " + GGUF" : "")} (memory: {r.GetValue(memory) ?? "auto"})");
                 Console.WriteLine($"peak RSS, tiny checkpoint  {runtime / 1048576.0,10:F0} MiB  (the runtime and libtorch alone)");
-                Console.WriteLine($"peak RSS, this checkpoint  {peak / 1048576.0,10:F0} MiB  = {(double)peak / bytes:F2}x checkpoint; {(double)(peak - runtime) / bytes:F2}x over the runtime");
+                Console.WriteLine($"peak RSS, this checkpoint  {peak / 1048576.0,10:F0} MiB  = {(double)peak / bytes:F2}x checkpoint; " +
+                    $"{(double)(peak - runtime) / bytes:F2}x over the runtime");
                 if (gated is var (gatePeak, gateSeconds))
-                    Console.WriteLine($"gate (quantize + evaluate on 512 tokens vs recorded reference logits) {gateSeconds:F0} s; peak RSS {gatePeak / 1048576.0:F0} MiB = {(double)gatePeak / bytes:F2}x checkpoint");
+                    Console.WriteLine($"gate (quantize + evaluate on 512 tokens vs recorded reference logits) {gateSeconds:F0} s; peak RSS " +
+                        $"{gatePeak / 1048576.0:F0} MiB = {(double)gatePeak / bytes:F2}x checkpoint");
                 return ExitCodes.Success;
             }
             finally

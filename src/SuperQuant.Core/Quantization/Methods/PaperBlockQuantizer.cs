@@ -91,14 +91,17 @@ public static class PaperBlockQuantizer
         -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
         0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
     };
-    public static readonly float[] Nf3 = { -1f, -0.5350227355957031f, -0.2469314038753510f, 0f, 0.1833375245332718f, 0.3819939494132996f, 0.6229856610298157f, 1f };
+    public static readonly float[] Nf3 = { -1f, -0.5350227355957031f, -0.2469314038753510f, 0f, 0.1833375245332718f, 0.3819939494132996f,
+        0.6229856610298157f, 1f };
 
     public static void Validate(PaperQuantizerSettings s)
     {
         if (s.Bits < BlockRtnQuantizer.MinBits || s.Bits > BlockRtnQuantizer.MaxBits)
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"{s.Bits}-bit weights are not supported (supported: {BlockRtnQuantizer.MinBits}..{BlockRtnQuantizer.MaxBits})");
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"{s.Bits}-bit weights are not supported (supported: {BlockRtnQuantizer.MinBits}..{BlockRtnQuantizer.MaxBits})");
         if (s.BlockSize != 0 && s.BlockSize != PaperQuantizerSettings.TensorBlock && (s.BlockSize < 32 || (s.BlockSize & (s.BlockSize - 1)) != 0))
-            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, $"paper block size {s.BlockSize}: expected a power of two from 32, channel or tensor");
+            throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
+                $"paper block size {s.BlockSize}: expected a power of two from 32, channel or tensor");
         if (s.Levels == LevelKind.NormalFloat && s.Bits is not (3 or 4))
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization, "normal-float levels exist for 3 and 4 bits only (NF3, NF4)");
         if (s.Clip is ClipMethod.BlockPercentage or ClipMethod.TensorPercentage && double.IsFinite(s.Threshold) && !(s.Threshold >= 0 && s.Threshold < 1))
@@ -129,7 +132,12 @@ public static class PaperBlockQuantizer
         return new QuantizedMatrix
         {
             Bits = s.Bits, BlockSize = (int)Math.Min(block, int.MaxValue), Rows = rows, Cols = cols,
-            Layout = s.Levels switch { LevelKind.ShiftedInteger => MatrixLayout.PaperShifted, LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat, _ => MatrixLayout.Paper },
+            Layout = s.Levels switch
+            {
+                LevelKind.ShiftedInteger => MatrixLayout.PaperShifted,
+                LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat,
+                _ => MatrixLayout.Paper
+            },
             FlatBlock = block,
             PackedCodes = BitPacking.Pack(codes.view(rows, cols).to_type(ScalarType.Byte), s.Bits).MoveToOuterDisposeScope(),
             Scales = min.view(-1).MoveToOuterDisposeScope(),
@@ -152,26 +160,26 @@ public static class PaperBlockQuantizer
                 threshold = a.std(1, unbiased: true, keepdim: true) * s.Threshold + a.mean(new long[] { 1 }, keepdim: true);
                 break;
             case ClipMethod.BlockPercentage when !tensorWide:
-            {
-                long k = Math.Max((long)(n * s.Threshold + 1), 1);
-                threshold = a.topk((int)Math.Min(k, n), 1).values.narrow(1, Math.Min(k, n) - 1, 1);
-                break;
-            }
+                {
+                    long k = Math.Max((long)(n * s.Threshold + 1), 1);
+                    threshold = a.topk((int)Math.Min(k, n), 1).values.narrow(1, Math.Min(k, n) - 1, 1);
+                    break;
+                }
             case ClipMethod.BlockPercentage:
             case ClipMethod.TensorPercentage:
-            {
-                long numel = a.numel();
-                long k = Math.Max((long)(numel * s.Threshold), 1);
-                threshold = a.view(-1).topk((int)k).values.narrow(0, k - 1, 1).view(1, 1);
-                break;
-            }
+                {
+                    long numel = a.numel();
+                    long k = Math.Max((long)(numel * s.Threshold), 1);
+                    threshold = a.view(-1).topk((int)k).values.narrow(0, k - 1, 1).view(1, 1);
+                    break;
+                }
             case ClipMethod.Iqr:
-            {
-                Tensor sorted = a.sort(1).Values;
-                Tensor q1 = Quantile(sorted, 0.25), q3 = Quantile(sorted, 0.75);
-                threshold = q3 + (q3 - q1) * s.Threshold;
-                break;
-            }
+                {
+                    Tensor sorted = a.sort(1).Values;
+                    Tensor q1 = Quantile(sorted, 0.25), q3 = Quantile(sorted, 0.75);
+                    threshold = q3 + (q3 - q1) * s.Threshold;
+                    break;
+                }
             default: throw new ArgumentOutOfRangeException(nameof(s));
         }
         return torch.minimum(torch.maximum(w, -threshold), threshold);
@@ -196,23 +204,23 @@ public static class PaperBlockQuantizer
         switch (s.Levels)
         {
             case LevelKind.Integer:
-            {
-                Tensor scale = top / safe;
-                return ((w - min) * scale).round().clamp(0, top).masked_fill(flat, 0);
-            }
+                {
+                    Tensor scale = top / safe;
+                    return ((w - min) * scale).round().clamp(0, top).masked_fill(flat, 0);
+                }
             case LevelKind.ShiftedInteger:
-            {
-                Tensor scale = ((1 << s.Bits) - 0.01) / safe;
-                return ((w - min) * scale - 0.49).round().clamp(0, top).masked_fill(flat, 0);
-            }
+                {
+                    Tensor scale = ((1 << s.Bits) - 0.01) / safe;
+                    return ((w - min) * scale - 0.49).round().clamp(0, top).masked_fill(flat, 0);
+                }
             default:
-            {
-                Tensor scale = 2.0 / safe;
-                Tensor x = (w - min) * scale - 1.0;
-                Tensor poles = torch.tensor(s.Bits == 4 ? Nf4 : Nf3, device: w.device);
-                // argmin picks the first of two equally near poles, as the reference's torch.argmin does.
-                return (x.unsqueeze(-1) - poles).abs().argmin(-1).masked_fill(flat, 0);
-            }
+                {
+                    Tensor scale = 2.0 / safe;
+                    Tensor x = (w - min) * scale - 1.0;
+                    Tensor poles = torch.tensor(s.Bits == 4 ? Nf4 : Nf3, device: w.device);
+                    // argmin picks the first of two equally near poles, as the reference's torch.argmin does.
+                    return (x.unsqueeze(-1) - poles).abs().argmin(-1).masked_fill(flat, 0);
+                }
         }
     }
 
@@ -231,7 +239,8 @@ public static class PaperBlockQuantizer
         {
             MatrixLayout.Paper => codes / (((1 << q.Bits) - 1) / safe) + min,
             MatrixLayout.PaperShifted => (codes + 0.49) / (((1 << q.Bits) - 0.01) / safe) + min,
-            _ => (torch.tensor(q.Bits == 4 ? Nf4 : Nf3, device: codes.device).index_select(0, codes.view(-1).to_type(ScalarType.Int64)).view(codes.shape) + 1.0) / (2.0 / safe) + min,
+            _ => (torch.tensor(q.Bits == 4 ? Nf4 : Nf3, device: codes.device).index_select(0,
+                codes.view(-1).to_type(ScalarType.Int64)).view(codes.shape) + 1.0) / (2.0 / safe) + min,
         };
         w = torch.where(flat, min.expand_as(w), w);
         return w.view(q.Rows, q.Cols).MoveToOuterDisposeScope();

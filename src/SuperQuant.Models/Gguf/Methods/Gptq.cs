@@ -42,7 +42,8 @@ public static class Gptq
             inverse = (inverse + inverse.t()) / 2;
             u = torch.linalg.cholesky(inverse).t().contiguous().to_type(ScalarType.Float32);
         }
-        catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException) { return null; } // libtorch: singular or not positive definite
+        // libtorch: singular or not positive definite
+        catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException) { return null; }
         return u.isfinite().all().item<bool>() && (u.diagonal() > 0).all().item<bool>() ? u.MoveToOuterDisposeScope() : null;
     }
 

@@ -49,7 +49,8 @@ public abstract class GgmlFormat
     /// <summary>Whether an octet's 8 signs must have even parity (IQ3_XXS stores 7 and derives the 8th).</summary>
     internal virtual bool EvenSignParity => false;
     internal virtual void ReadOctetScales(ReadOnlySpan<byte> block, Span<float> scale) => throw new NotSupportedException($"{Type} is not a lattice format");
-    internal virtual void WriteOctet(Span<byte> block, int octet, ReadOnlySpan<int> gridIndices, int signs) => throw new NotSupportedException($"{Type} is not a lattice format");
+    internal virtual void WriteOctet(Span<byte> block, int octet, ReadOnlySpan<int> gridIndices, int signs)
+        => throw new NotSupportedException($"{Type} is not a lattice format");
     /// <summary>The lowest code a search may choose (0 but for Q8_0: see there).</summary>
     public virtual int LowestCode => 0;
     /// <summary>Per element of one block: the grid's step and offset.</summary>
@@ -70,7 +71,8 @@ public abstract class GgmlFormat
         new IQ4_NLFormat(), new IQ4_XSFormat(), new IQ3_XXSFormat(), new IQ3_SFormat(), new IQ2_SFormat(),
     }.ToDictionary(f => f.Type);
 
-    public static GgmlFormat Of(GgmlType type) => All.TryGetValue(type, out var f) ? f : throw new ArgumentOutOfRangeException(nameof(type), type, "unsupported ggml type");
+    public static GgmlFormat Of(GgmlType type) => All.TryGetValue(type, out var f) ? f
+        : throw new ArgumentOutOfRangeException(nameof(type), type, "unsupported ggml type");
     public static bool IsKnown(uint type) => All.ContainsKey((GgmlType)type);
 }
 

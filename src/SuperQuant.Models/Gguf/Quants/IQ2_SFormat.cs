@@ -59,7 +59,8 @@ public sealed class IQ2_SFormat : GgmlFormat
             for (int ib = 0; ib < QK / 16; ++ib)
             {
                 var xb = xbl.Slice(16 * ib, 16);
-                IQLattice.Weights(xb, importance.IsEmpty ? ReadOnlySpan<float>.Empty : importance.Slice(QK * ibl + 16 * ib, 16), sigma2, weight, waux, plainSigma2Share: 0.25f);
+                IQLattice.Weights(xb, importance.IsEmpty ? ReadOnlySpan<float>.Empty : importance.Slice(QK * ibl + 16 * ib, 16), sigma2, weight,
+                    waux, plainSigma2Share: 0.25f);
                 IQLattice.SplitSigns(xb, xval, blockSigns);
                 float max = xval[0];
                 for (int i = 1; i < 16; ++i) max = Math.Max(max, xval[i]);

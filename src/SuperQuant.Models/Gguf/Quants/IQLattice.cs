@@ -142,7 +142,9 @@ internal sealed class IQLattice
     public static IQLattice IQ2_S => Iq2S.Value;
     public static ushort[] PackedGrid(GgmlType type) => type switch
     {
-        GgmlType.IQ3_XXS => Grid3Bit256, GgmlType.IQ3_S => Grid3Bit512, GgmlType.IQ2_S => Grid2Bit1024,
+        GgmlType.IQ3_XXS => Grid3Bit256,
+        GgmlType.IQ3_S => Grid3Bit512,
+        GgmlType.IQ2_S => Grid2Bit1024,
         _ => throw new ArgumentOutOfRangeException(nameof(type)),
     };
 

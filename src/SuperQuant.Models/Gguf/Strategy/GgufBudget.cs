@@ -77,7 +77,8 @@ public static class GgufBudget
                     GgmlType effective = GgufMix.Fallback(shape, type).Type;
                     if (options.Any(o => o.Type == effective)) continue;
                     Tensor dw = Dequantized(values, effective, imp) - values;
-                    options.Add(new Option(effective, GgmlQuants.RowBytes(effective, t.RowLength) * t.Rows, Error(dw, h, imp, t.Site is null ? frequency : null)));
+                    options.Add(new Option(effective, GgmlQuants.RowBytes(effective, t.RowLength) * t.Rows,
+                        Error(dw, h, imp, t.Site is null ? frequency : null)));
                 }
             }
             double probeError = options.First(o => o.Type == GgufMix.Fallback(new GgufTensorShape(t.Name, t.RowLength, true), ProbeType).Type).Error;
@@ -96,7 +97,8 @@ public static class GgufBudget
         foreach (var t in GgufExporter.Layout(model))
         {
             if (!t.IsMatrix) { other += 4 * t.Rows * t.RowLength; continue; }
-            var sizes = Ladder.Select(type => GgmlQuants.RowBytes(GgufMix.Fallback(new GgufTensorShape(t.Name, t.RowLength, true), type).Type, t.RowLength) * t.Rows).ToList();
+            var sizes = Ladder.Select(type => GgmlQuants.RowBytes(GgufMix.Fallback(new GgufTensorShape(t.Name, t.RowLength, true), type).Type,
+                t.RowLength) * t.Rows).ToList();
             min += sizes.Min(); max += sizes.Max();
         }
         return (min + other, max + other);
@@ -279,7 +281,8 @@ public static class GgufBudget
         var w = model.Weights;
         if (t.Name == "token_embd.weight")
         {
-            yield return w.LmHead is null ? (new LinearSite(-1, Projection.LmHead), w.TokenEmbedding) : (new LinearSite(int.MinValue, Projection.LmHead), w.TokenEmbedding);
+            yield return w.LmHead is null ? (new LinearSite(-1, Projection.LmHead), w.TokenEmbedding)
+                : (new LinearSite(int.MinValue, Projection.LmHead), w.TokenEmbedding);
             yield break;
         }
         if (t.Site is not LinearSite s) yield break;
@@ -300,8 +303,13 @@ public static class GgufBudget
         }
         yield return (s, s.Projection switch
         {
-            Projection.Q => layer.Wq, Projection.K => layer.Wk, Projection.V => layer.Wv, Projection.O => layer.Wo,
-            Projection.Gate => layer.WGate, Projection.Up => layer.WUp, Projection.Down => layer.WDown,
+            Projection.Q => layer.Wq,
+            Projection.K => layer.Wk,
+            Projection.V => layer.Wv,
+            Projection.O => layer.Wo,
+            Projection.Gate => layer.WGate,
+            Projection.Up => layer.WUp,
+            Projection.Down => layer.WDown,
             _ => throw new ArgumentOutOfRangeException(nameof(t)),
         });
     }

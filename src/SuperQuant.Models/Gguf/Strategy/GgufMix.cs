@@ -20,13 +20,23 @@ public static class GgufMix
 {
     public static GgmlType DefaultType(GgufFileType t) => t switch
     {
-        GgufFileType.F16 => GgmlType.F16, GgufFileType.BF16 => GgmlType.BF16, GgufFileType.Q8_0 => GgmlType.Q8_0,
-        GgufFileType.Q6_K => GgmlType.Q6_K, GgufFileType.Q5_K_M or GgufFileType.Q5_K_S => GgmlType.Q5_K,
-        GgufFileType.Q5_1 => GgmlType.Q5_1, GgufFileType.Q5_0 => GgmlType.Q5_0,
-        GgufFileType.Q4_K_M or GgufFileType.Q4_K_S => GgmlType.Q4_K, GgufFileType.Q4_1 => GgmlType.Q4_1, GgufFileType.Q4_0 => GgmlType.Q4_0,
-        GgufFileType.Q3_K_L or GgufFileType.Q3_K_M or GgufFileType.Q3_K_S => GgmlType.Q3_K, GgufFileType.Q2_K => GgmlType.Q2_K,
-        GgufFileType.IQ4_XS => GgmlType.IQ4_XS, GgufFileType.IQ4_NL => GgmlType.IQ4_NL,
-        GgufFileType.IQ3_M or GgufFileType.IQ3_S => GgmlType.IQ3_S, GgufFileType.IQ3_XXS => GgmlType.IQ3_XXS, GgufFileType.IQ2_M => GgmlType.IQ2_S,
+        GgufFileType.F16 => GgmlType.F16,
+        GgufFileType.BF16 => GgmlType.BF16,
+        GgufFileType.Q8_0 => GgmlType.Q8_0,
+        GgufFileType.Q6_K => GgmlType.Q6_K,
+        GgufFileType.Q5_K_M or GgufFileType.Q5_K_S => GgmlType.Q5_K,
+        GgufFileType.Q5_1 => GgmlType.Q5_1,
+        GgufFileType.Q5_0 => GgmlType.Q5_0,
+        GgufFileType.Q4_K_M or GgufFileType.Q4_K_S => GgmlType.Q4_K,
+        GgufFileType.Q4_1 => GgmlType.Q4_1,
+        GgufFileType.Q4_0 => GgmlType.Q4_0,
+        GgufFileType.Q3_K_L or GgufFileType.Q3_K_M or GgufFileType.Q3_K_S => GgmlType.Q3_K,
+        GgufFileType.Q2_K => GgmlType.Q2_K,
+        GgufFileType.IQ4_XS => GgmlType.IQ4_XS,
+        GgufFileType.IQ4_NL => GgmlType.IQ4_NL,
+        GgufFileType.IQ3_M or GgufFileType.IQ3_S => GgmlType.IQ3_S,
+        GgufFileType.IQ3_XXS => GgmlType.IQ3_XXS,
+        GgufFileType.IQ2_M => GgmlType.IQ2_S,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
@@ -54,7 +64,8 @@ public static class GgufMix
     /// <param name="gqa">Query heads per key/value head.</param>
     /// <param name="hasImatrix">Whether importance weights (an imatrix) are given: llama.cpp keeps IQ4's first ffn_down
     /// layers at IQ4 with one, and raises them to Q5_K without.</param>
-    public static IReadOnlyList<GgufTensorType> Plan(IReadOnlyList<GgufTensorShape> tensors, GgufFileType fileType, int layers, int gqa, bool hasImatrix = false)
+    public static IReadOnlyList<GgufTensorType> Plan(IReadOnlyList<GgufTensorShape> tensors, GgufFileType fileType, int layers, int gqa,
+        bool hasImatrix = false)
     {
         bool iq4 = fileType is GgufFileType.IQ4_XS or GgufFileType.IQ4_NL;
         // llama.cpp's lowest-bit types keep the output at Q5_K and the token embedding at IQ3_S.

@@ -19,7 +19,8 @@ public static class GgufRowQuantizer
         Tensor data = t.Values();
         long rowLength = t.Dims[0], rows = data.NumberOfElements / rowLength;
         float[]? importance = t.Site is LinearSite s && export.Importance?.TryGetValue(s, out var w) == true ? w : null;
-        if (importance is not null && importance.Length != rowLength) throw new ArgumentException($"{t.Name}: importance has {importance.Length} columns, the tensor {rowLength}");
+        if (importance is not null && importance.Length != rowLength) throw new ArgumentException($"{t.Name}: importance has {importance.Length} " +
+            $"columns, the tensor {rowLength}");
         var format = GgmlFormat.Of(type);
         bool choose = importance is not null && format.BlockSize > 1;
         // Candidates: (values, importance). The first is always the reference quantization of the original values:
@@ -85,7 +86,8 @@ public static class GgufRowQuantizer
 
     /// <summary>Per row, the candidate with the lowest dw H dw^T (the squared layer-output error on the calibration
     /// inputs) is copied into the first buffer.</summary>
-    static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength, long rowBytes, Tensor h)
+    static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength,
+        long rowBytes, Tensor h)
     {
         using var scope = torch.NewDisposeScope();
         h = h.cpu(); // host: the rows being chosen are host bytes
