@@ -110,8 +110,9 @@ public static class CliSupport
         o.Validators.Add(r =>
         {
             string? v = r.GetValueOrDefault<string?>();
-            if (v is not null and not ("auto" or "model" or "layers"))
-                r.AddError($"{ErrorCodes.InvalidArgument}: --memory '{SuperQuant.Manifest.ManifestReader.Excerpt(v)}' (expected auto, model or layers)");
+            if (v is not null && !SuperQuant.Manifest.Names.MemoryNames.Any(n => SuperQuant.Manifest.Names.Is(v, n)))
+                r.AddError($"{ErrorCodes.InvalidArgument}: --memory '{SuperQuant.Manifest.ManifestReader.Excerpt(v)}' (expected " +
+                    $"{string.Join(", ", SuperQuant.Manifest.Names.MemoryNames)})");
         });
         return o;
     }

@@ -366,10 +366,7 @@ public static class ManifestReader
     static double? ZValue(string file, YamlNode n)
     {
         string s = Str(file, n, "z");
-        if (Names.Is(s, "auto")) return null;
-        if (Names.Is(s, "none")) return double.PositiveInfinity;
-        return double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double z) && double.IsFinite(z) && z > 0 ? z
-            : throw At(file, n, $"z '{Excerpt(s)}' must be a positive finite number, 'auto' or 'none'");
+        return Names.TryParseZ(s, out double? z) ? z : throw At(file, n, $"z '{Excerpt(s)}' must be a positive finite number, 'auto' or 'none'");
     }
 
     /// <summary>Resolves against the manifest's folder; the result, as written and (unless following symlinks) where

@@ -26,6 +26,65 @@ public enum GgufFileType
     IQ4_XS, IQ4_NL, IQ3_M, IQ3_S, IQ3_XXS, IQ2_M,
 }
 
+/// <summary>Which weight quantizer: ours (the packed default) or the Super Weight paper's reference code.</summary>
+public enum WeightVariant
+{
+    /// <summary>Row blocks, fp16 scale + integer zero point, z-score clip over the whole matrix with the gate/up rows
+    /// that feed a super activation exempted (BlockRtnQuantizer, ZScoreClipping).</summary>
+    Packed,
+    /// <summary>The paper's code: flattened blocks (up to the whole tensor), per-block clipping of |W| with any of the
+    /// reference's clip methods, float min offset, fp32 block statistics (PaperBlockQuantizer).</summary>
+    Paper,
+}
+
+
+/// <summary>How outliers are clipped before rounding, with the Super Weight reference code's names
+/// (LLMSuperWeight <c>quantize_blockwise(..., clip_method, clip_threshold)</c>).</summary>
+public enum ClipMethod
+{
+    /// <summary>"no": nothing is clipped.</summary>
+    None,
+    /// <summary>"zscore": threshold = mean(|W|) + t * std(|W|) per block (paper variant) or signed mean +/- t * std
+    /// over the whole matrix (packed variant).</summary>
+    ZScore,
+    /// <summary>"block_percentage": per block, the (int(block * t) + 1)-th largest |W| is the threshold.</summary>
+    BlockPercentage,
+    /// <summary>"tensor_percentage": the max(int(numel * t), 1)-th largest |W| of the tensor is the threshold.</summary>
+    TensorPercentage,
+    /// <summary>"iqr": threshold = Q3 + t * (Q3 - Q1) of |W| per block (t = 1.5 is Tukey's fence).</summary>
+    Iqr,
+}
+
+/// <summary>How one block's values are turned into levels.</summary>
+public enum LevelKind
+{
+    /// <summary>Uniform integers 0..2^bits-1 over [min, max] of the block: w_q = round((w - min) * s) / s + min,
+    /// s = (2^bits - 1) / (max - min).</summary>
+    Integer,
+    /// <summary>The reference's "scale_shift": s = (2^bits - 0.01) / (max - min), code = round((w - min) * s - 0.49),
+    /// w_q = (code + 0.49) / s + min (the grid is shifted half a step so both ends get a full bin).</summary>
+    ShiftedInteger,
+    /// <summary>Normal-float poles (NF4 for 4 bits, NF3 for 3): the block is mapped onto [-1, 1] by its min and max
+    /// and each value goes to the nearest pole (QLoRA's levels, as the reference lists them).</summary>
+    NormalFloat,
+}
+
+
+/// <summary>How much of the model a run holds. The artifacts are the same either way (tested byte for byte); only
+/// memory and time differ.</summary>
+public enum MemoryMode
+{
+    /// <summary>Layers for a Hugging Face checkpoint of at least 1 GiB in fp32 (or over
+    /// 60 % of the memory available now) unless the method is W/A; else the whole
+    /// model.</summary>
+    Auto,
+    /// <summary>The whole fp32 model in memory (fastest; every method and task).</summary>
+    Model,
+    /// <summary>Layer-streamed: the embedding, head and one decoder block in memory, each block read from disk when a
+    /// pass reaches it and evaluation run layer-major over batches of windows. For models larger than RAM.</summary>
+    Layers,
+}
+
 /// <summary>The single name table for methods and GGUF file types: CLI parsing, the manifest reader, artifact metadata
 /// and the JSON schema (tested to list exactly these) all read it.</summary>
 public static class Names
@@ -49,16 +108,45 @@ public static class Names
             (GgufFileType.IQ2_M, "iq2_m", 2, 29),
     };
 
+    static readonly (WeightVariant Variant, string Name)[] VariantTable = { (WeightVariant.Packed, "packed"), (WeightVariant.Paper, "paper") };
+    static readonly (MemoryMode Mode, string Name)[] MemoryTable = { (MemoryMode.Auto, "auto"), (MemoryMode.Model, "model"), (MemoryMode.Layers, "layers") };
+    /// <summary>The reference code's clip_method names.</summary>
+    static readonly (ClipMethod Method, string Name)[] ClipTable =
+    {
+        (ClipMethod.None, "no"), (ClipMethod.ZScore, "zscore"), (ClipMethod.BlockPercentage, "block_percentage"),
+        (ClipMethod.TensorPercentage, "tensor_percentage"), (ClipMethod.Iqr, "iqr"),
+    };
+    /// <summary>The reference's use_normal_float and scale_shift flags as level names.</summary>
+    static readonly (LevelKind Kind, string Name)[] LevelTable =
+        { (LevelKind.Integer, "int"), (LevelKind.ShiftedInteger, "int-shifted"), (LevelKind.NormalFloat, "normal-float") };
+
     public static IReadOnlyList<string> MethodNames { get; } = MethodTable.Select(m => m.Name).ToArray();
 
     /// <summary>Weight quantizer variants: ours (`packed`, the default) or the Super Weight paper's code (`paper`).</summary>
-    public static IReadOnlyList<string> VariantNames { get; } = new[] { "packed", "paper" };
+    public static IReadOnlyList<string> VariantNames { get; } = VariantTable.Select(v => v.Name).ToArray();
     /// <summary>The manifest's top-level memory: whole model, one decoder block at a time, or chosen by size.</summary>
-    public static IReadOnlyList<string> MemoryNames { get; } = new[] { "auto", "model", "layers" };
+    public static IReadOnlyList<string> MemoryNames { get; } = MemoryTable.Select(m => m.Name).ToArray();
     /// <summary>Clip methods with the reference code's names (its clip_method); all but zscore/no need variant paper.</summary>
-    public static IReadOnlyList<string> ClipNames { get; } = new[] { "no", "zscore", "block_percentage", "tensor_percentage", "iqr" };
+    public static IReadOnlyList<string> ClipNames { get; } = ClipTable.Select(c => c.Name).ToArray();
     /// <summary>Quantization levels: integers, the reference's shifted grid (scale_shift), normal-float poles (use_normal_float).</summary>
-    public static IReadOnlyList<string> LevelNames { get; } = new[] { "int", "int-shifted", "normal-float" };
+    public static IReadOnlyList<string> LevelNames { get; } = LevelTable.Select(l => l.Name).ToArray();
+
+    public static string Name(this WeightVariant v) => VariantTable.First(x => x.Variant == v).Name;
+    public static string Name(this MemoryMode m) => MemoryTable.First(x => x.Mode == m).Name;
+    public static string Name(this ClipMethod m) => ClipTable.First(x => x.Method == m).Name;
+    public static string Name(this LevelKind k) => LevelTable.First(x => x.Kind == k).Name;
+
+    public static WeightVariant ParseVariant(string s) => Parse(VariantTable, s, "variant");
+    public static MemoryMode ParseMemory(string s) => Parse(MemoryTable, s, "memory");
+    public static ClipMethod ParseClip(string s) => Parse(ClipTable, s, "clip method");
+    public static LevelKind ParseLevels(string s) => Parse(LevelTable, s, "levels");
+
+    static T Parse<T>((T Value, string Name)[] table, string s, string what)
+    {
+        foreach (var (value, name) in table)
+            if (Is(s, name)) return value;
+        throw new FormatException($"unknown {what} '{s}' (expected one of {string.Join(", ", table.Select(t => t.Name))})");
+    }
     /// <summary>Zero-shot tasks a manifest may list under `tasks:` (the reader of their files is Models' TaskFile,
     /// whose table a test keeps equal to this one).</summary>
     public static IReadOnlyList<string> TaskNames { get; } = new[] { "arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "lambada" };
@@ -80,6 +168,18 @@ public static class Names
     public static int? ParseBlockSize(string? s) => Is(s, "channel") || Is(s, "per-channel") ? 0 : Is(s, "tensor") ? TensorBlock
         : int.TryParse(s, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int b) && b >= 32
             && b <= MaxPaperBlock ? b : null;
+
+    /// <summary>z as users write it (manifest `z:`, CLI `--z`): auto -> null (tuned), none -> +Infinity (no clipping), else a
+    /// positive finite number.</summary>
+    public static bool TryParseZ(string? s, out double? z)
+    {
+        z = null;
+        if (Is(s, "auto")) return true;
+        if (Is(s, "none")) { z = double.PositiveInfinity; return true; }
+        if (double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v)
+            && double.IsFinite(v) && v > 0) { z = v; return true; }
+        return false;
+    }
 
     public static string BlockSizeName(int block) => block == 0 ? "channel" : block == TensorBlock ? "tensor"
         : block.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -12,7 +12,7 @@ public static class ActivationPlan
 {
     /// <summary>Super-aware keeps its clipping and restored super weights; after a rotation the super weights are
     /// spread over whole rows, so the W/A methods use plain RTN, as their papers do.</summary>
-    public static WeightMethod WeightMethodFor(QuantMethod method) => method == QuantMethod.SuperAware ? WeightMethod.SuperAware : WeightMethod.Rtn;
+    public static QuantMethod WeightMethodFor(QuantMethod method) => method == QuantMethod.SuperAware ? QuantMethod.SuperAware : QuantMethod.Rtn;
 
     /// <summary>Calibrates and fuses the method's transforms into <paramref name="model"/>'s weights and returns the
     /// hooks to install after the weights are quantized; null for rtn/super-aware at 16-bit activations.</summary>
@@ -23,13 +23,13 @@ public static class ActivationPlan
         if (!method.Transforms() && activationBits >= 16) return null;
         var m = method switch
         {
-            QuantMethod.SmoothQuant => ActivationMethod.SmoothQuant,
-            QuantMethod.Hadamard => ActivationMethod.Hadamard,
-            QuantMethod.DuQuant => ActivationMethod.DuQuant,
-            QuantMethod.SuperAware => ActivationMethod.SuperAware,
-            _ => ActivationMethod.Rtn,
+            QuantMethod.SmoothQuant => QuantMethod.SmoothQuant,
+            QuantMethod.Hadamard => QuantMethod.Hadamard,
+            QuantMethod.DuQuant => QuantMethod.DuQuant,
+            QuantMethod.SuperAware => QuantMethod.SuperAware,
+            _ => QuantMethod.Rtn,
         };
-        var o = m == ActivationMethod.DuQuant
+        var o = m == QuantMethod.DuQuant
             ? ActivationQuantizationOptions.DuQuantDefaults(weightBits, activationBits)
             : new ActivationQuantizationOptions { Method = m, WeightBits = weightBits, ActivationBits = activationBits };
         if (settings is not null)

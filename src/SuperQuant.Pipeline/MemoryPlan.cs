@@ -6,21 +6,6 @@ using SuperQuant.Models.Checkpoints;
 
 namespace SuperQuant.Pipeline;
 
-/// <summary>How much of the model a run holds. The artifacts are the same either way (tested byte for byte); only
-/// memory and time differ.</summary>
-public enum MemoryMode
-{
-    /// <summary>Layers for a Hugging Face checkpoint of at least <see cref="MemoryPlan.AutoStreamBytes"/> (or over
-    /// <see cref="MemoryPlan.AutoShare"/> of the memory available now) unless the method is W/A; else the whole
-    /// model.</summary>
-    Auto,
-    /// <summary>The whole fp32 model in memory (fastest; every method and task).</summary>
-    Model,
-    /// <summary>Layer-streamed: the embedding, head and one decoder block in memory, each block read from disk when a
-    /// pass reaches it and evaluation run layer-major over batches of windows. For models larger than RAM.</summary>
-    Layers,
-}
-
 /// <summary>Chooses the memory mode of a run and says why.</summary>
 public static class MemoryPlan
 {
@@ -32,16 +17,6 @@ public static class MemoryPlan
     /// quantize took 0.33x the checkpoint in peak RSS against 1.23x, and less time (44 s vs 55 s); below 1 GiB the
     /// saving is small and the whole-model path is the one with the longest record.</summary>
     public const long AutoStreamBytes = 1L << 30;
-
-    public static IReadOnlyList<string> Names => SuperQuant.Manifest.Names.MemoryNames;
-
-    public static MemoryMode Parse(string name) => name switch
-    {
-        "auto" => MemoryMode.Auto,
-        "model" => MemoryMode.Model,
-        "layers" => MemoryMode.Layers,
-        _ => throw new SuperQuantException(ErrorCodes.InvalidArgument, $"memory '{name}' (expected auto, model or layers)"),
-    };
 
     /// <summary>Whether to stream, and the reason for the log. <paramref name="request"/>: auto keeps a request a
     /// streamed run cannot do (<see cref="Unsupported"/>) in memory.</summary>

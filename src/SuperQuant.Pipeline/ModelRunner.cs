@@ -2,6 +2,7 @@ using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.LlamaCpp;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 
 namespace SuperQuant.Pipeline;

@@ -3,6 +3,7 @@ using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Tests.Support;
 using TorchSharp;
@@ -23,10 +24,10 @@ public sealed class ActivationQuantizationTests
     }
 
     [TestMethod]
-    [DataRow(ActivationMethod.SmoothQuant)]
-    [DataRow(ActivationMethod.Hadamard)]
-    [DataRow(ActivationMethod.DuQuant)]
-    public void TransformsLeaveOutputsUnchangedBeforeQuantization(ActivationMethod method)
+    [DataRow(QuantMethod.SmoothQuant)]
+    [DataRow(QuantMethod.Hadamard)]
+    [DataRow(QuantMethod.DuQuant)]
+    public void TransformsLeaveOutputsUnchangedBeforeQuantization(QuantMethod method)
     {
         using var dir = new TempFolder();
         string path = Planted(dir);
@@ -66,7 +67,7 @@ public sealed class ActivationQuantizationTests
             m.Hooks = ActivationQuantizer.Apply(m, o, Tokens);
             return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
         }
-        double rtn = Kl(new ActivationQuantizationOptions { Method = ActivationMethod.Rtn, WeightBits = 4, ActivationBits = 4 });
+        double rtn = Kl(new ActivationQuantizationOptions { Method = QuantMethod.Rtn, WeightBits = 4, ActivationBits = 4 });
         double du = Kl(ActivationQuantizationOptions.DuQuantDefaults(4, 4) with { RotationBlock = 32 });
         Assert.IsTrue(du < rtn, $"DuQuant KL {du} vs RTN KL {rtn}");
     }
@@ -79,14 +80,14 @@ public sealed class ActivationQuantizationTests
         using var original = ModelLoader.Load(path);
         var detection = new SuperWeightDetector().Detect(original, Tokens[..8]);
         Assert.IsTrue(detection.Found);
-        double Kl(ActivationMethod method)
+        double Kl(QuantMethod method)
         {
             using var m = ModelLoader.Load(path);
             m.Hooks = ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = method, WeightBits = 8, ActivationBits = 8 }, Tokens,
                 detection);
             return Evaluator.Divergence(t => original.Forward(t), t => m.Forward(t), Tokens, 40, 20).KlDivergence.Value;
         }
-        double naive = Kl(ActivationMethod.Rtn), aware = Kl(ActivationMethod.SuperAware);
+        double naive = Kl(QuantMethod.Rtn), aware = Kl(QuantMethod.SuperAware);
         Assert.IsTrue(aware < naive, $"super-aware KL {aware} vs naive {naive}");
     }
 
@@ -119,7 +120,7 @@ public sealed class ActivationQuantizationTests
         var values = new float[] { 1, 2, 0.4f, 7, 3, 1, 100, -2, 0.6f, 5, 1.2f, 4 };
         var channels = new Dictionary<(int, ActivationQuantizer.InputGroup), int[]> { [(0, ActivationQuantizer.InputGroup.Mlp)] = new[] { 2 } };
         var empty = new Dictionary<(int, ActivationQuantizer.InputGroup), Tensor>();
-        var o = new ActivationQuantizationOptions { Method = ActivationMethod.SuperAware, ActivationBits = 4, PerTensor = true, SuperActivationScalar = true };
+        var o = new ActivationQuantizationOptions { Method = QuantMethod.SuperAware, ActivationBits = 4, PerTensor = true, SuperActivationScalar = true };
         using var x = torch.tensor(values).view(1, 3, 4);
         IForwardHooks scalar = ActivationQuantizer.FromState(o, empty, channels);
         using var y = scalar.OnLinearInput(new LinearSite(0, Projection.Gate), x);
@@ -138,7 +139,7 @@ public sealed class ActivationQuantizationTests
         using var before = model.Weights.Layer(0).AttnNorm!.clone();
         var hooks = ActivationQuantizer.Apply(model, new ActivationQuantizationOptions
         {
-            Method = ActivationMethod.SmoothQuant, WeightBits = 16,
+            Method = QuantMethod.SmoothQuant, WeightBits = 16,
             ActivationBits = 16
         }, Tokens);
         Assert.IsFalse(model.Weights.Layer(0).AttnNorm!.allclose(before), "the attention norm carries 1/s");
@@ -171,7 +172,7 @@ public sealed class ActivationQuantizationTests
         using var dir = new TempFolder();
         using var m = ModelLoader.Load(Planted(dir, "olmo"));
         var e = Assert.ThrowsExactly<SuperQuantException>(()
-            => ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = ActivationMethod.SmoothQuant }, Tokens));
+            => ActivationQuantizer.Apply(m, new ActivationQuantizationOptions { Method = QuantMethod.SmoothQuant }, Tokens));
         Assert.AreEqual(ErrorCodes.UnsupportedQuantization, e.Code);
         StringAssert.Contains(e.Message, "non-parametric LayerNorm");
     }

@@ -74,7 +74,7 @@ public sealed class ArtifactTests
         var spec = new TinyModelSpec();
         string ckpt = Planted(dir, spec);
         using var model = ModelLoader.Load(ckpt);
-        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 32 },
+        using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = QuantMethod.Rtn, Bits = 4, BlockSize = 32 },
             Array.Empty<SuperWeight>());
         string artifact = dir.File("a.safetensors");
         PackedArtifact.Write(artifact, model, result, "x");

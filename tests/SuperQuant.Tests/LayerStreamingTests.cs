@@ -5,6 +5,7 @@ using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.Quantization.Methods;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Artifacts;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Tests.Support;

@@ -190,7 +190,7 @@ public sealed class ManifestTests
         CollectionAssert.AreEqual(Names.MemoryNames.ToArray(),
             top.GetProperty("memory").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         CollectionAssert.AreEqual(Names.MemoryNames.ToArray(),
-            Enum.GetNames<SuperQuant.Pipeline.MemoryMode>().Select(n => n.ToLowerInvariant()).ToArray(), "every mode has a manifest name");
+            Enum.GetNames<MemoryMode>().Select(n => n.ToLowerInvariant()).ToArray(), "every mode has a manifest name");
         CollectionAssert.AreEqual(Names.TaskNames.ToArray(),
             modelProps.GetProperty("tasks").GetProperty("properties").EnumerateObject().Select(p => p.Name).ToArray());
         CollectionAssert.AreEqual(Names.TaskNames.ToArray(), Models.Text.TaskFile.TaskNames.ToArray(), "the manifest's task names are the task reader's");
@@ -200,9 +200,6 @@ public sealed class ManifestTests
             modelProps.GetProperty("clip").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         CollectionAssert.AreEqual(Names.LevelNames.ToArray(),
             modelProps.GetProperty("levels").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
-        // The manifest's clip/level names are the quantizer's (two tables because Manifest does not reference Core).
-        CollectionAssert.AreEquivalent(Names.ClipNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.ClipNames.Select(c => c.Name).ToArray());
-        CollectionAssert.AreEquivalent(Names.LevelNames.ToArray(), Core.Quantization.Methods.PaperBlockQuantizer.LevelNames.Select(c => c.Name).ToArray());
         // The schema's value lists are the names table's, exactly and in order.
         CollectionAssert.AreEqual(Names.MethodNames.ToArray(),
             modelProps.GetProperty("method").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
@@ -212,6 +209,10 @@ public sealed class ManifestTests
             modelProps.GetProperty("gate").GetProperty("properties").GetProperty("metric").GetProperty("enum").EnumerateArray().Select(x => x.GetString()).ToArray());
         // And every name parses back to its value.
         foreach (var m in Enum.GetValues<QuantMethod>()) Assert.AreEqual(m, Names.ParseMethod(m.Name()));
+        foreach (var v in Enum.GetValues<WeightVariant>()) Assert.AreEqual(v, Names.ParseVariant(v.Name().ToUpperInvariant()));
+        foreach (var c in Enum.GetValues<ClipMethod>()) Assert.AreEqual(c, Names.ParseClip(c.Name()));
+        foreach (var l in Enum.GetValues<LevelKind>()) Assert.AreEqual(l, Names.ParseLevels(l.Name()));
+        foreach (var mm in Enum.GetValues<MemoryMode>()) Assert.AreEqual(mm, Names.ParseMemory(mm.Name()));
         foreach (var t in Enum.GetValues<GgufFileType>()) Assert.AreEqual(t, Names.ParseGgufType(t.Name()));
     }
 

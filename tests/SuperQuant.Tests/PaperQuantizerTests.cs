@@ -3,6 +3,7 @@ using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.Quantization.Methods;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Artifacts;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Tests.Support;
@@ -200,7 +201,7 @@ public sealed class PaperQuantizerTests
         Assert.AreEqual(1, detection.SuperWeights.Count, "the planted super weight is found");
         var o = new WeightQuantizationOptions
         {
-            Variant = WeightVariant.Paper, Bits = 4, BlockSize = block, Clip = PaperBlockQuantizer.ParseClip(clip),
+            Variant = WeightVariant.Paper, Bits = 4, BlockSize = block, Clip = Names.ParseClip(clip),
             Z = clip == "block_percentage" ? 0.01 : 3,
         };
         using var result = ModelQuantizer.Quantize(model, o, detection.SuperWeights);

@@ -3,6 +3,7 @@ using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Tests.Support;
 using TorchSharp;
@@ -235,7 +236,7 @@ public sealed class QuantizationTests
         using Tensor gate = RandomMatrix(16, 128, 3);
         gate[5, 0] = torch.tensor(4f);   // the row that creates the super activation
         gate[9, 0] = torch.tensor(4f);   // an ordinary outlier
-        var o = new WeightQuantizationOptions { Method = WeightMethod.SuperAware, Bits = 8, BlockSize = 0 };
+        var o = new WeightQuantizationOptions { Method = QuantMethod.SuperAware, Bits = 8, BlockSize = 0 };
         float Dequantized(LinearSite site, int row)
         {
             using QuantizedMatrix q = ModelQuantizer.QuantizeMatrix(gate, site, o, 2.5, superWeights);
@@ -321,8 +322,8 @@ public sealed class QuantizationTests
         w[3, 77] = torch.tensor(4.0f); // a super weight far outside the distribution
         var site = new LinearSite(0, Projection.Down);
         var sw = new[] { new SuperWeight(0, 3, 77, 4.0f, 1) };
-        var rtn = new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 128 };
-        var aware = rtn with { Method = WeightMethod.SuperAware };
+        var rtn = new WeightQuantizationOptions { Method = QuantMethod.Rtn, Bits = 4, BlockSize = 128 };
+        var aware = rtn with { Method = QuantMethod.SuperAware };
         using var qr = ModelQuantizer.QuantizeMatrix(w, site, rtn, double.PositiveInfinity, sw);
         using var qa = ModelQuantizer.QuantizeMatrix(w, site, aware, 3.0, sw);
         using Tensor dr = BlockRtnQuantizer.Dequantize(qr), da = BlockRtnQuantizer.Dequantize(qa);

@@ -4,6 +4,7 @@ using SuperQuant.Core;
 using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.LlamaCpp;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 using SuperQuant.Models.Text;
 using SuperQuant.Pipeline;
@@ -90,7 +91,7 @@ public static class EvalCommand
                 "fp16" => TorchSharp.torch.ScalarType.Float16,
                 _ => dev.type == TorchSharp.DeviceType.CUDA ? TorchSharp.torch.ScalarType.BFloat16 : TorchSharp.torch.ScalarType.Float32,
             };
-            var mem = MemoryPlan.Parse(r.GetValue(memory) ?? "auto");
+            var mem = Names.ParseMemory(r.GetValue(memory) ?? "auto");
             using ModelRunner m = ModelRunner.Open(r.GetValue(model)!, r.GetValue(engine)!, ctx, r.GetValue(threads), dev, type, mem);
             ctx = Math.Min(ctx, m.MaxContext);
             if (r.GetValue(task) is { Length: > 0 } taskSpecs)

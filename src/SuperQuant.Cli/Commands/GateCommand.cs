@@ -71,7 +71,7 @@ public static class GateCommand
             CheckRunFiles(m, files);
             using var held = ProjectLock.Acquire(m, TimeSpan.FromSeconds(r.GetValue(lockTimeout)));
             return Run(m, files, r.GetValue(mode) == "warn", r.GetValue(device), r.GetValue(threads), r.GetValue(raise),
-                MemoryPlan.Parse(r.GetValue(memory) ?? m.Memory));
+                Names.ParseMemory(r.GetValue(memory) ?? m.Memory));
         }));
         return cmd;
     }

@@ -86,7 +86,7 @@ public static class QuantizeCommand
         };
         z.Validators.Add(r =>
         {
-            if (!TryParseZ(r.GetValueOrDefault<string>(),
+            if (!Names.TryParseZ(r.GetValueOrDefault<string>(),
             out _)) r.AddError($"{ErrorCodes.InvalidArgument}: --z '{ManifestReader.Excerpt(r.GetValueOrDefault<string>() ?? "")}' (expected a " +
             $"positive number, auto or none)");
         });
@@ -181,7 +181,7 @@ public static class QuantizeCommand
                 Id = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(r.GetValue(model)!)),
                 Checkpoint = Path.GetFullPath(r.GetValue(model)!),
                 Method = Names.ParseMethod(r.GetValue(method)!), WeightBits = wBits, ActivationBits = r.GetValue(activationBits),
-                BlockSize = ParseBlock(r.GetValue(block))!.Value, Z = TryParseZ(r.GetValue(z), out var zv) ? zv : null,
+                BlockSize = ParseBlock(r.GetValue(block))!.Value, Z = Names.TryParseZ(r.GetValue(z), out var zv) ? zv : null,
                 Variant = r.GetValue(variant)!, Clip = r.GetValue(clip)!, Levels = r.GetValue(levels)!,
                 Activations = new ActivationSettings(r.GetValue(actScale)!, r.GetValue(actQuantizer) is "default" ? null : r.GetValue(actQuantizer),
                     r.GetValue(superActivation)!),
@@ -197,7 +197,7 @@ public static class QuantizeCommand
             var result = QuantizationPipeline.Run(request, new PipelineOptions
             {
                 Device = CliSupport.ResolveDevice(r.GetValue(device), asJson), Log = log, Cancel = CliSupport.Cancellation,
-                Threads = r.GetValue(threads), RaiseSuperWeightTensors = r.GetValue(raise), Memory = MemoryPlan.Parse(r.GetValue(memory) ?? "auto"),
+                Threads = r.GetValue(threads), RaiseSuperWeightTensors = r.GetValue(raise), Memory = Names.ParseMemory(r.GetValue(memory) ?? "auto"),
             });
             foreach (var a in result.Artifacts) a.File.Promote(); // no gate here: the user asked for these files
             if (result.ZSearch.Count > 0 && !asJson)
@@ -234,13 +234,4 @@ public static class QuantizeCommand
 
     public static int? ParseBlock(string? s) => Names.ParseBlockSize(s);
 
-    /// <summary>auto -> null, none -> +Infinity, else a positive finite number.</summary>
-    public static bool TryParseZ(string? s, out double? z)
-    {
-        z = null;
-        if (s == "auto") return true;
-        if (s == "none") { z = double.PositiveInfinity; return true; }
-        if (double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && double.IsFinite(v) && v > 0) { z = v; return true; }
-        return false;
-    }
 }

@@ -1,29 +1,15 @@
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization.Methods;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Core.Quantization;
 
-public enum ActivationMethod
-{
-    /// <summary>Per-token activations and per-channel weights, round-to-nearest, nothing else.</summary>
-    Rtn,
-    /// <summary>Rtn, but each known super-activation channel is replaced by the tensor's median before quantizing
-    /// and its exact value restored after (the Super Weight paper's activation handling).</summary>
-    SuperAware,
-    /// <summary>SmoothQuant: per-channel scales s = max|X|^a / max|W|^(1-a) move activation outliers into weights.</summary>
-    SmoothQuant,
-    /// <summary>QuaRot-style: an orthogonal (Hadamard where the width is a power of two) rotation of every linear input.</summary>
-    Hadamard,
-    /// <summary>DuQuant: smoothing, a greedy block-diagonal rotation, a zigzag permutation, a second rotation.</summary>
-    DuQuant,
-}
-
 public sealed record ActivationQuantizationOptions
 {
-    public ActivationMethod Method { get; init; } = ActivationMethod.Rtn;
+    public QuantMethod Method { get; init; } = QuantMethod.Rtn;
     public int WeightBits { get; init; } = 8;
     public int ActivationBits { get; init; } = 8;
     /// <summary>One activation scale per tensor instead of one per token. With per-token scales a super activation
@@ -50,7 +36,7 @@ public sealed record ActivationQuantizationOptions
     public static ActivationQuantizationOptions DuQuantDefaults(int wBits, int aBits) => new()
     {
         // The reference script's clip ratios are tuned for 4 bits; at 8 bits clipping costs more than rounding.
-        Method = ActivationMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6, Asymmetric = true,
+        Method = QuantMethod.DuQuant, WeightBits = wBits, ActivationBits = aBits, Alpha = 0.6, Asymmetric = true,
         ActivationClip = aBits <= 4 ? 0.9 : 1.0, WeightClip = wBits <= 4 ? 0.8 : 1.0,
     };
 }
@@ -119,7 +105,7 @@ public sealed class ActivationQuantizer : IForwardHooks
         if (o.WeightBits < 16)
             q.Weights = ModelQuantizer.Quantize(model, new WeightQuantizationOptions
             {
-                Method = WeightMethod.Rtn, Bits = o.WeightBits,
+                Method = QuantMethod.Rtn, Bits = o.WeightBits,
                 BlockSize = 0
             }, Array.Empty<SuperWeight>());
         return q;
@@ -131,11 +117,11 @@ public sealed class ActivationQuantizer : IForwardHooks
     public static ActivationQuantizer Prepare(LlamaModel model, ActivationQuantizationOptions o, IReadOnlyList<int> calibration,
         DetectionReport? detection = null)
     {
-        if (o.Method == ActivationMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
+        if (o.Method == QuantMethod.SmoothQuant && model.Config.Norm == NormKind.NonParametricLayerNorm)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
                 $"SmoothQuant folds its scales into the preceding norm's weight; {model.Config.Architecture} uses a non-parametric LayerNorm, which " +
                     $"has none (use hadamard or duquant)");
-        if (o.Method == ActivationMethod.SmoothQuant && !model.Config.PreNorms)
+        if (o.Method == QuantMethod.SmoothQuant && !model.Config.PreNorms)
             throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
                 $"SmoothQuant folds its scales into the norm before q/k/v and gate/up; {model.Config.Architecture} normalizes after each sub-block " +
                     $"instead, so there is none to fold into (use hadamard or duquant)");
@@ -147,7 +133,7 @@ public sealed class ActivationQuantizer : IForwardHooks
             {
                 var sites = Members(g).Select(p => new LinearSite(l, p)).ToList();
                 Tensor absMax = stats.AbsMax[(l, g)];
-                if (o.Method == ActivationMethod.SmoothQuant && g is InputGroup.Attention or InputGroup.Mlp)
+                if (o.Method == QuantMethod.SmoothQuant && g is InputGroup.Attention or InputGroup.Mlp)
                 {
                     // Fold: the norm's weight divides by s (so its output is x / s) and the weights multiply by s.
                     // Only inputs that come out of a parametric norm can take this; o_proj/down_proj stay plain.
@@ -161,8 +147,8 @@ public sealed class ActivationQuantizer : IForwardHooks
                 }
                 Tensor? t = o.Method switch
                 {
-                    ActivationMethod.Hadamard => HadamardRotation.Create(absMax.shape[0], o.Seed + 31 * l + (int)g).to(absMax.device),
-                    ActivationMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
+                    QuantMethod.Hadamard => HadamardRotation.Create(absMax.shape[0], o.Seed + 31 * l + (int)g).to(absMax.device),
+                    QuantMethod.DuQuant => DuQuantTransform(model, sites, absMax, stats.Samples[(l, g)], o),
                     _ => null,
                 };
                 if (t is not null)
@@ -180,7 +166,7 @@ public sealed class ActivationQuantizer : IForwardHooks
                         model.Weights[site] = torch.minimum(torch.maximum(w, -bound), bound);
                     }
             }
-        if (o.Method == ActivationMethod.SuperAware && detection is { Found: true })
+        if (o.Method == QuantMethod.SuperAware && detection is { Found: true })
             foreach (var sw in detection.SuperWeights)
             {
                 // The spike entering down_proj (channel k) and the super activation it writes into the residual

@@ -1,41 +1,23 @@
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Core.Quantization;
 
-public enum WeightMethod
-{
-    /// <summary>Plain block round-to-nearest.</summary>
-    Rtn,
-    /// <summary>The Super Weight paper's method: clip at a z-score, round-to-nearest, restore super weights in fp16.</summary>
-    SuperAware,
-}
-
-/// <summary>Which weight quantizer: ours (the packed default) or the Super Weight paper's reference code.</summary>
-public enum WeightVariant
-{
-    /// <summary>Row blocks, fp16 scale + integer zero point, z-score clip over the whole matrix with the gate/up rows
-    /// that feed a super activation exempted (<see cref="BlockRtnQuantizer"/>, <see cref="Methods.ZScoreClipping"/>).</summary>
-    Packed,
-    /// <summary>The paper's code: flattened blocks (up to the whole tensor), per-block clipping of |W| with any of the
-    /// reference's clip methods, float min offset, fp32 block statistics (<see cref="Methods.PaperBlockQuantizer"/>).</summary>
-    Paper,
-}
-
 public sealed record WeightQuantizationOptions
 {
-    public WeightMethod Method { get; init; } = WeightMethod.SuperAware;
+    public QuantMethod Method { get; init; } = QuantMethod.SuperAware;
     public WeightVariant Variant { get; init; } = WeightVariant.Packed;
     public int Bits { get; init; } = 4;
     /// <summary>0 = per-channel; <see cref="Methods.PaperQuantizerSettings.TensorBlock"/> = the whole tensor (paper variant).</summary>
     public int BlockSize { get; init; } = 128;
     /// <summary>How outliers are clipped (super-aware method only; rtn never clips). The packed variant supports
-    /// z-score (whole-matrix) and none; the paper variant every <see cref="Methods.ClipMethod"/>.</summary>
-    public Methods.ClipMethod Clip { get; init; } = Methods.ClipMethod.ZScore;
+    /// z-score (whole-matrix) and none; the paper variant every <see cref="ClipMethod"/>.</summary>
+    public ClipMethod Clip { get; init; } = ClipMethod.ZScore;
     /// <summary>Paper variant: integer grid, the reference's shifted grid, or normal-float poles.</summary>
-    public Methods.LevelKind Levels { get; init; } = Methods.LevelKind.Integer;
+    public LevelKind Levels { get; init; } = LevelKind.Integer;
     /// <summary>The clip threshold (z for z-score, a fraction for the percentage methods, a multiple of the IQR);
     /// null = tune on calibration data; +Infinity = no clipping.</summary>
     public double? Z { get; init; }
@@ -45,11 +27,11 @@ public sealed record WeightQuantizationOptions
     public IReadOnlyList<double> Candidates => ZCandidates ?? DefaultCandidates(Clip);
 
     /// <summary>The thresholds tried by z = auto, loosest first (+Infinity = no clipping).</summary>
-    public static IReadOnlyList<double> DefaultCandidates(Methods.ClipMethod clip) => clip switch
+    public static IReadOnlyList<double> DefaultCandidates(ClipMethod clip) => clip switch
     {
-        Methods.ClipMethod.BlockPercentage or Methods.ClipMethod.TensorPercentage => new[] { double.PositiveInfinity, 1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2 },
-        Methods.ClipMethod.Iqr => new[] { double.PositiveInfinity, 20, 10, 6, 4, 3, 1.5 },
-        Methods.ClipMethod.None => new[] { double.PositiveInfinity },
+        ClipMethod.BlockPercentage or ClipMethod.TensorPercentage => new[] { double.PositiveInfinity, 1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2 },
+        ClipMethod.Iqr => new[] { double.PositiveInfinity, 20, 10, 6, 4, 3, 1.5 },
+        ClipMethod.None => new[] { double.PositiveInfinity },
         _ => new[] { double.PositiveInfinity, 12, 10, 8, 6, 5, 4, 3.5, 3, 2.5 },
     };
 
@@ -57,7 +39,7 @@ public sealed record WeightQuantizationOptions
     public Methods.PaperQuantizerSettings Paper(double threshold) => new()
     {
         Bits = Bits, BlockSize = BlockSize, Levels = Levels,
-        Clip = Method == WeightMethod.SuperAware ? Clip : Methods.ClipMethod.None, Threshold = threshold,
+        Clip = Method == QuantMethod.SuperAware ? Clip : ClipMethod.None, Threshold = threshold,
     };
 
     public void Validate()
@@ -66,7 +48,7 @@ public sealed record WeightQuantizationOptions
         else
         {
             BlockRtnQuantizer.Validate(Bits, BlockSize);
-            if (Clip is not (Methods.ClipMethod.ZScore or Methods.ClipMethod.None) || Levels != Methods.LevelKind.Integer)
+            if (Clip is not (ClipMethod.ZScore or ClipMethod.None) || Levels != LevelKind.Integer)
                 throw new SuperQuantException(ErrorCodes.UnsupportedQuantization,
                     "clip methods other than zscore/no, and shifted or normal-float levels, are the paper variant's (variant: paper)");
         }
@@ -134,7 +116,7 @@ public static class ModelQuantizer
     public static QuantizedMatrix QuantizeMatrix(Tensor w, LinearSite site, WeightQuantizationOptions o, double z, IReadOnlyList<SuperWeight> superWeights,
         bool dequantizeInPlace, out bool dequantized)
     {
-        bool aware = o.Method == WeightMethod.SuperAware;
+        bool aware = o.Method == QuantMethod.SuperAware;
         dequantized = false;
         var mine = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         var originals = mine.Select(s => ReadOriginal(w, s)).ToArray(); // read before a write-back overwrites them
@@ -143,7 +125,7 @@ public static class ModelQuantizer
             q = Methods.PaperBlockQuantizer.Quantize(w, o.Paper(aware ? z : double.PositiveInfinity)); // the paper clips every row
         else
         {
-            using Tensor clipped = ZScoreClip(w, aware && o.Clip == Methods.ClipMethod.ZScore ? z : double.PositiveInfinity, aware
+            using Tensor clipped = ZScoreClip(w, aware && o.Clip == ClipMethod.ZScore ? z : double.PositiveInfinity, aware
                 ? SuperActivationRows(site, superWeights) : null);
             dequantized = dequantizeInPlace && FastBlockRtn.Applies(clipped) && FastBlockRtn.Applies(w);
             q = FastBlockRtn.Applies(clipped) ? FastBlockRtn.Quantize(clipped, o.Bits, o.BlockSize, dequantized ? w : null)
@@ -158,9 +140,9 @@ public static class ModelQuantizer
             using (torch.no_grad())
                 for (int k = 0; k < mine.Count; k++)
                 {
-                    using var v = torch.tensor((float)(Half)originals[k]); w[mine[k].Row,
-                    mine[k].Column] = v;
-                } // host: w is a CPU matrix here
+                    using var v = torch.tensor((float)(Half)originals[k]); // host: w is a CPU matrix here
+                    w[mine[k].Row, mine[k].Column] = v;
+                }
         return new QuantizedMatrix
         {
             Bits = q.Bits, BlockSize = q.BlockSize, Rows = q.Rows, Cols = q.Cols, PackedCodes = q.PackedCodes, Scales = q.Scales, Zeros = q.Zeros,
@@ -172,15 +154,15 @@ public static class ModelQuantizer
     /// without reading it (tested equal to the produced matrix's <see cref="QuantizedMatrix.Plan"/>).</summary>
     public static MatrixPlan PlanMatrix(LinearSite site, long rows, long cols, WeightQuantizationOptions o, IReadOnlyList<SuperWeight> superWeights)
     {
-        int outliers = o.Method == WeightMethod.SuperAware && site.Projection == Projection.Down ? superWeights.Count(s => s.Layer == site.Layer) : 0;
+        int outliers = o.Method == QuantMethod.SuperAware && site.Projection == Projection.Down ? superWeights.Count(s => s.Layer == site.Layer) : 0;
         if (o.Variant == WeightVariant.Paper)
         {
             var s = o.Paper(double.PositiveInfinity);
             long block = Methods.PaperBlockQuantizer.EffectiveBlock(s, rows, cols);
             var layout = s.Levels switch
             {
-                Methods.LevelKind.ShiftedInteger => MatrixLayout.PaperShifted,
-                Methods.LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat,
+                LevelKind.ShiftedInteger => MatrixLayout.PaperShifted,
+                LevelKind.NormalFloat => MatrixLayout.PaperNormalFloat,
                 _ => MatrixLayout.Paper
             };
             return new MatrixPlan(rows, cols, o.Bits, (int)Math.Min(block, int.MaxValue), layout, block, new[] { rows * cols / block }, outliers);
@@ -247,9 +229,9 @@ public static class ModelQuantizer
         IReadOnlyList<int>? calibrationTokens, CancellationToken cancel = default, Action<int, int>? searchProgress = null)
     {
         o.Validate();
-        if (o.Method != WeightMethod.SuperAware) return (double.PositiveInfinity, Array.Empty<(double, double)>());
+        if (o.Method != QuantMethod.SuperAware) return (double.PositiveInfinity, Array.Empty<(double, double)>());
         if (o.Z is double fixedZ) return (fixedZ, Array.Empty<(double, double)>());
-        if (o.Clip == Methods.ClipMethod.None) return (double.PositiveInfinity, Array.Empty<(double, double)>());
+        if (o.Clip == ClipMethod.None) return (double.PositiveInfinity, Array.Empty<(double, double)>());
         if (calibrationTokens is null || calibrationTokens.Count < 2)
             throw new SuperQuantException(ErrorCodes.InvalidArgument, "z = auto needs calibration tokens (a calibration text or token-id file)");
         return ZTuner.Choose(model, calibrationTokens, o, superWeights, searchProgress, cancel);

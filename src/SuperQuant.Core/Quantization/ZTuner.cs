@@ -1,5 +1,6 @@
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -55,7 +56,7 @@ public static class ZTuner
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        bool aware = o.Method == WeightMethod.SuperAware;
+        bool aware = o.Method == QuantMethod.SuperAware;
         var exempt = aware && o.Variant == WeightVariant.Packed ? ModelQuantizer.SuperActivationRows(site, superWeights) : Array.Empty<long>();
         var restored = aware && site.Projection == Projection.Down ? superWeights.Where(s => s.Layer == site.Layer).ToList() : new List<SuperWeight>();
         // Restored values go through fp16, as they are stored.

@@ -4,6 +4,7 @@ using SuperQuant.Core;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Safetensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -49,19 +50,19 @@ public sealed record ActivationInfo
     /// 2 gate/up, 3 down_proj).</summary>
     public List<int[]> SuperChannels { get; init; } = new();
 
-    public static string NameOf(ActivationMethod m) => m switch
+    public static string NameOf(QuantMethod m) => m switch
     {
-        ActivationMethod.SuperAware => "super-aware",
+        QuantMethod.SuperAware => "super-aware",
         _ => m.ToString().ToLowerInvariant(),
     };
 
-    public static ActivationMethod Parse(string name) => name switch
+    public static QuantMethod Parse(string name) => name switch
     {
-        "rtn" => ActivationMethod.Rtn,
-        "super-aware" => ActivationMethod.SuperAware,
-        "smoothquant" => ActivationMethod.SmoothQuant,
-        "hadamard" => ActivationMethod.Hadamard,
-        "duquant" => ActivationMethod.DuQuant,
+        "rtn" => QuantMethod.Rtn,
+        "super-aware" => QuantMethod.SuperAware,
+        "smoothquant" => QuantMethod.SmoothQuant,
+        "hadamard" => QuantMethod.Hadamard,
+        "duquant" => QuantMethod.DuQuant,
         _ => throw new InvalidDataException($"unknown activation method '{name}'"),
     };
 }
@@ -234,13 +235,13 @@ public static class PackedArtifact
         var info = new PackedInfo
         {
             Method = act is not null && act.Method is "smoothquant" or "hadamard" or "duquant" ? act.Method
-                : options.Method == WeightMethod.SuperAware ? "super-aware" : "rtn",
+                : options.Method == QuantMethod.SuperAware ? "super-aware" : "rtn",
             Activations = act,
             Bits = options.Bits, BlockSize = options.BlockSize,
             Z = double.IsPositiveInfinity(z) ? null : z,
-            Variant = options.Variant == WeightVariant.Paper ? "paper" : null,
-            Clip = options.Clip == Core.Quantization.Methods.ClipMethod.ZScore ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(options.Clip),
-            Levels = options.Levels == Core.Quantization.Methods.LevelKind.Integer ? null : Core.Quantization.Methods.PaperBlockQuantizer.Name(options.Levels),
+            Variant = options.Variant == WeightVariant.Paper ? options.Variant.Name() : null,
+            Clip = options.Clip == ClipMethod.ZScore ? null : options.Clip.Name(),
+            Levels = options.Levels == LevelKind.Integer ? null : options.Levels.Name(),
             SuperWeights = superWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(),
             SourceSha256 = sourceSha256, ManifestSha256 = manifestSha256,
             ToolVersion = typeof(PackedArtifact).Assembly.GetName().Version?.ToString() ?? "0",
@@ -434,7 +435,7 @@ public static class PackedArtifact
     {
         SuperQuantException Bad(string what) => new(ErrorCodes.ArtifactFormat, $"{f.Path}: activations: {what}", f.Path);
         if (act.Bits < 2 || act.Bits > 16) throw Bad($"{act.Bits}-bit activations");
-        ActivationMethod method;
+        QuantMethod method;
         try { method = ActivationInfo.Parse(act.Method); } catch (InvalidDataException e) { throw Bad(e.Message); }
         long Width(ActivationQuantizer.InputGroup g) => g switch
         {

@@ -36,7 +36,7 @@ static class MeasureStage
         }).ToList();
         if (reference is null || eval is null)
         {
-            runner.Logits(torch.tensor(new long[] { 0 }, new long[] { 1, 1 })).Dispose();
+            runner.Logits(torch.tensor(new long[] { 0 }, new long[] { 1, 1 })).Dispose(); // host: token ids
             return new Measured(runner.Engine, null, taskScores);
         }
         if (gguf) return new Measured(runner.Engine, Evaluator.Divergence(reference, runner.Logits, eval, (d, t) => progress(d, t), o.Cancel), taskScores);

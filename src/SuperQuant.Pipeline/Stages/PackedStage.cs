@@ -27,7 +27,7 @@ static class PackedStage
         {
             Method = ActivationPlan.WeightMethodFor(r.Method), Bits = r.WeightBits, BlockSize = r.BlockSize, Z = r.Z,
             Variant = r.Variant == "paper" ? WeightVariant.Paper : WeightVariant.Packed,
-            Clip = PaperBlockQuantizer.ParseClip(r.Clip), Levels = PaperBlockQuantizer.ParseLevels(r.Levels),
+            Clip = Names.ParseClip(r.Clip), Levels = Names.ParseLevels(r.Levels),
         };
         return loaded.Streamed
             ? ByLayer(r, o, model, options, data, detected.SuperWeights, loaded.CheckpointHash, scope.Stage(packed.Path), packed)

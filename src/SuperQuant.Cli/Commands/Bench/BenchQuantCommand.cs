@@ -6,6 +6,7 @@ using SuperQuant.Core.Evaluation;
 using SuperQuant.Core.Llama;
 using SuperQuant.Core.Quantization;
 using SuperQuant.Core.SuperWeights;
+using SuperQuant.Manifest;
 using SuperQuant.Models.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -106,7 +107,7 @@ public static class BenchQuantCommand
             $"{Evaluator.Perplexity(t => original.Forward(t), bm.Eval, 512, 256).Perplexity.Value:F3})");
         foreach (int bits in bitList)
             foreach (int block in blockList)
-                foreach (var method in new[] { WeightMethod.Rtn, WeightMethod.SuperAware })
+                foreach (var method in new[] { QuantMethod.Rtn, QuantMethod.SuperAware })
                 {
                     using LlamaModel model = ModelLoader.Load(bm.Path);
                     using var result = ModelQuantizer.Quantize(model, new WeightQuantizationOptions
@@ -116,7 +117,7 @@ public static class BenchQuantCommand
                     }, detection.SuperWeights, bm.Calibration);
                     var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
                     string z = double.IsPositiveInfinity(result.Z) ? "-" : result.Z.ToString("G3", CultureInfo.InvariantCulture);
-                    Console.WriteLine($"   {(method == WeightMethod.Rtn ? "rtn" : "super-aware"),-12} {bits,4} " +
+                    Console.WriteLine($"   {(method == QuantMethod.Rtn ? "rtn" : "super-aware"),-12} {bits,4} " +
                         $"{SuperQuant.Manifest.Names.BlockSizeName(block),7} {z,5} {result.BitsPerWeight,6:F3} {d.KlDivergence.Value,9:F5} +/- " +
                         $"{d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3}");
                 }
@@ -125,9 +126,9 @@ public static class BenchQuantCommand
         Console.WriteLine("   weights and activations (simulated; per-token activations, per-channel weights):");
         Console.WriteLine($"   {"method",-12} {"W/A",6} {"KL",18} {"top-1",7} {"ppl",9} {"calib s/layer",14}");
         foreach (var (w, a) in new[] { (8, 8), (4, 4) })
-            foreach (var method in Enum.GetValues<ActivationMethod>())
+            foreach (var method in Enum.GetValues<QuantMethod>())
             {
-                var o = method == ActivationMethod.DuQuant
+                var o = method == QuantMethod.DuQuant
                     ? ActivationQuantizationOptions.DuQuantDefaults(w, a)
                     : new ActivationQuantizationOptions { Method = method, WeightBits = w, ActivationBits = a };
                 using LlamaModel model = ModelLoader.Load(bm.Path);
@@ -136,11 +137,11 @@ public static class BenchQuantCommand
                 try { hooks = ActivationQuantizer.Prepare(model, o, bm.Calibration, detection); }
                 catch (SuperQuantException e) { Console.WriteLine($"   {method,-12} W{w}A{a}: {e.Message}"); continue; }
                 double calibration = clock.Elapsed.TotalSeconds / model.Config.NumLayers; // statistics, smoothing, rotations: before rounding
-                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = w, BlockSize = 0 },
+                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = QuantMethod.Rtn, Bits = w, BlockSize = 0 },
                     Array.Empty<SuperWeight>())) { }
                 model.Hooks = hooks;
                 var d = Evaluator.Divergence(t => original.Forward(t), t => model.Forward(t), bm.Eval, 512, 256);
-                string name = method == ActivationMethod.SuperAware && !detection.Found ? "super-aware*" : method.ToString().ToLowerInvariant();
+                string name = method == QuantMethod.SuperAware && !detection.Found ? "super-aware*" : method.ToString().ToLowerInvariant();
                 Console.WriteLine($"   {name,-12} {$"W{w}A{a}",6} {d.KlDivergence.Value,9:F5} +/- " +
                     $"{d.KlDivergence.StandardError,-6:F4}{d.Top1Agreement.Value,7:P1} {d.ModifiedPerplexity.Value,9:F3} {calibration,14:F3}");
             }
@@ -165,12 +166,12 @@ public static class BenchQuantCommand
             return d.KlDivergence.Value;
         }
         var baseOptions = new ActivationQuantizationOptions { WeightBits = 8, ActivationBits = 8, PerTensor = true };
-        double naive = Kl(baseOptions with { Method = ActivationMethod.Rtn }, "naive W8A8 (rtn)");
+        double naive = Kl(baseOptions with { Method = QuantMethod.Rtn }, "naive W8A8 (rtn)");
         double smooth;
-        try { smooth = Kl(baseOptions with { Method = ActivationMethod.SmoothQuant }, "smoothquant"); }
+        try { smooth = Kl(baseOptions with { Method = QuantMethod.SmoothQuant }, "smoothquant"); }
         catch (SuperQuantException e) { Console.WriteLine($"   smoothquant: {e.Message}"); return; }
-        double scalar = Kl(baseOptions with { Method = ActivationMethod.SuperAware, SuperActivationScalar = true }, "super-aware, SA scalar (the paper)");
-        double channel = Kl(baseOptions with { Method = ActivationMethod.SuperAware }, "super-aware, SA channels (ours)");
+        double scalar = Kl(baseOptions with { Method = QuantMethod.SuperAware, SuperActivationScalar = true }, "super-aware, SA scalar (the paper)");
+        double channel = Kl(baseOptions with { Method = QuantMethod.SuperAware }, "super-aware, SA channels (ours)");
         if (!detection.Found) { Console.WriteLine("   no super activation detected: super-aware equals naive here"); return; }
         double gain = naive - smooth;
         string Share(double sa) => naive - sa >= gain ? $"all of it and more ({naive - sa:G3} vs SmoothQuant's {gain:G3} KL)" : $"{(naive - sa) / gain:P0}";
@@ -200,7 +201,7 @@ public static class BenchQuantCommand
                 bytes = ModelQuantizer.QuantizedSites(model.Weights).Sum(s => model.Weights[s].numel() * 4.0)
                     + (model.Weights.TokenEmbedding.numel() + (model.Weights.LmHead?.numel() ?? 0)) * 4.0;
                 var sw = Stopwatch.StartNew();
-                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = WeightMethod.Rtn, Bits = 4, BlockSize = 128 },
+                using (ModelQuantizer.Quantize(model, new WeightQuantizationOptions { Method = QuantMethod.Rtn, Bits = 4, BlockSize = 128 },
                     Array.Empty<SuperWeight>(), fusedDequantize: fused)) { }
                 return sw.Elapsed.TotalSeconds;
             }

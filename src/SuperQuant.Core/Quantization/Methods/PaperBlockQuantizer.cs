@@ -1,38 +1,8 @@
+using SuperQuant.Manifest;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace SuperQuant.Core.Quantization.Methods;
-
-/// <summary>How outliers are clipped before rounding, with the Super Weight reference code's names
-/// (LLMSuperWeight <c>quantize_blockwise(..., clip_method, clip_threshold)</c>).</summary>
-public enum ClipMethod
-{
-    /// <summary>"no": nothing is clipped.</summary>
-    None,
-    /// <summary>"zscore": threshold = mean(|W|) + t * std(|W|) per block (paper variant) or signed mean +/- t * std
-    /// over the whole matrix (packed variant).</summary>
-    ZScore,
-    /// <summary>"block_percentage": per block, the (int(block * t) + 1)-th largest |W| is the threshold.</summary>
-    BlockPercentage,
-    /// <summary>"tensor_percentage": the max(int(numel * t), 1)-th largest |W| of the tensor is the threshold.</summary>
-    TensorPercentage,
-    /// <summary>"iqr": threshold = Q3 + t * (Q3 - Q1) of |W| per block (t = 1.5 is Tukey's fence).</summary>
-    Iqr,
-}
-
-/// <summary>How one block's values are turned into levels.</summary>
-public enum LevelKind
-{
-    /// <summary>Uniform integers 0..2^bits-1 over [min, max] of the block: w_q = round((w - min) * s) / s + min,
-    /// s = (2^bits - 1) / (max - min).</summary>
-    Integer,
-    /// <summary>The reference's "scale_shift": s = (2^bits - 0.01) / (max - min), code = round((w - min) * s - 0.49),
-    /// w_q = (code + 0.49) / s + min (the grid is shifted half a step so both ends get a full bin).</summary>
-    ShiftedInteger,
-    /// <summary>Normal-float poles (NF4 for 4 bits, NF3 for 3): the block is mapped onto [-1, 1] by its min and max
-    /// and each value goes to the nearest pole (QLoRA's levels, as the reference lists them).</summary>
-    NormalFloat,
-}
 
 /// <summary>The paper's weight quantizer settings; <see cref="TensorBlock"/> as block size is the whole tensor.</summary>
 public sealed record PaperQuantizerSettings
@@ -64,26 +34,6 @@ public sealed record PaperQuantizerSettings
 /// </summary>
 public static class PaperBlockQuantizer
 {
-    /// <summary>The reference's clip_method names (manifest `clip:`, CLI `--clip`, artifact metadata).</summary>
-    public static readonly IReadOnlyList<(ClipMethod Method, string Name)> ClipNames = new[]
-    {
-        (ClipMethod.None, "no"), (ClipMethod.ZScore, "zscore"), (ClipMethod.BlockPercentage, "block_percentage"),
-        (ClipMethod.TensorPercentage, "tensor_percentage"), (ClipMethod.Iqr, "iqr"),
-    };
-
-    /// <summary>Level names (manifest `levels:`, CLI `--levels`): the reference's use_normal_float and scale_shift flags.</summary>
-    public static readonly IReadOnlyList<(LevelKind Kind, string Name)> LevelNames = new[]
-    {
-        (LevelKind.Integer, "int"), (LevelKind.ShiftedInteger, "int-shifted"), (LevelKind.NormalFloat, "normal-float"),
-    };
-
-    public static string Name(this ClipMethod m) => ClipNames.First(c => c.Method == m).Name;
-    public static string Name(this LevelKind k) => LevelNames.First(c => c.Kind == k).Name;
-    public static ClipMethod ParseClip(string s) => ClipNames.FirstOrDefault(c => c.Name == s) is { Name: not null } c ? c.Method
-        : throw new FormatException($"unknown clip method '{s}' (expected one of {string.Join(", ", ClipNames.Select(x => x.Name))})");
-    public static LevelKind ParseLevels(string s) => LevelNames.FirstOrDefault(c => c.Name == s) is { Name: not null } c ? c.Kind
-        : throw new FormatException($"unknown levels '{s}' (expected one of {string.Join(", ", LevelNames.Select(x => x.Name))})");
-
     /// <summary>QLoRA's NF4 levels and the reference's NF3 levels (as listed in its code).</summary>
     public static readonly float[] Nf4 =
     {
