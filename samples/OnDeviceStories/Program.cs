@@ -45,7 +45,8 @@ if (packed is not null)
     var (model, info) = PackedArtifact.Load(packed);
     using (model)
     {
-        Console.WriteLine($"superquant: {Path.GetFileName(packed)} ({info.Method}, {info.Bits}-bit, {info.BitsPerWeight:F2} bits/weight, super weights: {(info.SuperWeights.Count == 0 ? "none found" : string.Join(" ", info.SuperWeights.Select(s => $"({s[0]},{s[1]},{s[2]})")))})");
+        Console.WriteLine($"superquant: {Path.GetFileName(packed)} ({info.Method}, {info.Bits}-bit, {info.BitsPerWeight:F2} bits/weight, super " +
+            $"weights: {(info.SuperWeights.Count == 0 ? "none found" : string.Join(" ", info.SuperWeights.Select(s => $"({s[0]},{s[1]},{s[2]})")))})");
         Console.WriteLine(string.Join(' ', Sampler.Generate(model, new[] { 1 }, count, temperature: 0, seed: 0)));
     }
 }

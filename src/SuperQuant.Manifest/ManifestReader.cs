@@ -185,9 +185,9 @@ public static class ManifestReader
             Method = method,
             WeightBits = Optional("weight_bits") is { } wb ? Range(file, wb, "weight_bits", 2, 8) : 4,
             ActivationBits = Optional("activation_bits") is { } ab ? Range(file, ab, "activation_bits", 4, 16) : 16,
-            Variant = Optional("variant") is { } vn ? OneOf(file, vn, "variant", Names.VariantNames.ToArray()) : "packed",
-            Clip = Optional("clip") is { } cn2 ? OneOf(file, cn2, "clip", Names.ClipNames.ToArray()) : "zscore",
-            Levels = Optional("levels") is { } ln ? OneOf(file, ln, "levels", Names.LevelNames.ToArray()) : "int",
+            Variant = Optional("variant") is { } vn ? Names.ParseVariant(OneOf(file, vn, "variant", Names.VariantNames.ToArray())) : WeightVariant.Packed,
+            Clip = Optional("clip") is { } cn2 ? Names.ParseClip(OneOf(file, cn2, "clip", Names.ClipNames.ToArray())) : ClipMethod.ZScore,
+            Levels = Optional("levels") is { } ln ? Names.ParseLevels(OneOf(file, ln, "levels", Names.LevelNames.ToArray())) : LevelKind.Integer,
             ActivationScale = Optional("activation_scale") is { } asn ? OneOf(file, asn, "activation_scale", new[] { "per-token", "per-tensor" }) : "per-token",
             ActivationQuantizer = Optional("activation_quantizer") is { } aqn
                 ? OneOf(file, aqn, "activation_quantizer", new[] { "symmetric", "asymmetric" }) : null,
@@ -209,11 +209,11 @@ public static class ManifestReader
             Positions = positions,
         };
         if (Names.BlockSizeProblem(entry.BlockSize, entry.Variant) is string problem) throw At(file, Optional("block_size")!, problem);
-        if (entry.Variant != "paper" && Optional("clip") is { } cpk && entry.Clip is not ("zscore" or "no"))
-            throw At(file, cpk, $"clip '{entry.Clip}' is the paper's reference code: add 'variant: paper' (the packed variant clips by zscore or no)");
-        if (entry.Variant != "paper" && Optional("levels") is { } lpk && entry.Levels != "int")
-            throw At(file, lpk, $"levels '{entry.Levels}' is the paper's reference code: add 'variant: paper'");
-        if (entry.Levels == "normal-float" && entry.WeightBits is not (3 or 4))
+        if (entry.Variant != WeightVariant.Paper && Optional("clip") is { } cpk && entry.Clip is not (ClipMethod.ZScore or ClipMethod.None))
+            throw At(file, cpk, $"clip '{entry.Clip.Name()}' is the paper's reference code: add 'variant: paper' (the packed variant clips by zscore or no)");
+        if (entry.Variant != WeightVariant.Paper && Optional("levels") is { } lpk && entry.Levels != LevelKind.Integer)
+            throw At(file, lpk, $"levels '{entry.Levels.Name()}' is the paper's reference code: add 'variant: paper'");
+        if (entry.Levels == LevelKind.NormalFloat && entry.WeightBits is not (3 or 4))
             throw At(file, Optional("levels")!, $"normal-float levels exist for 3 and 4 bits (NF3, NF4), weight_bits is {entry.WeightBits}");
         bool calibrated = entry.CalibrationText is not null || entry.CalibrationTokens is not null;
         if (entry.Method == QuantMethod.SuperAware && entry.Z is null && !calibrated)

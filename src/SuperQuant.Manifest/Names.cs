@@ -157,7 +157,7 @@ public static class Names
 
     /// <summary>Checks a block size against a variant: packed takes 32..4096 or channel (0); paper takes a power of two
     /// from 32, channel or tensor. Returns the reason it is not accepted, or null.</summary>
-    public static string? BlockSizeProblem(int block, string variant) => variant == "paper"
+    public static string? BlockSizeProblem(int block, WeightVariant variant) => variant == WeightVariant.Paper
         ? block == 0 || block == TensorBlock || (block >= 32 && (block & (block - 1)) == 0) ? null
             : $"block size {block}: the paper variant takes a power of two from 32, channel or tensor"
         : block == 0 || (block >= 32 && block <= 4096) ? null

@@ -34,9 +34,9 @@ public sealed record ModelEntry
     /// <summary>0 = per-channel; <see cref="Names.TensorBlock"/> = the whole tensor (variant paper).</summary>
     public int BlockSize { get; init; } = 128;
     /// <summary><see cref="Names.VariantNames"/>, <see cref="Names.ClipNames"/>, <see cref="Names.LevelNames"/>.</summary>
-    public string Variant { get; init; } = "packed";
-    public string Clip { get; init; } = "zscore";
-    public string Levels { get; init; } = "int";
+    public WeightVariant Variant { get; init; } = WeightVariant.Packed;
+    public ClipMethod Clip { get; init; } = ClipMethod.ZScore;
+    public LevelKind Levels { get; init; } = LevelKind.Integer;
     /// <summary>W/A runs: per-token | per-tensor; symmetric | asymmetric (null = the method's default); channel | scalar.</summary>
     public string ActivationScale { get; init; } = "per-token";
     public string? ActivationQuantizer { get; init; }
@@ -65,8 +65,8 @@ public sealed record ModelEntry
         EvaluationTokens }.Where(f => f != null).Concat(Tasks.Select(t => t.Path))!;
 
     /// <summary>The settings that decide this model's artifacts (positions excluded: moving a line changes nothing).</summary>
-    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant, Clip,
-        Levels, ActivationScale, ActivationQuantizer, SuperActivation,
+    public string SettingsKey => string.Join("|", Id, Checkpoint, Output, Method.Name(), WeightBits, ActivationBits, BlockSize, Variant.Name(), Clip.Name(),
+        Levels.Name(), ActivationScale, ActivationQuantizer, SuperActivation,
         Z?.ToString("R", System.Globalization.CultureInfo.InvariantCulture) ?? "auto", CalibrationText, CalibrationTokens, EvaluationText, EvaluationTokens,
         PromptTokens is null ? "" : string.Join(",", PromptTokens), Context, string.Join(",", Exports.Select(e => e.Kind + "=" + e.Path)),
             string.Join(",", Tasks.Select(t => t.Name + "=" + t.Path)), Gate);

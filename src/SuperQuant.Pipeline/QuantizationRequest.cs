@@ -53,10 +53,10 @@ public sealed record QuantizationRequest
     public int ActivationBits { get; init; } = 16;
     /// <summary>0 = per channel; <see cref="Names.TensorBlock"/> = whole tensor (variant paper).</summary>
     public int BlockSize { get; init; } = 128;
-    /// <summary>packed | paper (<see cref="Names.VariantNames"/>); clip method and levels by the reference's names.</summary>
-    public string Variant { get; init; } = "packed";
-    public string Clip { get; init; } = "zscore";
-    public string Levels { get; init; } = "int";
+    /// <summary>Ours (packed) or the paper's quantizer; clip method and levels as the reference code names them.</summary>
+    public WeightVariant Variant { get; init; } = WeightVariant.Packed;
+    public ClipMethod Clip { get; init; } = ClipMethod.ZScore;
+    public LevelKind Levels { get; init; } = LevelKind.Integer;
     /// <summary>Activation quantizer settings for W/A runs (activation bits below 16 or a rotation method).</summary>
     public ActivationSettings Activations { get; init; } = new();
     /// <summary>null = tune on calibration data; +Infinity = no clipping.</summary>
@@ -95,24 +95,21 @@ public sealed record QuantizationRequest
         if (Artifacts.Count == 0) throw MethodOrigin.Error("nothing to write: give a packed artifact and/or a GGUF export");
         if (WeightBits < 2 || WeightBits > 8) throw OriginOf("weight_bits").Error($"weight bits {WeightBits} (supported: 2..8)");
         if (ActivationBits < 4 || ActivationBits > 16) throw OriginOf("activation_bits").Error($"activation bits {ActivationBits} (supported: 4..16)");
-        if (!Names.VariantNames.Contains(Variant)) throw OriginOf("variant").Error($"variant '{Variant}' (expected {string.Join(", ", Names.VariantNames)})");
-        if (!Names.ClipNames.Contains(Clip)) throw OriginOf("clip").Error($"clip '{Clip}' (expected {string.Join(", ", Names.ClipNames)})");
-        if (!Names.LevelNames.Contains(Levels)) throw OriginOf("levels").Error($"levels '{Levels}' (expected {string.Join(", ", Names.LevelNames)})");
         if (!ActivationSettings.Scales.Contains(Activations.Scale)
             || (Activations.Quantizer is string aq && !ActivationSettings.Quantizers.Contains(aq))
             || !ActivationSettings.SuperActivations.Contains(Activations.SuperActivation))
             throw OriginOf("activation_scale").Error($"activation settings '{Activations}' (scale: {string.Join("|", ActivationSettings.Scales)}; " +
                 $"quantizer: {string.Join("|", ActivationSettings.Quantizers)}; super activation: {string.Join("|", ActivationSettings.SuperActivations)})");
         if (Names.BlockSizeProblem(BlockSize, Variant) is string blockProblem) throw OriginOf("block_size").Error(blockProblem);
-        if (Variant != "paper" && (Clip is not ("zscore" or "no") || Levels != "int"))
-            throw OriginOf(Clip is not ("zscore" or "no") ? "clip"
-                : "levels").Error($"clip {Clip} / levels {Levels} are the paper's reference code: use variant paper");
-        if (Levels == "normal-float" && WeightBits is not (3 or 4)) throw OriginOf("levels").Error($"normal-float levels exist for 3 and 4 bits " +
+        if (Variant != WeightVariant.Paper && (Clip is not (ClipMethod.ZScore or ClipMethod.None) || Levels != LevelKind.Integer))
+            throw OriginOf(Clip is not (ClipMethod.ZScore or ClipMethod.None) ? "clip"
+                : "levels").Error($"clip {Clip.Name()} / levels {Levels.Name()} are the paper's reference code: use variant paper");
+        if (Levels == LevelKind.NormalFloat && WeightBits is not (3 or 4)) throw OriginOf("levels").Error($"normal-float levels exist for 3 and 4 bits " +
             $"(NF3, NF4), not {WeightBits}");
-        if (Variant == "paper" && Method is not (QuantMethod.SuperAware or QuantMethod.Rtn))
+        if (Variant == WeightVariant.Paper && Method is not (QuantMethod.SuperAware or QuantMethod.Rtn))
             throw OriginOf("variant").Error($"variant paper is the Super Weight paper's weight quantizer: method rtn or super-aware, not {Method.Name()}");
-        if (Clip is "block_percentage" or "tensor_percentage" && Z is double fraction && double.IsFinite(fraction) && fraction >= 1)
-            throw OriginOf("z").Error($"clip {Clip}: the threshold is the fraction of weights clipped, in (0, 1), not {fraction}");
+        if (Clip is ClipMethod.BlockPercentage or ClipMethod.TensorPercentage && Z is double fraction && double.IsFinite(fraction) && fraction >= 1)
+            throw OriginOf("z").Error($"clip {Clip.Name()}: the threshold is the fraction of weights clipped, in (0, 1), not {fraction}");
         if (Z is double z && !(z > 0)) throw OriginOf("z").Error($"z {z} must be a positive number");
         if (Context < 2 || Context > 1 << 20) throw ContextOrigin.Error($"context {Context} must be in 2..{1 << 20}");
         bool calibrated = Calibration is not null;
@@ -124,8 +121,8 @@ public sealed record QuantizationRequest
                 "(--calibration-*), or a fixed z (a number, or none)");
         foreach (var g in Ggufs)
         {
-            if (Method == QuantMethod.SuperAware && Clip is not ("zscore" or "no"))
-                throw g.Origin.Error($"the super-aware GGUF search clips by z-score; clip {Clip} applies to the packed artifact only: export the " +
+            if (Method == QuantMethod.SuperAware && Clip is not (ClipMethod.ZScore or ClipMethod.None))
+                throw g.Origin.Error($"the super-aware GGUF search clips by z-score; clip {Clip.Name()} applies to the packed artifact only: export the " +
                     $"GGUF from a zscore entry");
             if (Method.NeedsRuntimeTransforms(ActivationBits))
                 throw g.Origin.Error($"GGUF holds weights only: {Method.Name()} with activation bits {ActivationBits} needs run-time activation " +

@@ -128,9 +128,9 @@ public sealed class ManifestTests
         using var dir = Project(Valid.Replace("    block_size: channel",
             "    block_size: tensor\n    variant: paper\n    clip: iqr\n    levels: normal-float"));
         var e = ManifestReader.Read(dir.File("quantize.yaml")).Models.Single();
-        Assert.AreEqual((Names.TensorBlock, "paper", "iqr", "normal-float"), (e.BlockSize, e.Variant, e.Clip, e.Levels));
+        Assert.AreEqual((Names.TensorBlock, WeightVariant.Paper, ClipMethod.Iqr, LevelKind.NormalFloat), (e.BlockSize, e.Variant, e.Clip, e.Levels));
         Assert.AreNotEqual(ManifestReader.Read(dir.File("quantize.yaml")).Models.Single().SettingsKey,
-            e with { Clip = "zscore" } is var other ? other.SettingsKey : "", "the clip method is part of the settings key (incremental builds)");
+            e with { Clip = ClipMethod.ZScore } is var other ? other.SettingsKey : "", "the clip method is part of the settings key (incremental builds)");
     }
 
     [TestMethod]

@@ -194,7 +194,7 @@ public static class GateCommand
     /// <summary>"duquant W4A4, block channel, export packed + gguf q4_k_m": what a report row was quantized with.</summary>
     static string Settings(ModelEntry e) =>
         $"{e.Method.Name()} W{e.WeightBits}A{e.ActivationBits}, block " +
-            $"{Names.BlockSizeName(e.BlockSize)}{(e.Variant == "paper" ? $", paper ({e.Clip}, {e.Levels})" : "")}, export " +
+            $"{Names.BlockSizeName(e.BlockSize)}{(e.Variant == WeightVariant.Paper ? $", paper ({e.Clip.Name()}, {e.Levels.Name()})" : "")}, export " +
             $"{string.Join(" + ", e.Exports.Select(x => x.Kind))}";
 
     static string Fmt(double v) => v.ToString("G5", CultureInfo.InvariantCulture);

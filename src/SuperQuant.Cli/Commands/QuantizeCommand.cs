@@ -182,7 +182,7 @@ public static class QuantizeCommand
                 Checkpoint = Path.GetFullPath(r.GetValue(model)!),
                 Method = Names.ParseMethod(r.GetValue(method)!), WeightBits = wBits, ActivationBits = r.GetValue(activationBits),
                 BlockSize = ParseBlock(r.GetValue(block))!.Value, Z = Names.TryParseZ(r.GetValue(z), out var zv) ? zv : null,
-                Variant = r.GetValue(variant)!, Clip = r.GetValue(clip)!, Levels = r.GetValue(levels)!,
+                Variant = Names.ParseVariant(r.GetValue(variant)!), Clip = Names.ParseClip(r.GetValue(clip)!), Levels = Names.ParseLevels(r.GetValue(levels)!),
                 Activations = new ActivationSettings(r.GetValue(actScale)!, r.GetValue(actQuantizer) is "default" ? null : r.GetValue(actQuantizer),
                     r.GetValue(superActivation)!),
                 Calibration = Source(calibText, calibTokens), Evaluation = Source(evalText, evalTokens),
@@ -207,7 +207,8 @@ public static class QuantizeCommand
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     model = request.Checkpoint, method = request.Method.Name(), bits = wBits, activation_bits = request.ActivationBits,
-                    block_size = Names.BlockSizeName(request.BlockSize), variant = request.Variant, clip = request.Clip, levels = request.Levels,
+                    block_size = Names.BlockSizeName(request.BlockSize), variant = request.Variant.Name(), clip = request.Clip.Name(),
+                    levels = request.Levels.Name(),
                     z = result.Z,
                     super_weights = result.SuperWeights.Select(s => new[] { s.Layer, s.Row, s.Column }).ToList(), detection = result.Detection,
                     artifacts = result.Artifacts.Select(ArtifactReport.Json).ToList(),

@@ -26,8 +26,7 @@ static class PackedStage
         var options = new WeightQuantizationOptions
         {
             Method = ActivationPlan.WeightMethodFor(r.Method), Bits = r.WeightBits, BlockSize = r.BlockSize, Z = r.Z,
-            Variant = r.Variant == "paper" ? WeightVariant.Paper : WeightVariant.Packed,
-            Clip = Names.ParseClip(r.Clip), Levels = Names.ParseLevels(r.Levels),
+            Variant = r.Variant, Clip = r.Clip, Levels = r.Levels,
         };
         return loaded.Streamed
             ? ByLayer(r, o, model, options, data, detected.SuperWeights, loaded.CheckpointHash, scope.Stage(packed.Path), packed)
@@ -99,6 +98,6 @@ static class PackedStage
 
     static string Settings(QuantizationRequest r, double? z) =>
         $"{r.Method.Name()} W{r.WeightBits}A{r.ActivationBits}, block {Names.BlockSizeName(r.BlockSize)}" +
-        (r.Variant == "paper" ? $", paper ({r.Clip}, {r.Levels})" : "") +
+        (r.Variant == WeightVariant.Paper ? $", paper ({r.Clip.Name()}, {r.Levels.Name()})" : "") +
         (z is double zz ? $", z {zz:G3}" : "");
 }

@@ -50,7 +50,7 @@ public static class BenchQuantCommand
             WholeModelThroughput();
             if (r.GetValue(skipQuality)) return ExitCodes.Success;
             int[] bitList = r.GetValue(bits)!.Split(',').Select(int.Parse).ToArray();
-            var weightVariant = r.GetValue(variant) == "paper" ? WeightVariant.Paper : WeightVariant.Packed;
+            var weightVariant = Names.ParseVariant(r.GetValue(variant)!);
             int[] blockList = (r.GetValue(blocks) ?? (weightVariant == WeightVariant.Paper ? "128,1024,8192,65536,tensor"
                 : "64,128,256,512,1024,channel")).Split(',').Select(b => QuantizeCommand.ParseBlock(b)
                 ?? throw new SuperQuantException(ErrorCodes.InvalidArgument, $"--blocks: '{b}' is not a block size")).ToArray();
