@@ -46,6 +46,9 @@ public sealed class GoldenBytesTests
         string fingerprint = NumericsFingerprint();
         using var dir = new TempFolder();
         WriteProject(dir);
+        // To compare two builds on this project by hand: SUPERQUANT_GOLDEN_PROJECT=folder keeps a copy of it there.
+        if (Environment.GetEnvironmentVariable("SUPERQUANT_GOLDEN_PROJECT") is { Length: > 0 } keep && !Directory.Exists(keep))
+            CopyFolder(dir.Path, keep);
         var r = CliRunner.Run("gate", "--manifest", dir.File("quantize.yaml"), "--report-dir", dir.File("obj"));
         Assert.AreEqual(0, r.ExitCode, r.Output);
         var actual = Directory.GetFiles(dir.File("models")).OrderBy(f => f, StringComparer.Ordinal)
@@ -60,6 +63,13 @@ public sealed class GoldenBytesTests
             Assert.AreEqual(hash, got, $"{file}: bytes changed\n{listing}");
         }
         CollectionAssert.AreEquivalent(expected.Keys.ToList(), actual.Keys.ToList());
+    }
+
+    static void CopyFolder(string from, string to)
+    {
+        foreach (string d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(Path.Combine(to, Path.GetRelativePath(from, d)));
+        Directory.CreateDirectory(to);
+        foreach (string f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, Path.Combine(to, Path.GetRelativePath(from, f)));
     }
 
     /// <summary>SHA-256 of stories260K's float32 logits on 24 fixed tokens from our forward pass.</summary>
