@@ -43,6 +43,19 @@ public sealed class LlamaLayerWeights : IDisposable
 
     Tensor?[] All => new[] { AttnNorm, Wq, Wk, Wv, Wo, Bq, Bk, Bv, QNorm, KNorm, AttnPostNorm, FfnNorm, WGate, WUp, WDown, FfnPostNorm };
 
+    /// <summary>This block's weight matrix for <paramref name="p"/> (an output head is not a block's).</summary>
+    public Tensor Matrix(Projection p) => p switch
+    {
+        Projection.Q => Wq,
+        Projection.K => Wk,
+        Projection.V => Wv,
+        Projection.O => Wo,
+        Projection.Gate => WGate,
+        Projection.Up => WUp,
+        Projection.Down => WDown,
+        _ => throw new ArgumentOutOfRangeException(nameof(p)),
+    };
+
     public void Dispose()
     {
         foreach (var t in All) t?.Dispose();
@@ -112,7 +125,7 @@ public sealed class LlamaWeights : IDisposable
             using (torch.inference_mode(false)) loaded = Source.Load(l).DetachFromDisposeScopes();
             using (torch.no_grad())
                 foreach (var ((layer, p, row, col), value) in _edits)
-                    if (layer == l) { using var v = torch.tensor(value, device: loaded.Wq.device); Matrix(loaded, p)[row, col] = v; }
+                    if (layer == l) { using var v = torch.tensor(value, device: loaded.Wq.device); loaded.Matrix(p)[row, col] = v; }
 
             _resident = loaded; _residentIndex = l;
         }
@@ -134,7 +147,7 @@ public sealed class LlamaWeights : IDisposable
         if (IsStreamed) _edits[(site.Layer, site.Projection, row, col)] = value;
         if (IsStreamed && _residentIndex != site.Layer) return;
         using var _ = torch.no_grad();
-        var m = Matrix(Layer(site.Layer), site.Projection);
+        var m = Layer(site.Layer).Matrix(site.Projection);
         using var v = torch.tensor(value, device: m.device);
         m[row, col] = v;
     }
@@ -146,17 +159,6 @@ public sealed class LlamaWeights : IDisposable
         return f.item<float>();
     }
 
-    static Tensor Matrix(LlamaLayerWeights w, Projection p) => p switch
-    {
-        Projection.Q => w.Wq,
-        Projection.K => w.Wk,
-        Projection.V => w.Wv,
-        Projection.O => w.Wo,
-        Projection.Gate => w.WGate,
-        Projection.Up => w.WUp,
-        Projection.Down => w.WDown,
-        _ => throw new ArgumentOutOfRangeException(nameof(p)),
-    };
 
     public Tensor OutputWeight => LmHead ?? TokenEmbedding;
 
@@ -177,7 +179,7 @@ public sealed class LlamaWeights : IDisposable
         get
         {
             if (site.Projection == Projection.LmHead) return OutputWeight;
-            return Matrix(Layer(site.Layer), site.Projection);
+            return Layer(site.Layer).Matrix(site.Projection);
         }
         set
         {

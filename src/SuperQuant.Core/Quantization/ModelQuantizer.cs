@@ -181,16 +181,7 @@ public static class ModelQuantizer
         {
             foreach (var p in new[] { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down })
             {
-                Tensor original = p switch
-                {
-                    Projection.Q => layer.Wq,
-                    Projection.K => layer.Wk,
-                    Projection.V => layer.Wv,
-                    Projection.O => layer.Wo,
-                    Projection.Gate => layer.WGate,
-                    Projection.Up => layer.WUp,
-                    _ => layer.WDown,
-                };
+                Tensor original = layer.Matrix(p);
                 result[new LinearSite(l, p)] = QuantizeMatrix(original, new LinearSite(l, p), o, z, superWeights);
             }
             return result;

@@ -38,16 +38,7 @@ public static class NonFiniteCheck
         foreach (var p2 in new[] { Projection.Q, Projection.K, Projection.V, Projection.O, Projection.Gate, Projection.Up, Projection.Down })
         {
             var site = new LinearSite(l, p2);
-            Check(site.WeightName, p2 switch
-            {
-                Projection.Q => w.Wq,
-                Projection.K => w.Wk,
-                Projection.V => w.Wv,
-                Projection.O => w.Wo,
-                Projection.Gate => w.WGate,
-                Projection.Up => w.WUp,
-                _ => w.WDown,
-            }, source);
+            Check(site.WeightName, w.Matrix(p2), source);
         }
     }
 

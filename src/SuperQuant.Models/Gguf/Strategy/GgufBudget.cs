@@ -301,17 +301,7 @@ public static class GgufBudget
             yield return (new LinearSite(s.Layer, Projection.Up), layer.WUp);
             yield break;
         }
-        yield return (s, s.Projection switch
-        {
-            Projection.Q => layer.Wq,
-            Projection.K => layer.Wk,
-            Projection.V => layer.Wv,
-            Projection.O => layer.Wo,
-            Projection.Gate => layer.WGate,
-            Projection.Up => layer.WUp,
-            Projection.Down => layer.WDown,
-            _ => throw new ArgumentOutOfRangeException(nameof(t)),
-        });
+        yield return (s, layer.Matrix(s.Projection));
     }
 
     /// <summary>Adds x dW^T to the outputs of the chosen linear layers, and dE[token] to the token embeddings.</summary>
