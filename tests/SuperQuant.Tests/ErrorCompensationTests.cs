@@ -183,6 +183,32 @@ public sealed class ErrorCompensationTests
         return total;
     }
 
+    /// <summary>The fast path (each row swept on its own thread, <see cref="Gptq.Quantize"/>) writes exactly the bytes of
+    /// the readable column-by-column form (<see cref="Gptq.QuantizeReference"/>), with and without importance, over
+    /// several lazy-update chunks, with an all-zero block (a zero step keeps the search's codes) and a constant one.</summary>
+    [TestMethod]
+    [DynamicData(nameof(GridTypes))]
+    public void FastPathWritesTheReferenceBytes(GgmlType type)
+    {
+        const int rows = 7, n = 1024;
+        var f = GgmlFormat.Of(type);
+        float[] w = GgmlFormatTests.TestMatrix(41, rows, n);
+        Array.Clear(w, 2 * n + 256, 256);                        // a zero block in row 2
+        Array.Fill(w, 0.25f, 4 * n + 512, 256);                  // a constant block in row 4
+        var (H, h) = Correlated(n, 1536, 5);
+        using var _ = h;
+        float[] importance = Enumerable.Range(0, n).Select(j => (float)H[j, j]).ToArray();
+        using Tensor u = Gptq.Prepare(h);
+        foreach (float[] imp in new[] { importance, Array.Empty<float>() })
+        {
+            byte[] fast = new byte[f.RowBytes(n) * rows], reference = new byte[fast.Length];
+            Gptq.Quantize(f, w, n, u, imp, fast);
+            Gptq.QuantizeReference(f, w, n, u, imp, reference);
+            int first = fast.AsSpan().CommonPrefixLength(reference);
+            Assert.AreEqual(reference.Length, first, $"{type} (importance {imp.Length > 0}): bytes differ from byte {first} (row {first / f.RowBytes(n)})");
+        }
+    }
+
     /// <summary>The lazily batched float32 GPTQ writes the codes a textbook per-row double-precision GPTQ chooses (up to
     /// ties that float rounding breaks the other way; in the k-quants a changed value can move a whole block's scale
     /// search, so 90 % equal weights and the same output error within 2 %), and on correlated inputs its layer-output error is far

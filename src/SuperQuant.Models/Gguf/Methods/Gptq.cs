@@ -49,11 +49,21 @@ public static class Gptq
 
     /// <summary>Quantizes rows of <paramref name="rowLength"/> into <paramref name="output"/> (format bytes).
     /// <paramref name="u"/> comes from <see cref="Prepare"/>; <paramref name="importance"/> (or empty) steers each
-    /// block's scale search.</summary>
+    /// block's scale search. The fast path: each row swept on its own (rows are independent given U), with the same
+    /// float32 operations in the same order as <see cref="QuantizeReference"/>, so the bytes are the same.</summary>
     public static void Quantize(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance, Span<byte> output)
     {
         if (format.Lattice is not null) { QuantizeLattice(format, rows, rowLength, u, importance, output); return; }
         if (format.Levels == 0) throw new ArgumentException($"{format.Type} has no code grid");
+        QuantizeByRow(format, rows, rowLength, u, importance, output);
+    }
+
+    /// <summary>The readable form of GPTQ on a scalar grid, kept as the specification the fast path is tested against:
+    /// column by column over all rows at once, with tensor operations.</summary>
+    public static void QuantizeReference(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance,
+        Span<byte> output)
+    {
+        if (format.Levels == 0 || format.Lattice is not null) throw new ArgumentException($"{format.Type} has no scalar code grid");
         int C = checked((int)rowLength), n = rows.Length / C, B = format.BlockSize, blockBytes = format.BlockBytes;
         long rowBytes = format.RowBytes(C);
         if (C % B != 0 || rows.Length != (long)n * C || output.Length != n * rowBytes || u.shape[0] != C) throw new ArgumentException("shapes do not match");
@@ -125,6 +135,99 @@ public static class Gptq
             if (ce < C)
                 wt.narrow(0, ce, C - ce).sub_(u.narrow(0, cs, ce - cs).narrow(1, ce, C - ce).t().matmul(errors));
             errors.Dispose();
+        }
+    }
+
+    /// <summary>The fast path of <see cref="QuantizeReference"/>. Rows are independent given U, so each row is swept by
+    /// one thread through a chunk of columns: its blocks' scale searches, codes and error pushes all in contiguous
+    /// memory, with the reference's float32 operations in the reference's order (no fused multiply-add). The chunk's
+    /// errors then reach the later columns as one matrix product taken in the reference's operand layout
+    /// (Uᵀ · errors, [later columns, rows]), so the bytes equal the reference's.</summary>
+    static unsafe void QuantizeByRow(GgmlFormat format, ReadOnlySpan<float> rows, long rowLength, Tensor u, ReadOnlySpan<float> importance,
+        Span<byte> output)
+    {
+        int C = checked((int)rowLength), n = rows.Length / C, B = format.BlockSize, blockBytes = format.BlockBytes;
+        long rowBytes = format.RowBytes(C);
+        if (C % B != 0 || rows.Length != (long)n * C || output.Length != n * rowBytes || u.shape[0] != C) throw new ArgumentException("shapes do not match");
+        float shift = format.CodeShift, top = format.Levels - 1, bottom = format.LowestCode;
+        // A non-linear grid (IQ4): the code whose value is nearest, on the value table.
+        float[]? table = format.EvenGrid ? null : Enumerable.Range(0, format.Levels).Select(format.CodeValue).ToArray();
+        int chunk = Math.Max(B, 128 / B * B);
+        float[] imp = importance.IsEmpty ? Array.Empty<float>() : importance.ToArray();
+        using var scope = torch.NewDisposeScope();
+        Tensor w = torch.tensor(rows.ToArray(), new long[] { n, C }); // host: [rows, C], a row is contiguous
+        Tensor uh = u.to_type(ScalarType.Float32).cpu().contiguous();
+        Tensor errors = torch.empty(n, chunk); // host
+        var written = new byte[n * rowBytes];
+        nint wAt, uAt, eAt;
+        fixed (byte* wp = w.bytes, up = uh.bytes, ep = errors.bytes) { wAt = (nint)wp; uAt = (nint)up; eAt = (nint)ep; } // native memory: no pinning needed
+        for (int cs = 0; cs < C; cs += chunk)
+        {
+            int ce = Math.Min(C, cs + chunk), from = cs;
+            Parallel.For(0, n, r =>
+            {
+                fixed (byte* bp = written)
+                    SweepRow(format, table, shift, bottom, top, imp, (float*)wAt + (long)r * C, (float*)uAt, C, (float*)eAt + (long)r * chunk,
+                        new Span<byte>(bp + r * rowBytes, (int)rowBytes), from, ce);
+            });
+            if (ce < C)
+            {
+                using var update = torch.NewDisposeScope();
+                Tensor e = errors.narrow(1, 0, ce - cs).t().contiguous(); // [chunk, rows], as the reference holds them
+                w.narrow(1, ce, C - ce).sub_(uh.narrow(0, cs, ce - cs).narrow(1, ce, C - ce).t().matmul(e).t());
+            }
+        }
+        written.CopyTo(output);
+    }
+
+    /// <summary>One row of <see cref="QuantizeByRow"/> through the columns [cs, ce): per block, the scales from the
+    /// format's own search on the values as updated so far, then per column the code on that grid, its error divided by
+    /// U's diagonal, pushed onto the chunk's later columns.</summary>
+    static unsafe void SweepRow(GgmlFormat format, float[]? table, float shift, float bottom, float top, float[] imp, float* w, float* u, int C,
+        float* errors, Span<byte> row, int cs, int ce)
+    {
+        int B = format.BlockSize, blockBytes = format.BlockBytes, lanes = System.Numerics.Vector<float>.Count;
+        Span<float> scale = stackalloc float[B], min = stackalloc float[B];
+        Span<byte> first = stackalloc byte[B], codes = stackalloc byte[B];
+        for (int b0 = cs; b0 < ce; b0 += B)
+        {
+            var block = row.Slice(b0 / B * blockBytes, blockBytes);
+            format.QuantizeRow(new ReadOnlySpan<float>(w + b0, B), block, imp.Length == 0 ? ReadOnlySpan<float>.Empty : imp.AsSpan(b0, B));
+            format.ReadGrid(block, scale, min);
+            format.ReadCodes(block, first);
+            for (int j = 0; j < B; j++)
+            {
+                int c = b0 + j;
+                float s = scale[j], m = min[j], x = w[c], q, wq;
+                if (table is null)
+                {
+                    q = s == 0 ? first[j] : Math.Clamp(MathF.Round((x + m) / s) - shift, bottom, top); // a zero step: keep the search's code
+                    wq = s * (q + shift) - m;
+                }
+                else
+                {
+                    float target = (x + m) / s;
+                    int best = 0;
+                    float nearest = MathF.Abs(target - table[0]);
+                    for (int k = 1; k < table.Length; k++)
+                    {
+                        float d = MathF.Abs(target - table[k]);
+                        if (d < nearest) { nearest = d; best = k; }
+                    }
+                    q = s == 0 ? first[j] : best;
+                    wq = s * table[(int)q] - m;
+                }
+                float err = (x - wq) / u[(long)c * C + c];
+                float* uc = u + (long)c * C;
+                int i = c + 1;
+                var ev = new System.Numerics.Vector<float>(err);
+                for (; i + lanes <= ce; i += lanes)
+                    System.Numerics.Vector.Store(System.Numerics.Vector.Load(w + i) - System.Numerics.Vector.Load(uc + i) * ev, w + i);
+                for (; i < ce; i++) w[i] -= uc[i] * err;
+                errors[c - cs] = err;
+                codes[j] = (byte)q;
+            }
+            format.WriteCodes(block, codes);
         }
     }
 
