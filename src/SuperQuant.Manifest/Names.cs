@@ -85,6 +85,19 @@ public enum MemoryMode
     Layers,
 }
 
+/// <summary>How the super-aware GGUF export decides what ships.</summary>
+public enum GgufChoice
+{
+    /// <summary>The held-out choice up to <c>SuperAwareGguf.HeldOutChoiceMaxParameters</c>, one build above it.</summary>
+    Auto,
+    /// <summary>Four candidate files, each built from one calibration half and measured by llama.cpp on the other; the
+    /// best rebuilt from all of it (about eight builds and eight llama.cpp runs).</summary>
+    HeldOut,
+    /// <summary>One build: per row the lowest layer-output error among llama.cpp's rows, importance-weighted rows and
+    /// GPTQ's, with the calibration inputs read back one matrix group at a time.</summary>
+    OneBuild,
+}
+
 /// <summary>The single name table for methods and GGUF file types: CLI parsing, the manifest reader, artifact metadata
 /// and the JSON schema (tested to list exactly these) all read it.</summary>
 public static class Names
@@ -110,6 +123,8 @@ public static class Names
 
     static readonly (WeightVariant Variant, string Name)[] VariantTable = { (WeightVariant.Packed, "packed"), (WeightVariant.Paper, "paper") };
     static readonly (MemoryMode Mode, string Name)[] MemoryTable = { (MemoryMode.Auto, "auto"), (MemoryMode.Model, "model"), (MemoryMode.Layers, "layers") };
+    static readonly (GgufChoice Choice, string Name)[] ChoiceTable =
+        { (GgufChoice.Auto, "auto"), (GgufChoice.HeldOut, "held-out"), (GgufChoice.OneBuild, "one-build") };
     /// <summary>The reference code's clip_method names.</summary>
     static readonly (ClipMethod Method, string Name)[] ClipTable =
     {
@@ -126,6 +141,8 @@ public static class Names
     public static IReadOnlyList<string> VariantNames { get; } = VariantTable.Select(v => v.Name).ToArray();
     /// <summary>The manifest's top-level memory: whole model, one decoder block at a time, or chosen by size.</summary>
     public static IReadOnlyList<string> MemoryNames { get; } = MemoryTable.Select(m => m.Name).ToArray();
+    /// <summary>How the super-aware GGUF export chooses what ships (<see cref="GgufChoice"/>).</summary>
+    public static IReadOnlyList<string> GgufChoiceNames { get; } = ChoiceTable.Select(c => c.Name).ToArray();
     /// <summary>Clip methods with the reference code's names (its clip_method); all but zscore/no need variant paper.</summary>
     public static IReadOnlyList<string> ClipNames { get; } = ClipTable.Select(c => c.Name).ToArray();
     /// <summary>Quantization levels: integers, the reference's shifted grid (scale_shift), normal-float poles (use_normal_float).</summary>
@@ -138,6 +155,7 @@ public static class Names
 
     public static WeightVariant ParseVariant(string s) => Parse(VariantTable, s, "variant");
     public static MemoryMode ParseMemory(string s) => Parse(MemoryTable, s, "memory");
+    public static GgufChoice ParseGgufChoice(string s) => Parse(ChoiceTable, s, "GGUF choice");
     public static ClipMethod ParseClip(string s) => Parse(ClipTable, s, "clip method");
     public static LevelKind ParseLevels(string s) => Parse(LevelTable, s, "levels");
 

@@ -34,6 +34,8 @@ public sealed record PipelineOptions
     public bool RaiseSuperWeightTensors { get; init; }
     /// <summary>Whole model in memory, or one decoder block at a time (<see cref="MemoryMode"/>).</summary>
     public MemoryMode Memory { get; init; } = MemoryMode.Auto;
+    /// <summary>How the super-aware GGUF export decides what ships (<see cref="GgufChoice"/>).</summary>
+    public GgufChoice GgufChoice { get; init; } = GgufChoice.Auto;
 }
 
 /// <summary>An artifact as written to its staging file and measured from there.</summary>

@@ -121,6 +121,13 @@ public static class QuantizeCommand
             Description = "super-aware GGUF: write the ffn_down matrices holding super weights one " +
             "type higher (a little larger file)"
         };
+        var choice = new Option<string>("--gguf-choice")
+        {
+            Description = "super-aware GGUF: auto (held-out up to 300M parameters, else one-build), held-out (candidate files built on one " +
+            "calibration half and measured by llama.cpp on the other; about 8 builds) or one-build (per row the lowest layer-output error " +
+            "among llama.cpp's, importance-weighted and GPTQ rows; one build)",
+            DefaultValueFactory = _ => "auto",
+        }.AcceptOnlyFromAmong(Names.GgufChoiceNames.ToArray());
         var evalTokens = new Option<string?>("--eval-tokens")
         {
             Description = "after quantizing, measure every artifact against the original on this " +
@@ -142,7 +149,7 @@ public static class QuantizeCommand
             "loads it.\n" + ExitCodes.HelpText)
         {
             model, method, bits, activationBits, actScale, actQuantizer, superActivation, block, variant, clip, levels, z, calibText, calibTokens,
-                output, gguf, ggufType, ggufTarget, raise, evalTokens, evalText, context, prompt, promptTokens, threads, json, device, memory,
+                output, gguf, ggufType, ggufTarget, raise, choice, evalTokens, evalText, context, prompt, promptTokens, threads, json, device, memory,
         };
         cmd.Validators.Add(r =>
         {
@@ -198,6 +205,7 @@ public static class QuantizeCommand
             {
                 Device = CliSupport.ResolveDevice(r.GetValue(device), asJson), Log = log, Cancel = CliSupport.Cancellation,
                 Threads = r.GetValue(threads), RaiseSuperWeightTensors = r.GetValue(raise), Memory = Names.ParseMemory(r.GetValue(memory) ?? "auto"),
+                GgufChoice = Names.ParseGgufChoice(r.GetValue(choice)!),
             });
             foreach (var a in result.Artifacts) a.File.Promote(); // no gate here: the user asked for these files
             if (result.ZSearch.Count > 0 && !asJson)

@@ -18,13 +18,15 @@ public sealed class ImportanceRecorder : IForwardHooks
     readonly Dictionary<LinearSite, (Tensor Sum, long Count)> _sums = new();
     readonly Dictionary<LinearSite, Tensor> _gram = new();
     readonly bool _covariance;
+    readonly int _skipFirst;
 
-    ImportanceRecorder(bool covariance) { _covariance = covariance; }
+    ImportanceRecorder(bool covariance, int skipFirst = 0) { _covariance = covariance; _skipFirst = skipFirst; }
 
     public Tensor OnLinearInput(LinearSite site, Tensor input)
     {
         using var _ = torch.no_grad();
-        Tensor x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float64);
+        Tensor kept = _skipFirst > 0 && input.dim() == 3 && input.shape[1] > _skipFirst ? input.narrow(1, _skipFirst, input.shape[1] - _skipFirst) : input;
+        Tensor x = kept.reshape(-1, input.shape[^1]).to(ScalarType.Float64);
         Tensor s = x.pow(2).sum(new long[] { 0 }).cpu(); // not sum(0): TorchSharp binds that 0 to a dtype
         if (_sums.TryGetValue(site, out var acc))
         {
@@ -69,9 +71,10 @@ public sealed class ImportanceRecorder : IForwardHooks
         return result;
     }
 
-    static ImportanceRecorder Run(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens, CancellationToken cancel, bool covariance)
+    static ImportanceRecorder Run(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens, CancellationToken cancel, bool covariance,
+        int skipFirst = 0)
     {
-        var rec = new ImportanceRecorder(covariance);
+        var rec = new ImportanceRecorder(covariance, skipFirst);
         IForwardHooks? previous = model.Hooks;
         model.Hooks = rec;
         try
@@ -92,11 +95,13 @@ public sealed class ImportanceRecorder : IForwardHooks
     }
 
     /// <summary>Runs <paramref name="model"/> over <paramref name="tokens"/> in windows of its context (at most
-    /// <paramref name="maxTokens"/> tokens) and returns the per-column mean squares of every linear input.</summary>
+    /// <paramref name="maxTokens"/> tokens) and returns the per-column mean squares of every linear input.
+    /// <paramref name="skipFirstPositions"/> leaves each window's first positions out of the means (the attention-sink
+    /// position carries the massive activations; docs/gguf.md, "Why an imatrix can make llama.cpp worse").</summary>
     public static Dictionary<LinearSite, float[]> Record(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens = 1 << 16,
-        CancellationToken cancel = default)
+        CancellationToken cancel = default, int skipFirstPositions = 0)
     {
-        var rec = Run(model, tokens, context, maxTokens, cancel, covariance: false);
+        var rec = Run(model, tokens, context, maxTokens, cancel, covariance: false, skipFirstPositions);
         var result = new Dictionary<LinearSite, float[]>();
         foreach (var (site, (sum, count)) in rec._sums)
         {

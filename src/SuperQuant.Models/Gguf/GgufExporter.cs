@@ -31,14 +31,15 @@ public static class GgufExporter
             throw new SuperQuantException(ErrorCodes.InvalidArgument, $"the vocabulary has {export.Vocabulary.Tokens.Count} tokens, the model {c.VocabSize}");
         var tensors = GgufTensorLayout.Of(model);
         var types = GgufTensorTypes.Plan(c, tensors, export);
-        // GPTQ's factor of each H, computed once per file: q/k/v share one H, gate/up another.
-        var factors = new Dictionary<Tensor, Tensor?>(ReferenceEqualityComparer.Instance);
+        // GPTQ's factor of the last H: q/k/v share one H, gate/up another, each group written in a row, so one held
+        // factor serves the group and memory stays one factor whatever the depth.
+        var factors = new GgufRowQuantizer.FactorCache();
         try
         {
             GgufWriter.Write(path, GgufMetadata.For(c, export), tensors.Select((t, i) =>
                 new GgufWriter.Entry(t.Name, t.Dims, types[i].Type, fs => GgufRowQuantizer.Write(fs, t, types[i].Type, export, factors))).ToList());
         }
-        finally { foreach (var u in factors.Values) u?.Dispose(); }
+        finally { factors.Dispose(); }
         if (model.Weights.IsStreamed) model.Weights.ReleaseResident();
         return new GgufWriteResult(types, new FileInfo(path).Length,
             c.ParameterCount)

@@ -30,7 +30,17 @@ static class GgufStage
             log.Info($"{r.Checkpoint}: warning {ErrorCodes.TokenizerUnsupported}: {r.Id}: the GGUF files carry no vocabulary ({noVocabulary}); " +
                 $"llama.cpp will run them on token ids only");
         CalibrationFolds? folds = null;
-        if (r.Method == QuantMethod.SuperAware && calibration is not null)
+        SpilledInputs? inputs = null;
+        bool oneBuild = SuperAwareGguf.IsOneBuild(o.GgufChoice, c.ParameterCount);
+        if (r.Method == QuantMethod.SuperAware && calibration is not null && oneBuild)
+            using (log.Step("calibrate GGUF"))
+            {
+                // One pass: every input's mean squares, and its rows spilled to disk for H, read back a group at a time.
+                inputs = SpilledInputs.Record(model, calibration, ctx,
+                    Path.Combine(scope.Folder ??= Directory.CreateTempSubdirectory("superquant-run-").FullName, "inputs"), cancel: o.Cancel);
+                scope.Add(inputs);
+            }
+        else if (r.Method == QuantMethod.SuperAware && calibration is not null)
             using (log.Step("calibrate GGUF"))
             {
                 folds = CalibrationFolds.Record(model, calibration, ctx, scope.Folder ??= Directory.CreateTempSubdirectory("superquant-run-").FullName,
@@ -46,7 +56,8 @@ static class GgufStage
         // rtn with an importance-matrix type: one imatrix over the calibration data, as llama-imatrix records
         // it, weighting every row (what llama-quantize --imatrix writes).
         IReadOnlyDictionary<LinearSite, float[]>? imatrix = null;
-        if (r.Ggufs.Any(g => (folds is null && g.Type.NeedsImportance()) || g.Target is not null) && calibration is not null)
+        if (inputs is not null) imatrix = inputs.Importance;
+        else if (r.Ggufs.Any(g => (folds is null && g.Type.NeedsImportance()) || g.Target is not null) && calibration is not null)
             using (log.Step("imatrix"))
                 imatrix = ImportanceRecorder.Record(model, calibration, ctx, cancel: o.Cancel);
         // Size budgets: one sensitivity measurement serves every target of the model.
@@ -77,6 +88,18 @@ static class GgufStage
                     foreach (var t in plan.Tensors) log.Info($"{r.Id}:   {t.Name}: {t.Chosen}");
                     perTensor = "; per tensor: " + string.Join(", ", plan.Tensors.Select(t => $"{t.Name} {t.Chosen}"));
                 }
+                else if (inputs is not null)
+                {
+                    var aware = new SuperAwareGguf
+                    {
+                        Importance = inputs.Importance, Covariance = inputs, SuperWeights = detected.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z),
+                        RaiseSuperWeightTensors = o.RaiseSuperWeightTensors,
+                    };
+                    result = GgufExporter.Write(file.StagingPath, model, aware.OneBuild(g.Type, r.Id, vocabulary, inputs.Rows));
+                    log.Info($"{r.Id}: {g.Kind}: one build ({(o.GgufChoice == GgufChoice.OneBuild ? "asked for" : $"{c.ParameterCount / 1e6:F0}M " +
+                        $"parameters, over the held-out choice's {SuperAwareGguf.HeldOutChoiceMaxParameters / 1e6:F0}M")}): per row the lowest " +
+                        "layer-output error among llama.cpp's, importance-weighted and error-compensated rows");
+                }
                 else if (folds is not null)
                 {
                     (result, string choice) = folds.WriteBest(file.StagingPath, model, g.Type, r.Id, vocabulary, o.Threads, o.Cancel,
@@ -102,6 +125,7 @@ static class GgufStage
                 written.Add(new WrittenArtifact(g, file, layout, result.BitsPerWeight));
             }
         folds?.Dispose(); // the covariances are large: released before the packed path
+        inputs?.Dispose(); // the spilled rows are deleted
         return written;
     }
 

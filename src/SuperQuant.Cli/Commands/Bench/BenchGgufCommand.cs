@@ -139,9 +139,18 @@ public static class BenchGgufCommand
             ZCandidates = SuperAwareGguf.ZFor(z)
         });
         double importanceSeconds = clock.Elapsed.TotalSeconds;
+        // Why an imatrix can hurt (docs/gguf.md): the first position of each window (BOS, the attention sink) carries
+        // massive activations that dominate a few columns' mean squares. The same imatrix without those positions:
+        var imatrixNoFirst = ImportanceRecorder.Record(model, calibration, ctx, skipFirstPositions: 1);
+        Console.WriteLine($"imatrix, largest column mean square / median column (top 4 matrices): {Dominance(folds.Full.Importance!)}; " +
+            $"each window's first position left out: {Dominance(imatrixNoFirst)}");
         Console.WriteLine($"super weights: " +
             $"{(detection.Found ? string.Join(", ", detection.SuperWeights.Select(s => $"({s.Layer}, {s.Row}, {s.Column})")) : "none found")}; " +
             $"statistics and held-out references {importanceSeconds:F2} s");
+        // The one-build export (what models over the held-out choice's size get): all the calibration inputs, spilled.
+        clock.Restart();
+        using var spilled = SpilledInputs.Record(model, calibration, ctx, Path.Combine(temp, "inputs"));
+        double spillSeconds = clock.Elapsed.TotalSeconds;
         // Size budgets: one sensitivity measurement on the same calibration statistics serves every type's size.
         clock.Restart();
         var imatrix = folds.Full.Importance!;
@@ -195,6 +204,13 @@ public static class BenchGgufCommand
                     scores.Count > 0 ? $"held-out KLD {scores[i].HeldOutKl:F6} (reference rows {scores[0].HeldOutKl:F6})" : null);
                 if (i == best) shipped = measured;
             }
+            string oneBuildPath = Path.Combine(temp, $"onebuild.{type.Name()}.gguf");
+            clock.Restart();
+            GgufExporter.Write(oneBuildPath, model, new SuperAwareGguf
+            {
+                Importance = spilled.Importance, Covariance = spilled, SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z),
+            }.OneBuild(type, "bench", null, spilled.Rows));
+            Evaluate("", oneBuildPath, clock.Elapsed.TotalSeconds + spillSeconds, "super-aware: one build (no held-out)");
             // The shipped file against llama.cpp's (our reference rows are its bytes; where it refuses the type, ours):
             // the KLD difference token by token, with its paired standard error.
             var delta = shipped!.KlDifferenceFrom(baseline);
@@ -221,6 +237,9 @@ public static class BenchGgufCommand
                 ImatrixRows = true
             });
             Evaluate("", imatrixPath, clock.Elapsed.TotalSeconds + importanceSeconds, "llama.cpp rows + imatrix");
+            string noFirstPath = Path.Combine(temp, $"imatrix-nofirst.{type.Name()}.gguf");
+            GgufExporter.Write(noFirstPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrixNoFirst, ImatrixRows = true });
+            Evaluate("", noFirstPath, 0, "  imatrix without first positions");
             string budgetPath = Path.Combine(temp, $"budget.{type.Name()}.gguf");
             clock.Restart();
             var (budgeted, _) = GgufBudget.Write(budgetPath, model, new GgufTarget(imatrixFile.FileBytes, null), sensitivity, imatrix, "bench", null, ctx);
@@ -239,6 +258,18 @@ public static class BenchGgufCommand
             return d;
         }
     }
+
+    /// <summary>The matrices whose imatrix is most dominated by one column: largest mean square over the median, and
+    /// which column.</summary>
+    static string Dominance(IReadOnlyDictionary<LinearSite, float[]> imatrix) => string.Join(", ", imatrix
+        .Select(kv =>
+        {
+            float[] sorted = kv.Value.Order().ToArray();
+            float max = sorted[^1];
+            return (Site: kv.Key, Ratio: max / Math.Max(sorted[sorted.Length / 2], float.Epsilon), Column: Array.IndexOf(kv.Value, max));
+        })
+        .OrderByDescending(x => x.Ratio).Take(4)
+        .Select(x => $"{(x.Site.Layer < 0 ? "" : $"blk.{x.Site.Layer}.")}{x.Site.Projection} {x.Ratio:G3} (column {x.Column})"));
 
     /// <summary>Text sampled from the model itself at temperature 1: up to 1,024 tokens one sequence, more a sequence per
     /// context window (so a window never spans two samples), seeds firstSeed, firstSeed + 2, ...: calibration takes the

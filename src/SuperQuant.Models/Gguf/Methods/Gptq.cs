@@ -24,25 +24,27 @@ public static class Gptq
     public static Tensor Prepare(Tensor h, double damping = DefaultDamping) =>
         TryPrepare(h, damping) ?? throw new ArgumentException("the second moment is not finite or not positive semi-definite", nameof(h));
 
-    /// <summary><see cref="Prepare"/>, or null when H has non-finite entries or its damped inverse has no Cholesky
-    /// factor (numerically not positive definite): then there is no error-compensated candidate for that matrix.</summary>
+    /// <summary><see cref="Prepare"/>, or null when H has non-finite entries or its damped form has no Cholesky factor
+    /// (numerically not positive definite): then there is no error-compensated candidate for that matrix.
+    /// In float32 through Cholesky factors, as GPTQ's own code does (cholesky, cholesky_inverse, cholesky): measured
+    /// 7x faster than a float64 general inverse at width 5,632 (the time of one 1B model's FFN input), and the damping
+    /// bounds the condition number to about 100 times the width.</summary>
     public static Tensor? TryPrepare(Tensor h, double damping = DefaultDamping)
     {
         using var scope = torch.NewDisposeScope();
-        Tensor H = h.to_type(ScalarType.Float64).cpu().clone(); // host: the rows are host memory
+        Tensor H = h.to_type(ScalarType.Float32).cpu().clone(); // host: the rows are host memory
         if (!H.isfinite().all().item<bool>()) return null;
         Tensor diag = H.diagonal();
         Tensor dead = diag <= 0;
-        H.add_(torch.diag(dead.to_type(ScalarType.Float64)));
-        H.add_(torch.eye(H.shape[0], dtype: ScalarType.Float64, device: H.device) * (damping * diag.mean().item<double>()));
+        H.add_(torch.diag(dead.to_type(ScalarType.Float32)));
+        H.add_(torch.eye(H.shape[0], dtype: ScalarType.Float32, device: H.device) * (damping * diag.mean().item<float>()));
         Tensor u;
         try
         {
-            Tensor inverse = torch.linalg.inv(H);
-            inverse = (inverse + inverse.t()) / 2;
-            u = torch.linalg.cholesky(inverse).t().contiguous().to_type(ScalarType.Float32);
+            Tensor inverse = torch.linalg.cholesky(H).cholesky_inverse();
+            u = torch.linalg.cholesky(inverse).t().contiguous();
         }
-        // libtorch: singular or not positive definite
+        // libtorch: not positive definite
         catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException) { return null; }
         return u.isfinite().all().item<bool>() && (u.diagonal() > 0).all().item<bool>() ? u.MoveToOuterDisposeScope() : null;
     }

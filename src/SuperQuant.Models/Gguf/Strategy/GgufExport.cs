@@ -32,6 +32,10 @@ public sealed record GgufExport
     /// are compared by the layer-output error dw H dw^T (cross-channel terms included) instead of the diagonal
     /// sum_j imp_j dw_j^2.</summary>
     public IReadOnlyDictionary<LinearSite, Tensor>? Covariance { get; init; }
+    /// <summary>Per linear layer, X/√n [tokens, columns] of its calibration inputs when there are fewer tokens than
+    /// columns (null otherwise): the layer-output error of a row change Δw is then ‖Δw Xᵀ‖²/n, at tokens × columns per
+    /// row instead of columns² (<see cref="Covariance"/>'s Δw H Δwᵀ, the same number).</summary>
+    public Func<LinearSite, Tensor?>? InputRows { get; init; }
     /// <summary>With <see cref="Covariance"/>: also a GPTQ candidate per row (<see cref="Gptq"/>:
     /// codes chosen column by column with each rounding error compensated on the later columns through H⁻¹), compared
     /// with the others by the same layer-output error.</summary>

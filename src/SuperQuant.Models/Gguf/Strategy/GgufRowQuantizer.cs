@@ -13,7 +13,23 @@ namespace SuperQuant.Models.Gguf;
 public static class GgufRowQuantizer
 {
     /// <summary>Quantizes one tensor a slab of rows at a time, straight from its float32 memory, into the stream.</summary>
-    public static unsafe void Write(Stream fs, GgufTensor t, GgmlType type, GgufExport export, Dictionary<Tensor, Tensor?> factors)
+    /// <summary>GPTQ's factor of the most recent H (by reference), or null when H has none.</summary>
+    public sealed class FactorCache : IDisposable
+    {
+        Tensor? _h, _u;
+
+        public Tensor? For(Tensor h)
+        {
+            if (ReferenceEquals(h, _h)) return _u;
+            _u?.Dispose();
+            _h = h;
+            return _u = Gptq.TryPrepare(h)?.DetachFromDisposeScope();
+        }
+
+        public void Dispose() { _u?.Dispose(); _u = null; _h = null; }
+    }
+
+    public static unsafe void Write(Stream fs, GgufTensor t, GgmlType type, GgufExport export, FactorCache factors)
     {
         using var scope = torch.NewDisposeScope();
         Tensor data = t.Values();
@@ -30,6 +46,7 @@ public static class GgufRowQuantizer
         var candidates = new List<(Tensor Values, float[]? Importance)> { (data, referenceWeighted ? importance : null) };
         Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
         Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
+        Tensor? inputRows = h is not null && t.Site is LinearSite rs ? export.InputRows?.Invoke(rs) : null;
         if (choose)
         {
             if (format.UsesImportance && !referenceWeighted) candidates.Add((data, importance));
@@ -40,8 +57,7 @@ public static class GgufRowQuantizer
             }
             if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
             {
-                if (!factors.TryGetValue(h, out compensation))
-                    factors[h] = compensation = Gptq.TryPrepare(h)?.DetachFromDisposeScope();
+                compensation = factors.For(h);
                 if (compensation is not null) candidates.Add((data, format.UsesImportance ? importance : null));
             }
         }
@@ -64,7 +80,7 @@ public static class GgufRowQuantizer
                     GgmlQuants.Quantize(type, values, rowLength, buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
             }
             if (candidates.Count > 1 && h is not null)
-                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h);
+                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h, inputRows);
             else if (candidates.Count > 1)
                 for (long i = 0; i < n; i++)
                 {
@@ -85,9 +101,10 @@ public static class GgufRowQuantizer
     }
 
     /// <summary>Per row, the candidate with the lowest dw H dw^T (the squared layer-output error on the calibration
-    /// inputs) is copied into the first buffer.</summary>
+    /// inputs) is copied into the first buffer; with <paramref name="rows"/> (X/√n, fewer tokens than columns) the same
+    /// number as ‖dw Xᵀ‖²/n.</summary>
     static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength,
-        long rowBytes, Tensor h)
+        long rowBytes, Tensor h, Tensor? rows)
     {
         using var scope = torch.NewDisposeScope();
         h = h.cpu(); // host: the rows being chosen are host bytes
@@ -98,7 +115,7 @@ public static class GgufRowQuantizer
         {
             format.DequantizeRow(buffers[c].AsSpan(0, (int)(n * rowBytes)), decoded);
             Tensor dw = torch.tensor(decoded, new long[] { n, rowLength }) - w;
-            Tensor e = (dw.matmul(h) * dw).sum(new long[] { 1 });
+            Tensor e = rows is null ? (dw.matmul(h) * dw).sum(new long[] { 1 }) : dw.matmul(rows.t()).pow(2).sum(new long[] { 1 });
             if (bestError is null) { bestError = e; best = torch.zeros(n, ScalarType.Int64); continue; }
             Tensor better = e < bestError;
             best = torch.where(better, torch.full(n, c, ScalarType.Int64), best!);
