@@ -23,7 +23,8 @@ public static class GgufExporter
     public static IReadOnlyList<GgufTensorType> PlanTypes(LlamaModel model, GgufExport export)
         => GgufTensorTypes.Plan(model.Config, GgufTensorLayout.Of(model), export);
 
-    public static GgufWriteResult Write(string path, LlamaModel model, GgufExport export)
+    /// <summary>Writes the file; <paramref name="progress"/> hears (tensors written, tensors) as the data goes out.</summary>
+    public static GgufWriteResult Write(string path, LlamaModel model, GgufExport export, Action<int, int>? progress = null)
     {
         LlamaConfig c = model.Config;
         CheckSupported(c);
@@ -36,8 +37,14 @@ public static class GgufExporter
         var factors = new GgufRowQuantizer.FactorCache();
         try
         {
+            int done = 0;
+            progress?.Invoke(0, tensors.Count);
             GgufWriter.Write(path, GgufMetadata.For(c, export), tensors.Select((t, i) =>
-                new GgufWriter.Entry(t.Name, t.Dims, types[i].Type, fs => GgufRowQuantizer.Write(fs, t, types[i].Type, export, factors))).ToList());
+                new GgufWriter.Entry(t.Name, t.Dims, types[i].Type, fs =>
+                {
+                    GgufRowQuantizer.Write(fs, t, types[i].Type, export, factors);
+                    progress?.Invoke(++done, tensors.Count);
+                })).ToList());
         }
         finally { factors.Dispose(); }
         if (model.Weights.IsStreamed) model.Weights.ReleaseResident();

@@ -77,6 +77,17 @@ public static class BenchSupport
         return child.ExitCode;
     }
 
+    /// <summary>The CPU's model name (/proc/cpuinfo), printed beside every benchmark's ratios.</summary>
+    public static string CpuModel()
+    {
+        try
+        {
+            return File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim()
+                ?? "unknown CPU";
+        }
+        catch (IOException) { return "unknown CPU"; }
+    }
+
     /// <summary>Best-of-5 fp32 2048^3 matmul throughput on the CPU, the roofline the forward pass is judged against.</summary>
     public static double MatmulGflops(int size = 2048, int reps = 5)
     {
