@@ -185,7 +185,10 @@ public static class BenchScaleCommand
             try { p.Refresh(); peak = Math.Max(peak, p.PeakWorkingSet64); } catch (InvalidOperationException) { }
         double seconds = sw.Elapsed.TotalSeconds;
         if (p.ExitCode != 0)
-            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{program} exited with {p.ExitCode}: {errors.Result.Split('\n').LastOrDefault(l => l.Length > 0)}");
+        {
+            string last = errors.Result.Split('\n').LastOrDefault(l => l.Length > 0) ?? "";
+            throw new SuperQuantException(ErrorCodes.InvalidArgument, $"{program} exited with {p.ExitCode}: {last}");
+        }
         _ = output.Result;
         return (seconds, peak);
     }
