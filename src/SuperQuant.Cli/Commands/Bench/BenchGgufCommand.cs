@@ -59,11 +59,16 @@ public static class BenchGgufCommand
         }.InRange(16, 1 << 20);
         var context = new Option<int>("--context") { Description = "evaluation window", DefaultValueFactory = _ => 256 }.InRange(8, 1 << 16);
         var z = new Option<double?>("--z") { Description = "super-aware clipping candidate z (default: auto, 6 and 4)" }.InRange(0.5, 100);
+        var byRole = new Option<bool>("--imatrix-by-role")
+        {
+            Description = "also, per type, llama.cpp's imatrix rows on one tensor role at a time (attn_q/k/v, attn_output, ffn_gate/up, " +
+            "ffn_down, output), every other tensor without: which roles the imatrix helps or hurts"
+        };
         var threads = new Option<int?>("--threads") { Description = "threads for llama.cpp and our quantizer (default: one per core)" }.InRange(1, 1024);
         var cmd = new Command("gguf", "GGUF types side by side: our quantizer, our super-aware quantizer and llama.cpp's quantizer from the same F16 " +
             "export, judged by llama.cpp (size, bits/weight, KLD, same top, perplexity, seconds).")
         {
-            model, random, types, calib, calibCount, eval, evalCount, context, z, threads,
+            model, random, types, calib, calibCount, eval, evalCount, context, z, threads, byRole,
         };
         cmd.SetAction(r => CliSupport.Run(() =>
         {
@@ -73,7 +78,7 @@ public static class BenchGgufCommand
             {
                 string ckpt = r.GetValue(model) ?? (r.GetValue(random) ? Random(temp) : Demo(temp));
                 Run(ckpt, typeList, r.GetValue(calib), r.GetValue(calibCount), r.GetValue(eval), r.GetValue(evalCount), r.GetValue(context),
-                    r.GetValue(z), r.GetValue(threads), temp);
+                    r.GetValue(z), r.GetValue(threads), temp, r.GetValue(byRole));
             }
             finally { Directory.Delete(temp, recursive: true); }
             return ExitCodes.Success;
@@ -108,7 +113,7 @@ public static class BenchGgufCommand
     }
 
     static void Run(string ckpt, List<GgufFileType> types, string? calibPath, int calibCount, string? evalPath, int evalCount, int ctx, double? z,
-        int? threads, string temp)
+        int? threads, string temp, bool byRole = false)
     {
         string f16 = Path.Combine(temp, "model.f16.gguf");
         int[] calibration, eval;
@@ -240,6 +245,18 @@ public static class BenchGgufCommand
             string noFirstPath = Path.Combine(temp, $"imatrix-nofirst.{type.Name()}.gguf");
             GgufExporter.Write(noFirstPath, model, new GgufExport { FileType = type, Name = "bench", Importance = imatrixNoFirst, ImatrixRows = true });
             Evaluate("", noFirstPath, 0, "  imatrix without first positions");
+            if (byRole)
+                foreach (var (role, projections) in new[]
+                {
+                    ("q/k/v", new[] { Projection.Q, Projection.K, Projection.V }), ("attn_output", new[] { Projection.O }),
+                    ("gate/up", new[] { Projection.Gate, Projection.Up }), ("ffn_down", new[] { Projection.Down }), ("output", new[] { Projection.LmHead }),
+                })
+                {
+                    string rolePath = Path.Combine(temp, $"imatrix-role.{type.Name()}.gguf");
+                    var only = imatrix.Where(kv => projections.Contains(kv.Key.Projection)).ToDictionary(kv => kv.Key, kv => kv.Value);
+                    GgufExporter.Write(rolePath, model, new GgufExport { FileType = type, Name = "bench", Importance = only, ImatrixRows = true });
+                    Evaluate("", rolePath, 0, $"  imatrix on {role} only");
+                }
             string budgetPath = Path.Combine(temp, $"budget.{type.Name()}.gguf");
             clock.Restart();
             var (budgeted, _) = GgufBudget.Write(budgetPath, model, new GgufTarget(imatrixFile.FileBytes, null), sensitivity, imatrix, "bench", null, ctx);
