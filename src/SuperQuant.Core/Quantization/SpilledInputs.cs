@@ -167,7 +167,8 @@ public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDi
             using var scope = torch.NewDisposeScope();
             int columns = (int)input.shape[^1];
             Tensor x = input.reshape(-1, columns).to_type(ScalarType.Float32).cpu().contiguous();
-            double[] squares = x.to_type(ScalarType.Float64).pow(2).sum(new long[] { 0 }).data<double>().ToArray(); // not sum(0): a dtype
+            // host: x was moved to the CPU above; sum(new long[] { 0 }), not sum(0): TorchSharp binds that 0 to a dtype
+            double[] squares = x.to_type(ScalarType.Float64).pow(2).sum(new long[] { 0 }).data<double>().ToArray();
             if (Sums.TryGetValue(site, out var acc))
             {
                 for (int j = 0; j < columns; j++) acc.Sum[j] += squares[j];
@@ -186,7 +187,7 @@ public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDi
                     Stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20),
                 };
             }
-            spill.Stream.Write(x.bytes[..checked((int)(keep * columns * sizeof(float)))]);
+            spill.Stream.Write(x.bytes[..checked((int)(keep * columns * sizeof(float)))]); // host
             spill.Rows += keep;
             return input;
         }

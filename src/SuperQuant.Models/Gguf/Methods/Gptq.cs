@@ -27,8 +27,8 @@ public static class Gptq
     /// <summary><see cref="Prepare"/>, or null when H has non-finite entries or its damped form has no Cholesky factor
     /// (numerically not positive definite): then there is no error-compensated candidate for that matrix.
     /// In float32 through Cholesky factors, as GPTQ's own code does (cholesky, cholesky_inverse, cholesky): measured
-    /// 7x faster than a float64 general inverse at width 5,632 (the time of one 1B model's FFN input), and the damping
-    /// bounds the condition number to about 100 times the width.</summary>
+    /// 2-3x faster than the float64 general inverse it replaced at widths 2,048-5,632 (a 1B model's inputs), the factors
+    /// equal to 3.4e-5 of their largest entry; the damping bounds the condition number to about 100 times the width.</summary>
     public static Tensor? TryPrepare(Tensor h, double damping = DefaultDamping)
     {
         using var scope = torch.NewDisposeScope();
