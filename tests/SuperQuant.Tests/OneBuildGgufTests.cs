@@ -54,6 +54,25 @@ public sealed class OneBuildGgufTests
         Assert.IsTrue(x.t().matmul(x).allclose(down, rtol: 1e-4, atol: 1e-6));
     }
 
+    /// <summary>Calibration far shorter than the inputs are wide (3 tokens for 64- and 128-wide inputs: every H singular
+    /// but for the damping) and a type whose blocks do not fit the rows (q4_k on 64-wide rows, llama.cpp's fallback):
+    /// the one build still writes a file llama.cpp loads, never an internal error.</summary>
+    [TestMethod]
+    public void TooFewCalibrationTokensStillWriteAFileLlamaCppLoads()
+    {
+        using var dir = new TempFolder();
+        var spec = new TinyModelSpec { Layers = 2, Hidden = 64, Intermediate = 128 };
+        SuperWeightPlanter.WriteCheckpoint(dir.File("ckpt"), spec, 1, 17, 45);
+        SuperQuant.Models.Text.TokenIdFile.Write(dir.File("calib.txt"), new[] { 1, 5, 9 });
+        var r = CliRunner.Run("quantize", "-m", dir.File("ckpt"), "--calibration-tokens", dir.File("calib.txt"), "--gguf-choice", "one-build",
+            "--gguf", dir.File("m.gguf"), "--gguf-type", "q4_k_m", "--eval-tokens", dir.File("calib.txt"), "--context", "16", "--prompt-tokens", "1 2 3",
+            "--device", "cpu", "--json");
+        Assert.AreEqual(0, r.ExitCode, r.Output);
+        var artifact = JsonDocument.Parse(r.StdOut).RootElement.GetProperty("artifacts")[0];
+        Assert.AreEqual("llama.cpp", artifact.GetProperty("engine").GetString());
+        Assert.IsTrue(double.IsFinite(artifact.GetProperty("kl_mean").GetDouble()), r.StdOut);
+    }
+
     /// <summary>On a planted checkpoint with calibration a few times its width, the one-build file beats llama.cpp's own
     /// quantizer's file (from our F16 export) on held-out tokens, both judged by llama.cpp; a streamed run writes the
     /// same bytes as a whole-model run.</summary>
