@@ -36,7 +36,7 @@ public sealed class ImportanceRecorder : IForwardHooks
         }
         else _sums[site] = (s.DetachFromDisposeScope(), x.shape[0]);
         // q/k/v (and gate/up) read the same input: one covariance serves the group, kept under its first member.
-        if (_covariance && x.shape[1] <= MaxCovarianceWidth && site.Projection is not (Projection.K or Projection.V or Projection.Up))
+        if (_covariance && x.shape[1] <= MaxCovarianceWidth && SpilledInputs.Owner(site) == site)
         {
             Tensor g = x.t().matmul(x).cpu();
             if (_gram.TryGetValue(site, out var acc2)) { acc2.add_(g); g.Dispose(); }
@@ -59,13 +59,7 @@ public sealed class ImportanceRecorder : IForwardHooks
             Tensor h = (g / Math.Max(1, n)).to(ScalarType.Float32).DetachFromDisposeScope();
             g.Dispose();
             result[site] = h;
-            var shared = site.Projection switch
-            {
-                Projection.Q => new[] { Projection.K, Projection.V },
-                Projection.Gate => new[] { Projection.Up },
-                _ => Array.Empty<Projection>()
-            };
-            foreach (var p in shared) result[new LinearSite(site.Layer, p)] = h;
+            foreach (var other in SpilledInputs.Sharing(site)) result[other] = h;
         }
         foreach (var (s, _) in rec._sums.Values) s.Dispose();
         return result;
@@ -77,21 +71,28 @@ public sealed class ImportanceRecorder : IForwardHooks
         var rec = new ImportanceRecorder(covariance, skipFirst);
         IForwardHooks? previous = model.Hooks;
         model.Hooks = rec;
-        try
-        {
-            int total = Math.Min(tokens.Count, maxTokens);
-            for (int start = 0; start < total; start += context)
-            {
-                cancel.ThrowIfCancellationRequested();
-                int n = Math.Min(context, total - start);
-                if (n < 1) break;
-                var window = new int[n];
-                for (int i = 0; i < n; i++) window[i] = tokens[start + i];
-                model.Forward(window).Dispose();
-            }
-        }
+        try { ForEachWindow(model, tokens, context, maxTokens, cancel); }
         finally { model.Hooks = previous; }
         return rec;
+    }
+
+    /// <summary>Runs the model's forward pass (its hooks recording) over the first <paramref name="maxTokens"/> of
+    /// <paramref name="tokens"/> in windows of <paramref name="context"/>; <paramref name="afterWindow"/> hears each
+    /// window's length.</summary>
+    public static void ForEachWindow(LlamaModel model, IReadOnlyList<int> tokens, int context, int maxTokens, CancellationToken cancel,
+        Action<int>? afterWindow = null)
+    {
+        int total = Math.Min(tokens.Count, maxTokens);
+        for (int start = 0; start < total; start += context)
+        {
+            cancel.ThrowIfCancellationRequested();
+            int n = Math.Min(context, total - start);
+            if (n < 1) break;
+            var window = new int[n];
+            for (int i = 0; i < n; i++) window[i] = tokens[start + i];
+            model.Forward(window).Dispose();
+            afterWindow?.Invoke(n);
+        }
     }
 
     /// <summary>Runs <paramref name="model"/> over <paramref name="tokens"/> in windows of its context (at most

@@ -50,6 +50,15 @@ public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDi
         _ => site,
     };
 
+    /// <summary>The other sites that read <paramref name="owner"/>'s input (k/v for q, up for gate): they share its
+    /// statistics.</summary>
+    public static IEnumerable<LinearSite> Sharing(LinearSite owner) => owner.Projection switch
+    {
+        Projection.Q => new[] { owner with { Projection = Projection.K }, owner with { Projection = Projection.V } },
+        Projection.Gate => new[] { owner with { Projection = Projection.Up } },
+        _ => Array.Empty<LinearSite>(),
+    };
+
     /// <summary>Runs <paramref name="model"/> over <paramref name="tokens"/> in windows of <paramref name="context"/>,
     /// appending each owner site's input rows (float32) for the first <paramref name="maxTokens"/> tokens (default: what
     /// <see cref="MaxScratchBytes"/> holds) to a file in
@@ -63,33 +72,16 @@ public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDi
         var hooks = new Spiller(folder, keep);
         IForwardHooks? previous = model.Hooks;
         model.Hooks = hooks;
-        try
-        {
-            for (int start = 0; start < tokens.Count; start += context)
-            {
-                cancel.ThrowIfCancellationRequested();
-                int n = Math.Min(context, tokens.Count - start);
-                var window = new int[n];
-                for (int i = 0; i < n; i++) window[i] = tokens[start + i];
-                model.Forward(window).Dispose();
-                hooks.Seen += n;
-            }
-        }
+        try { ImportanceRecorder.ForEachWindow(model, tokens, context, tokens.Count, cancel, n => hooks.Seen += n); }
         finally
         {
             model.Hooks = previous;
             hooks.Close();
         }
         var importance = hooks.Sums.ToDictionary(kv => kv.Key, kv => kv.Value.Sum.Select(s => (float)(s / Math.Max(1, kv.Value.Count))).ToArray());
-        // Sites that share an input share its mean squares.
         foreach (var site in importance.Keys.ToList())
-            foreach (var p in site.Projection switch
-            {
-                Projection.Q => new[] { Projection.K, Projection.V },
-                Projection.Gate => new[] { Projection.Up },
-                _ => Array.Empty<Projection>(),
-            })
-                importance.TryAdd(site with { Projection = p }, importance[site]);
+            foreach (var other in Sharing(site))
+                importance.TryAdd(other, importance[site]);
         return new SpilledInputs(hooks.Files.ToDictionary(kv => kv.Key, kv => (kv.Value.Path, kv.Value.Rows, kv.Value.Columns)), importance);
     }
 
