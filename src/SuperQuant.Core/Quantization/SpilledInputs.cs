@@ -17,8 +17,8 @@ namespace SuperQuant.Core.Quantization;
 public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDisposable
 {
     /// <summary>Scratch the spilled rows may take: the first tokens up to it are kept for H (the mean squares use all of
-    /// them). A 1.1B model's inputs take 1.0 MB per token (7,900 tokens fit), a 7B model's 3.4 MB (2,500); a 13M
-    /// one's 49 KB. Measured: capping the demo model's 8,192 calibration tokens at 2,048 for H doubled the KLD of its
+    /// them). A 1.1B model's inputs take 1.0 MB per token (8,200 tokens fit), an 8B model's 3.4 MB (2,500); a 13M
+    /// one's 51 KB. Measured: capping the demo model's 8,192 calibration tokens at 2,048 for H doubled the KLD of its
     /// error-compensated q4_k_m rows (0.000641 -> 0.001349), so the cap is set by disk, not by a token count.</summary>
     public const long MaxScratchBytes = 8L << 30;
 
