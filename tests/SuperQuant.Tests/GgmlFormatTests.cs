@@ -86,6 +86,28 @@ public sealed class GgmlFormatTests
             CollectionAssert.AreNotEqual(GgmlQuants.Quantize(type, x, RowLength), ours, "importance weights changed nothing: the weighted path did not run");
     }
 
+    /// <summary>The vector scale searches (eight trial scales a vector, the lanes after a winning trial redone because
+    /// ggml moves the min there) write the line-by-line port's bytes, on more rows than llama.cpp is asked for above:
+    /// all eight row kinds, a range of magnitudes, with and without importance.</summary>
+    [TestMethod]
+    [DynamicData(nameof(Types))]
+    public void FastSearchWritesTheReferenceBytes(GgmlType type)
+    {
+        foreach (int seed in new[] { 21, 22, 23, 24 })
+        {
+            float[] x = TestMatrix(seed, rows: 64, rowLength: 512);
+            float scale = MathF.Pow(10, seed - 23); // 0.01 .. 10
+            for (int i = 0; i < x.Length; i++) x[i] *= scale;
+            foreach (float[]? w in new[] { null, Importance(seed, 512) })
+            {
+                byte[] fast = GgmlQuants.Quantize(type, x, 512, w);
+                byte[] reference = new byte[fast.Length];
+                GgmlQuants.QuantizeReference(type, x, 512, reference, w);
+                AssertSameBytes(type, reference, fast, $"seed {seed}, importance {w is not null}");
+            }
+        }
+    }
+
     [TestMethod]
     [DynamicData(nameof(Types))]
     public void DequantizeMatchesLlamaCpp(GgmlType type)

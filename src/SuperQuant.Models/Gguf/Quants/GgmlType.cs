@@ -108,6 +108,24 @@ public static class GgmlQuants
         }
     }
 
+    /// <summary><see cref="Quantize(GgmlType, ReadOnlySpan{float}, long, Span{byte}, ReadOnlySpan{float})"/> with the
+    /// scale searches in their line-by-line form (one trial scale at a time, one thread): the specification the vector
+    /// searches are tested against.</summary>
+    public static void QuantizeReference(GgmlType type, ReadOnlySpan<float> x, long rowLength, Span<byte> y, ReadOnlySpan<float> importance = default)
+    {
+        var f = GgmlFormat.Of(type);
+        long rows = x.Length / rowLength, rowBytes = f.RowBytes(rowLength);
+        if (x.Length % rowLength != 0 || y.Length != rows * rowBytes) throw new ArgumentException("sizes do not match");
+        bool was = KQuantMath.t_referenceSearch;
+        KQuantMath.t_referenceSearch = true;
+        try
+        {
+            for (long r = 0; r < rows; r++)
+                f.QuantizeRow(x.Slice((int)(r * rowLength), (int)rowLength), y.Slice((int)(r * rowBytes), (int)rowBytes), importance);
+        }
+        finally { KQuantMath.t_referenceSearch = was; }
+    }
+
     public static byte[] Quantize(GgmlType type, float[] x, long rowLength, float[]? importance = null)
     {
         var y = new byte[x.Length / rowLength * RowBytes(type, rowLength)];

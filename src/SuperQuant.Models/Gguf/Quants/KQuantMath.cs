@@ -5,7 +5,7 @@ namespace SuperQuant.Models.Gguf;
 /// line: nearest_int, make_qx_quants, make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants. Every
 /// expression keeps C's evaluation order and float (not double) intermediates: byte-exact output depends on it.
 /// </summary>
-internal static class KQuantMath
+internal static partial class KQuantMath
 {
     public const float GroupMaxEps = 1e-15f;
 
@@ -59,6 +59,7 @@ internal static class KQuantMath
         float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
         if (returnEarly) return suml2 > 0 ? 0.5f * (scale + 1 / iscale) : 1 / iscale;
         float best = scale * sumlx;
+        if (SimdSearch) return QxCandidatesSimd(n, nmax, x, L, rmseType, qw, max, scale, best);
         for (int @is = -9; @is <= 9; ++@is)
         {
             if (@is == 0) continue;
@@ -230,6 +231,7 @@ internal static class KQuantMath
             theMin = -min;
             return scale;
         }
+        if (SimdSearch) return FitCandidatesSimd(n, nmax, x, weights, L, out theMin, rmin, rdelta, nstep, useMad, min, max, sumW, sumX, scale, bestError);
         for (int @is = 0; @is <= nstep; ++@is)
         {
             iscale = (rmin + rdelta * @is + nmax) / (max - min);
