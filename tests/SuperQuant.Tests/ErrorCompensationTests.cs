@@ -69,16 +69,17 @@ public sealed class ErrorCompensationTests
     }
 
     /// <summary>Correlated inputs X = Z A (a few strong directions, as in trained models), H = XᵀX / n.</summary>
-    static (double[,] H, Tensor h) Correlated(int columns, int samples, int seed)
+    static (double[,] H, Tensor h) Correlated(int columns, int samples, int seed, int? sampleSeed = null, int? latent = null)
     {
         var rng = new Random(seed);
         double Gauss() => Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
-        int k = columns / 4;
+        int k = latent ?? columns / 4;
         var a = new double[k, columns];
         for (int i = 0; i < k; i++) for (int j = 0; j < columns; j++) a[i, j] = Gauss() * (i < 4 ? 3 : 1);
         var H = new double[columns, columns];
         var z = new double[k];
         var xrow = new double[columns];
+        if (sampleSeed is int other) rng = new Random(other); // the same distribution, other samples
         for (int s = 0; s < samples; s++)
         {
             for (int i = 0; i < k; i++) z[i] = Gauss();
@@ -183,6 +184,39 @@ public sealed class ErrorCompensationTests
         return total;
     }
 
+    /// <summary>With fewer calibration tokens than columns (64 for 256 columns of full-rank inputs) H is singular and GPTQ
+    /// fits the sample: on held-out inputs of the same distribution its rows' output error is far higher than the
+    /// importance-weighted rounding's, and shrinking H toward its diagonal (<see cref="Gptq.Shrinkage"/>) brings it back
+    /// down. (Where the inputs span fewer dimensions than there are tokens, as in this file's other tests, the sample
+    /// spans them, GPTQ needs no shrinkage and it costs: the rule trades that case for this one, measured on real
+    /// model layers in <see cref="Gptq.Shrinkage"/>.)</summary>
+    [TestMethod]
+    [DataRow(GgmlType.Q4_K)]
+    [DataRow(GgmlType.Q2_K)]
+    public void ShrinkingAFewTokenSecondMomentLowersTheHeldOutError(GgmlType type)
+    {
+        const int rows = 32, n = 256, tokens = 64;
+        var f = GgmlFormat.Of(type);
+        float[] w = GgmlFormatTests.TestMatrix(23, rows, n);
+        var (few, fewH) = Correlated(n, tokens, 3, sampleSeed: 11, latent: n);
+        var (held, heldH) = Correlated(n, 4096, 3, sampleSeed: 12, latent: n);
+        using var _1 = fewH;
+        using var _2 = heldH;
+        float[] importance = Enumerable.Range(0, n).Select(j => (float)few[j, j]).ToArray();
+        double HeldOut(double shrinkage)
+        {
+            byte[] bytes = new byte[f.RowBytes(n) * rows];
+            using (Tensor u = Gptq.Prepare(fewH, shrinkage: shrinkage))
+                Gptq.Quantize(f, w, n, u, importance, bytes);
+            return OutputError(f, bytes, w, held, rows, n);
+        }
+        double plain = HeldOut(0), shrunk = HeldOut(Gptq.Shrinkage(n, tokens));
+        double weighted = OutputError(f, GgmlQuants.Quantize(type, w, n, importance), w, held, rows, n);
+        Console.WriteLine($"{type}: held-out output error, GPTQ {plain:G4}, shrunk {shrunk:G4}, importance-weighted {weighted:G4}");
+        Assert.IsLessThan(0.6 * plain, shrunk, $"{type}: shrunk {shrunk:G4} vs plain {plain:G4}");
+        Assert.IsLessThan(0.6 * plain, weighted, $"{type}: unshrunk GPTQ {plain:G4} should lose to plain importance-weighted rounding {weighted:G4} here");
+    }
+
     /// <summary>The fast path (each row swept on its own thread, <see cref="Gptq.Quantize"/>) writes exactly the bytes of
     /// the readable column-by-column form (<see cref="Gptq.QuantizeReference"/>), with and without importance, over
     /// several lazy-update chunks, with an all-zero block (a zero step keeps the search's codes) and a constant one.</summary>
@@ -224,7 +258,7 @@ public sealed class ErrorCompensationTests
     [TestCategory(TestCategories.Slow)]
     public void MatchesTextbookGptqAndLowersOutputError(GgmlType type)
     {
-        const int rows = 12, n = 512;
+        const int rows = 48, n = 512;
         var f = GgmlFormat.Of(type);
         float[] w = GgmlFormatTests.TestMatrix(21, rows, n);
         var (H, h) = Correlated(n, 2048, 3);
@@ -246,6 +280,9 @@ public sealed class ErrorCompensationTests
         double gptq = OutputError(f, ours, w, H, rows, n), textbook = OutputError(f, plain, w, H, rows, n);
         double weighted = OutputError(f, GgmlQuants.Quantize(type, w, n, importance), w, H, rows, n);
         double reference = OutputError(f, GgmlQuants.Quantize(type, w, n), w, H, rows, n);
+        // 48 rows, not 12: GPTQ's codes are a chaotic function of float rounding (LAPACK's and the SIMD width differ
+        // by CPU), and on 12 rows one flipped block moved this ratio by 3 % (IQ4_NL on an AMD EPYC).
+        Console.WriteLine($"{type}: output error / textbook's {gptq / textbook:F4}, {same} of {a.Length} weights equal");
         Assert.IsLessThan(1.02 * textbook, gptq, $"{type}: output error {gptq:G4} vs textbook {textbook:G4}");
         Assert.IsLessThan(0.8 * Math.Min(weighted, reference), gptq,
             $"{type}: output error {gptq:G4}, importance-weighted {weighted:G4}, reference {reference:G4}");

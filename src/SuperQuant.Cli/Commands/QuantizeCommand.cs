@@ -125,7 +125,7 @@ public static class QuantizeCommand
         {
             Description = "super-aware GGUF: auto (held-out up to 300M parameters, else one-build), held-out (candidate files built on one " +
             "calibration half and measured by llama.cpp on the other; about 8 builds) or one-build (per row the lowest layer-output error " +
-            "among llama.cpp's, importance-weighted and GPTQ rows; one build)",
+            "among llama.cpp's and GPTQ rows; one build)",
             DefaultValueFactory = _ => "auto",
         }.AcceptOnlyFromAmong(Names.GgufChoiceNames.ToArray());
         var evalTokens = new Option<string?>("--eval-tokens")

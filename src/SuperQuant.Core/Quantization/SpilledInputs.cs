@@ -97,6 +97,9 @@ public sealed class SpilledInputs : IReadOnlyDictionary<LinearSite, Tensor>, IDi
     /// otherwise null.</summary>
     public Tensor? Rows(LinearSite site) => Hold(site) && _x!.shape[0] < _x.shape[1] ? _x : null;
 
+    /// <summary>How many calibration tokens the input <paramref name="site"/> reads was recorded on (0: none).</summary>
+    public long Tokens(LinearSite site) => _files.TryGetValue(Owner(site), out var file) ? file.Rows : 0;
+
     bool Hold(LinearSite site)
     {
         var owner = Owner(site);

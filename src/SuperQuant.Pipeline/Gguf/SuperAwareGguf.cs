@@ -81,10 +81,12 @@ public sealed record SuperAwareGguf
         choice == GgufChoice.OneBuild || (choice == GgufChoice.Auto && parameters > HeldOutChoiceMaxParameters);
 
     /// <summary>The one-build export: the last (richest) candidate, each row the lowest layer-output error among
-    /// llama.cpp's reference rows, the importance-weighted rows, the clipped variants and GPTQ's rows (where the grid
-    /// takes them), measured through <paramref name="inputRows"/> when the calibration is shorter than an input is wide.</summary>
-    public GgufExport OneBuild(GgufFileType type, string name, GgufVocabulary? vocabulary, Func<LinearSite, Tensor?>? inputRows) =>
-        Candidates(type, name, vocabulary)[^1].Export with { InputRows = inputRows };
+    /// llama.cpp's reference rows, the clipped variants and GPTQ's rows (where the grid takes them), measured through
+    /// the spilled inputs' rows when the calibration is shorter than an input is wide, with each H shrunk toward its
+    /// diagonal by its tokens per column (<see cref="Gptq.Shrinkage"/>); without the importance-weighted rows
+    /// (<see cref="GgufExport.ImportanceCandidate"/>).</summary>
+    public GgufExport OneBuild(GgufFileType type, string name, GgufVocabulary? vocabulary, SpilledInputs inputs) =>
+        Candidates(type, name, vocabulary)[^1].Export with { InputRows = inputs.Rows, CalibrationTokens = inputs.Tokens, ImportanceCandidate = false };
 
     Tensor Clip(LinearSite site, Tensor w, double z)
     {

@@ -95,11 +95,11 @@ static class GgufStage
                         Importance = inputs.Importance, Covariance = inputs, SuperWeights = detected.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(r.Z),
                         RaiseSuperWeightTensors = o.RaiseSuperWeightTensors,
                     };
-                    result = GgufExporter.Write(file.StagingPath, model, aware.OneBuild(g.Type, r.Id, vocabulary, inputs.Rows),
+                    result = GgufExporter.Write(file.StagingPath, model, aware.OneBuild(g.Type, r.Id, vocabulary, inputs),
                         log.Progress($"{r.Id}: {g.Kind}: tensors written"));
                     log.Info($"{r.Id}: {g.Kind}: one build ({(o.GgufChoice == GgufChoice.OneBuild ? "asked for" : $"{c.ParameterCount / 1e6:F0}M " +
                         $"parameters, over the held-out choice's {SuperAwareGguf.HeldOutChoiceMaxParameters / 1e6:F0}M")}): per row the lowest " +
-                        "layer-output error among llama.cpp's, importance-weighted and error-compensated rows");
+                        "layer-output error among llama.cpp's and error-compensated rows");
                 }
                 else if (folds is not null)
                 {

@@ -214,7 +214,7 @@ public static class BenchGgufCommand
             GgufExporter.Write(oneBuildPath, model, new SuperAwareGguf
             {
                 Importance = spilled.Importance, Covariance = spilled, SuperWeights = detection.SuperWeights, ZCandidates = SuperAwareGguf.ZFor(z),
-            }.OneBuild(type, "bench", null, spilled.Rows));
+            }.OneBuild(type, "bench", null, spilled));
             Evaluate("", oneBuildPath, clock.Elapsed.TotalSeconds + spillSeconds, "super-aware: one build (no held-out)");
             // The shipped file against llama.cpp's (our reference rows are its bytes; where it refuses the type, ours):
             // the KLD difference token by token, with its paired standard error.

@@ -25,22 +25,39 @@ public static class Gptq
     /// each column's error through U = chol((H + λI)⁻¹), written without the inverse: Chee et al. 2023 (QuIP), Thm. 6,
     /// OPTQ = LDLQ. Columns no calibration token reached (H_jj = 0) get H_jj = 1: their weights are rounded plainly and
     /// pass no error on.</summary>
-    public static Tensor Prepare(Tensor h, double damping = DefaultDamping) =>
-        TryPrepare(h, damping) ?? throw new ArgumentException("the second moment is not finite or not positive semi-definite", nameof(h));
+    public static Tensor Prepare(Tensor h, double damping = DefaultDamping, double shrinkage = 0) =>
+        TryPrepare(h, damping, shrinkage) ?? throw new ArgumentException("the second moment is not finite or not positive semi-definite", nameof(h));
 
-    /// <summary><see cref="Prepare"/>, or null when H has non-finite entries or its damped form has no Cholesky factor
+    /// <summary>How far a second moment estimated from <paramref name="tokens"/> calibration tokens is pulled toward its
+    /// diagonal (H' = (1 − α) H + α diag(H)) before GPTQ and the row choice use it: α = columns / (columns + tokens), the
+    /// diagonal target counted as one pseudo-token per column. With fewer tokens than columns H is singular and GPTQ
+    /// pushes rounding errors into the directions the sample never saw, which held-out tokens do see. Measured on the
+    /// demo model (widths 512 and 1,536) with 512 calibration tokens, one-build KLD: q4_k_m 0.001632 with no shrinkage,
+    /// 0.001066, 0.000915, 0.001104, 0.001156 at α fixed to 0.25, 0.5, 0.75, 1 (1: the diagonal alone, llama.cpp's
+    /// imatrix objective), 0.001029 with this rule; llama.cpp with the same imatrix 0.001111 (docs/gguf.md). Ledoit–Wolf's
+    /// estimate (Frobenius loss) gave α 0.001-0.5 there: it does not weigh the small directions GPTQ overfits.</summary>
+    public static double Shrinkage(long columns, long tokens) => tokens <= 0 ? 0 : Math.Clamp(1 - tokens / (2.0 * columns), 0, 1);
+
+    /// <summary><see cref="Prepare"/> (of H shrunk toward its diagonal by <paramref name="shrinkage"/>, <see cref="Shrinkage"/>),
+    /// or null when H has non-finite entries or its damped form has no Cholesky factor
     /// (numerically not positive definite): then there is no error-compensated candidate for that matrix.
     /// One float32 Cholesky factorisation of H with its index order reversed (J H J = L Lᵀ, so H = V Vᵀ with V = J L J
     /// upper, and F = V diag(V)⁻¹ − I): measured 3.5x faster at width 5,632 than the cholesky, cholesky_inverse,
     /// cholesky of GPTQ's code, and it never forms the inverse. The damping bounds the condition number to about 100
     /// times the width.</summary>
-    public static unsafe Tensor? TryPrepare(Tensor h, double damping = DefaultDamping)
+    public static unsafe Tensor? TryPrepare(Tensor h, double damping = DefaultDamping, double shrinkage = 0)
     {
         using var scope = torch.NewDisposeScope();
         Tensor H = h.to_type(ScalarType.Float32).cpu().contiguous().clone(); // host: the rows are host memory
         if (H.dim() != 2 || H.shape[0] != H.shape[1]) throw new ArgumentException("H is not square", nameof(h));
         if (!H.isfinite().all().item<bool>()) return null;
         Tensor diag = H.diagonal();
+        if (shrinkage > 0) // (1 − α) H + α diag(H): the off-diagonal entries scaled, the diagonal kept
+        {
+            Tensor kept = diag.clone();
+            H.mul_(1 - shrinkage);
+            diag.copy_(kept);
+        }
         diag.add_((diag <= 0).to_type(ScalarType.Float32));
         diag.add_(damping * diag.mean().item<float>());
         // J H J of a square row-major matrix is its elements in reverse order; so is J L J of the factor.
@@ -71,7 +88,25 @@ public static class Gptq
 
     /// <summary>Per diagonal block of <paramref name="blockSize"/> columns, (I + F_bb)⁻¹ [blocks, B, B] (host): what turns
     /// the sweep's running values at a block's first column into GPTQ's (<see cref="BlockStartValues"/>).</summary>
-    static Tensor BlockInverses(Tensor f, int blockSize)
+    static Tensor BlockInverses(Tensor key, Tensor f, int blockSize)
+    {
+        // One tensor is quantized a slab of rows at a time, and q/k/v and gate/up share a factor: the inverses of the
+        // last factor (never changed in place) are kept, not recomputed per slab.
+        lock (s_inverses)
+        {
+            if (s_inverses.Factor is { } last && ReferenceEquals(last, key) && !key.IsInvalid && s_inverses.BlockSize == blockSize)
+                return s_inverses.Inverses!.alias();
+            s_inverses.Inverses?.Dispose();
+            s_inverses.Inverses = ComputeBlockInverses(f, blockSize).DetachFromDisposeScope();
+            (s_inverses.Factor, s_inverses.BlockSize) = (key, blockSize);
+            return s_inverses.Inverses.alias();
+        }
+    }
+
+    sealed class InverseCache { public Tensor? Factor, Inverses; public int BlockSize; }
+    static readonly InverseCache s_inverses = new();
+
+    static Tensor ComputeBlockInverses(Tensor f, int blockSize)
     {
         using var scope = torch.NewDisposeScope();
         int C = (int)f.shape[0], blocks = C / blockSize;
@@ -147,7 +182,7 @@ public static class Gptq
         using var scope = torch.NewDisposeScope();
         Tensor wt = torch.tensor(rows.ToArray(), new long[] { n, C }).t().contiguous(); // [C, n]: a column is contiguous
         Tensor original = wt.clone();
-        Tensor inverses = BlockInverses(f.to_type(ScalarType.Float32).cpu(), B); // host
+        Tensor inverses = BlockInverses(f, f.to_type(ScalarType.Float32).cpu(), B); // host
         nint inverseAt;
         fixed (byte* ip = inverses.bytes) inverseAt = (nint)ip; // native memory: no pinning needed
         var blockValues = new float[n * B];
@@ -249,7 +284,7 @@ public static class Gptq
         Tensor original = torch.tensor(rows.ToArray(), new long[] { n, C }); // host: [rows, C], a row is contiguous
         Tensor w = original.clone(); // the values as updated by the columns before
         Tensor fh = f.to_type(ScalarType.Float32).cpu().contiguous();
-        Tensor inverses = BlockInverses(fh, B);
+        Tensor inverses = BlockInverses(f, fh, B);
         Tensor errors = torch.empty(n, chunk); // host
         var written = new byte[n * rowBytes];
         nint wAt, oAt, fAt, mAt, eAt;
@@ -349,7 +384,7 @@ public static class Gptq
         using var scope = torch.NewDisposeScope();
         Tensor wt = torch.tensor(rows.ToArray(), new long[] { n, C }).t().contiguous(); // host: [C, n], a column is contiguous
         Tensor original = wt.clone();
-        Tensor inverses = BlockInverses(f.to_type(ScalarType.Float32).cpu(), B); // host
+        Tensor inverses = BlockInverses(f, f.to_type(ScalarType.Float32).cpu(), B); // host
         nint inverseAt;
         fixed (byte* ip = inverses.bytes) inverseAt = (nint)ip; // native memory: no pinning needed
         var blockValues = new float[n * B];

@@ -17,13 +17,14 @@ public static class GgufRowQuantizer
     public sealed class FactorCache : IDisposable
     {
         Tensor? _h, _u;
+        double _shrinkage;
 
-        public Tensor? For(Tensor h)
+        public Tensor? For(Tensor h, double shrinkage)
         {
-            if (ReferenceEquals(h, _h)) return _u;
+            if (ReferenceEquals(h, _h) && shrinkage == _shrinkage) return _u;
             _u?.Dispose();
-            _h = h;
-            return _u = Gptq.TryPrepare(h)?.DetachFromDisposeScope();
+            (_h, _shrinkage) = (h, shrinkage);
+            return _u = Gptq.TryPrepare(h, shrinkage: shrinkage)?.DetachFromDisposeScope();
         }
 
         public void Dispose() { _u?.Dispose(); _u = null; _h = null; }
@@ -47,9 +48,10 @@ public static class GgufRowQuantizer
         Tensor? h = t.Site is LinearSite hs && export.Covariance?.TryGetValue(hs, out var hv) == true && hv.shape[0] == rowLength ? hv : null;
         Tensor? compensation = null; // GPTQ's factor of H⁻¹, when its candidate is wanted
         Tensor? inputRows = h is not null && t.Site is LinearSite rs ? export.InputRows?.Invoke(rs) : null;
+        double shrinkage = h is not null && t.Site is LinearSite ts && export.CalibrationTokens is { } tokens ? Gptq.Shrinkage(rowLength, tokens(ts)) : 0;
         if (choose)
         {
-            if (format.UsesImportance && !referenceWeighted) candidates.Add((data, importance));
+            if (format.UsesImportance && !referenceWeighted && export.ImportanceCandidate) candidates.Add((data, importance));
             foreach (var variant in export.Variants)
             {
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
@@ -57,7 +59,7 @@ public static class GgufRowQuantizer
             }
             if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
             {
-                compensation = factors.For(h);
+                compensation = factors.For(h, shrinkage);
                 if (compensation is not null) candidates.Add((data, format.UsesImportance ? importance : null));
             }
         }
@@ -80,7 +82,8 @@ public static class GgufRowQuantizer
                     GgmlQuants.Quantize(type, values, rowLength, buffers[c].AsSpan(0, (int)(n * rowBytes)), candidates[c].Importance);
             }
             if (candidates.Count > 1 && h is not null)
-                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h, inputRows);
+                ChooseByOutputError(format, candidates.Count, buffers, original.Slice(valuesFrom, valuesCount), n, rowLength, rowBytes, h, inputRows,
+                    shrinkage);
             else if (candidates.Count > 1)
                 for (long i = 0; i < n; i++)
                 {
@@ -100,11 +103,11 @@ public static class GgufRowQuantizer
         }
     }
 
-    /// <summary>Per row, the candidate with the lowest dw H dw^T (the squared layer-output error on the calibration
-    /// inputs) is copied into the first buffer; with <paramref name="rows"/> (X/√n, fewer tokens than columns) the same
-    /// number as ‖dw Xᵀ‖²/n.</summary>
+    /// <summary>Per row, the candidate with the lowest dw H' dw^T (the squared layer-output error on the calibration
+    /// inputs, H' = (1 − α) H + α diag(H) shrunk by <paramref name="shrinkage"/> α) is copied into the first buffer; with
+    /// <paramref name="rows"/> (X/√n, fewer tokens than columns) dw H dw^T as ‖dw Xᵀ‖²/n.</summary>
     static void ChooseByOutputError(GgmlFormat format, int count, byte[][] buffers, ReadOnlySpan<float> original, long n, long rowLength,
-        long rowBytes, Tensor h, Tensor? rows)
+        long rowBytes, Tensor h, Tensor? rows, double shrinkage)
     {
         using var scope = torch.NewDisposeScope();
         h = h.cpu(); // host: the rows being chosen are host bytes
@@ -116,6 +119,7 @@ public static class GgufRowQuantizer
             format.DequantizeRow(buffers[c].AsSpan(0, (int)(n * rowBytes)), decoded);
             Tensor dw = torch.tensor(decoded, new long[] { n, rowLength }) - w;
             Tensor e = rows is null ? (dw.matmul(h) * dw).sum(new long[] { 1 }) : dw.matmul(rows.t()).pow(2).sum(new long[] { 1 });
+            if (shrinkage > 0) e = (1 - shrinkage) * e + shrinkage * (dw.pow(2) * h.diagonal()).sum(new long[] { 1 });
             if (bestError is null) { bestError = e; best = torch.zeros(n, ScalarType.Int64); continue; }
             Tensor better = e < bestError;
             best = torch.where(better, torch.full(n, c, ScalarType.Int64), best!);
