@@ -57,7 +57,9 @@ public static class GgufRowQuantizer
                 Tensor v = variant(t.Site!.Value, data).to_type(ScalarType.Float32).cpu().contiguous();
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
-            if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
+            if (export.ErrorCompensation && h is not null && shrinkage >= Gptq.NearDiagonal && format.UsesImportance)
+                candidates.Add((data, importance)); // what GPTQ tends to as H' turns diagonal, without its factor and sweep
+            else if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
             {
                 compensation = factors.For(h, shrinkage);
                 if (compensation is not null) candidates.Add((data, format.UsesImportance ? importance : null));
