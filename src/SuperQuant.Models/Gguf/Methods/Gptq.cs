@@ -44,7 +44,7 @@ public static class Gptq
     /// importance-weighted rows, and at 0.95 every coupling is under 5 % of its sample value. Measured on the demo model
     /// with 128 calibration tokens (only the 1,536-wide ffn_down, α 0.96, affected): one-build KLD q4_k_m 0.001017 ->
     /// 0.001015, q2_k 0.006174 -> 0.006291 (±0.00009; llama.cpp with an imatrix 0.001012 and 0.006600); at 1.1B with
-    /// 512 tokens it saves ffn_down's factor and sweep, a quarter of the write (docs/performance.md).</summary>
+    /// 512 tokens it skips ffn_down's factor and sweep: the write 161.5 s -> 147.5 s (docs/performance.md, step 7).</summary>
     public const double NearDiagonal = 0.95;
 
     /// <summary><see cref="Prepare"/> (of H shrunk toward its diagonal by <paramref name="shrinkage"/>, <see cref="Shrinkage"/>),

@@ -58,7 +58,11 @@ public static class GgufRowQuantizer
                 if (!ReferenceEquals(v, data)) candidates.Add((v, format.UsesImportance ? importance : null));
             }
             if (export.ErrorCompensation && h is not null && shrinkage >= Gptq.NearDiagonal && format.UsesImportance)
-                candidates.Add((data, importance)); // what GPTQ tends to as H' turns diagonal, without its factor and sweep
+            {
+                // What GPTQ tends to as H' turns diagonal, without its factor and sweep (an imatrix type's reference
+                // rows already are these).
+                if (!referenceWeighted) candidates.Add((data, importance));
+            }
             else if (export.ErrorCompensation && h is not null && (format.Levels > 0 || format.Lattice is not null))
             {
                 compensation = factors.For(h, shrinkage);
